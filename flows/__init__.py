@@ -1,0 +1,1 @@
+"""Prefect flows for qwbatch: thin orchestration over :mod:`qwbatch.runner`."""

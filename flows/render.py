@@ -1,0 +1,96 @@
+"""``render-manifest``: manifest → plan → one Prefect task per shard → catalog → summary.
+
+The flow is orchestration only: every step is one call into :mod:`qwbatch.runner`. Shards,
+not images, are Prefect tasks (a task costs about 10 ms of overhead; a shard holds a few
+hundred requests), and each task builds its own clients from settings, so any worker can run
+any shard.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from qwbatch import runner
+from qwbatch.catalog import CATALOG_PREFIX
+from qwbatch.config import Settings
+from qwbatch.engine import ShardResult
+from qwbatch.plan import Plan, new_run_id
+from qwbatch.storage import open_store
+from qwbatch.summary import RunSummary
+
+
+def load_settings(overrides: dict[str, Any] | None) -> Settings:
+    """Settings from the environment, with the flow's explicit parameters on top."""
+    return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+
+
+@task(name="plan", cache_policy=NO_CACHE, persist_result=False)
+def plan_task(
+    manifest: str, out: str, run_id: str, strict: bool, overrides: dict[str, Any]
+) -> Plan:
+    return runner.plan(manifest, out, settings=load_settings(overrides), run_id=run_id,
+                       strict=strict)
+
+
+@task(name="render-shard", cache_policy=NO_CACHE, persist_result=False,
+      task_run_name="{shard_key}")
+def render_shard_task(
+    shard_key: str, out: str, run_id: str, manifest_dir: str, overrides: dict[str, Any]
+) -> ShardResult:
+    return runner.render_shard(shard_key, out=out, run_id=run_id, manifest_dir=manifest_dir,
+                               settings=load_settings(overrides))
+
+
+@flow(
+    name="render-manifest",
+    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    persist_result=False,
+    log_prints=False,
+)
+def render_manifest(
+    manifest: str,
+    out: str,
+    model: str | None = None,
+    strict: bool = False,
+    run_id: str | None = None,
+    shard_size: int | None = None,
+    rps: float | None = None,
+    max_in_flight: int | None = None,
+) -> RunSummary:
+    """Render every new request of ``manifest`` into ``out`` and record it in the catalog."""
+    began = time.monotonic()
+    logger = get_run_logger()
+    run_id = run_id or new_run_id()
+    overrides: dict[str, Any] = {
+        "default_model": model, "shard_size": shard_size, "rps": rps,
+        "max_in_flight": max_in_flight,
+    }
+    settings = load_settings(overrides)
+    plan = plan_task(manifest, out, run_id, strict, overrides)
+    logger.info(
+        "run %s: %d rows, %d rejected, %d already rendered, %d to render in %d shards",
+        run_id, plan.rows_read, plan.rejected, plan.deduplicated, plan.requests,
+        len(plan.shard_keys),
+    )
+    manifest_dir = str(Path(manifest).resolve().parent) if "://" not in manifest else "."
+    futures = render_shard_task.map(
+        plan.shard_keys, out=unmapped(out), run_id=unmapped(run_id),
+        manifest_dir=unmapped(manifest_dir), overrides=unmapped(overrides),
+    )
+    shards = [future.result() for future in futures]
+    store = open_store(out, settings)
+    summary = RunSummary.from_parts(
+        plan, shards, out=out, catalog_uri=store.uri(CATALOG_PREFIX.rstrip("/")),
+        currency=settings.currency(), wall_s=time.monotonic() - began,
+    )
+    store.put(f"runs/{run_id}/summary.json", summary.to_json().encode(),
+              content_type="application/json")
+    for line in summary.lines():
+        logger.info(line)
+    return summary

@@ -1,0 +1,169 @@
+"""The catalog: a Parquet dataset under ``DEST/catalog/``, one part per shard attempt.
+
+Each part is written whole in one operation (temp file + rename on a local folder, a single
+PUT on S3), so a reader never sees half a part. Parts are plain Parquet files sharing
+:data:`SCHEMA`; read them with pyarrow (``pq.read_table("out/catalog")``), DuckDB
+(``select * from 'out/catalog/*.parquet'``) or polars (``pl.read_parquet("out/catalog/*.parquet")``).
+
+One row per output image, and one per request that ended without an image.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from qwbatch.models import CatalogRecord
+from qwbatch.storage import ObjectStore
+
+CATALOG_PREFIX = "catalog/"
+REJECTS_PREFIX = "rejects/"
+
+_STR = pa.string()
+SCHEMA = pa.schema(
+    [
+        pa.field("run_id", _STR, nullable=False),
+        pa.field("row_id", _STR, nullable=False),
+        pa.field("request_key", _STR, nullable=False),
+        pa.field("mode", _STR, nullable=False),
+        pa.field("model", _STR, nullable=False),
+        pa.field("prompt", _STR, nullable=False),
+        pa.field("negative_prompt", _STR),
+        pa.field("size", _STR),
+        pa.field("n", pa.int32()),
+        pa.field("seed", pa.int64()),
+        pa.field("image_index", pa.int32()),
+        pa.field("status", _STR, nullable=False),
+        pa.field("error_code", _STR),
+        pa.field("error_message", _STR),
+        pa.field("attempts", pa.int32()),
+        pa.field("provider_request_id", _STR),
+        pa.field("provider_task_id", _STR),
+        pa.field("output_uri", _STR),
+        pa.field("sha256", _STR),
+        pa.field("bytes", pa.int64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("unit_price", pa.float64()),
+        pa.field("currency", _STR),
+        pa.field("cost", pa.float64()),
+        pa.field("started_at", pa.timestamp("ms", tz="UTC")),
+        pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
+        pa.field("tags", pa.map_(_STR, _STR)),
+        pa.field("input_images", pa.list_(_STR)),
+        pa.field("input_sha256", pa.list_(_STR)),
+    ]
+)
+
+_RECORD_FIELDS = [f.name for f in fields(CatalogRecord)]
+assert set(_RECORD_FIELDS) == set(SCHEMA.names), "CatalogRecord and SCHEMA must agree"
+
+
+def records_to_table(records: Sequence[CatalogRecord]) -> pa.Table:
+    """Records → an Arrow table in :data:`SCHEMA` (timestamps from POSIX seconds)."""
+    columns: dict[str, list[object]] = {name: [] for name in SCHEMA.names}
+    for record in records:
+        for name in SCHEMA.names:
+            value = getattr(record, name)
+            if name in ("started_at", "finished_at") and value is not None:
+                value = int(value * 1000)
+            elif name == "tags":
+                value = list(value.items())
+            columns[name].append(value)
+    arrays = [pa.array(columns[f.name], type=f.type) for f in SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _table_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def write_part(
+    store: ObjectStore, records: Sequence[CatalogRecord], *, run_id: str, label: str
+) -> str | None:
+    """Write ``records`` as one new catalog part; its URI, or None when there is nothing.
+
+    ``label`` names the part's origin (``shard-00003``, ``plan``); a random suffix keeps two
+    attempts of the same shard from overwriting each other.
+    """
+    if not records:
+        return None
+    key = f"{CATALOG_PREFIX}part-{run_id}-{label}-{uuid.uuid4().hex[:8]}.parquet"
+    store.put(key, _table_bytes(records_to_table(records)), content_type="application/x-parquet")
+    return store.uri(key)
+
+
+def part_keys(store: ObjectStore) -> list[str]:
+    """Keys of every catalog part, in name order (run ids sort by time)."""
+    return sorted(k for k in store.list(CATALOG_PREFIX) if k.endswith(".parquet"))
+
+
+def iter_parts(store: ObjectStore, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
+    """Each catalog part as a table, reading only ``columns`` when given."""
+    for key in part_keys(store):
+        table = pq.read_table(io.BytesIO(store.get(key)), columns=list(columns) if columns else None)
+        yield table
+
+
+def read_catalog(store: ObjectStore, columns: Sequence[str] | None = None) -> pa.Table:
+    """The whole catalog as one table (empty, with :data:`SCHEMA`, when there is none)."""
+    tables = list(iter_parts(store, columns))
+    if not tables:
+        schema = pa.schema([SCHEMA.field(c) for c in columns]) if columns else SCHEMA
+        return schema.empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingImage:
+    """An output the catalog says exists, enough to record a deduplicated row for it."""
+
+    image_index: int
+    output_uri: str
+    sha256: str | None
+    bytes: int | None
+    width: int | None
+    height: int | None
+
+
+_EXISTING_COLUMNS = ("request_key", "status", "image_index", "output_uri", "sha256", "bytes",
+                     "width", "height")
+
+
+def existing_outputs(store: ObjectStore) -> dict[str, list[ExistingImage]]:
+    """request_key → its stored images, from every succeeded row of the catalog."""
+    found: dict[str, dict[int, ExistingImage]] = {}
+    for table in iter_parts(store, _EXISTING_COLUMNS):
+        table = table.filter(pc.equal(table["status"], "succeeded"))
+        for row in table.to_pylist():
+            image = ExistingImage(
+                image_index=row["image_index"] or 0,
+                output_uri=row["output_uri"],
+                sha256=row["sha256"],
+                bytes=row["bytes"],
+                width=row["width"],
+                height=row["height"],
+            )
+            found.setdefault(row["request_key"], {})[image.image_index] = image
+    return {key: sorted(images.values(), key=lambda i: i.image_index) for key, images in found.items()}
+
+
+def write_rejects(store: ObjectStore, table: pa.Table, *, run_id: str) -> str | None:
+    """Write a run's rejected manifest rows beside the catalog; its URI, or None if none."""
+    if table.num_rows == 0:
+        return None
+    key = f"{REJECTS_PREFIX}rejects-{run_id}.parquet"
+    store.put(key, _table_bytes(table), content_type="application/x-parquet")
+    return store.uri(key)
+
+
+def concat_records(groups: Iterable[Sequence[CatalogRecord]]) -> list[CatalogRecord]:
+    return [record for group in groups for record in group]

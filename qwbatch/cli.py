@@ -1,0 +1,161 @@
+"""The ``qwbatch`` command. Each command is a thin layer over one library call."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from qwbatch.config import Settings
+from qwbatch.errors import QwBatchError
+
+app = typer.Typer(
+    name="qwbatch",
+    help="Render Parquet manifests of prompts into images with Qwen-Image, at scale.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+#: The API key the bundled simulator is started with; never a real key.
+SIMULATOR_KEY = "simulator-local-key"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"qwbatch: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _quiet_prefect() -> None:
+    """Offline-friendly Prefect defaults, unless the user set them."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "WARNING")
+
+
+def _run_flow(manifest: str, out: str, **params: Any) -> int:
+    _quiet_prefect()
+    from flows.render import render_manifest  # Prefect is imported only by commands that run
+
+    try:
+        summary = render_manifest(manifest=manifest, out=out, **params)
+    except QwBatchError as exc:
+        _fail(str(exc))
+        return 2
+    for line in summary.lines():
+        typer.echo(line)
+    return 1 if summary.failed else 0
+
+
+@app.command()
+def run(
+    manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder or s3://bucket/prefix")],
+    model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
+    strict: Annotated[bool, typer.Option(help="Refuse the whole manifest on any bad row")] = False,
+    shard_size: Annotated[int | None, typer.Option(help="Requests per shard")] = None,
+    rps: Annotated[float | None, typer.Option(help="Requests per second, every model")] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight per model")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random)")] = None,
+) -> None:
+    """Render every new row of MANIFEST into OUT and record it in OUT/catalog/."""
+    code = _run_flow(manifest, out, model=model, strict=strict, shard_size=shard_size, rps=rps,
+                     max_in_flight=max_in_flight, run_id=run_id)
+    raise typer.Exit(code)
+
+
+@app.command()
+def validate(
+    manifest: Annotated[Path, typer.Argument(help="Parquet manifest", exists=True)],
+    model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
+    rejects: Annotated[Path | None, typer.Option(help="Write rejected rows to this Parquet file")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
+) -> None:
+    """Check MANIFEST without rendering: counts, and a reason for every rejected row."""
+    import pyarrow.parquet as pq
+
+    from qwbatch.manifest import read_manifest, rejects_table
+    from qwbatch.runner import model_table
+
+    settings = Settings(**({"default_model": model} if model else {}))
+    try:
+        table = model_table(settings)
+        good, bad = 0, []
+        for batch in read_manifest(manifest, table=table, default_model=settings.default_model):
+            good += len(batch.requests)
+            bad.extend(batch.rejects)
+    except QwBatchError as exc:
+        _fail(str(exc))
+        return
+    if rejects is not None and bad:
+        pq.write_table(rejects_table(bad), rejects)
+    if as_json:
+        typer.echo(json.dumps({
+            "valid": good, "rejected": len(bad),
+            "rejects": [{"row_number": r.row_number, "id": r.row_id, "column": r.column,
+                         "reason": r.reason} for r in bad],
+        }, ensure_ascii=False, indent=2))
+    else:
+        typer.echo(f"{good} valid rows, {len(bad)} rejected")
+        for r in bad[:50]:
+            typer.echo(f"  row {r.row_number} id={r.row_id!r} [{r.column}]: {r.reason}")
+        if len(bad) > 50:
+            typer.echo(f"  … and {len(bad) - 50} more")
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command()
+def simulator(
+    port: Annotated[int, typer.Option(help="Loopback port to listen on")] = 8311,
+    host: Annotated[str, typer.Option(help="Address to bind (keep it on loopback)")] = "127.0.0.1",
+    fast: Annotated[bool, typer.Option(help="Cached images: for benchmarks")] = False,
+    latency: Annotated[float, typer.Option(help="Seconds added to each call")] = 0.0,
+) -> None:
+    """Run the DashScope-compatible simulator (for demos, tests and benchmarks)."""
+    from qwbatch.simulator import SimulatorConfig, serve
+
+    typer.echo(f"simulator on http://{host}:{port}/api/v1 (Ctrl-C to stop)")
+    serve(SimulatorConfig(fast=fast, latency_s=latency), host=host, port=port)
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option("--out", "-o", help="Where to render")] = "out",
+    manifest: Annotated[str, typer.Option(help="Manifest to render")] = "manifests/demo.parquet",
+    real: Annotated[bool, typer.Option(help="Call the real DashScope API (needs the key)")]
+    = False,
+) -> None:
+    """Render the demo manifest into ./out against the bundled simulator."""
+    if real:
+        if not os.environ.get("DASHSCOPE_API_KEY"):
+            _fail("--real needs DASHSCOPE_API_KEY in the environment")
+        code = _run_flow(manifest, out)
+        raise typer.Exit(code)
+    from qwbatch.simulator import SimulatorConfig, running
+
+    with running(SimulatorConfig(api_key=SIMULATOR_KEY)) as sim:
+        os.environ["QWBATCH_DASHSCOPE_BASE_URL"] = sim.base_url
+        os.environ["DASHSCOPE_API_KEY"] = SIMULATOR_KEY
+        typer.echo(f"simulator on {sim.base_url}")
+        code = _run_flow(manifest, out)
+        ledger = sim.ledger()
+    typer.echo(f"simulator ledger: {ledger['billed_images']} images billed this session")
+    typer.echo(f"images and catalog are in {Path(out).resolve()}")
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("qwbatch: interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

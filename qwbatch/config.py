@@ -1,0 +1,99 @@
+"""Settings, loaded once at the edge (CLI or flow) and passed down.
+
+Every field reads from an environment variable ``QWBATCH_<FIELD>``; the provider key is the
+provider's own ``DASHSCOPE_API_KEY``. S3 credentials come from the standard AWS chain and are
+never held here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Region name → DashScope base URL (../shared/dashscope-api.md §2.1).
+REGION_BASE_URLS: dict[str, str] = {
+    "singapore": "https://dashscope-intl.aliyuncs.com/api/v1",
+    "beijing": "https://dashscope.aliyuncs.com/api/v1",
+    "virginia": "https://dashscope-us.aliyuncs.com/api/v1",
+}
+
+#: Region name → the currency its prices are quoted in.
+REGION_CURRENCY: dict[str, str] = {"singapore": "USD", "beijing": "CNY", "virginia": "USD"}
+
+
+class Settings(BaseSettings):
+    """qwbatch configuration. Units are in the field names (``_s`` seconds, ``_bytes`` bytes)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="QWBATCH_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    # Provider
+    region: str = "singapore"
+    dashscope_base_url: str | None = None
+    dashscope_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DASHSCOPE_API_KEY", "dashscope_api_key"),
+        repr=False,
+    )
+    #: Optional workspace id, sent as ``X-DashScope-WorkSpace``.
+    dashscope_workspace_id: str | None = None
+    default_model: str = "qwen-image-2.0"
+    #: A TOML file whose ``[models."name"]`` tables extend or replace the bundled model table.
+    models_file: Path | None = None
+    #: Models the user vouches for although no table knows them (rules: permissive).
+    declared_models: list[str] = Field(default_factory=list)
+    #: Use the async task endpoint for models that offer it (exact resume by task id).
+    prefer_async: bool = True
+
+    # HTTP timeouts (seconds). A long read timeout beats aggressive retries: a sync image call
+    # that times out on our side may still be billed on the provider's (dashscope-api.md §5).
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 300.0
+    download_timeout_s: float = 120.0
+    poll_interval_s: float = 2.0
+    poll_max_interval_s: float = 10.0
+    task_deadline_s: float = 900.0
+
+    # Retries inside a shard (one retry layer: Prefect does not retry shards on top of this).
+    max_attempts: int = 5
+    backoff_base_s: float = 2.0
+    backoff_max_s: float = 60.0
+    ambiguous_retries: int = 1
+
+    # Throughput
+    shard_size: int = 250
+    max_parallel_shards: int = 4
+    #: Overrides of the model table's per-model limits for this run.
+    rps: float | None = None
+    max_in_flight: int | None = None
+
+    # Object storage (S3-compatible); credentials from the standard AWS chain.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: Literal["auto", "virtual", "path"] = "auto"
+
+    def base_url(self) -> str:
+        """The DashScope base URL: an explicit one wins, else the region's."""
+        if self.dashscope_base_url:
+            return self.dashscope_base_url.rstrip("/")
+        try:
+            return REGION_BASE_URLS[self.region]
+        except KeyError:
+            from qwbatch.errors import ConfigError
+
+            known = ", ".join(sorted(REGION_BASE_URLS))
+            raise ConfigError(
+                f"unknown region {self.region!r} (known: {known}); "
+                "or set QWBATCH_DASHSCOPE_BASE_URL"
+            ) from None
+
+    def currency(self) -> str:
+        return REGION_CURRENCY.get(self.region, "USD")
+
+    def api_key(self) -> str:
+        """The raw key, for the Authorization header only. Never log what this returns."""
+        return self.dashscope_api_key.get_secret_value() if self.dashscope_api_key else ""

@@ -1,0 +1,141 @@
+"""One error tree for qwbatch, split by what the caller should do.
+
+::
+
+    QwBatchError
+    ├── TransientError              retry with backoff; the same call may succeed later
+    │   ├── ProviderTransientError  429 Throttling*, 5xx, transport errors before the request landed
+    │   │   └── ThrottledError      429 Throttling*: also slows the limiter down
+    │   └── StorageTransientError   object store timeouts, 5xx, connection drops
+    ├── AmbiguousError              the request may have reached the provider and been billed
+    │                               (read timeout, connection lost mid-response); retry only
+    │                               within a separate, small budget
+    └── PermanentError              record and move on; retrying cannot help
+        ├── ConfigError             bad settings (unknown region, missing key for --real …)
+        ├── ManifestError           a manifest that cannot be read at all, or --strict refusals
+        ├── ProviderError           the provider refused the request (400/401/403, arrears)
+        │   ├── ModerationError     DataInspectionFailed: content moderation, its own status
+        │   └── ResultExpiredError  a result URL or task id that is past its 24 h life
+        ├── ImageError              bytes that are not a valid image of the expected size
+        └── StorageError            the store refused (access denied, no such bucket)
+
+Every provider error carries the provider's ``code`` and ``request_id`` so the catalog can
+record them; none carries request headers, so an API key can never ride along in a message.
+Translate a dependency's exception at the boundary with ``raise … from exc``.
+"""
+
+from __future__ import annotations
+
+
+class QwBatchError(Exception):
+    """Base of every error qwbatch raises on purpose."""
+
+    #: A short, stable class name for the catalog's ``error_code`` when no provider code exists.
+    code: str = "QwBatchError"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class TransientError(QwBatchError):
+    """A failure that may go away if the same call is made again later."""
+
+    code = "Transient"
+
+
+class PermanentError(QwBatchError):
+    """A failure that will repeat on every retry; record it and move on."""
+
+    code = "Permanent"
+
+
+class AmbiguousError(QwBatchError):
+    """The request may have been accepted (and billed) by the provider; we never saw the answer."""
+
+    code = "Ambiguous"
+
+
+class ConfigError(PermanentError):
+    code = "ConfigError"
+
+
+class ManifestError(PermanentError):
+    code = "ManifestError"
+
+
+class ImageError(PermanentError):
+    code = "ImageError"
+
+
+class StorageError(PermanentError):
+    code = "StorageError"
+
+
+class StorageTransientError(TransientError):
+    code = "StorageTransient"
+
+
+class _ProviderMixin:
+    """Fields every provider-originated error carries."""
+
+    status_code: int | None
+    request_id: str | None
+
+
+class ProviderTransientError(TransientError, _ProviderMixin):
+    """429, 5xx or a transport error before the request reached the server."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code or "ProviderTransient")
+        self.status_code = status_code
+        self.request_id = request_id
+        #: Seconds the server asked us to wait (``Retry-After``), when it said.
+        self.retry_after = retry_after
+
+
+class ThrottledError(ProviderTransientError):
+    """429 ``Throttling*``: the account's rate or quota limit was hit."""
+
+
+class ProviderAmbiguousError(AmbiguousError, _ProviderMixin):
+    """A provider call whose outcome is unknown: it may have generated and billed images."""
+
+    def __init__(self, message: str, *, code: str = "Ambiguous") -> None:
+        super().__init__(message, code=code)
+        self.status_code = None
+        self.request_id = None
+
+
+class ProviderError(PermanentError, _ProviderMixin):
+    """The provider refused the request; the same request will be refused again."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code or "ProviderError")
+        self.status_code = status_code
+        self.request_id = request_id
+
+
+class ModerationError(ProviderError):
+    """Input or output blocked by the provider's content moderation."""
+
+
+class ResultExpiredError(ProviderError):
+    """A result URL or task id that the provider no longer serves (past its 24 h life)."""

@@ -1,0 +1,111 @@
+"""Pillow helpers: output verification and hashing.
+
+Later: input checks and normalisation for edits, thumbnails and contact sheets. Every
+failure here is an ``ImageError`` whose message says what was wrong with the bytes.
+
+Decoding untrusted bytes is bounded two ways: only the formats in ``formats`` are tried (so
+Pillow never hands a file to an external decoder such as Ghostscript), and images over
+``max_pixels`` are refused before their pixels are decoded. Pillow's own global
+``Image.MAX_IMAGE_PIXELS`` is left alone; its ``DecompressionBombWarning`` and ``…Error``
+count as failures too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from qwbatch.errors import ImageError
+
+#: Largest image accepted, in pixels (width × height). Qwen-Image outputs stay under 4.2 MP.
+DEFAULT_MAX_PIXELS = 40_000_000
+#: Pillow format names accepted by default.
+DEFAULT_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
+
+# What Pillow raises on bytes it cannot decode (it uses several builtin types for this).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,  # raised, not just shown, when warnings are errors
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """A verified image: Pillow format name, size in pixels, SHA-256 and size in bytes."""
+
+    format: str
+    width: int
+    height: int
+    sha256: str
+    size_bytes: int
+
+
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of ``data`` as 64 lower-case hex digits."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> ImageInfo:
+    """Fully decode ``data`` and describe it; ImageError if it is not a sound image.
+
+    Checks, in order: the bytes are one of ``formats``; width × height is at most
+    ``max_pixels``; the file's structure verifies (PNG chunk CRCs, a complete stream); and
+    every pixel decodes (a truncated download fails here).
+    """
+    if not data:
+        raise ImageError("not an image: no bytes")
+    fmt, width, height = _open_and_load(data, max_pixels=max_pixels, formats=formats)
+    return ImageInfo(
+        format=fmt, width=width, height=height, sha256=sha256_hex(data), size_bytes=len(data)
+    )
+
+
+def expect_size(info: ImageInfo, width: int, height: int) -> None:
+    """ImageError unless ``info`` is ``width`` × ``height`` pixels."""
+    if (info.width, info.height) != (width, height):
+        raise ImageError(f"image is {info.width}*{info.height} pixels, expected {width}*{height}")
+
+
+def _open_and_load(data: bytes, *, max_pixels: int, formats: Sequence[str]) -> tuple[str, int, int]:
+    """(format, width, height) after a structural check and a full decode."""
+    try:
+        with Image.open(io.BytesIO(data), formats=list(formats)) as image:
+            fmt, (width, height) = str(image.format), image.size
+            _check_pixels(width, height, max_pixels)
+            image.verify()  # structure and checksums; leaves the image unusable
+        with Image.open(io.BytesIO(data), formats=[fmt]) as image:
+            image.load()  # every pixel: catches truncation that verify() cannot see
+    except UnidentifiedImageError as exc:
+        accepted = ", ".join(formats)
+        raise ImageError(f"not an image (or not one of {accepted})") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"image too large to decode safely: {exc}") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"truncated or corrupt image: {exc or type(exc).__name__}") from exc
+    return fmt, width, height
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ImageError(f"image has no pixels ({width}*{height})")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image is {width}*{height} = {width * height} pixels; the limit is {max_pixels}"
+        )

@@ -1,0 +1,105 @@
+"""Value objects that cross module boundaries: requests, provider results, catalog records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+Mode = Literal["generate", "edit"]
+
+#: The closed set of catalog statuses.
+Status = Literal[
+    "succeeded",  # an image was generated, stored and verified
+    "failed",  # the request ended without an image (error_code says why)
+    "moderated",  # blocked by the provider's content moderation
+    "deduplicated",  # an identical request already has an output; nothing was requested
+    "ambiguous",  # the provider may have billed it but we never got the answer
+    "expired",  # the provider succeeded but its result URL expired before we fetched it
+    "skipped_budget",  # not rendered because the run's budget would be exceeded
+]
+STATUSES: tuple[str, ...] = get_args(Status)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderRequest:
+    """One validated, normalised manifest row, ready to send.
+
+    ``size`` is ``"W*H"`` or None (the model's default); ``seed`` is always set (derived from
+    the request key when the manifest left it empty). ``request_key`` identifies the output.
+    """
+
+    row_id: str
+    row_number: int
+    request_key: str
+    model: str
+    mode: Mode
+    prompt: str
+    negative_prompt: str | None = None
+    size: str | None = None
+    n: int = 1
+    seed: int = 0
+    prompt_extend: bool | None = None
+    watermark: bool = False
+    input_images: tuple[str, ...] = ()
+    input_sha256: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderImage:
+    """One image the provider says it made: where to fetch it."""
+
+    url: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderResult:
+    """What a provider call returned: image URLs plus the billing facts."""
+
+    images: tuple[ProviderImage, ...]
+    request_id: str | None = None
+    task_id: str | None = None
+    #: Images the provider billed (usage.image_count or usage.output_image_count).
+    billed_images: int = 0
+    width: int | None = None
+    height: int | None = None
+    actual_prompt: str | None = None
+    #: Per-image failures inside a partly successful n>1 request: (code, message).
+    item_errors: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class CatalogRecord:
+    """One catalog row: one output image, or one request that ended without an image."""
+
+    run_id: str
+    row_id: str
+    request_key: str
+    mode: str
+    model: str
+    prompt: str
+    size: str | None
+    seed: int
+    status: Status
+    image_index: int | None = None
+    negative_prompt: str | None = None
+    n: int = 1
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    provider_request_id: str | None = None
+    provider_task_id: str | None = None
+    output_uri: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    unit_price: float | None = None
+    currency: str | None = None
+    cost: float = 0.0
+    started_at: float | None = None  # POSIX seconds
+    finished_at: float | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    input_images: list[str] = field(default_factory=list)
+    input_sha256: list[str] = field(default_factory=list)

@@ -1,0 +1,182 @@
+"""Planning a run: what to render, what already exists, and how to cut it into shards.
+
+``plan_run`` streams the manifest batch by batch: it drops requests whose outputs the catalog
+already holds (recording them as ``deduplicated``), folds rows that ask for the same request
+onto one key (they are rendered once and all recorded), writes the rejects beside the catalog
+and the remaining work as shard files under ``runs/<run_id>/shards/``. A shard file is the
+unit a Prefect task takes: it holds requests, not results, so any worker can pick it up.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwbatch import catalog
+from qwbatch.catalog import ExistingImage
+from qwbatch.config import Settings
+from qwbatch.manifest import Reject, read_manifest, rejects_table
+from qwbatch.models import CatalogRecord, RenderRequest
+from qwbatch.registry import ModelTable
+from qwbatch.storage import ObjectStore
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC time plus a random suffix."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """Another manifest row that asked for exactly the same request."""
+
+    row_id: str
+    row_number: int
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class PlanItem:
+    """One request to render, and the other rows folded onto it."""
+
+    request: RenderRequest
+    aliases: list[Alias] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a run will do; everything here is known before any provider call."""
+
+    run_id: str
+    rows_read: int = 0
+    rejected: int = 0
+    deduplicated: int = 0
+    folded: int = 0
+    requests: int = 0
+    images: int = 0
+    shard_keys: list[str] = field(default_factory=list)
+    rejects_uri: str | None = None
+    dedup_part_uri: str | None = None
+    images_by_model: dict[str, int] = field(default_factory=dict)
+
+
+def dedup_records(
+    request: RenderRequest,
+    images: Sequence[ExistingImage],
+    *,
+    run_id: str,
+    row_id: str,
+    tags: tuple[tuple[str, str], ...],
+    currency: str,
+) -> list[CatalogRecord]:
+    """Catalog rows for a request whose outputs already exist: no call, no cost."""
+    now = time.time()
+    return [
+        CatalogRecord(
+            run_id=run_id, row_id=row_id, request_key=request.request_key, mode=request.mode,
+            model=request.model, prompt=request.prompt, negative_prompt=request.negative_prompt,
+            size=request.size, n=request.n, seed=request.seed, status="deduplicated",
+            image_index=image.image_index, output_uri=image.output_uri, sha256=image.sha256,
+            bytes=image.bytes, width=image.width, height=image.height, unit_price=0.0,
+            currency=currency, cost=0.0, started_at=now, finished_at=now, tags=dict(tags),
+            input_images=list(request.input_images), input_sha256=list(request.input_sha256),
+        )
+        for image in images
+    ]
+
+
+def plan_run(
+    manifest: str | Path,
+    store: ObjectStore,
+    *,
+    settings: Settings,
+    table: ModelTable,
+    run_id: str,
+    strict: bool = False,
+    shard_size: int | None = None,
+) -> Plan:
+    """Read, validate, dedup and shard ``manifest``; write rejects, dedup rows and shards."""
+    plan = Plan(run_id=run_id)
+    existing = catalog.existing_outputs(store)
+    items: dict[str, PlanItem] = {}
+    dedup: list[CatalogRecord] = []
+    rejects: list[Reject] = []
+    currency = settings.currency()
+
+    for batch in read_manifest(
+        manifest, table=table, default_model=settings.default_model, strict=strict
+    ):
+        plan.rows_read += len(batch.requests) + len(batch.rejects)
+        rejects.extend(batch.rejects)
+        for request in batch.requests:
+            key = request.request_key
+            if key in existing:
+                plan.deduplicated += 1
+                dedup.extend(
+                    dedup_records(request, existing[key], run_id=run_id, row_id=request.row_id,
+                                  tags=request.tags, currency=currency)
+                )
+            elif key in items:
+                plan.folded += 1
+                items[key].aliases.append(Alias(request.row_id, request.row_number, request.tags))
+            else:
+                items[key] = PlanItem(request)
+
+    plan.rejected = len(rejects)
+    plan.rejects_uri = catalog.write_rejects(store, rejects_table(rejects), run_id=run_id)
+    plan.dedup_part_uri = catalog.write_part(store, dedup, run_id=run_id, label="plan")
+    plan.requests = len(items)
+    for item in items.values():
+        plan.images += item.request.n
+        model = item.request.model
+        plan.images_by_model[model] = plan.images_by_model.get(model, 0) + item.request.n
+
+    size = shard_size or settings.shard_size
+    ordered = list(items.values())
+    for index, start in enumerate(range(0, len(ordered), size)):
+        plan.shard_keys.append(
+            write_shard(store, run_id, index, ordered[start : start + size])
+        )
+    return plan
+
+
+# Shard files: gzip'd JSON lines, one PlanItem a line. Internal to a run; never edited by hand.
+
+
+def _encode_item(item: PlanItem) -> dict[str, Any]:
+    return {"request": asdict(item.request), "aliases": [asdict(a) for a in item.aliases]}
+
+
+def _decode_item(data: dict[str, Any]) -> PlanItem:
+    req = dict(data["request"])
+    for name in ("input_images", "input_sha256"):
+        req[name] = tuple(req[name])
+    req["tags"] = tuple(tuple(pair) for pair in req["tags"])
+    aliases = [
+        Alias(a["row_id"], a["row_number"], tuple(tuple(p) for p in a["tags"]))
+        for a in data["aliases"]
+    ]
+    return PlanItem(RenderRequest(**req), aliases)
+
+
+def shard_key(run_id: str, index: int) -> str:
+    return f"runs/{run_id}/shards/shard-{index:05d}.jsonl.gz"
+
+
+def write_shard(store: ObjectStore, run_id: str, index: int, items: Sequence[PlanItem]) -> str:
+    lines = "".join(json.dumps(_encode_item(i), ensure_ascii=False) + "\n" for i in items)
+    key = shard_key(run_id, index)
+    store.put(key, gzip.compress(lines.encode("utf-8"), 5), content_type="application/gzip")
+    return key
+
+
+def read_shard(store: ObjectStore, key: str) -> Iterator[PlanItem]:
+    for line in gzip.decompress(store.get(key)).decode("utf-8").splitlines():
+        if line:
+            yield _decode_item(json.loads(line))

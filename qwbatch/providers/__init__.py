@@ -1,0 +1,1 @@
+"""Image providers: the protocol the engine calls, and the DashScope HTTP client."""

@@ -1,0 +1,36 @@
+"""The provider protocol: the one seam between the engine and an image API.
+
+Every method raises only errors from :mod:`qwbatch.errors`: ``ProviderTransientError`` (and
+``ThrottledError``) when the same call may succeed later, ``ProviderAmbiguousError`` when the
+request may have been billed but the answer was lost, ``ProviderError`` / ``ModerationError``
+/ ``ResultExpiredError`` when retrying cannot help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from qwbatch.models import ProviderResult, RenderRequest
+
+
+class Provider(Protocol):
+    async def generate(self, request: RenderRequest, images: Sequence[str] = ()) -> ProviderResult:
+        """One synchronous call (multimodal-generation): generation, or editing of ``images``.
+
+        ``images`` are ready-to-send strings (``https://…`` or ``data:image/png;base64,…``) in
+        the order the prompt refers to them ("Image 1/2/3").
+        """
+        ...
+
+    async def submit_task(self, request: RenderRequest) -> str:
+        """Create an async task (text2image/image-synthesis); return its task id."""
+        ...
+
+    async def wait_task(self, task_id: str) -> ProviderResult:
+        """Poll ``GET /tasks/{id}`` until the task ends; its result, or an error."""
+        ...
+
+    async def download(self, url: str) -> bytes:
+        """The bytes behind a result URL (``ResultExpiredError`` when it has expired)."""
+        ...

@@ -1,0 +1,91 @@
+"""A run's summary: what the plan found and what the shards did, in one small object."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+from qwbatch.engine import ShardResult
+from qwbatch.plan import Plan
+
+
+@dataclass(slots=True)
+class RunSummary:
+    run_id: str
+    out: str
+    rows_read: int = 0
+    rejected: int = 0
+    deduplicated: int = 0
+    folded: int = 0
+    requests: int = 0
+    shards: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    images_stored: int = 0
+    billed_images: int = 0
+    cost: float = 0.0
+    currency: str = "USD"
+    possible_extra_images: int = 0
+    possible_extra_cost: float = 0.0
+    attempts: int = 0
+    catalog_uri: str = ""
+    rejects_uri: str | None = None
+    wall_s: float = 0.0
+
+    @classmethod
+    def from_parts(
+        cls, plan: Plan, shards: Iterable[ShardResult], *, out: str, catalog_uri: str,
+        currency: str, wall_s: float,
+    ) -> RunSummary:
+        statuses: Counter[str] = Counter()
+        summary = cls(
+            run_id=plan.run_id, out=out, rows_read=plan.rows_read, rejected=plan.rejected,
+            deduplicated=plan.deduplicated, folded=plan.folded, requests=plan.requests,
+            shards=len(plan.shard_keys), currency=currency, catalog_uri=catalog_uri,
+            rejects_uri=plan.rejects_uri, wall_s=wall_s,
+        )
+        for shard in shards:
+            statuses.update(shard.statuses)
+            summary.images_stored += shard.images
+            summary.billed_images += shard.billed_images
+            summary.cost += shard.cost
+            summary.possible_extra_images += shard.possible_extra_images
+            summary.possible_extra_cost += shard.possible_extra_cost
+            summary.attempts += shard.attempts
+        summary.statuses = dict(sorted(statuses.items()))
+        summary.cost = round(summary.cost, 6)
+        summary.possible_extra_cost = round(summary.possible_extra_cost, 6)
+        return summary
+
+    @property
+    def failed(self) -> int:
+        """Requests or images that ended without an output (any status but the good ones)."""
+        good = {"succeeded", "deduplicated"}
+        return sum(v for k, v in self.statuses.items() if k not in good)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def lines(self) -> list[str]:
+        """A short human summary, one fact a line."""
+        statuses = ", ".join(f"{k} {v}" for k, v in self.statuses.items()) or "nothing rendered"
+        out = [
+            f"run {self.run_id}: {self.rows_read} rows read, {self.rejected} rejected, "
+            f"{self.deduplicated} already rendered, {self.folded} duplicate rows folded",
+            f"requests {self.requests} in {self.shards} shards: {statuses}",
+            f"images stored {self.images_stored}; billed {self.billed_images} images, "
+            f"cost {self.cost:.4f} {self.currency}",
+        ]
+        if self.possible_extra_images:
+            out.append(
+                f"possible extra spend from ambiguous calls: {self.possible_extra_images} images, "
+                f"{self.possible_extra_cost:.4f} {self.currency}"
+            )
+        if self.billed_images == 0 and self.requests == 0:
+            out.append("nothing new to render: no image was paid for")
+        out.append(f"catalog: {self.catalog_uri}")
+        if self.rejects_uri:
+            out.append(f"rejects: {self.rejects_uri}")
+        out.append(f"wall time {self.wall_s:.1f} s")
+        return out
