@@ -300,7 +300,7 @@ class Engine:
         async for attempt in self._retry(lambda exc: isinstance(exc, TransientError)):
             with attempt:
                 put = await asyncio.to_thread(
-                    self.store.put, key, data, content_type="image/png", metadata=metadata,
+                    self.store.put, key, data, content_type=info.content_type, metadata=metadata,
                     if_none_match=True,
                 )
         if not put.created:

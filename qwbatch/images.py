@@ -41,15 +41,29 @@ _DECODE_ERRORS = (
 )
 
 
+#: Pillow format name → the Content-Type to store it with.
+MIME_TYPES: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
-    """A verified image: Pillow format name, size in pixels, SHA-256 and size in bytes."""
+    """A verified image.
+
+    ``format`` is Pillow's name (``"PNG"``), ``width`` and ``height`` are in pixels,
+    ``sha256`` is the hex digest of the encoded bytes and ``bytes`` their length (named as
+    the catalog's column).
+    """
 
     format: str
     width: int
     height: int
     sha256: str
-    size_bytes: int
+    bytes: int
+
+    @property
+    def content_type(self) -> str:
+        """The MIME type to store this image with (``image/png`` …)."""
+        return MIME_TYPES.get(self.format, f"image/{self.format.lower()}")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -73,7 +87,7 @@ def verify_image(
         raise ImageError("not an image: no bytes")
     fmt, width, height = _open_and_load(data, max_pixels=max_pixels, formats=formats)
     return ImageInfo(
-        format=fmt, width=width, height=height, sha256=sha256_hex(data), size_bytes=len(data)
+        format=fmt, width=width, height=height, sha256=sha256_hex(data), bytes=len(data)
     )
 
 

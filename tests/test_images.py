@@ -46,8 +46,9 @@ def test_valid_images_are_described(fmt: str) -> None:
         width=64,
         height=32,
         sha256=hashlib.sha256(data).hexdigest(),
-        size_bytes=len(data),
+        bytes=len(data),
     )
+    assert info.content_type == f"image/{fmt.lower()}"
 
 
 def test_sha256_hex() -> None:
@@ -66,7 +67,7 @@ def test_sha256_hex() -> None:
 )
 def test_truncated_png_fails(cut: object) -> None:
     data = _encode("PNG", (256, 256))
-    with pytest.raises(ImageError, match="truncated or corrupt|not an image"):
+    with pytest.raises(ImageError, match=r"truncated or corrupt|not an image"):
         verify_image(cut(data))  # type: ignore[operator]
 
 
@@ -88,7 +89,7 @@ def test_corrupt_png_checksum_fails() -> None:
     [b"", b"not an image at all", b"<html>expired</html>", b"\x89PNG\r\n\x1a\n"],
 )
 def test_non_images_fail(data: bytes) -> None:
-    with pytest.raises(ImageError, match="not an image|truncated or corrupt"):
+    with pytest.raises(ImageError, match=r"not an image|truncated or corrupt"):
         verify_image(data)
 
 

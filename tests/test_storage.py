@@ -26,7 +26,7 @@ from botocore.config import Config
 from fixtures_s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, seed_objects
 
 from qwbatch.config import Settings
-from qwbatch.errors import ConfigError, StorageError, StorageTransientError
+from qwbatch.errors import ConfigError, QwBatchError, StorageError, StorageTransientError
 from qwbatch.storage import (
     SIDECAR_SUFFIX,
     TEMP_PREFIX,
@@ -56,7 +56,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
         return open_store(str(tmp_path / "store"), Settings())
     bucket = request.getfixturevalue("s3_bucket")
     settings = request.getfixturevalue("s3_settings")
-    return open_store(f"s3://{bucket}/runs/r1", settings)
+    client = request.getfixturevalue("s3_client")
+    return open_store(f"s3://{bucket}/runs/r1", settings, s3_client=client)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +90,8 @@ def test_default_content_type_and_empty_object(store: ObjectStore) -> None:
     store.put("empty", b"")
     info = store.head("empty")
     assert info is not None
-    assert (info.size, info.content_type, dict(info.metadata)) == (0, "application/octet-stream", {})
+    assert (info.size, info.content_type) == (0, "application/octet-stream")
+    assert dict(info.metadata) == {}
     assert store.get("empty") == b""
 
 
@@ -260,7 +262,8 @@ def test_sanitize_key_part_keeps_safe_ids(text: str) -> None:
 
 def test_sanitize_key_part_keeps_distinct_ids_distinct() -> None:
     long_a, long_b = "p" * 200 + "a", "p" * 200 + "b"
-    texts = ["a/b", "a?b", "a_b", "a b", ".", "..", "_", "", "x" * 97, long_a, long_b, "cafe", "café"]
+    texts = ["a/b", "a?b", "a_b", "a b", ".", "..", "_", "", "x" * 97, long_a, long_b]
+    texts += ["cafe", "café", "猫", "犬"]
     texts.append(sanitize_key_part("a/b"))  # an id that merely looks like a hashed one
     parts = [sanitize_key_part(t) for t in texts]
     assert len(set(parts)) == len(texts)
@@ -373,14 +376,14 @@ def test_local_failed_write_cleans_up_and_raises(tmp_path: Path) -> None:
 SendHook = Callable[..., AWSResponse | None]
 
 
-def _client(settings: Settings, **config: Any) -> S3Client:
+def _client(settings: Settings, session: boto3.session.Session, **config: Any) -> S3Client:
     """A client like production's, with ``config`` overrides (e.g. no retries)."""
     defaults: dict[str, Any] = {
         "s3": {"addressing_style": "path"},
         "request_checksum_calculation": "when_required",
         "response_checksum_validation": "when_required",
     }
-    return boto3.session.Session().client(
+    return session.client(
         "s3",
         endpoint_url=settings.s3_endpoint_url,
         region_name=settings.s3_region,
@@ -489,9 +492,15 @@ def test_s3_falls_back_when_if_none_match_is_unsupported(
     ],
 )
 def test_s3_error_classes(
-    s3_settings: Settings, s3_bucket: str, status: int, code: str, expected: type[Exception]
+    s3_settings: Settings,
+    boto_session: boto3.session.Session,
+    s3_bucket: str,
+    status: int,
+    code: str,
+    expected: type[QwBatchError],
 ) -> None:
-    client = _client(s3_settings, retries={"mode": "standard", "total_max_attempts": 1})
+    no_retries = {"mode": "standard", "total_max_attempts": 1}
+    client = _client(s3_settings, boto_session, retries=no_retries)
     client.meta.events.register(
         "before-send.s3.PutObject", lambda **_: _respond(status, code, "injected")
     )
@@ -542,9 +551,11 @@ def test_make_s3_client_config(s3_client: S3Client, moto_server: str) -> None:
     assert config.response_checksum_validation == "when_required"
 
 
-def _failures(s3_settings: Settings, s3_bucket: str) -> Iterator[Exception]:
+def _failures(
+    s3_settings: Settings, session: boto3.session.Session, s3_bucket: str
+) -> Iterator[Exception]:
     """One of each S3 failure we translate, for the tests below."""
-    missing = S3Store(_client(s3_settings), f"{s3_bucket}-missing")
+    missing = S3Store(_client(s3_settings, session), f"{s3_bucket}-missing")
     for call in (
         lambda: missing.put("k", b"x"),
         lambda: missing.put("k", b"x", if_none_match=True),
@@ -559,15 +570,17 @@ def _failures(s3_settings: Settings, s3_bucket: str) -> Iterator[Exception]:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
     unreachable = Settings(s3_endpoint_url=f"http://127.0.0.1:{closed_port}", s3_region="us-east-1")
-    client = _client(unreachable, retries={"mode": "standard", "total_max_attempts": 1})
+    client = _client(unreachable, session, retries={"mode": "standard", "total_max_attempts": 1})
     try:
         S3Store(client, s3_bucket).put("k", b"x")
     except StorageTransientError as exc:
         yield exc
 
 
-def test_s3_missing_bucket_and_unreachable_endpoint(s3_settings: Settings, s3_bucket: str) -> None:
-    errors = list(_failures(s3_settings, s3_bucket))
+def test_s3_missing_bucket_and_unreachable_endpoint(
+    s3_settings: Settings, boto_session: boto3.session.Session, s3_bucket: str
+) -> None:
+    errors = list(_failures(s3_settings, boto_session, s3_bucket))
 
     assert [type(e) for e in errors] == [StorageError] * 4 + [StorageTransientError]
     assert all("NoSuchBucket" in str(e) for e in errors[:4])
@@ -575,8 +588,10 @@ def test_s3_missing_bucket_and_unreachable_endpoint(s3_settings: Settings, s3_bu
     assert "cannot reach http://127.0.0.1:" in str(errors[4])
 
 
-def test_s3_errors_never_carry_credentials(s3_settings: Settings, s3_bucket: str) -> None:
-    errors = list(_failures(s3_settings, s3_bucket))
+def test_s3_errors_never_carry_credentials(
+    s3_settings: Settings, boto_session: boto3.session.Session, s3_bucket: str
+) -> None:
+    errors = list(_failures(s3_settings, boto_session, s3_bucket))
     assert len(errors) == 5
     for error in errors:
         text = "".join(traceback.format_exception(error))  # the whole chain, causes included
