@@ -62,10 +62,12 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 #: Local temp files start with this; keys may not use it, so ``list`` can hide them.
 TEMP_PREFIX = ".qwtmp-"
 #: Local metadata sidecars end with this; keys may not use it, so ``list`` can hide them.
+#: A sidecar's name also starts with a dot, so readers of a folder of Parquet parts
+#: (pyarrow, DuckDB, polars) skip it as a hidden file.
 SIDECAR_SUFFIX = ".qwmeta.json"
 
 MAX_KEY_BYTES = 1024  # S3's limit on a whole key (UTF-8 bytes)
-MAX_SEGMENT_BYTES = 255 - len(SIDECAR_SUFFIX)  # NAME_MAX, leaving room for the sidecar name
+MAX_SEGMENT_BYTES = 255 - 1 - len(SIDECAR_SUFFIX)  # NAME_MAX, leaving room for the sidecar
 MAX_METADATA_BYTES = 2048  # S3's limit on user metadata (keys + encoded values, UTF-8 bytes)
 
 
@@ -287,7 +289,7 @@ def _md5_hex(data: bytes) -> str:
 
 
 class LocalStore:
-    """Objects as plain files under ``root``, metadata in a ``<file>.qwmeta.json`` sidecar.
+    """Objects as plain files under ``root``, metadata in a hidden ``.<file>.qwmeta.json``.
 
     Writes are atomic: the bytes go to a temp file in the target's directory, are fsynced,
     then renamed over (or, with ``if_none_match``, hard-linked to) the final name, so a reader
@@ -393,7 +395,7 @@ class LocalStore:
 
 
 def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + SIDECAR_SUFFIX)
+    return path.with_name(f".{path.name}{SIDECAR_SUFFIX}")
 
 
 def _identity(stat: os.stat_result) -> dict[str, int]:

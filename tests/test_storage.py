@@ -284,7 +284,7 @@ def test_local_list_hides_sidecars_and_temp_files(tmp_path: Path) -> None:
     store.put("a/0.png", b"x", metadata={"v": "1"})
     (tmp_path / "a" / f"{TEMP_PREFIX}deadbeef").write_bytes(b"left by a crash")
 
-    assert (tmp_path / "a" / f"0.png{SIDECAR_SUFFIX}").exists()
+    assert (tmp_path / "a" / f".0.png{SIDECAR_SUFFIX}").exists()
     assert list(store.list("")) == ["a/0.png"]
     assert store.root_uri == tmp_path.as_uri()
 

@@ -1,0 +1,275 @@
+"""Deterministic placeholder PNGs: what a person needs to see what was asked.
+
+A generated image is a flat colour derived from (prompt, seed, index) with the prompt written
+on it, wrapped, plus the model, seed, index and size; an edit is the first input image, tinted
+and captioned with the instruction. The same :class:`Recipe` always gives the same bytes.
+
+Fast mode skips text and Pillow: a hand-built flat PNG whose compressed rows are cached per
+size; a small ``tEXt`` chunk still makes every image's bytes unique. Sizes are in pixels.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import hashlib
+import io
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+#: zlib level for every PNG: speed over size (the simulator's images are throwaway).
+PNG_COMPRESS_LEVEL = 1
+#: Fast mode: compressed pixel rows kept, by (width, height).
+FAST_CACHE_SIZE = 64
+#: Input formats the provider accepts (dashscope-api.md §3.5).
+INPUT_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "MPO"})
+
+_FONT_CANDIDATES = (
+    # CJK-capable first: prompts are often Chinese.
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/System/Library/Fonts/PingFang.ttc",
+    "/System/Library/Fonts/Supplemental/Arial Unicode.ttf",
+    "C:/Windows/Fonts/msyh.ttc",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "C:/Windows/Fonts/arial.ttf",
+)
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """Everything that decides one result image's bytes."""
+
+    model: str
+    prompt: str
+    seed: int
+    #: 0-based position of this image among the request's n.
+    index: int
+    count: int
+    width: int
+    height: int
+    watermark: bool = False
+    #: Edit: the first input image's encoded bytes; None for generation.
+    base_image: bytes | None = None
+    is_edit: bool = False
+    fast: bool = False
+    font_path: str | None = None
+
+
+def colour(prompt: str, seed: int, index: int) -> RGB:
+    """A pleasant, stable colour for (prompt, seed, index)."""
+    digest = hashlib.sha256(f"{prompt}\x00{seed}\x00{index}".encode()).digest()
+    hue = digest[0] / 256 + digest[1] / 65536
+    saturation = 0.35 + 0.4 * digest[2] / 255
+    value = 0.55 + 0.4 * digest[3] / 255
+    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, value)
+    return round(red * 255), round(green * 255), round(blue * 255)
+
+
+def probe(data: bytes) -> tuple[int, int]:
+    """(width, height) of an encoded input image; ValueError if it is not one we accept."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in INPUT_FORMATS:
+                raise ValueError(f"unsupported image format {image.format}")
+            return image.size
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def render(recipe: Recipe) -> bytes:
+    """The PNG bytes for ``recipe``; pure and deterministic (safe to call from threads)."""
+    if recipe.fast:
+        return _fast_png(recipe)
+    tint = colour(recipe.prompt, recipe.seed, recipe.index)
+    if recipe.is_edit:
+        image = _edit_canvas(recipe, tint)
+    else:
+        image = Image.new("RGB", (recipe.width, recipe.height), tint)
+    _draw_caption(image, recipe, tint)
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("prompt", recipe.prompt)
+    info.add_text("qwbatch-simulator", _label(recipe))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=info)
+    return buffer.getvalue()
+
+
+def truncate(png: bytes) -> bytes:
+    """A corrupt copy: the first half of the bytes (the signature and IHDR survive)."""
+    return png[: max(40, len(png) // 2)]
+
+
+# ---------------------------------------------------------------------------- fast mode
+
+
+def _fast_png(recipe: Recipe) -> bytes:
+    """A flat W×H image in the recipe's exact colour, as a 1-bit palette PNG built by hand.
+
+    Only the compressed pixel rows depend on the size, and they are cached per size; the
+    colour lives in the 3-byte PLTE chunk, so a cache hit costs a few byte concatenations.
+    """
+    red, green, blue = colour(recipe.prompt, recipe.seed, recipe.index)
+    header = struct.pack(">IIBBBBB", recipe.width, recipe.height, 1, 3, 0, 0, 0)
+    text = b"qwbatch-simulator\x00" + _label(recipe).encode("latin-1", "replace")
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", header),
+            _chunk(b"PLTE", bytes((red, green, blue))),
+            _chunk(b"tEXt", text),
+            _flat_idat(recipe.width, recipe.height),
+            _chunk(b"IEND", b""),
+        )
+    )
+
+
+@lru_cache(maxsize=FAST_CACHE_SIZE)
+def _flat_idat(width: int, height: int) -> bytes:
+    # Each row: filter byte 0, then ceil(width / 8) bytes of palette index 0 (1 bit a pixel).
+    rows = bytes(height * (1 + (width + 7) // 8))
+    return _chunk(b"IDAT", zlib.compress(rows, PNG_COMPRESS_LEVEL))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _label(recipe: Recipe) -> str:
+    prompt_sha = hashlib.sha256(recipe.prompt.encode("utf-8")).hexdigest()
+    return (
+        f"model={recipe.model} seed={recipe.seed} index={recipe.index} n={recipe.count} "
+        f"size={recipe.width}*{recipe.height} prompt_sha256={prompt_sha}"
+    )
+
+
+# ---------------------------------------------------------------------------- drawing
+
+
+def _edit_canvas(recipe: Recipe, tint: RGB) -> Image.Image:
+    size = (recipe.width, recipe.height)
+    if recipe.base_image is None:
+        # An input we did not fetch (public URL, oss://): a neutral gradient stands in.
+        base = Image.linear_gradient("L").resize(size).convert("RGB")
+    else:
+        with Image.open(io.BytesIO(recipe.base_image)) as opened:
+            base = ImageOps.fit(opened.convert("RGB"), size, Image.Resampling.BILINEAR)
+    return Image.blend(base, Image.new("RGB", size, tint), 0.35)
+
+
+def _draw_caption(image: Image.Image, recipe: Recipe, tint: RGB) -> None:
+    width, height = image.size
+    draw = ImageDraw.Draw(image)
+    ink = _contrast(tint)
+    margin = max(4, min(width, height) // 24)
+    body_size = max(10, min(width, height) // 22)
+    small_size = max(8, body_size * 3 // 5)
+    body, small = _font(recipe.font_path, body_size), _font(recipe.font_path, small_size)
+
+    kind = "EDIT" if recipe.is_edit else "GENERATE"
+    header = (
+        f"{kind} · {recipe.model} · seed {recipe.seed} · image {recipe.index + 1}/"
+        f"{recipe.count} · {width}×{height}"
+    )
+    draw.text((margin, margin), header, font=small, fill=ink)
+
+    line_height = round(body_size * 1.25)
+    top = margin * 2 + small_size
+    bottom = height - margin * 2 - small_size
+    max_lines = max(1, (bottom - top) // line_height)
+    lines = _wrap(recipe.prompt, body, width - 2 * margin)
+    if len(lines) > max_lines:
+        lines = [*lines[: max_lines - 1], lines[max_lines - 1].rstrip() + " …"]
+    block = len(lines) * line_height
+    if recipe.is_edit:
+        # Keep the instruction on a band so it stays legible over any photo.
+        y0 = max(top, bottom - block) - margin // 2
+        draw.rectangle((0, y0, width, min(height, y0 + block + margin)), fill=tint)
+        y = y0 + margin // 4
+    else:
+        y = top + max(0, (bottom - top - block) // 2)
+    for line in lines:
+        draw.text((margin, y), line, font=body, fill=ink)
+        y += line_height
+    if recipe.watermark:
+        mark = "Qwen-Image"
+        mark_width = round(draw.textlength(mark, font=small))
+        draw.text(
+            (width - margin - mark_width, height - margin - small_size), mark, font=small, fill=ink
+        )
+
+
+def _contrast(rgb: RGB) -> RGB:
+    luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    return (20, 20, 20) if luminance > 140 else (245, 245, 245)
+
+
+_TOKEN_RE = re.compile(r"\S+\s*|\s+")
+
+
+def _wrap(text: str, font: Font, max_width: int) -> list[str]:
+    """Greedy wrap at spaces; runs without spaces (CJK, long URLs) break between characters."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for token in _TOKEN_RE.findall(paragraph):
+            pieces = [token] if font.getlength(token.rstrip()) <= max_width else list(token)
+            for piece in pieces:
+                if line and font.getlength((line + piece).rstrip()) > max_width:
+                    lines.append(line.rstrip())
+                    line = piece.lstrip()
+                else:
+                    line += piece
+        lines.append(line.rstrip())
+    return lines
+
+
+@lru_cache(maxsize=64)
+def _font(path: str | None, size: int) -> Font:
+    chosen = path or find_font()
+    if chosen is not None:
+        try:
+            return ImageFont.truetype(chosen, size)
+        except OSError:
+            pass  # an unreadable font file: fall back to Pillow's own
+    return ImageFont.load_default(size=size)
+
+
+@lru_cache(maxsize=1)
+def find_font() -> str | None:
+    """A TrueType/OpenType font on this machine (CJK-capable if there is one), or None."""
+    for candidate in _FONT_CANDIDATES:
+        if Path(candidate).is_file():
+            return candidate
+    fc_match = shutil.which("fc-match")
+    if fc_match is None:
+        return None
+    try:
+        # Fixed argv, no shell: fontconfig's best sans font, preferring CJK coverage.
+        found = subprocess.run(  # noqa: S603
+            [fc_match, "-f", "%{file}", "sans:lang=zh"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found if found and Path(found).is_file() else None
