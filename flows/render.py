@@ -34,22 +34,28 @@ def load_settings(overrides: dict[str, Any] | None) -> Settings:
 def plan_task(
     manifest: str, out: str, run_id: str, strict: bool, overrides: dict[str, Any]
 ) -> Plan:
-    return runner.plan(manifest, out, settings=load_settings(overrides), run_id=run_id,
-                       strict=strict)
+    return runner.plan(
+        manifest, out, settings=load_settings(overrides), run_id=run_id, strict=strict
+    )
 
 
-@task(name="render-shard", cache_policy=NO_CACHE, persist_result=False,
-      task_run_name="{shard_key}")
+@task(name="render-shard", cache_policy=NO_CACHE, persist_result=False, task_run_name="{shard_key}")
 def render_shard_task(
     shard_key: str, out: str, run_id: str, manifest_dir: str, overrides: dict[str, Any]
 ) -> ShardResult:
-    return runner.render_shard(shard_key, out=out, run_id=run_id, manifest_dir=manifest_dir,
-                               settings=load_settings(overrides))
+    return runner.render_shard(
+        shard_key,
+        out=out,
+        run_id=run_id,
+        manifest_dir=manifest_dir,
+        settings=load_settings(overrides),
+    )
 
 
 @flow(
     name="render-manifest",
-    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    # Prefect's default thread pool is unbounded; shards are I/O-bound, a few at once suffice.
+    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]  # Prefect's generic
     persist_result=False,
     log_prints=False,
 )
@@ -68,29 +74,43 @@ def render_manifest(
     logger = get_run_logger()
     run_id = run_id or new_run_id()
     overrides: dict[str, Any] = {
-        "default_model": model, "shard_size": shard_size, "rps": rps,
+        "default_model": model,
+        "shard_size": shard_size,
+        "rps": rps,
         "max_in_flight": max_in_flight,
     }
     settings = load_settings(overrides)
     plan = plan_task(manifest, out, run_id, strict, overrides)
     logger.info(
         "run %s: %d rows, %d rejected, %d already rendered, %d to render in %d shards",
-        run_id, plan.rows_read, plan.rejected, plan.deduplicated, plan.requests,
+        run_id,
+        plan.rows_read,
+        plan.rejected,
+        plan.deduplicated,
+        plan.requests,
         len(plan.shard_keys),
     )
     manifest_dir = str(Path(manifest).resolve().parent) if "://" not in manifest else "."
     futures = render_shard_task.map(
-        plan.shard_keys, out=unmapped(out), run_id=unmapped(run_id),
-        manifest_dir=unmapped(manifest_dir), overrides=unmapped(overrides),
+        plan.shard_keys,
+        out=unmapped(out),
+        run_id=unmapped(run_id),
+        manifest_dir=unmapped(manifest_dir),
+        overrides=unmapped(overrides),
     )
     shards = [future.result() for future in futures]
     store = open_store(out, settings)
     summary = RunSummary.from_parts(
-        plan, shards, out=out, catalog_uri=store.uri(CATALOG_PREFIX.rstrip("/")),
-        currency=settings.currency(), wall_s=time.monotonic() - began,
+        plan,
+        shards,
+        out=out,
+        catalog_uri=store.uri(CATALOG_PREFIX.rstrip("/")),
+        currency=settings.currency(),
+        wall_s=time.monotonic() - began,
     )
-    store.put(f"runs/{run_id}/summary.json", summary.to_json().encode(),
-              content_type="application/json")
+    store.put(
+        f"runs/{run_id}/summary.json", summary.to_json().encode(), content_type="application/json"
+    )
     for line in summary.lines():
         logger.info(line)
     return summary

@@ -26,22 +26,24 @@ PRODUCTS = [
 
 ROWS: list[dict[str, object]] = []
 for i, (product, sku) in enumerate(PRODUCTS):
-    ROWS.append({
-        "id": f"product-{i + 1:02d}",
-        "prompt": f"Studio product photo of a {product} on a seamless warm grey background, "
-                  "soft box lighting, subtle shadow, 50mm lens",
-        "model": "qwen-image-2.0",
-        "size": "1024*1024",
-        "negative_prompt": "blurry, watermark, extra objects",
-        "tags": {"campaign": "autumn-catalog", "sku": sku, "kind": "product"},
-    })
+    ROWS.append(
+        {
+            "id": f"product-{i + 1:02d}",
+            "prompt": f"Studio product photo of a {product} on a seamless warm grey background, "
+            "soft box lighting, subtle shadow, 50mm lens",
+            "model": "qwen-image-2.0",
+            "size": "1024*1024",
+            "negative_prompt": "blurry, watermark, extra objects",
+            "tags": {"campaign": "autumn-catalog", "sku": sku, "kind": "product"},
+        }
+    )
 
 ROWS += [
     {
         "id": "poster-en-zh",
         "prompt": 'A bold festival poster with the headline "Lantern Night Market" and the '
-                  'Chinese title "灯笼夜市" in large brush calligraphy, red and gold, '
-                  "paper lanterns, date line 'Sat 12 Dec'",
+        'Chinese title "灯笼夜市" in large brush calligraphy, red and gold, '
+        "paper lanterns, date line 'Sat 12 Dec'",
         "model": "qwen-image-2.0-pro",
         "size": "928*1664",
         "n": 2,
@@ -57,7 +59,7 @@ ROWS += [
     {
         "id": "slide-q3",
         "prompt": 'A clean presentation slide titled "Q3 Results" with three bar charts '
-                  "labelled Revenue, Users and Retention, corporate blue palette",
+        "labelled Revenue, Users and Retention, corporate blue palette",
         "model": "qwen-image-max",
         "size": "1664*928",
         "tags": {"campaign": "board-deck", "kind": "slide"},
@@ -65,7 +67,7 @@ ROWS += [
     {
         "id": "slide-roadmap",
         "prompt": 'A presentation slide titled "Roadmap 2027" showing a timeline with four '
-                  "milestones: Beta, Launch, Scale, Global",
+        "milestones: Beta, Launch, Scale, Global",
         "model": "qwen-image-plus",
         "size": "1664*928",
         "tags": {"campaign": "board-deck", "kind": "slide"},
@@ -73,7 +75,7 @@ ROWS += [
     {
         "id": "comic-1",
         "prompt": "Comic panel, ink and flat colours: a small robot finds a glowing seed in a "
-                  'city garden, speech bubble "What are you?"',
+        'city garden, speech bubble "What are you?"',
         "model": "qwen-image",
         "size": "1328*1328",
         "seed": 7,
@@ -82,7 +84,7 @@ ROWS += [
     {
         "id": "comic-2",
         "prompt": "Comic panel, ink and flat colours: the robot waters the seed, which has grown "
-                  'into a sapling, speech bubble "Grow!"',
+        'into a sapling, speech bubble "Grow!"',
         "model": "qwen-image",
         "size": "1328*1328",
         "seed": 7,
@@ -91,7 +93,7 @@ ROWS += [
     {
         "id": "banner-wide",
         "prompt": "Wide website hero banner of misty mountains at sunrise with the words "
-                  '"Find your quiet" in elegant serif type',
+        '"Find your quiet" in elegant serif type',
         "model": "qwen-image-2.0",
         "size": "2048*1024",
         "tags": {"campaign": "web", "kind": "banner"},
@@ -107,7 +109,7 @@ ROWS += [
     {
         "id": "menu-card",
         "prompt": 'A café menu card with the items "Flat white 4.50", "Matcha latte 5.00" and '
-                  '"Croissant 3.20", hand-lettered on a chalkboard',
+        '"Croissant 3.20", hand-lettered on a chalkboard',
         "model": "qwen-image-2.0",
         "size": "1024*1280",
         "tags": {"campaign": "cafe", "kind": "print"},
@@ -115,7 +117,7 @@ ROWS += [
     {
         "id": "book-cover",
         "prompt": 'A science-fiction book cover titled "The Quiet Orbit" by "A. N. Writer", '
-                  "a lone satellite over a violet planet",
+        "a lone satellite over a violet planet",
         "model": "qwen-image-2.0-pro",
         "size": "1024*1536",
         "tags": {"campaign": "books", "kind": "cover"},
@@ -123,7 +125,7 @@ ROWS += [
     {
         "id": "infographic",
         "prompt": 'An infographic titled "How tea is made" with five numbered steps: pluck, '
-                  "wither, roll, oxidise, dry, with small illustrations",
+        "wither, roll, oxidise, dry, with small illustrations",
         "model": "qwen-image-2.0",
         "size": "1024*1792",
         "tags": {"campaign": "education", "kind": "infographic"},
@@ -170,20 +172,22 @@ ROWS += [
     },
 ]
 
-SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("prompt", pa.string()),
-    ("mode", pa.string()),
-    ("model", pa.string()),
-    ("negative_prompt", pa.string()),
-    ("size", pa.string()),
-    ("n", pa.int32()),
-    ("seed", pa.int64()),
-    ("prompt_extend", pa.bool_()),
-    ("watermark", pa.bool_()),
-    ("input_images", pa.list_(pa.string())),
-    ("tags", pa.map_(pa.string(), pa.string())),
-])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("prompt", pa.string()),
+        ("mode", pa.string()),
+        ("model", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("size", pa.string()),
+        ("n", pa.int32()),
+        ("seed", pa.int64()),
+        ("prompt_extend", pa.bool_()),
+        ("watermark", pa.bool_()),
+        ("input_images", pa.list_(pa.string())),
+        ("tags", pa.map_(pa.string(), pa.string())),
+    ]
+)
 
 
 def build() -> pa.Table:

@@ -3,7 +3,8 @@
 Each part is written whole in one operation (temp file + rename on a local folder, a single
 PUT on S3), so a reader never sees half a part. Parts are plain Parquet files sharing
 :data:`SCHEMA`; read them with pyarrow (``pq.read_table("out/catalog")``), DuckDB
-(``select * from 'out/catalog/*.parquet'``) or polars (``pl.read_parquet("out/catalog/*.parquet")``).
+(``select * from 'out/catalog/*.parquet'``) or polars
+(``pl.read_parquet("out/catalog/*.parquet")``).
 
 One row per output image, and one per request that ended without an image.
 """
@@ -109,7 +110,9 @@ def part_keys(store: ObjectStore) -> list[str]:
 def iter_parts(store: ObjectStore, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:
     """Each catalog part as a table, reading only ``columns`` when given."""
     for key in part_keys(store):
-        table = pq.read_table(io.BytesIO(store.get(key)), columns=list(columns) if columns else None)
+        table = pq.read_table(
+            io.BytesIO(store.get(key)), columns=list(columns) if columns else None
+        )
         yield table
 
 
@@ -134,8 +137,16 @@ class ExistingImage:
     height: int | None
 
 
-_EXISTING_COLUMNS = ("request_key", "status", "image_index", "output_uri", "sha256", "bytes",
-                     "width", "height")
+_EXISTING_COLUMNS = (
+    "request_key",
+    "status",
+    "image_index",
+    "output_uri",
+    "sha256",
+    "bytes",
+    "width",
+    "height",
+)
 
 
 def existing_outputs(store: ObjectStore) -> dict[str, list[ExistingImage]]:
@@ -153,7 +164,9 @@ def existing_outputs(store: ObjectStore) -> dict[str, list[ExistingImage]]:
                 height=row["height"],
             )
             found.setdefault(row["request_key"], {})[image.image_index] = image
-    return {key: sorted(images.values(), key=lambda i: i.image_index) for key, images in found.items()}
+    return {
+        key: sorted(images.values(), key=lambda i: i.image_index) for key, images in found.items()
+    }
 
 
 def write_rejects(store: ObjectStore, table: pa.Table, *, run_id: str) -> str | None:

@@ -63,8 +63,16 @@ def run(
     run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random)")] = None,
 ) -> None:
     """Render every new row of MANIFEST into OUT and record it in OUT/catalog/."""
-    code = _run_flow(manifest, out, model=model, strict=strict, shard_size=shard_size, rps=rps,
-                     max_in_flight=max_in_flight, run_id=run_id)
+    code = _run_flow(
+        manifest,
+        out,
+        model=model,
+        strict=strict,
+        shard_size=shard_size,
+        rps=rps,
+        max_in_flight=max_in_flight,
+        run_id=run_id,
+    )
     raise typer.Exit(code)
 
 
@@ -72,8 +80,9 @@ def run(
 def validate(
     manifest: Annotated[Path, typer.Argument(help="Parquet manifest", exists=True)],
     model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
-    rejects: Annotated[Path | None, typer.Option(help="Write rejected rows to this Parquet file")]
-    = None,
+    rejects: Annotated[
+        Path | None, typer.Option(help="Write rejected rows to this Parquet file")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
 ) -> None:
     """Check MANIFEST without rendering: counts, and a reason for every rejected row."""
@@ -82,7 +91,7 @@ def validate(
     from qwbatch.manifest import read_manifest, rejects_table
     from qwbatch.runner import model_table
 
-    settings = Settings(**({"default_model": model} if model else {}))
+    settings = Settings(default_model=model) if model else Settings()
     try:
         table = model_table(settings)
         good, bad = 0, []
@@ -95,11 +104,25 @@ def validate(
     if rejects is not None and bad:
         pq.write_table(rejects_table(bad), rejects)
     if as_json:
-        typer.echo(json.dumps({
-            "valid": good, "rejected": len(bad),
-            "rejects": [{"row_number": r.row_number, "id": r.row_id, "column": r.column,
-                         "reason": r.reason} for r in bad],
-        }, ensure_ascii=False, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "valid": good,
+                    "rejected": len(bad),
+                    "rejects": [
+                        {
+                            "row_number": r.row_number,
+                            "id": r.row_id,
+                            "column": r.column,
+                            "reason": r.reason,
+                        }
+                        for r in bad
+                    ],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
     else:
         typer.echo(f"{good} valid rows, {len(bad)} rejected")
         for r in bad[:50]:
@@ -127,8 +150,7 @@ def simulator(
 def demo(
     out: Annotated[str, typer.Option("--out", "-o", help="Where to render")] = "out",
     manifest: Annotated[str, typer.Option(help="Manifest to render")] = "manifests/demo.parquet",
-    real: Annotated[bool, typer.Option(help="Call the real DashScope API (needs the key)")]
-    = False,
+    real: Annotated[bool, typer.Option(help="Call the real DashScope API (needs the key)")] = False,
 ) -> None:
     """Render the demo manifest into ./out against the bundled simulator."""
     if real:

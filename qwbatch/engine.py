@@ -119,7 +119,9 @@ class Engine:
         )
         return self.limiters.get(self._scope, spec.name, limit)
 
-    def _retry(self, on: Callable[[Exception], bool | float]) -> stamina._core._RetryContextIterator:
+    def _retry(
+        self, on: Callable[[Exception], bool | float]
+    ) -> stamina._core._RetryContextIterator:
         return stamina.retry_context(
             on=on,
             attempts=self.settings.max_attempts,
@@ -176,11 +178,18 @@ class Engine:
         for index, info in enumerate(infos):
             meta = info.metadata
             records.append(
-                self._record(request, "deduplicated", started, image_index=index,
-                             output_uri=self.store.uri(output_key(request.request_key, index)),
-                             sha256=meta.get("sha256"), bytes=info.size,
-                             width=_int_or_none(meta.get("width")),
-                             height=_int_or_none(meta.get("height")), unit_price=0.0)
+                self._record(
+                    request,
+                    "deduplicated",
+                    started,
+                    image_index=index,
+                    output_uri=self.store.uri(output_key(request.request_key, index)),
+                    sha256=meta.get("sha256"),
+                    bytes=info.size,
+                    width=_int_or_none(meta.get("width")),
+                    height=_int_or_none(meta.get("height")),
+                    unit_price=0.0,
+                )
             )
         return records
 
@@ -247,25 +256,50 @@ class Engine:
             except QwBatchError as exc:
                 status: Status = "expired" if isinstance(exc, ResultExpiredError) else "failed"
                 records.append(
-                    self._record(request, status, started, call=call, result=result,
-                                 image_index=image.index, error=exc,
-                                 unit_price=unit_price, cost=unit_price)
+                    self._record(
+                        request,
+                        status,
+                        started,
+                        call=call,
+                        result=result,
+                        image_index=image.index,
+                        error=exc,
+                        unit_price=unit_price,
+                        cost=unit_price,
+                    )
                 )
                 continue
             records.append(
-                self._record(request, "succeeded", started, call=call, result=result,
-                             image_index=image.index, output_uri=uri, sha256=info.sha256,
-                             bytes=len(data), width=info.width, height=info.height,
-                             unit_price=unit_price, cost=unit_price)
+                self._record(
+                    request,
+                    "succeeded",
+                    started,
+                    call=call,
+                    result=result,
+                    image_index=image.index,
+                    output_uri=uri,
+                    sha256=info.sha256,
+                    bytes=len(data),
+                    width=info.width,
+                    height=info.height,
+                    unit_price=unit_price,
+                    cost=unit_price,
+                )
             )
         missing = request.n - len(result.images)
         if missing > 0:
             codes = "; ".join(f"{c}: {m}" for c, m in result.item_errors) or "not returned"
             records.append(
-                self._record(request, "failed", started, call=call, result=result,
-                             error_code="PartialFailure",
-                             error_message=f"{missing} of {request.n} images failed ({codes})",
-                             unit_price=unit_price)
+                self._record(
+                    request,
+                    "failed",
+                    started,
+                    call=call,
+                    result=result,
+                    error_code="PartialFailure",
+                    error_message=f"{missing} of {request.n} images failed ({codes})",
+                    unit_price=unit_price,
+                )
             )
         # Billed images beyond those recorded (usage says more than we got) cost all the same.
         extra = result.billed_images - len(result.images)
@@ -300,7 +334,11 @@ class Engine:
         async for attempt in self._retry(lambda exc: isinstance(exc, TransientError)):
             with attempt:
                 put = await asyncio.to_thread(
-                    self.store.put, key, data, content_type=info.content_type, metadata=metadata,
+                    self.store.put,
+                    key,
+                    data,
+                    content_type=info.content_type,
+                    metadata=metadata,
                     if_none_match=True,
                 )
         if not put.created:
@@ -308,9 +346,11 @@ class Engine:
             existing = await asyncio.to_thread(self.store.head, key)
             if existing is not None and existing.metadata.get("sha256"):
                 info = images.ImageInfo(
-                    format=info.format, width=_int_or_none(existing.metadata.get("width")) or 0,
+                    format=info.format,
+                    width=_int_or_none(existing.metadata.get("width")) or 0,
                     height=_int_or_none(existing.metadata.get("height")) or 0,
-                    sha256=existing.metadata["sha256"], bytes=existing.size,
+                    sha256=existing.metadata["sha256"],
+                    bytes=existing.size,
                 )
         return data, info, put.uri
 
@@ -330,7 +370,7 @@ class Engine:
         image_index: int | None = None,
         output_uri: str | None = None,
         sha256: str | None = None,
-        bytes: int | None = None,  # noqa: A002 - the catalog's column name
+        bytes: int | None = None,
         width: int | None = None,
         height: int | None = None,
         unit_price: float = 0.0,
@@ -340,22 +380,45 @@ class Engine:
             error_code = error_code or error.code
             error_message = error_message or error.message
         return CatalogRecord(
-            run_id=self.run_id, row_id=request.row_id, request_key=request.request_key,
-            mode=request.mode, model=request.model, prompt=request.prompt,
-            negative_prompt=request.negative_prompt, size=request.size, n=request.n,
-            seed=request.seed, status=status, image_index=image_index,
-            error_code=error_code, error_message=error_message,
+            run_id=self.run_id,
+            row_id=request.row_id,
+            request_key=request.request_key,
+            mode=request.mode,
+            model=request.model,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            size=request.size,
+            n=request.n,
+            seed=request.seed,
+            status=status,
+            image_index=image_index,
+            error_code=error_code,
+            error_message=error_message,
             attempts=call.attempts if call else 0,
             provider_request_id=result.request_id if result else getattr(error, "request_id", None),
-            provider_task_id=(result.task_id if result else None) or (call.task_id if call else None),
-            output_uri=output_uri, sha256=sha256, bytes=bytes, width=width, height=height,
-            unit_price=unit_price, currency=self.currency, cost=cost,
-            started_at=started, finished_at=time.time(), tags=dict(request.tags),
-            input_images=list(request.input_images), input_sha256=list(request.input_sha256),
+            provider_task_id=(result.task_id if result else None)
+            or (call.task_id if call else None),
+            output_uri=output_uri,
+            sha256=sha256,
+            bytes=bytes,
+            width=width,
+            height=height,
+            unit_price=unit_price,
+            currency=self.currency,
+            cost=cost,
+            started_at=started,
+            finished_at=time.time(),
+            tags=dict(request.tags),
+            input_images=list(request.input_images),
+            input_sha256=list(request.input_sha256),
         )
 
     def _failure(
-        self, request: RenderRequest, exc: QwBatchError, call: _Call, unit_price: float,
+        self,
+        request: RenderRequest,
+        exc: QwBatchError,
+        call: _Call,
+        unit_price: float,
         started: float,
     ) -> CatalogRecord:
         status: Status
@@ -396,12 +459,17 @@ def _int_or_none(text: str | None) -> int | None:
 
 
 def summarize(
-    engine: Engine, shard_key: str, records: Sequence[CatalogRecord], part_uri: str | None,
+    engine: Engine,
+    shard_key: str,
+    records: Sequence[CatalogRecord],
+    part_uri: str | None,
     wall_s: float,
 ) -> ShardResult:
     """Fold a shard's records and the engine's billing counters into the shard's summary."""
     result = ShardResult(
-        shard_key=shard_key, part_uri=part_uri, wall_s=wall_s,
+        shard_key=shard_key,
+        part_uri=part_uri,
+        wall_s=wall_s,
         billed_images=engine.billed_images,
         possible_extra_images=engine.possible_extra_images,
         possible_extra_cost=engine.possible_extra_cost,

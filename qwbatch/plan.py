@@ -79,13 +79,31 @@ def dedup_records(
     now = time.time()
     return [
         CatalogRecord(
-            run_id=run_id, row_id=row_id, request_key=request.request_key, mode=request.mode,
-            model=request.model, prompt=request.prompt, negative_prompt=request.negative_prompt,
-            size=request.size, n=request.n, seed=request.seed, status="deduplicated",
-            image_index=image.image_index, output_uri=image.output_uri, sha256=image.sha256,
-            bytes=image.bytes, width=image.width, height=image.height, unit_price=0.0,
-            currency=currency, cost=0.0, started_at=now, finished_at=now, tags=dict(tags),
-            input_images=list(request.input_images), input_sha256=list(request.input_sha256),
+            run_id=run_id,
+            row_id=row_id,
+            request_key=request.request_key,
+            mode=request.mode,
+            model=request.model,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            size=request.size,
+            n=request.n,
+            seed=request.seed,
+            status="deduplicated",
+            image_index=image.image_index,
+            output_uri=image.output_uri,
+            sha256=image.sha256,
+            bytes=image.bytes,
+            width=image.width,
+            height=image.height,
+            unit_price=0.0,
+            currency=currency,
+            cost=0.0,
+            started_at=now,
+            finished_at=now,
+            tags=dict(tags),
+            input_images=list(request.input_images),
+            input_sha256=list(request.input_sha256),
         )
         for image in images
     ]
@@ -119,8 +137,14 @@ def plan_run(
             if key in existing:
                 plan.deduplicated += 1
                 dedup.extend(
-                    dedup_records(request, existing[key], run_id=run_id, row_id=request.row_id,
-                                  tags=request.tags, currency=currency)
+                    dedup_records(
+                        request,
+                        existing[key],
+                        run_id=run_id,
+                        row_id=request.row_id,
+                        tags=request.tags,
+                        currency=currency,
+                    )
                 )
             elif key in items:
                 plan.folded += 1
@@ -140,9 +164,7 @@ def plan_run(
     size = shard_size or settings.shard_size
     ordered = list(items.values())
     for index, start in enumerate(range(0, len(ordered), size)):
-        plan.shard_keys.append(
-            write_shard(store, run_id, index, ordered[start : start + size])
-        )
+        plan.shard_keys.append(write_shard(store, run_id, index, ordered[start : start + size]))
     return plan
 
 

@@ -118,8 +118,14 @@ class ModelTable:
             # A declared model: the user vouches for it; we check nothing we cannot know.
             specs.setdefault(
                 name,
-                ModelSpec(name=name, n_max=6, size_rule="any", prompt_max_chars=10_000,
-                          negative_prompt_max_chars=10_000, declared=True),
+                ModelSpec(
+                    name=name,
+                    n_max=6,
+                    size_rule="any",
+                    prompt_max_chars=10_000,
+                    negative_prompt_max_chars=10_000,
+                    declared=True,
+                ),
             )
         return cls(specs)
 

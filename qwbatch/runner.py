@@ -22,25 +22,38 @@ def model_table(settings: Settings) -> ModelTable:
     return ModelTable.load(settings.models_file, settings.declared_models)
 
 
-def plan(
-    manifest: str, out: str, *, settings: Settings, run_id: str, strict: bool = False
-) -> Plan:
+def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bool = False) -> Plan:
     """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`)."""
     store = open_store(out, settings)
-    return plan_run(manifest, store, settings=settings, table=model_table(settings),
-                    run_id=run_id, strict=strict)
+    return plan_run(
+        manifest,
+        store,
+        settings=settings,
+        table=model_table(settings),
+        run_id=run_id,
+        strict=strict,
+    )
 
 
 async def render_shard_async(
-    shard_key: str, *, out: str, run_id: str, manifest_dir: str, settings: Settings,
+    shard_key: str,
+    *,
+    out: str,
+    run_id: str,
+    manifest_dir: str,
+    settings: Settings,
     store: ObjectStore | None = None,
 ) -> ShardResult:
     """Render one shard file of run ``run_id`` into ``out``."""
     store = store or open_store(out, settings)
     async with DashScopeProvider.from_settings(settings) as provider:
         engine = Engine(
-            provider=provider, store=store, table=model_table(settings), settings=settings,
-            run_id=run_id, input_loader=LocalInputs(Path(manifest_dir)),
+            provider=provider,
+            store=store,
+            table=model_table(settings),
+            settings=settings,
+            run_id=run_id,
+            input_loader=LocalInputs(Path(manifest_dir)),
         )
         return await run_shard(engine, shard_key)
 
@@ -50,6 +63,7 @@ def render_shard(
 ) -> ShardResult:
     """Synchronous wrapper: one event loop per shard (each Prefect task thread has its own)."""
     return asyncio.run(
-        render_shard_async(shard_key, out=out, run_id=run_id, manifest_dir=manifest_dir,
-                           settings=settings)
+        render_shard_async(
+            shard_key, out=out, run_id=run_id, manifest_dir=manifest_dir, settings=settings
+        )
     )

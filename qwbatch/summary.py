@@ -35,15 +35,29 @@ class RunSummary:
 
     @classmethod
     def from_parts(
-        cls, plan: Plan, shards: Iterable[ShardResult], *, out: str, catalog_uri: str,
-        currency: str, wall_s: float,
+        cls,
+        plan: Plan,
+        shards: Iterable[ShardResult],
+        *,
+        out: str,
+        catalog_uri: str,
+        currency: str,
+        wall_s: float,
     ) -> RunSummary:
         statuses: Counter[str] = Counter()
         summary = cls(
-            run_id=plan.run_id, out=out, rows_read=plan.rows_read, rejected=plan.rejected,
-            deduplicated=plan.deduplicated, folded=plan.folded, requests=plan.requests,
-            shards=len(plan.shard_keys), currency=currency, catalog_uri=catalog_uri,
-            rejects_uri=plan.rejects_uri, wall_s=wall_s,
+            run_id=plan.run_id,
+            out=out,
+            rows_read=plan.rows_read,
+            rejected=plan.rejected,
+            deduplicated=plan.deduplicated,
+            folded=plan.folded,
+            requests=plan.requests,
+            shards=len(plan.shard_keys),
+            currency=currency,
+            catalog_uri=catalog_uri,
+            rejects_uri=plan.rejects_uri,
+            wall_s=wall_s,
         )
         for shard in shards:
             statuses.update(shard.statuses)

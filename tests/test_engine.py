@@ -22,22 +22,50 @@ TABLE = ModelTable.load()
 
 
 def make_request(
-    prompt: str = "a red bicycle", *, model: str = "qwen-image-2.0", n: int = 1,
-    size: str | None = "512*512", seed: int = 1, row_id: str = "r1",
+    prompt: str = "a red bicycle",
+    *,
+    model: str = "qwen-image-2.0",
+    n: int = 1,
+    size: str | None = "512*512",
+    seed: int = 1,
+    row_id: str = "r1",
 ) -> RenderRequest:
-    key = request_key(model=model, mode="generate", prompt=prompt, negative_prompt=None,
-                      size=size, n=n, seed=seed, prompt_extend=None, watermark=False,
-                      input_sha256=())
-    return RenderRequest(row_id=row_id, row_number=0, request_key=key, model=model,
-                         mode="generate", prompt=prompt, size=size, n=n, seed=seed)
+    key = request_key(
+        model=model,
+        mode="generate",
+        prompt=prompt,
+        negative_prompt=None,
+        size=size,
+        n=n,
+        seed=seed,
+        prompt_extend=None,
+        watermark=False,
+        input_sha256=(),
+    )
+    return RenderRequest(
+        row_id=row_id,
+        row_number=0,
+        request_key=key,
+        model=model,
+        mode="generate",
+        prompt=prompt,
+        size=size,
+        n=n,
+        seed=seed,
+    )
 
 
 @pytest.fixture
 def settings(sim) -> Settings:
     sim.configure(api_key=KEY)
     return Settings(
-        dashscope_base_url=sim.base_url, dashscope_api_key=KEY, backoff_base_s=0.01,
-        backoff_max_s=0.02, poll_interval_s=0.02, poll_max_interval_s=0.05, rps=500,
+        dashscope_base_url=sim.base_url,
+        dashscope_api_key=KEY,
+        backoff_base_s=0.01,
+        backoff_max_s=0.02,
+        poll_interval_s=0.02,
+        poll_max_interval_s=0.05,
+        rps=500,
         max_in_flight=16,
     )
 
@@ -47,8 +75,9 @@ def run(items: list[PlanItem], settings: Settings, out: Path) -> tuple[list[Cata
 
     async def go() -> tuple[list[CatalogRecord], Engine]:
         async with DashScopeProvider.from_settings(settings) as provider:
-            engine = Engine(provider=provider, store=store, table=TABLE, settings=settings,
-                            run_id="test-run")
+            engine = Engine(
+                provider=provider, store=store, table=TABLE, settings=settings, run_id="test-run"
+            )
             return await engine.run_items(items), engine
 
     return asyncio.run(go())
@@ -78,14 +107,16 @@ def test_folded_duplicates_are_recorded_once_billed_once(sim, settings, tmp_path
     records, _ = run([item], settings, tmp_path)
     assert [(r.row_id, r.status) for r in records] == [("r1", "succeeded"), ("r2", "deduplicated")]
     assert records[1].output_uri == records[0].output_uri
-    assert records[1].cost == 0 and records[1].tags == {"variant": "b"}
+    assert records[1].cost == 0
+    assert records[1].tags == {"variant": "b"}
     assert sim.ledger()["billed_images"] == 1
 
 
 def test_transient_5xx_is_retried(sim, settings, tmp_path) -> None:
     sim.configure(error_5xx_rate=0.5, seed=3)
-    records, _ = run([PlanItem(make_request(f"p{i}", row_id=f"r{i}")) for i in range(8)],
-                     settings, tmp_path)
+    records, _ = run(
+        [PlanItem(make_request(f"p{i}", row_id=f"r{i}")) for i in range(8)], settings, tmp_path
+    )
     assert all(r.status == "succeeded" for r in records)
     assert max(r.attempts for r in records) > 1
     assert sim.ledger()["billed_images"] == 8
@@ -95,7 +126,8 @@ def test_moderation_is_terminal_and_costs_nothing(sim, settings, tmp_path) -> No
     records, _ = run([PlanItem(make_request("__moderate__ something"))], settings, tmp_path)
     assert [r.status for r in records] == ["moderated"]
     assert records[0].error_code == "DataInspectionFailed"
-    assert records[0].attempts == 1 and records[0].cost == 0
+    assert records[0].attempts == 1
+    assert records[0].cost == 0
 
 
 def test_bad_parameters_fail_without_retry(sim, settings, tmp_path) -> None:
@@ -144,7 +176,8 @@ def test_partial_failure_bills_only_successes(sim, settings, tmp_path) -> None:
     assert 0 < len(ok) < 6
     assert engine.billed_images == len(ok) == sim.ledger()["billed_images"]
     assert sum(r.cost for r in records) == pytest.approx(0.035 * len(ok))
-    assert records[-1].status == "failed" and records[-1].error_code == "PartialFailure"
+    assert records[-1].status == "failed"
+    assert records[-1].error_code == "PartialFailure"
 
 
 def test_outputs_already_in_store_are_not_requested_again(sim, settings, tmp_path) -> None:
