@@ -164,7 +164,8 @@ def request_key(
 ) -> str:
     """Hex sha256 (64 chars) of the canonical form; a None seed is replaced by the derived one.
 
-    Raises ValueError for a seed outside [0, 2147483647].
+    Raises ValueError for a seed outside [0, 2147483647] and UnicodeEncodeError for text
+    that is not valid Unicode (lone surrogates; Arrow strings never hold them).
     """
     key, _ = key_and_seed(
         model=model,

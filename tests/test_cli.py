@@ -1,0 +1,89 @@
+"""The ``qwbatch`` command: each command's behaviour, exit codes, and its place in the README."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from qwbatch.cli import app
+
+ROOT = Path(__file__).parent.parent
+DEMO = ROOT / "manifests" / "demo.parquet"
+runner = CliRunner()
+
+
+def test_every_command_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    names = sorted(
+        (command.name or command.callback.__name__).replace("_", "-")  # type: ignore[union-attr]
+        for command in app.registered_commands
+    )
+    groups = sorted(group.name for group in app.registered_groups if group.name)
+    assert names
+    for name in names + groups:
+        assert re.search(rf"`qwbatch {re.escape(name)}\b", readme), f"README lacks qwbatch {name}"
+
+
+def test_validate_reports_each_reject_and_exits_1() -> None:
+    result = runner.invoke(app, ["validate", str(DEMO), "--json"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output)
+    assert report["rejected"] == 1
+    assert report["valid"] == pq.read_table(DEMO).num_rows - 1
+    (reject,) = report["rejects"]
+    assert reject["id"] == "too-big"
+    assert reject["column"] == "size"
+
+
+def test_validate_writes_rejects_file(tmp_path: Path) -> None:
+    out = tmp_path / "rejects.parquet"
+    result = runner.invoke(app, ["validate", str(DEMO), "--rejects", str(out)])
+    assert result.exit_code == 1
+    assert "1 rejected" in result.output
+    assert pq.read_table(out).column("id").to_pylist() == ["too-big"]
+
+
+def test_validate_clean_manifest_exits_0(tmp_path: Path) -> None:
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["a cat", "a dog"]}), path)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "2 valid rows, 0 rejected" in result.output
+
+
+def test_unreadable_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.parquet"
+    path.write_bytes(b"not parquet")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "qwbatch:" in result.output
+
+
+@pytest.mark.slow
+def test_run_renders_and_strict_refuses(
+    prefect_server, sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
+    monkeypatch.setenv("DASHSCOPE_API_KEY", sim.api_key)
+    path = tmp_path / "m.parquet"
+    pq.write_table(
+        pa.table({"id": ["a", "b", "bad"], "prompt": ["a cat", "a dog", ""],
+                  "size": ["512*512", "512*512", None]}),
+        path,
+    )
+    out = tmp_path / "out"
+    strict = runner.invoke(app, ["run", str(path), "--out", str(out), "--strict"])
+    assert strict.exit_code == 2
+    assert "bad" in strict.output
+    assert sim.ledger()["billed_images"] == 0
+
+    result = runner.invoke(app, ["run", str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1 rejected" in result.output
+    assert sim.ledger()["billed_images"] == 2
