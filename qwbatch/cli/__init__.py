@@ -1,4 +1,8 @@
-"""The ``qwbatch`` command. Each command is a thin layer over one library call."""
+"""The ``qwbatch`` command. Each command is a thin layer over one library call.
+
+Commands live in this package, one module per group (``run`` and friends here; other groups
+in sibling modules, each registering on :data:`app` and imported at the bottom of this file).
+"""
 
 from __future__ import annotations
 
@@ -171,6 +175,10 @@ def demo(
     raise typer.Exit(code)
 
 
+# Command groups in sibling modules register themselves on `app` when imported.
+from qwbatch.cli import _groups  # noqa: E402, F401
+
+
 def main() -> None:
     try:
         app()
@@ -178,6 +186,3 @@ def main() -> None:
         typer.echo("qwbatch: interrupted", err=True)
         sys.exit(130)
 
-
-if __name__ == "__main__":
-    main()
