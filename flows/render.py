@@ -8,6 +8,7 @@ any shard.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from qwbatch import runner
-from qwbatch.catalog import CATALOG_PREFIX
 from qwbatch.config import Settings
 from qwbatch.engine import ShardResult
-from qwbatch.plan import Plan, new_run_id
-from qwbatch.storage import open_store
+from qwbatch.stop import STOP
 from qwbatch.summary import RunSummary
 
 
@@ -32,10 +31,22 @@ def load_settings(overrides: dict[str, Any] | None) -> Settings:
 
 @task(name="plan", cache_policy=NO_CACHE, persist_result=False)
 def plan_task(
-    manifest: str, out: str, run_id: str, strict: bool, overrides: dict[str, Any]
-) -> Plan:
-    return runner.plan(
-        manifest, out, settings=load_settings(overrides), run_id=run_id, strict=strict
+    manifest: str,
+    out: str,
+    run_id: str | None,
+    resume: str | None,
+    auto_resume: bool,
+    strict: bool,
+    overrides: dict[str, Any],
+) -> runner.Prepared:
+    return runner.prepare(
+        manifest,
+        out,
+        settings=load_settings(overrides),
+        run_id=run_id,
+        resume=resume,
+        auto_resume=auto_resume,
+        strict=strict,
     )
 
 
@@ -68,49 +79,48 @@ def render_manifest(
     shard_size: int | None = None,
     rps: float | None = None,
     max_in_flight: int | None = None,
+    resume: str | None = None,
+    auto_resume: bool = True,
 ) -> RunSummary:
-    """Render every new request of ``manifest`` into ``out`` and record it in the catalog."""
-    began = time.monotonic()
-    logger = get_run_logger()
-    run_id = run_id or new_run_id()
-    overrides: dict[str, Any] = {
-        "default_model": model,
-        "shard_size": shard_size,
-        "rps": rps,
-        "max_in_flight": max_in_flight,
-    }
-    settings = load_settings(overrides)
-    plan = plan_task(manifest, out, run_id, strict, overrides)
-    logger.info(
-        "run %s: %d rows, %d rejected, %d already rendered, %d to render in %d shards",
-        run_id,
-        plan.rows_read,
-        plan.rejected,
-        plan.deduplicated,
-        plan.requests,
-        len(plan.shard_keys),
-    )
-    manifest_dir = str(Path(manifest).resolve().parent) if "://" not in manifest else "."
-    futures = render_shard_task.map(
-        plan.shard_keys,
-        out=unmapped(out),
-        run_id=unmapped(run_id),
-        manifest_dir=unmapped(manifest_dir),
-        overrides=unmapped(overrides),
-    )
-    shards = [future.result() for future in futures]
-    store = open_store(out, settings)
-    summary = RunSummary.from_parts(
-        plan,
-        shards,
-        out=out,
-        catalog_uri=store.uri(CATALOG_PREFIX.rstrip("/")),
-        currency=settings.currency(),
-        wall_s=time.monotonic() - began,
-    )
-    store.put(
-        f"runs/{run_id}/summary.json", summary.to_json().encode(), content_type="application/json"
-    )
-    for line in summary.lines():
-        logger.info(line)
-    return summary
+    """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
+
+    An unfinished run of the same manifest in ``out`` is resumed (``resume`` names one;
+    ``auto_resume=False`` starts afresh). SIGINT/SIGTERM stop it cleanly (qwbatch.stop).
+    """
+    # Signals stop the shards cleanly (journal + catalog part) instead of killing them.
+    with STOP.handling(signal.SIGINT, signal.SIGTERM):
+        began = time.monotonic()
+        logger = get_run_logger()
+        overrides: dict[str, Any] = {
+            "default_model": model,
+            "shard_size": shard_size,
+            "rps": rps,
+            "max_in_flight": max_in_flight,
+        }
+        settings = load_settings(overrides)
+        prepared = plan_task(manifest, out, run_id, resume, auto_resume, strict, overrides)
+        plan = prepared.plan
+        run_id = plan.run_id
+        logger.info(
+            "%s run %s: %d rows, %d rejected, %d already rendered, %d to render in %d shards",
+            "resuming" if prepared.resumed else "starting",
+            run_id,
+            plan.rows_read,
+            plan.rejected,
+            plan.deduplicated,
+            plan.requests,
+            len(plan.shard_keys),
+        )
+        manifest_dir = str(Path(manifest).resolve().parent) if "://" not in manifest else "."
+        futures = render_shard_task.map(
+            plan.shard_keys,
+            out=unmapped(out),
+            run_id=unmapped(run_id),
+            manifest_dir=unmapped(manifest_dir),
+            overrides=unmapped(overrides),
+        )
+        shards = [future.result() for future in futures]
+        summary = runner.finish(prepared, shards, out=out, settings=settings, began=began)
+        for line in summary.lines():
+            logger.info(line)
+        return summary

@@ -12,6 +12,7 @@ One row per output image, and one per request that ended without an image.
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -24,6 +25,8 @@ from qwbatch.models import CatalogRecord
 from qwbatch.storage import ObjectStore
 
 CATALOG_PREFIX = "catalog/"
+#: Markers of compactions in progress (``_`` keeps them out of pyarrow's dataset reads).
+COMPACTION_PREFIX = f"{CATALOG_PREFIX}_compaction/"
 REJECTS_PREFIX = "rejects/"
 
 _STR = pa.string()
@@ -44,6 +47,7 @@ SCHEMA = pa.schema(
         pa.field("error_code", _STR),
         pa.field("error_message", _STR),
         pa.field("attempts", pa.int32()),
+        pa.field("ambiguous_calls", pa.int32()),
         pa.field("provider_request_id", _STR),
         pa.field("provider_task_id", _STR),
         pa.field("output_uri", _STR),
@@ -88,23 +92,45 @@ def _table_bytes(table: pa.Table) -> bytes:
 
 
 def write_part(
-    store: ObjectStore, records: Sequence[CatalogRecord], *, run_id: str, label: str
+    store: ObjectStore,
+    records: Sequence[CatalogRecord],
+    *,
+    run_id: str,
+    label: str,
+    unique: bool = True,
 ) -> str | None:
     """Write ``records`` as one new catalog part; its URI, or None when there is nothing.
 
     ``label`` names the part's origin (``shard-00003``, ``plan``); a random suffix keeps two
-    attempts of the same shard from overwriting each other.
+    attempts of the same shard from overwriting each other. With ``unique=False`` the name
+    is fixed by run and label, so a later attempt that holds every row of the earlier one
+    (a resume: the journal restores them) replaces it, whole, in one write.
     """
     if not records:
         return None
-    key = f"{CATALOG_PREFIX}part-{run_id}-{label}-{uuid.uuid4().hex[:8]}.parquet"
+    suffix = f"-{uuid.uuid4().hex[:8]}" if unique else ""
+    key = f"{CATALOG_PREFIX}part-{run_id}-{label}{suffix}.parquet"
     store.put(key, _table_bytes(records_to_table(records)), content_type="application/x-parquet")
     return store.uri(key)
 
 
 def part_keys(store: ObjectStore) -> list[str]:
-    """Keys of every catalog part, in name order (run ids sort by time)."""
-    return sorted(k for k in store.list(CATALOG_PREFIX) if k.endswith(".parquet"))
+    """Keys of every live catalog part, in name order (run ids sort by time).
+
+    A compaction (``qwbatch.compaction``) in progress is invisible: until all its new parts
+    exist they are skipped, and once they do, the parts they replace are.
+    """
+    keys = sorted(store.list(CATALOG_PREFIX))
+    parts = [k for k in keys if k.endswith(".parquet") and not k.startswith(COMPACTION_PREFIX)]
+    markers = [k for k in keys if k.startswith(COMPACTION_PREFIX) and k.endswith(".json")]
+    if not markers:
+        return parts
+    live, hidden = set(parts), set()
+    for marker in markers:
+        body = json.loads(store.get(marker))
+        new, replaced = set(body["parts"]), set(body["replaces"])
+        hidden |= replaced if new <= live else new
+    return [k for k in parts if k not in hidden]
 
 
 def iter_parts(store: ObjectStore, columns: Sequence[str] | None = None) -> Iterator[pa.Table]:

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     backoff_base_s: float = 2.0
     backoff_max_s: float = 60.0
     ambiguous_retries: int = 1
+    #: Seconds to keep retrying a store (and the journal) that is unreachable before giving
+    #: up; images already generated wait in memory meanwhile, and nothing new is sent.
+    store_retry_s: float = 3600.0
+    #: Look for the async task behind a submission whose answer was lost (task listing).
+    recover_tasks: bool = True
 
     # Throughput
     shard_size: int = 250

@@ -10,16 +10,32 @@ Retries are classified (``qwbatch.errors``): throttling, 5xx and transport error
 request landed are retried with backoff and jitter; an *ambiguous* failure (the request may
 have been billed) is retried at most ``Settings.ambiguous_retries`` times and its possible
 spend is counted apart; permanent errors and moderation are recorded at once. A failure after
-the provider succeeded retries the download and the upload, never the generation.
+the provider succeeded retries the download and the upload, never the generation; a store
+that is down is retried for ``Settings.store_retry_s`` while the image bytes wait in memory.
+
+Three collaborators make a run survive crashes and stops (each optional, each a hook):
+
+- ``journal`` (:mod:`qwbatch.journal`): every call is journaled before it is sent, every
+  async task id right after the provider accepts it, every request's records when it ends.
+  Built from a replayed journal, the engine restores finished requests, polls known task ids
+  instead of resubmitting, counts calls a crash cut off as ambiguous, and harvests first
+  what is already paid for.
+- ``finder`` (:mod:`qwbatch.recovery`): looks for the task behind an async submission whose
+  answer was lost (dropped connection, or a crash before the task id was journaled).
+- ``stop`` (:mod:`qwbatch.stop`): once set, no new request starts; calls under way and
+  harvests finish; requests that are only waiting are abandoned to the journal and counted
+  as ``left``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import stamina
 
@@ -28,19 +44,29 @@ from qwbatch.config import Settings
 from qwbatch.errors import (
     AmbiguousError,
     ImageError,
+    JournalError,
     ModerationError,
     PermanentError,
+    ProviderAmbiguousError,
     QwBatchError,
     ResultExpiredError,
+    StorageTransientError,
     ThrottledError,
     TransientError,
 )
+from qwbatch.imagemeta import image_metadata, request_doc_key
+from qwbatch.journal import Finished, Journal
 from qwbatch.limits import LIMITERS, LimiterRegistry, LimitSpec, ModelLimiter
 from qwbatch.models import CatalogRecord, ProviderResult, RenderRequest, Status
-from qwbatch.plan import PlanItem, read_shard
+from qwbatch.plan import PlanItem, decode_shard
 from qwbatch.providers.base import Provider
+from qwbatch.providers.dashscope import TaskDeadlineError
+from qwbatch.recovery import KNOWN_TASKS, TaskFinder
 from qwbatch.registry import ModelSpec, ModelTable
+from qwbatch.stop import StopSignal
 from qwbatch.storage import ObjectStore
+
+T = TypeVar("T")
 
 #: Turns an edit input's URI into what is sent ("data:image/png;base64,…" or a public URL).
 InputLoader = Callable[[str], Awaitable[str]]
@@ -67,15 +93,37 @@ class ShardResult:
     possible_extra_cost: float = 0.0
     attempts: int = 0
     wall_s: float = 0.0
+    #: Calls whose answer was lost after they were sent (each may have been billed).
+    ambiguous_calls: int = 0
+    #: Async tasks found again after their creation answer was lost (harvested, not re-paid).
+    recovered_tasks: int = 0
+    #: Requests not finished because the run was stopped (journaled; a resume does them).
+    left: int = 0
 
 
 @dataclass(slots=True)
 class _Call:
-    """Bookkeeping for one request across its attempts."""
+    """Bookkeeping for one request across its attempts (and across resumes, via the journal)."""
 
     attempts: int = 0
     ambiguous: int = 0
     task_id: str | None = None
+    #: When an async submission whose answer the journal never saw was sent (a resume).
+    orphan_since: float | None = None
+    billed: int = 0
+    extra_images: int = 0
+    extra_cost: float = 0.0
+    recovered: int = 0
+    #: >0 while the request is in a step a stop must not cut: a call on the wire, or a harvest.
+    critical: int = 0
+
+    @contextlib.contextmanager
+    def guarded(self) -> Iterator[None]:
+        self.critical += 1
+        try:
+            yield
+        finally:
+            self.critical -= 1
 
 
 class Engine:
@@ -92,6 +140,9 @@ class Engine:
         input_loader: InputLoader | None = None,
         limiters: LimiterRegistry = LIMITERS,
         concurrency: int = 32,
+        journal: Journal | None = None,
+        finder: TaskFinder | None = None,
+        stop: StopSignal | None = None,
     ) -> None:
         self.provider = provider
         self.store = store
@@ -109,6 +160,15 @@ class Engine:
         self.billed_images = 0
         self.possible_extra_images = 0
         self.possible_extra_cost = 0.0
+        self.ambiguous_calls = 0
+        self.recovered_tasks = 0
+        self.left = 0
+        self.journal = journal if journal is not None else Journal()
+        self.finder = finder
+        if finder is None and settings.recover_tasks:
+            self.finder = TaskFinder(provider, journal_tasks=self.journal.known_tasks)
+        self.stop = stop if stop is not None else StopSignal()
+        self._calls: dict[asyncio.Task[list[CatalogRecord]], _Call] = {}
 
     # -- limits ---------------------------------------------------------------------------
 
@@ -134,61 +194,181 @@ class Engine:
     # -- one shard ------------------------------------------------------------------------
 
     async def run_items(self, items: Sequence[PlanItem]) -> list[CatalogRecord]:
-        """Render every item; records for all of them (and their folded duplicates)."""
+        """Render every item; records for all of them (and their folded duplicates).
+
+        Requests the journal holds a task id for go first: they are paid for, and their
+        result URLs are the first to expire. Once ``stop`` is set, items not yet started are
+        left, and started ones that are only waiting are abandoned (see :mod:`qwbatch.stop`).
+        """
+        state = self.journal.state
+        ordered = sorted(items, key=lambda item: state.priority(item.request.request_key))
         gate = asyncio.Semaphore(self.concurrency)
 
-        async def one(item: PlanItem) -> list[CatalogRecord]:
-            async with gate:
-                return await self.render(item)
+        async def one(item: PlanItem, call: _Call) -> list[CatalogRecord]:
+            try:
+                async with gate:
+                    if self.stop.is_set():
+                        raise asyncio.CancelledError
+                    return await self._render(item, call)
+            except asyncio.CancelledError:
+                if not self.stop.is_set():
+                    raise
+                self.left += 1
+                return []
 
-        groups = await asyncio.gather(*(one(item) for item in items))
+        tasks = []
+        for item in ordered:
+            call = _Call()
+            task = asyncio.create_task(one(item, call))
+            self._calls[task] = call
+            tasks.append(task)
+        watcher = asyncio.create_task(self._watch_stop())
+        try:
+            groups = await asyncio.gather(*tasks)
+        finally:
+            watcher.cancel()
+            self._calls.clear()
+            await self.journal.close()
         return [record for group in groups for record in group]
+
+    async def _watch_stop(self, tick_s: float = 0.05) -> None:
+        """Once ``stop`` is set, cancel each request the moment it is only waiting."""
+        # The flag is set from a signal handler on another thread (and loop): poll it.
+        while not self.stop.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(tick_s)
+        while True:
+            for task, call in list(self._calls.items()):
+                if not task.done() and call.critical == 0:
+                    task.cancel()
+            await asyncio.sleep(tick_s)
 
     async def render(self, item: PlanItem) -> list[CatalogRecord]:
         """Render one request; its records, with folded duplicates recorded as deduplicated."""
+        return await self._render(item, _Call())
+
+    async def _render(self, item: PlanItem, call: _Call) -> list[CatalogRecord]:
         request = item.request
+        key = request.request_key
+        finished = self.journal.state.finished(key)
+        if finished is not None:
+            return self._restore(finished)
         spec = self.table.get(request.model)
         unit_price = spec.price(self.region) or 0.0
         started = time.time()
-        call = _Call()
+        self._resume_call(request, spec, call)
         try:
-            records = await self._stored_records(request, started)
+            records = await self._stored_records(request, call, unit_price, started)
             if records is None:
                 result = await self._call_provider(request, spec, call)
-                records = await self._harvest(request, result, call, unit_price, started)
+                with call.guarded():
+                    records = await self._harvest(request, result, call, unit_price, started)
+        except JournalError:
+            raise
         except QwBatchError as exc:
             records = [self._failure(request, exc, call, unit_price, started)]
         for alias in item.aliases:
             records.extend(self._alias_records(records, alias.row_id, dict(alias.tags)))
+        with call.guarded():
+            await self.journal.done(key, self._finished(records, call))
         return records
+
+    def _resume_call(self, request: RenderRequest, spec: ModelSpec, call: _Call) -> None:
+        """Carry what the journal knows of earlier attempts into this one."""
+        state = self.journal.state
+        key = request.request_key
+        call.attempts = state.calls(key)
+        call.task_id = state.known_task(key)
+        call.orphan_since = state.orphan_since(key)
+        prior = state.prior_ambiguous(key)
+        if prior:
+            # Lost answers of earlier attempts (a crash, or a drop journaled before it):
+            # possible spend this run reports, and part of the ambiguous-retry budget.
+            call.ambiguous = prior
+            self._count_ambiguous(request, spec, call, prior)
+        if call.task_id is not None:
+            KNOWN_TASKS.add(call.task_id)
+
+    def _restore(self, finished: Finished) -> list[CatalogRecord]:
+        """A request the journal says ended: its records and counters, nothing re-sent."""
+        self.billed_images += finished.billed_images
+        self.possible_extra_images += finished.possible_extra_images
+        self.possible_extra_cost += finished.possible_extra_cost
+        self.ambiguous_calls += finished.ambiguous_calls
+        self.recovered_tasks += finished.recovered_tasks
+        return finished.records
+
+    @staticmethod
+    def _finished(records: list[CatalogRecord], call: _Call) -> Finished:
+        return Finished(
+            records=records,
+            billed_images=call.billed,
+            possible_extra_images=call.extra_images,
+            possible_extra_cost=call.extra_cost,
+            ambiguous_calls=call.ambiguous,
+            recovered_tasks=call.recovered,
+        )
+
+    def _count_ambiguous(
+        self, request: RenderRequest, spec: ModelSpec, call: _Call, calls: int = 1
+    ) -> None:
+        extra_cost = calls * request.n * (spec.price(self.region) or 0.0)
+        self.ambiguous_calls += calls
+        self.possible_extra_images += calls * request.n
+        self.possible_extra_cost += extra_cost
+        call.extra_images += calls * request.n
+        call.extra_cost += extra_cost
+
+    def _billed(self, call: _Call, result: ProviderResult) -> None:
+        self.billed_images += result.billed_images
+        call.billed += result.billed_images
 
     # -- steps ----------------------------------------------------------------------------
 
+    async def _store_call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A store call, retried while the store is unreachable (up to ``store_retry_s``)."""
+        async for attempt in store_retries(self.settings):
+            with attempt:
+                return await asyncio.to_thread(fn, *args, **kwargs)
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
     async def _stored_records(
-        self, request: RenderRequest, started: float
+        self, request: RenderRequest, call: _Call, unit_price: float, started: float
     ) -> list[CatalogRecord] | None:
-        """Records for outputs already in the store (a crash after upload); None if absent."""
+        """Records for outputs already in the store (a crash after upload); None if absent.
+
+        An output this run stored (its ``run-id``) for a request the journal saw it send is
+        recorded as succeeded at its price: this run paid for it before a crash kept it from
+        the catalog. Others are deduplicated.
+        """
+        sent_before = self.journal.state.calls(request.request_key) > 0
         infos = []
         for index in range(request.n):
-            info = await asyncio.to_thread(self.store.head, output_key(request.request_key, index))
+            key = output_key(request.request_key, index)
+            info = await self._store_call(self.store.head, key)
             if info is None:
                 return None
             infos.append(info)
         records = []
         for index, info in enumerate(infos):
             meta = info.metadata
+            ours = sent_before and meta.get("run-id") == self.run_id
+            if ours:
+                self.billed_images += 1
+                call.billed += 1
             records.append(
                 self._record(
                     request,
-                    "deduplicated",
+                    "succeeded" if ours else "deduplicated",
                     started,
+                    call=call if ours else None,
                     image_index=index,
                     output_uri=self.store.uri(output_key(request.request_key, index)),
                     sha256=meta.get("sha256"),
                     bytes=info.size,
                     width=_int_or_none(meta.get("width")),
                     height=_int_or_none(meta.get("height")),
-                    unit_price=0.0,
+                    unit_price=unit_price if ours else 0.0,
+                    cost=unit_price if ours else 0.0,
                 )
             )
         return records
@@ -199,46 +379,106 @@ class Engine:
         """The paid call, retried only where retrying cannot bill twice (or within budget)."""
         limiter = self.limiter(spec)
         use_task = spec.async_endpoint and self.settings.prefer_async and request.mode == "generate"
+        budget = self.settings.ambiguous_retries
         sent: list[str] = []
         if request.input_images:
             if self.input_loader is None:
                 raise PermanentError("edit inputs given but no input loader configured")
             sent = [await self.input_loader(uri) for uri in request.input_images]
+        if call.task_id is None and call.orphan_since is not None:
+            # A resume: an async submission went out but its task id never reached the journal.
+            found = await self._find_task(request, call, call.orphan_since)
+            if found is not None:
+                self._billed(call, found)
+                return found
+            call.ambiguous += 1
+            self._count_ambiguous(request, spec, call)
+        if call.task_id is None and call.ambiguous > budget:
+            raise ProviderAmbiguousError(
+                f"{call.ambiguous} calls may have been billed without an answer (crash or lost "
+                f"connection); not sent again (QWBATCH_AMBIGUOUS_RETRIES={budget})"
+            )
 
         def retryable(exc: Exception) -> bool | float:
             if isinstance(exc, ThrottledError):
                 return exc.retry_after if exc.retry_after else True
             if isinstance(exc, AmbiguousError):
-                return call.ambiguous <= self.settings.ambiguous_retries
+                return call.ambiguous <= budget
             return isinstance(exc, TransientError)
 
         async for attempt in self._retry(retryable):
             with attempt:
                 if call.task_id is not None:
                     # The provider accepted a task: poll it again, never resubmit.
-                    result = await self.provider.wait_task(call.task_id)
-                    self.billed_images += result.billed_images
+                    result = await self._wait_task(call)
+                    self._billed(call, result)
                     return result
                 call.attempts += 1
                 try:
                     async with limiter.slot():
                         if use_task:
-                            call.task_id = await self.provider.submit_task(request)
-                            result = await self.provider.wait_task(call.task_id)
+                            result = await self._submit_and_wait(request, call)
                         else:
-                            result = await self.provider.generate(request, sent)
+                            with call.guarded():
+                                await self.journal.intent(request, "sync", call.attempts)
+                                result = await self.provider.generate(request, sent)
                 except ThrottledError as exc:
                     limiter.on_throttle(exc.retry_after)
                     raise
                 except AmbiguousError:
                     call.ambiguous += 1
-                    self.possible_extra_images += request.n
-                    self.possible_extra_cost += request.n * (spec.price(self.region) or 0.0)
+                    self._count_ambiguous(request, spec, call)
+                    self.journal.ambiguous(request)
                     raise
                 limiter.on_success()
-                self.billed_images += result.billed_images
+                self._billed(call, result)
                 return result
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _submit_and_wait(self, request: RenderRequest, call: _Call) -> ProviderResult:
+        """Create an async task (journaled before and after) and wait for it to end."""
+        with call.guarded():
+            await self.journal.intent(request, "async", call.attempts)
+            sent_at = time.time()
+            try:
+                call.task_id = await self.provider.submit_task(request)
+            except AmbiguousError:
+                # The task may exist: find it rather than pay for a second one.
+                found = await self._find_task(request, call, sent_at)
+                if found is None:
+                    raise
+                return found
+            KNOWN_TASKS.add(call.task_id)
+            await self.journal.task(request, call.task_id)
+        return await self._wait_task(call)
+
+    async def _wait_task(self, call: _Call) -> ProviderResult:
+        """Poll the call's task; a task that ended in failure is forgotten (retry resubmits),
+        one still running at the deadline is polled again."""
+        assert call.task_id is not None
+        try:
+            return await self.provider.wait_task(call.task_id)
+        except TaskDeadlineError:
+            raise
+        except QwBatchError:
+            call.task_id = None
+            raise
+
+    async def _find_task(
+        self, request: RenderRequest, call: _Call, sent_at: float
+    ) -> ProviderResult | None:
+        """Look for the task a lost submission created; journal it and return its result."""
+        if self.finder is None:
+            return None
+        found = await self.finder.find(request, sent_at)
+        if found is None:
+            return None
+        task_id, result = found
+        call.task_id = task_id
+        call.recovered += 1
+        self.recovered_tasks += 1
+        await self.journal.task(request, task_id, recovered=True)
+        return result
 
     async def _harvest(
         self,
@@ -252,7 +492,9 @@ class Engine:
         records: list[CatalogRecord] = []
         for image in result.images:
             try:
-                data, info, uri = await self._store_image(request, image.url, image.index)
+                data, info, uri = await self._store_image(
+                    request, image.url, image.index, result, unit_price
+                )
             except QwBatchError as exc:
                 status: Status = "expired" if isinstance(exc, ResultExpiredError) else "failed"
                 records.append(
@@ -308,9 +550,15 @@ class Engine:
         return records
 
     async def _store_image(
-        self, request: RenderRequest, url: str, index: int
+        self,
+        request: RenderRequest,
+        url: str,
+        index: int,
+        result: ProviderResult,
+        unit_price: float,
     ) -> tuple[bytes, images.ImageInfo, str]:
-        """Fetch, verify and upload one image, retrying transient and corrupt downloads."""
+        """Fetch, verify and upload one image, retrying transient and corrupt downloads, and
+        retrying the upload for as long as the store is unreachable (``store_retry_s``)."""
 
         def retryable(exc: Exception) -> bool:
             return isinstance(exc, TransientError | ImageError)
@@ -320,30 +568,39 @@ class Engine:
                 data = await self.provider.download(url)
                 info = images.verify_image(data)
         key = output_key(request.request_key, index)
-        metadata = {
-            "request-key": request.request_key,
-            "model": request.model,
-            "mode": request.mode,
-            "seed": str(request.seed),
-            "image-index": str(index),
-            "sha256": info.sha256,
-            "width": str(info.width),
-            "height": str(info.height),
-            "run-id": self.run_id,
-        }
-        async for attempt in self._retry(lambda exc: isinstance(exc, TransientError)):
-            with attempt:
-                put = await asyncio.to_thread(
-                    self.store.put,
-                    key,
-                    data,
-                    content_type=info.content_type,
-                    metadata=metadata,
-                    if_none_match=True,
-                )
+        metadata, doc = image_metadata(
+            request,
+            index=index,
+            sha256=info.sha256,
+            width=info.width,
+            height=info.height,
+            run_id=self.run_id,
+            unit_price=unit_price,
+            currency=self.currency,
+            task_id=result.task_id,
+            request_id=result.request_id,
+            created_at=time.time(),
+        )
+        if doc is not None:
+            # The prompt did not fit the object metadata: it rides beside the images.
+            await self._store_call(
+                self.store.put,
+                request_doc_key(request.request_key),
+                doc,
+                content_type="application/json",
+                if_none_match=True,
+            )
+        put = await self._store_call(
+            self.store.put,
+            key,
+            data,
+            content_type=info.content_type,
+            metadata=metadata,
+            if_none_match=True,
+        )
         if not put.created:
             # Content-addressed: the object already there is the output of record.
-            existing = await asyncio.to_thread(self.store.head, key)
+            existing = await self._store_call(self.store.head, key)
             if existing is not None and existing.metadata.get("sha256"):
                 info = images.ImageInfo(
                     format=info.format,
@@ -395,6 +652,7 @@ class Engine:
             error_code=error_code,
             error_message=error_message,
             attempts=call.attempts if call else 0,
+            ambiguous_calls=call.ambiguous if call else 0,
             provider_request_id=result.request_id if result else getattr(error, "request_id", None),
             provider_task_id=(result.task_id if result else None)
             or (call.task_id if call else None),
@@ -445,10 +703,23 @@ class Engine:
             copy.cost = 0.0
             copy.unit_price = 0.0
             copy.attempts = 0
+            copy.ambiguous_calls = 0
             if copy.status == "succeeded":
                 copy.status = "deduplicated"
             out.append(copy)
         return out
+
+
+def store_retries(settings: Settings) -> stamina._core._RetryContextIterator:
+    """Retries for a store that is unreachable: no attempt cap, ``store_retry_s`` in all."""
+    return stamina.retry_context(
+        on=StorageTransientError,
+        attempts=None,
+        timeout=settings.store_retry_s,
+        wait_initial=settings.backoff_base_s,
+        wait_max=settings.backoff_max_s,
+        wait_jitter=settings.backoff_base_s,
+    )
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -473,6 +744,9 @@ def summarize(
         billed_images=engine.billed_images,
         possible_extra_images=engine.possible_extra_images,
         possible_extra_cost=engine.possible_extra_cost,
+        ambiguous_calls=engine.ambiguous_calls,
+        recovered_tasks=engine.recovered_tasks,
+        left=engine.left,
     )
     requests: dict[str, int] = {}
     for record in records:
@@ -487,12 +761,27 @@ def summarize(
 
 
 async def run_shard(engine: Engine, shard_key: str) -> ShardResult:
-    """Read a shard file, render it, write its catalog part; the shard's summary."""
+    """Read a shard file, render it, write its catalog part; the shard's summary.
+
+    The part's name is fixed per run and shard (``part-<run>-shard-NNNNN.parquet``), so a
+    resumed or stopped-and-resumed shard replaces its earlier part (the journal restores the
+    rows that part held) instead of adding a second copy of them.
+    """
     began = time.monotonic()
-    items = list(read_shard(engine.store, shard_key))
+    data = await engine._store_call(engine.store.get, shard_key)
+    items = list(decode_shard(data))
     records = await engine.run_items(items)
-    label = shard_key.rsplit("/", 1)[-1].split(".", 1)[0]
-    part_uri = await asyncio.to_thread(
-        catalog.write_part, engine.store, records, run_id=engine.run_id, label=label
+    part_uri = await engine._store_call(
+        catalog.write_part,
+        engine.store,
+        records,
+        run_id=engine.run_id,
+        label=shard_label(shard_key),
+        unique=False,
     )
     return summarize(engine, shard_key, records, part_uri, time.monotonic() - began)
+
+
+def shard_label(shard_key: str) -> str:
+    """``runs/<run>/shards/shard-00003.jsonl.gz`` → ``shard-00003``."""
+    return shard_key.rsplit("/", 1)[-1].split(".", 1)[0]

@@ -18,6 +18,7 @@
         │   └── ResultExpiredError  a result URL or task id that is past its 24 h life
         ├── ImageError              bytes that are not a valid image of the expected size
         └── StorageError            the store refused (access denied, no such bucket)
+            └── JournalError        the run's journal cannot be written: stop submitting
 
 Every provider error carries the provider's ``code`` and ``request_id`` so the catalog can
 record them; none carries request headers, so an API key can never ride along in a message.
@@ -139,3 +140,13 @@ class ModerationError(ProviderError):
 
 class ResultExpiredError(ProviderError):
     """A result URL or task id that the provider no longer serves (past its 24 h life)."""
+
+
+class JournalError(StorageError):
+    """The run's journal cannot be written, so nothing more may be sent to the provider.
+
+    Raised out of the shard (never recorded as a row's failure): a request that cannot be
+    journaled before it is sent could be paid for twice after a crash.
+    """
+
+    code = "JournalError"

@@ -65,6 +65,8 @@ class ProviderResult:
     width: int | None = None
     height: int | None = None
     actual_prompt: str | None = None
+    #: The prompt the task was created with, as the provider echoes it (async tasks only).
+    orig_prompt: str | None = None
     #: Per-image failures inside a partly successful n>1 request: (code, message).
     item_errors: tuple[tuple[str, str], ...] = ()
 
@@ -88,6 +90,8 @@ class CatalogRecord:
     error_code: str | None = None
     error_message: str | None = None
     attempts: int = 0
+    #: Calls whose answer was lost after they were sent: each may have been billed.
+    ambiguous_calls: int = 0
     provider_request_id: str | None = None
     provider_task_id: str | None = None
     output_uri: str | None = None

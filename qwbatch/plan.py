@@ -154,7 +154,9 @@ def plan_run(
 
     plan.rejected = len(rejects)
     plan.rejects_uri = catalog.write_rejects(store, rejects_table(rejects), run_id=run_id)
-    plan.dedup_part_uri = catalog.write_part(store, dedup, run_id=run_id, label="plan")
+    plan.dedup_part_uri = catalog.write_part(
+        store, dedup, run_id=run_id, label="plan", unique=False
+    )
     plan.requests = len(items)
     for item in items.values():
         plan.images += item.request.n
@@ -199,6 +201,11 @@ def write_shard(store: ObjectStore, run_id: str, index: int, items: Sequence[Pla
 
 
 def read_shard(store: ObjectStore, key: str) -> Iterator[PlanItem]:
-    for line in gzip.decompress(store.get(key)).decode("utf-8").splitlines():
+    return decode_shard(store.get(key))
+
+
+def decode_shard(data: bytes) -> Iterator[PlanItem]:
+    """The items of a shard file's bytes."""
+    for line in gzip.decompress(data).decode("utf-8").splitlines():
         if line:
             yield _decode_item(json.loads(line))

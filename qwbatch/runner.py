@@ -2,20 +2,35 @@
 
 Each function takes plain values (URIs, ids, settings) so that a Prefect task on any worker
 can call it; clients are built here, once per call, from :class:`~qwbatch.config.Settings`.
+
+A run is three steps, each safe to repeat: :func:`prepare` (choose the run to continue, or
+plan a new one), :func:`render_shard` per shard (skips finished shards, replays the journal
+of unfinished ones), and :func:`finish` (the summary).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
+from qwbatch import runs
+from qwbatch.catalog import CATALOG_PREFIX
 from qwbatch.config import Settings
-from qwbatch.engine import Engine, ShardResult, run_shard
+from qwbatch.engine import Engine, ShardResult, run_shard, shard_label, store_retries
 from qwbatch.inputs import LocalInputs
-from qwbatch.plan import Plan, plan_run
+from qwbatch.journal import StoreJournal
+from qwbatch.plan import Plan, decode_shard, new_run_id, plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.registry import ModelTable
+from qwbatch.stop import STOP, StopSignal
 from qwbatch.storage import ObjectStore, open_store
+from qwbatch.summary import RunSummary
+
+T = TypeVar("T")
 
 
 def model_table(settings: Settings) -> ModelTable:
@@ -35,6 +50,54 @@ def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bo
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The plan a run works from, and whether it continues an earlier attempt."""
+
+    plan: Plan
+    resumed: bool
+
+
+def prepare(
+    manifest: str,
+    out: str,
+    *,
+    settings: Settings,
+    run_id: str | None = None,
+    resume: str | None = None,
+    auto_resume: bool = True,
+    strict: bool = False,
+) -> Prepared:
+    """Continue an unfinished run of ``manifest`` in ``out``, or plan a new one.
+
+    See :func:`qwbatch.runs.choose_run` for which run; a run whose planning was cut short is
+    planned again under its own id (planning writes every file at a fixed name).
+    """
+    store = open_store(out, settings)
+    fingerprint = runs.manifest_fingerprint(
+        manifest, default_model=settings.default_model, strict=strict
+    )
+    chosen, loaded = runs.choose_run(
+        store, fingerprint, run_id=run_id, resume=resume, auto_resume=auto_resume
+    )
+    if loaded is not None:
+        return Prepared(loaded, resumed=True)
+    # A chosen run without a plan was cut short while planning: plan it again, same id.
+    resumed = chosen is not None and runs.run_exists(store, chosen, fingerprint)
+    new_id = chosen or new_run_id()
+    runs.start_run(store, new_id, fingerprint)
+    made = plan_run(
+        manifest,
+        store,
+        settings=settings,
+        table=model_table(settings),
+        run_id=new_id,
+        strict=strict,
+    )
+    runs.save_plan(store, made, fingerprint)
+    return Prepared(made, resumed=resumed)
+
+
 async def render_shard_async(
     shard_key: str,
     *,
@@ -43,9 +106,25 @@ async def render_shard_async(
     manifest_dir: str,
     settings: Settings,
     store: ObjectStore | None = None,
+    stop: StopSignal = STOP,
 ) -> ShardResult:
-    """Render one shard file of run ``run_id`` into ``out``."""
+    """Render one shard file of run ``run_id`` into ``out``.
+
+    A shard that finished before (its summary is in ``runs/<run>/done/``) is not run again.
+    An unfinished one replays its journal first. Once the shard has finished with nothing
+    left, its summary is saved and its journal deleted.
+    """
     store = store or open_store(out, settings)
+    label = shard_label(shard_key)
+    done = await _with_store(settings, runs.load_shard_result, store, run_id, label)
+    if done is not None:
+        return done
+    if stop.is_set():
+        data = await _with_store(settings, store.get, shard_key)
+        return ShardResult(shard_key=shard_key, left=sum(1 for _ in decode_shard(data)))
+    journal = await _with_store(
+        settings, StoreJournal.open, store, run_id, label, retry_s=settings.store_retry_s
+    )
     async with DashScopeProvider.from_settings(settings) as provider:
         engine = Engine(
             provider=provider,
@@ -54,8 +133,14 @@ async def render_shard_async(
             settings=settings,
             run_id=run_id,
             input_loader=LocalInputs(Path(manifest_dir)),
+            journal=journal,
+            stop=stop,
         )
-        return await run_shard(engine, shard_key)
+        result = await run_shard(engine, shard_key)
+    if result.left == 0:
+        await _with_store(settings, runs.save_shard_result, store, run_id, label, result)
+        await _with_store(settings, journal.discard)
+    return result
 
 
 def render_shard(
@@ -67,3 +152,40 @@ def render_shard(
             shard_key, out=out, run_id=run_id, manifest_dir=manifest_dir, settings=settings
         )
     )
+
+
+def finish(
+    prepared: Prepared,
+    shards: list[ShardResult],
+    *,
+    out: str,
+    settings: Settings,
+    began: float,
+    stop: StopSignal = STOP,
+) -> RunSummary:
+    """The run's summary, also written to ``runs/<run>/summary.json``."""
+    store = open_store(out, settings)
+    summary = RunSummary.from_parts(
+        prepared.plan,
+        shards,
+        out=out,
+        catalog_uri=store.uri(CATALOG_PREFIX.rstrip("/")),
+        currency=settings.currency(),
+        wall_s=time.monotonic() - began,
+    )
+    summary.resumed = prepared.resumed
+    summary.stopped_by = stop.reason if stop.is_set() and summary.left else None
+    store.put(
+        runs.summary_key(summary.run_id),
+        summary.to_json().encode(),
+        content_type="application/json",
+    )
+    return summary
+
+
+async def _with_store(settings: Settings, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a thread, retried while the store is unreachable."""
+    async for attempt in store_retries(settings):
+        with attempt:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+    raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover

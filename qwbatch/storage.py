@@ -249,10 +249,15 @@ def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
             )
         if not isinstance(value, str):
             raise StorageError(f"metadata {name!r} must be a string, not {type(value).__name__}")
-    size = sum(len(k) + len(_encode_meta_value(v)) for k, v in checked.items())
+    size = metadata_size(checked)
     if size > MAX_METADATA_BYTES:
         raise StorageError(f"metadata is {size} bytes; the limit is {MAX_METADATA_BYTES}")
     return checked
+
+
+def metadata_size(metadata: Mapping[str, str]) -> int:
+    """Bytes ``metadata`` takes against S3's 2048-byte limit (keys plus encoded values)."""
+    return sum(len(k) + len(_encode_meta_value(v)) for k, v in metadata.items())
 
 
 def _encode_meta_value(value: str) -> str:

@@ -28,7 +28,17 @@ class RunSummary:
     currency: str = "USD"
     possible_extra_images: int = 0
     possible_extra_cost: float = 0.0
+    #: Calls whose answer was lost after sending (each may have been billed; see above).
+    ambiguous_calls: int = 0
+    #: Async tasks found again after their creation answer was lost: harvested, not re-paid.
+    recovered_tasks: int = 0
     attempts: int = 0
+    #: Requests not finished because the run was stopped; a resume does them.
+    left: int = 0
+    #: Whether this attempt continued an earlier one (journal replayed, finished shards kept).
+    resumed: bool = False
+    #: The signal that stopped the run ("SIGINT", "SIGTERM"), when it was stopped.
+    stopped_by: str | None = None
     catalog_uri: str = ""
     rejects_uri: str | None = None
     wall_s: float = 0.0
@@ -66,7 +76,10 @@ class RunSummary:
             summary.cost += shard.cost
             summary.possible_extra_images += shard.possible_extra_images
             summary.possible_extra_cost += shard.possible_extra_cost
+            summary.ambiguous_calls += shard.ambiguous_calls
+            summary.recovered_tasks += shard.recovered_tasks
             summary.attempts += shard.attempts
+            summary.left += shard.left
         summary.statuses = dict(sorted(statuses.items()))
         summary.cost = round(summary.cost, 6)
         summary.possible_extra_cost = round(summary.possible_extra_cost, 6)
@@ -77,6 +90,14 @@ class RunSummary:
         """Requests or images that ended without an output (any status but the good ones)."""
         good = {"succeeded", "deduplicated"}
         return sum(v for k, v in self.statuses.items() if k not in good)
+
+    def left_line(self) -> str:
+        """One line: what a stopped run left, and how to finish it."""
+        why = f"stopped by {self.stopped_by}" if self.stopped_by else "stopped"
+        return (
+            f"{why}: {self.left} of {self.requests} requests left (journaled); finish with "
+            f"qwbatch run MANIFEST --out {self.out} --resume {self.run_id}"
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -93,9 +114,15 @@ class RunSummary:
         ]
         if self.possible_extra_images:
             out.append(
-                f"possible extra spend from ambiguous calls: {self.possible_extra_images} images, "
-                f"{self.possible_extra_cost:.4f} {self.currency}"
+                f"possible extra spend from {self.ambiguous_calls} ambiguous calls: "
+                f"{self.possible_extra_images} images, {self.possible_extra_cost:.4f} "
+                f"{self.currency}"
             )
+        if self.recovered_tasks:
+            out.append(f"{self.recovered_tasks} lost async submissions found and harvested")
+        out.append(f"provider calls: {self.attempts}" + (" (resumed run)" if self.resumed else ""))
+        if self.left:
+            out.append(self.left_line())
         if self.billed_images == 0 and self.requests == 0:
             out.append("nothing new to render: no image was paid for")
         out.append(f"catalog: {self.catalog_uri}")

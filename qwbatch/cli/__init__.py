@@ -50,6 +50,12 @@ def _run_flow(manifest: str, out: str, **params: Any) -> int:
     except QwBatchError as exc:
         _fail(str(exc))
         return 2
+    if summary.left:
+        # Stopped by a signal: one line of what is left, and the signal's exit code.
+        from qwbatch.stop import STOP
+
+        typer.echo(f"qwbatch: {summary.left_line()}", err=True)
+        return STOP.exit_code() if STOP.is_set() else 1
     for line in summary.lines():
         typer.echo(line)
     return 1 if summary.failed else 0
@@ -64,9 +70,20 @@ def run(
     shard_size: Annotated[int | None, typer.Option(help="Requests per shard")] = None,
     rps: Annotated[float | None, typer.Option(help="Requests per second, every model")] = None,
     max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight per model")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random)")] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="Run id: resumed if OUT has it, else started")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Resume this run of MANIFEST in OUT (journal replayed)")
+    ] = None,
+    new_run: Annotated[
+        bool, typer.Option(help="Start a new run even if one of MANIFEST is unfinished")
+    ] = False,
 ) -> None:
-    """Render every new row of MANIFEST into OUT and record it in OUT/catalog/."""
+    """Render every new row of MANIFEST into OUT and record it in OUT/catalog/.
+
+    An unfinished run of the same MANIFEST in OUT (crashed or stopped) is resumed.
+    """
     code = _run_flow(
         manifest,
         out,
@@ -76,6 +93,8 @@ def run(
         rps=rps,
         max_in_flight=max_in_flight,
         run_id=run_id,
+        resume=resume,
+        auto_resume=not new_run,
     )
     raise typer.Exit(code)
 
@@ -185,4 +204,3 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("qwbatch: interrupted", err=True)
         sys.exit(130)
-

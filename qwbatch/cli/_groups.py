@@ -2,3 +2,5 @@
 
 Add one import line per new module; keep the modules themselves thin.
 """
+
+from qwbatch.cli import catalog  # noqa: F401  (qwbatch catalog rebuild|compact)

@@ -9,9 +9,19 @@ request may have been billed but the answer was lost, ``ProviderError`` / ``Mode
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from qwbatch.models import ProviderResult, RenderRequest
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """One row of the provider's task listing. ``submitted_at`` is POSIX seconds, if known."""
+
+    task_id: str
+    status: str | None = None
+    submitted_at: float | None = None
 
 
 class Provider(Protocol):
@@ -29,6 +39,13 @@ class Provider(Protocol):
 
     async def wait_task(self, task_id: str) -> ProviderResult:
         """Poll ``GET /tasks/{id}`` until the task ends; its result, or an error."""
+        ...
+
+    async def list_tasks(self, model: str, start: float, end: float) -> list[TaskInfo]:
+        """Tasks of ``model`` submitted between ``start`` and ``end`` (POSIX seconds).
+
+        Used to find a task whose creation answer was lost (see :mod:`qwbatch.recovery`).
+        """
         ...
 
     async def download(self, url: str) -> bytes:

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from httpx import USE_CLIENT_DEFAULT
@@ -43,6 +43,7 @@ from qwbatch.errors import (
     ThrottledError,
 )
 from qwbatch.models import ProviderImage, ProviderResult, RenderRequest
+from qwbatch.providers.base import TaskInfo
 from qwbatch.registry import parse_size
 
 if TYPE_CHECKING:
@@ -55,6 +56,9 @@ _log = logging.getLogger(__name__)
 GENERATION_PATH: Final = "/services/aigc/multimodal-generation/generation"
 SYNTHESIS_PATH: Final = "/services/aigc/text2image/image-synthesis"
 TASKS_PATH: Final = "/tasks"
+#: Task listing: rows per page, and pages read at most (recovery needs recent tasks only).
+LIST_PAGE_SIZE: Final = 100
+LIST_MAX_PAGES: Final = 20
 
 #: Failures raised before a single byte of the request left: always safe to retry.
 _BEFORE_SEND: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -308,6 +312,40 @@ class DashScopeProvider:
             await self._sleep(min(delay, remaining))
             interval = min(interval * 2, self._poll_max_interval_s)
 
+    async def list_tasks(self, model: str, start: float, end: float) -> list[TaskInfo]:
+        """Tasks of ``model`` submitted between ``start`` and ``end`` (POSIX seconds).
+
+        ``GET /tasks`` takes ``start_time``/``end_time`` as ``YYYYMMDDhhmmss`` in a time zone
+        the docs do not name (⚠️), so the window sent is widened by 14 h each side and the
+        rows are filtered here by their ``gmt_create`` (POSIX milliseconds) when they carry
+        one. At most ``LIST_MAX_PAGES`` pages of ``LIST_PAGE_SIZE`` rows are read.
+        """
+        skew = 14 * 3600.0
+        params = {
+            "model_name": model,
+            "start_time": _list_time(start - skew),
+            "end_time": _list_time(end + skew),
+            "page_size": str(LIST_PAGE_SIZE),
+        }
+        found: list[TaskInfo] = []
+        for page in range(1, LIST_MAX_PAGES + 1):
+            query = urlencode({**params, "page_no": str(page)})
+            data = await self._call("GET", f"{TASKS_PATH}?{query}", billable=False)
+            rows = [_dict(row) for row in _list(data.get("data"))]
+            for row in rows:
+                task_id = _str(row.get("task_id"))
+                if not task_id:
+                    continue
+                created = _int(row.get("gmt_create"))
+                submitted = created / 1000 if created is not None else None
+                if submitted is not None and not start <= submitted <= end:
+                    continue
+                status = _str(row.get("task_status")) or _str(row.get("status"))
+                found.append(TaskInfo(task_id=task_id, status=status, submitted_at=submitted))
+            if len(rows) < LIST_PAGE_SIZE:
+                break
+        return found
+
     async def download(self, url: str) -> bytes:
         """The bytes of a result URL; :class:`ResultExpiredError` once the signature expired."""
         response = await self._send(
@@ -441,11 +479,13 @@ class DashScopeProvider:
             urls: list[str] = []
             item_errors: list[tuple[str, str]] = []
             actual_prompt: str | None = None
+            orig_prompt: str | None = None
             for item in map(_dict, _list(output.get("results"))):
                 url = _str(item.get("url"))
                 if url:
                     urls.append(url)
                     actual_prompt = actual_prompt or _str(item.get("actual_prompt"))
+                    orig_prompt = orig_prompt or _str(item.get("orig_prompt"))
                 else:
                     message = self._redact(_str(item.get("message")) or _str(item.get("msg")) or "")
                     item_errors.append((_str(item.get("code")) or "ItemFailed", message))
@@ -458,6 +498,7 @@ class DashScopeProvider:
                 width=width,
                 height=height,
                 actual_prompt=actual_prompt,
+                orig_prompt=orig_prompt,
                 item_errors=tuple(item_errors),
             )
         context = f"task {task_id} {status}"
@@ -497,6 +538,11 @@ def _parameters(request: RenderRequest) -> dict[str, Any]:
         parameters["prompt_extend"] = request.prompt_extend
     parameters["watermark"] = request.watermark
     return parameters
+
+
+def _list_time(posix: float) -> str:
+    """``YYYYMMDDhhmmss`` in UTC, the task listing's time format."""
+    return time.strftime("%Y%m%d%H%M%S", time.gmtime(max(posix, 0.0)))
 
 
 def _usage(data: dict[str, Any]) -> tuple[int | None, int | None, int | None]:

@@ -7,6 +7,7 @@ Routes::
 
     POST /api/v1/services/aigc/multimodal-generation/generation   sync generation and editing
     POST /api/v1/services/aigc/text2image/image-synthesis         async task (X-DashScope-Async)
+    GET  /api/v1/tasks?start_time=…&model_name=…                  list tasks (batch query)
     GET  /api/v1/tasks/{task_id}                                  task status and results
     POST /api/v1/tasks/{task_id}/cancel                           cancel a PENDING task
     GET  /results/{token}.png?Expires=…                           result images (OSS-like)
@@ -56,6 +57,7 @@ def create_app(
                 methods=["POST"],
             ),
             Route(f"{API}/services/aigc/text2image/image-synthesis", _synthesis, methods=["POST"]),
+            Route(f"{API}/tasks", _list_tasks, methods=["GET"]),
             Route(f"{API}/tasks/{{task_id}}", _poll, methods=["GET"]),
             Route(f"{API}/tasks/{{task_id}}/cancel", _cancel, methods=["POST"]),
             Route("/results/{name}", _result, methods=["GET"]),
@@ -101,6 +103,13 @@ async def _synthesis(request: Request) -> Response:
 async def _poll(request: Request) -> Response:
     task_id = request.path_params["task_id"]
     reply = _sim(request).poll(task_id, authorization=request.headers.get("authorization"))
+    return _response(reply)
+
+
+async def _list_tasks(request: Request) -> Response:
+    reply = _sim(request).list_tasks(
+        dict(request.query_params), authorization=request.headers.get("authorization")
+    )
     return _response(reply)
 
 

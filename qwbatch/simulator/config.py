@@ -96,6 +96,8 @@ class SimulatorConfig(BaseModel):
     partial_failure_rate: Probability = 0.0
     #: An async task ends FAILED (InternalError.Algo); nothing billed.
     task_failure_rate: Probability = 0.0
+    #: Per result image: its URL is born expired (403 "Request has expired"); still billed.
+    expired_url_rate: Probability = 0.0
 
     def updated(self, patch: dict[str, Any]) -> SimulatorConfig:
         """A copy with ``patch`` applied, validated like a fresh config (ValidationError if not)."""

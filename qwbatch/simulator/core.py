@@ -9,6 +9,7 @@ is still billed), when an async task succeeds.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
 import logging
 import time
@@ -319,6 +320,55 @@ class Simulator:
             output["code"], output["message"] = task.code, task.message
         return body
 
+    def list_tasks(self, query: Mapping[str, str], *, authorization: str | None) -> Reply:
+        """``GET /tasks?start_time=…&end_time=…&model_name=…&status=…&page_no=…&page_size=…``.
+
+        Times are ``YYYYMMDDhhmmss`` in UTC and bound the submission time; each item carries
+        ``task_id``, ``task_status``, ``model_name``, ``request_id`` and ``gmt_create``
+        (POSIX milliseconds). Newest first, like a console listing.
+        """
+        request_id = new_request_id()
+        config = self.config
+        self.ledger.requests["tasks-list"] += 1
+        try:
+            self._authorize(config, authorization)
+            start = _list_time(query.get("start_time"), "start_time")
+            end = _list_time(query.get("end_time"), "end_time")
+            page_no = _positive_int(query.get("page_no"), "page_no", 1)
+            page_size = min(_positive_int(query.get("page_size"), "page_size", 10), 100)
+        except ApiError as error:
+            return self._error(request_id, error)
+        model, status = query.get("model_name"), query.get("status")
+        found = [
+            task
+            for task in self.tasks.all()
+            if (start is None or task.submitted_at >= start)
+            and (end is None or task.submitted_at <= end)
+            and (not model or task.job.model == model)
+            and (not status or task.status == status)
+        ]
+        found.sort(key=lambda task: task.submitted_at, reverse=True)
+        page = found[(page_no - 1) * page_size : page_no * page_size]
+        return Reply(
+            json={
+                "request_id": request_id,
+                "data": [
+                    {
+                        "task_id": task.task_id,
+                        "task_status": task.status,
+                        "model_name": task.job.model,
+                        "request_id": task.request_id,
+                        "gmt_create": int(task.submitted_at * 1000),
+                    }
+                    for task in page
+                ],
+                "total": len(found),
+                "total_page": -(-len(found) // page_size),
+                "page_no": page_no,
+                "page_size": page_size,
+            }
+        )
+
     def cancel(self, task_id: str, *, authorization: str | None) -> Reply:
         """``POST /tasks/{task_id}/cancel``: only a PENDING task can be canceled."""
         request_id = new_request_id()
@@ -393,7 +443,9 @@ class Simulator:
             font_path=config.font_path,
         )
         corrupt = self.dice.hit(config.corrupt_image_rate, f"corrupt{index}", key)
-        token, expires_at = self.results.add(recipe, ttl_s=config.url_ttl_s, corrupt=corrupt)
+        expired = self.dice.hit(config.expired_url_rate, f"expired{index}", key)
+        ttl_s = 0.0 if expired else config.url_ttl_s
+        token, expires_at = self.results.add(recipe, ttl_s=ttl_s, corrupt=corrupt)
         signature = token[:16]
         return (
             f"{base_url.rstrip('/')}/results/{token}.png?Expires={int(expires_at)}"
@@ -496,6 +548,25 @@ def _timestamp(posix: float) -> str:
     """``2025-09-09 11:38:54.741``, the task API's local-time format."""
     millis = int(posix * 1000) % 1000
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(posix)) + f".{millis:03d}"
+
+
+def _list_time(value: str | None, name: str) -> float | None:
+    """``YYYYMMDDhhmmss`` (UTC) as POSIX seconds; None when absent."""
+    if not value:
+        return None
+    try:
+        parsed = time.strptime(value, "%Y%m%d%H%M%S")
+    except ValueError:
+        raise ApiError(400, "InvalidParameter", f"{name} must be YYYYMMDDhhmmss") from None
+    return float(calendar.timegm(parsed))
+
+
+def _positive_int(value: str | None, name: str, default: int) -> int:
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ApiError(400, "InvalidParameter", f"{name} must be a positive integer")
+    return int(value)
 
 
 def _oss_error(status: int, code: str, message: str) -> Reply:

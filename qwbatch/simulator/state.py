@@ -197,6 +197,11 @@ class TaskStore:
             return None
         return task
 
+    def all(self) -> list[Task]:
+        """Every task still within its lifetime."""
+        now = time.time()
+        return [task for task in self._tasks.values() if now < task.expires_at]
+
     def clear(self) -> None:
         for task in self._tasks.values():
             if task.runner is not None:

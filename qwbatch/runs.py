@@ -1,0 +1,173 @@
+"""A run's records in its store, and which run a new invocation should resume.
+
+::
+
+    runs/<run_id>/plan.json              the plan, written once planning has finished
+    runs/<run_id>/shards/shard-NNNNN…    the shard files (see qwbatch.plan)
+    runs/<run_id>/journal/shard-NNNNN/…  the journal of unfinished shards (qwbatch.journal)
+    runs/<run_id>/done/shard-NNNNN.json  a finished shard's summary
+    runs/<run_id>/summary.json           the last attempt's summary (``left`` > 0: stopped)
+    runs/_index/<fingerprint>/<run_id>   one empty object per run, keyed by what it renders
+
+Resume is by run id (``qwbatch run … --resume RUN_ID``) or automatic: a run of the same
+manifest (same bytes, same default model, same strictness) into the same DEST that has no
+summary, or whose summary says work was left, is resumed instead of starting a new run.
+Finished shards are not run again; unfinished ones replay their journal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from qwbatch.engine import ShardResult
+from qwbatch.errors import ConfigError
+from qwbatch.plan import Plan
+from qwbatch.storage import ObjectNotFoundError, ObjectStore
+
+INDEX_PREFIX = "runs/_index/"
+
+
+def plan_key(run_id: str) -> str:
+    return f"runs/{run_id}/plan.json"
+
+
+def summary_key(run_id: str) -> str:
+    return f"runs/{run_id}/summary.json"
+
+
+def shard_done_key(run_id: str, label: str) -> str:
+    return f"runs/{run_id}/done/{label}.json"
+
+
+def index_key(fingerprint: str, run_id: str) -> str:
+    return f"{INDEX_PREFIX}{fingerprint}/{run_id}"
+
+
+def manifest_fingerprint(manifest: str | Path, *, default_model: str, strict: bool) -> str:
+    """A short hash of what a run renders: the manifest's bytes (every part file of a
+    folder, with its name) and the options that change its requests."""
+    digest = hashlib.sha256(f"{default_model}\0{strict}\0".encode())
+    path = Path(manifest)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:32]
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+
+def start_run(store: ObjectStore, run_id: str, fingerprint: str) -> None:
+    """Mark that ``run_id`` renders ``fingerprint``: written before anything else of the run."""
+    store.put(index_key(fingerprint, run_id), b"", content_type="text/plain")
+
+
+def save_plan(store: ObjectStore, plan: Plan, fingerprint: str) -> None:
+    body = {"fingerprint": fingerprint, "plan": asdict(plan)}
+    store.put(plan_key(plan.run_id), _json(body), content_type="application/json")
+
+
+def load_plan(store: ObjectStore, run_id: str) -> tuple[Plan, str] | None:
+    """The run's plan and the fingerprint it was made for; None if planning never finished."""
+    body = _load(store, plan_key(run_id))
+    if body is None:
+        return None
+    return Plan(**body["plan"]), str(body["fingerprint"])
+
+
+def run_exists(store: ObjectStore, run_id: str, fingerprint: str) -> bool:
+    return store.exists(index_key(fingerprint, run_id))
+
+
+# -- shards -----------------------------------------------------------------------------------
+
+
+def save_shard_result(store: ObjectStore, run_id: str, label: str, result: ShardResult) -> None:
+    key = shard_done_key(run_id, label)
+    # Not asdict: it rebuilds the Counter from (key, value) pairs, counting the pairs.
+    body = {f.name: getattr(result, f.name) for f in fields(result)}
+    body["statuses"] = dict(result.statuses)
+    store.put(key, _json(body), content_type="application/json")
+
+
+def load_shard_result(store: ObjectStore, run_id: str, label: str) -> ShardResult | None:
+    """A finished shard's summary; None while the shard is unfinished."""
+    body = _load(store, shard_done_key(run_id, label))
+    if body is None:
+        return None
+    body["statuses"] = Counter(body.get("statuses", {}))
+    known = set(ShardResult.__dataclass_fields__)
+    return ShardResult(**{k: v for k, v in body.items() if k in known})
+
+
+# -- finding a run to resume ------------------------------------------------------------------
+
+
+def is_finished(store: ObjectStore, run_id: str) -> bool:
+    """Whether the run's last attempt finished with nothing left."""
+    body = _load(store, summary_key(run_id))
+    return body is not None and not body.get("left")
+
+
+def find_unfinished(store: ObjectStore, fingerprint: str) -> str | None:
+    """The newest run of ``fingerprint`` in ``store`` that has not finished, if any."""
+    prefix = f"{INDEX_PREFIX}{fingerprint}/"
+    run_ids = sorted((key[len(prefix) :] for key in store.list(prefix)), reverse=True)
+    return next((run_id for run_id in run_ids if not is_finished(store, run_id)), None)
+
+
+def choose_run(
+    store: ObjectStore,
+    fingerprint: str,
+    *,
+    run_id: str | None,
+    resume: str | None,
+    auto_resume: bool,
+) -> tuple[str | None, Plan | None]:
+    """Which run this invocation continues: ``(run_id, plan)``.
+
+    - ``resume``: that run; ConfigError if DEST holds no run of that id for this manifest;
+    - ``run_id``: that run, resumed if it exists (ConfigError if it renders another manifest);
+    - otherwise, with ``auto_resume``: the newest unfinished run of this manifest.
+
+    ``plan`` is None when planning must (re)run; ``run_id`` is None for a brand-new run.
+    """
+    wanted = resume or run_id
+    if wanted is not None:
+        loaded = load_plan(store, wanted)
+        if loaded is not None:
+            plan, planned_for = loaded
+            if planned_for != fingerprint:
+                raise ConfigError(
+                    f"run {wanted} in {store.root_uri} rendered another manifest (or other "
+                    "options); rerun without --resume/--run-id to start a new run"
+                )
+            return wanted, plan
+        if resume is not None and not run_exists(store, resume, fingerprint):
+            raise ConfigError(f"no run {resume} of this manifest in {store.root_uri}")
+        return wanted, None
+    if auto_resume:
+        found = find_unfinished(store, fingerprint)
+        if found is not None:
+            loaded = load_plan(store, found)
+            return found, loaded[0] if loaded else None
+    return None, None
+
+
+def _json(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
+def _load(store: ObjectStore, key: str) -> Any:
+    try:
+        return json.loads(store.get(key))
+    except ObjectNotFoundError:
+        return None
