@@ -59,25 +59,36 @@ def compact(store: ObjectStore, *, max_rows: int = DEFAULT_MAX_ROWS) -> Compacti
     result.skipped_parts = len(keys) - len(eligible)
     if len(eligible) < 2:
         return result
-    tables = [_read_part(store, key) for key in eligible]
-    merged = pa.concat_tables(tables, promote_options="default")
+    marker, new_keys, rows = write_merged(store, eligible, max_rows=max_rows)
+    for key in eligible:
+        store.delete(key)
+    store.delete(marker)
+    result.merged_parts = len(eligible)
+    result.rows = rows
+    result.new_parts = [store.uri(key) for key in new_keys]
+    return result
+
+
+def write_merged(
+    store: ObjectStore, keys: list[str], *, max_rows: int = DEFAULT_MAX_ROWS
+) -> tuple[str, list[str], int]:
+    """Steps 1 and 2: the marker, then the merged parts; ``(marker, new part keys, rows)``.
+
+    Until the replaced parts are deleted, readers through :func:`qwbatch.catalog.part_keys`
+    see the merged parts instead of them.
+    """
+    merged = pa.concat_tables([_read_part(store, key) for key in keys], promote_options="default")
     name = f"part-compact-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
     chunks = [merged.slice(i, max_rows) for i in range(0, merged.num_rows, max_rows)] or [merged]
     new_keys = [f"{CATALOG_PREFIX}{name}-{i:03d}.parquet" for i in range(len(chunks))]
     marker = f"{COMPACTION_PREFIX}{name}.json"
-    body = json.dumps({"parts": new_keys, "replaces": eligible}).encode()
+    body = json.dumps({"parts": new_keys, "replaces": keys}).encode()
     store.put(marker, body, content_type="application/json")
     for key, chunk in zip(new_keys, chunks, strict=True):
         sink = io.BytesIO()
         pq.write_table(chunk, sink, compression="zstd")
         store.put(key, sink.getvalue(), content_type="application/x-parquet")
-    for key in eligible:
-        store.delete(key)
-    store.delete(marker)
-    result.merged_parts = len(eligible)
-    result.rows = merged.num_rows
-    result.new_parts = [store.uri(key) for key in new_keys]
-    return result
+    return marker, new_keys, merged.num_rows
 
 
 def finish_interrupted(store: ObjectStore) -> int:

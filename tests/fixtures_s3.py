@@ -10,6 +10,8 @@ Fixtures:
 - ``s3_client`` (function): a new client built the production way (``make_s3_client``), so a
   test may hang botocore event hooks on it.
 - ``s3_bucket`` (function): a fresh, uniquely named, empty bucket.
+- ``outage_s3`` (function): a moto server of the test's own, which the test may ``stop()``
+  and ``start()`` again on the same port (a store outage); buckets survive the restart.
 
 ``seed_objects`` fills a bucket without HTTP, for tests that need thousands of objects.
 
@@ -124,3 +126,38 @@ def seed_objects(bucket: str, keys: list[str], body: bytes = b"") -> None:
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
     for key in keys:
         backend.put_object(bucket, key, body)
+
+
+class RestartableMoto:
+    """A moto S3 server on a fixed loopback port that can go away and come back."""
+
+    def __init__(self) -> None:
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        self.host, self.port = self._server.get_host_and_port()
+        self.url = f"http://{self.host}:{self.port}"
+        self.running = True
+
+    def stop(self) -> None:
+        """Close the listening socket: clients get 'connection refused' until ``start``."""
+        self._server.stop()
+        self.running = False
+
+    def start(self) -> None:
+        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self._server.start()
+        self.running = True
+
+
+@pytest.fixture
+def outage_s3(aws_credentials: None) -> Iterator[RestartableMoto]:
+    werkzeug_log = logging.getLogger("werkzeug")
+    level = werkzeug_log.level
+    werkzeug_log.setLevel(logging.WARNING)
+    server = RestartableMoto()
+    try:
+        yield server
+    finally:
+        if server.running:
+            server.stop()
+        werkzeug_log.setLevel(level)

@@ -1,0 +1,68 @@
+"""Running a whole manifest through the runner's steps without Prefect (shards in turn).
+
+The flow does the same three calls with one Prefect task per shard; tests that are about
+resume, faults or stores rather than orchestration use this to stay fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from qwbatch import runner
+from qwbatch.config import Settings
+from qwbatch.stop import StopSignal
+from qwbatch.storage import ObjectStore
+from qwbatch.summary import RunSummary
+
+
+def render_all(
+    manifest: Path,
+    out: str,
+    settings: Settings,
+    *,
+    run_id: str | None = None,
+    resume: str | None = None,
+    auto_resume: bool = True,
+    store: ObjectStore | None = None,
+    stop: StopSignal | None = None,
+) -> RunSummary:
+    """prepare → render each shard → finish, as ``render_manifest`` does."""
+    began = time.monotonic()
+    stop = stop or StopSignal()
+    prepared = runner.prepare(
+        str(manifest), out, settings=settings, run_id=run_id, resume=resume,
+        auto_resume=auto_resume,
+    )
+    shards = [
+        asyncio.run(
+            runner.render_shard_async(
+                key,
+                out=out,
+                run_id=prepared.plan.run_id,
+                manifest_dir=str(manifest.parent),
+                settings=settings,
+                store=store,
+                stop=stop,
+            )
+        )
+        for key in prepared.plan.shard_keys
+    ]
+    return runner.finish(prepared, shards, out=out, settings=settings, began=began, stop=stop)
+
+
+def fast_settings(sim, api_key: str, **overrides: object) -> Settings:
+    """Settings aimed at the simulator with test-speed backoff and polling."""
+    values: dict[str, object] = {
+        "dashscope_base_url": sim.base_url,
+        "dashscope_api_key": api_key,
+        "backoff_base_s": 0.01,
+        "backoff_max_s": 0.05,
+        "poll_interval_s": 0.02,
+        "poll_max_interval_s": 0.05,
+        "rps": 500,
+        "max_in_flight": 16,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]

@@ -1,0 +1,154 @@
+"""Runs across invocations: automatic and explicit resume, incremental reruns, run records."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from local_run import fast_settings, render_all
+
+from qwbatch import runner, runs
+from qwbatch.catalog import read_catalog
+from qwbatch.errors import ConfigError
+from qwbatch.journal import journal_prefix
+from qwbatch.stop import StopSignal
+from qwbatch.storage import LocalStore
+
+KEY = "sk-runs-test-key"
+
+
+def write_manifest(path: Path, prompts: dict[str, str]) -> Path:
+    ids = list(prompts)
+    pq.write_table(
+        pa.table(
+            {
+                "id": ids,
+                "prompt": [prompts[i] for i in ids],
+                "model": ["qwen-image-plus" if n % 2 else "qwen-image-2.0" for n in range(len(ids))],
+                "size": ["1328*1328" if n % 2 else "512*512" for n in range(len(ids))],
+            }
+        ),
+        path,
+    )
+    return path
+
+
+@pytest.fixture
+def settings(sim):
+    sim.configure(api_key=KEY, fast=True)
+    return fast_settings(sim, KEY, shard_size=4)
+
+
+def billed_prompts(sim) -> list[str]:
+    return [entry["prompt_sha256"] for entry in sim.ledger()["entries"]]
+
+
+def test_a_rerun_with_changed_rows_requests_only_those(sim, settings, tmp_path) -> None:
+    prompts = {f"sku-{i}": f"product shot {i}, studio light" for i in range(12)}
+    manifest = write_manifest(tmp_path / "m.parquet", prompts)
+    out = str(tmp_path / "out")
+    first = render_all(manifest, out, settings)
+    assert (first.requests, first.statuses) == (12, {"succeeded": 12})
+    outputs = {
+        r["row_id"]: r["output_uri"]
+        for r in read_catalog(LocalStore(out)).to_pylist()
+        if r["status"] == "succeeded"
+    }
+
+    changed = {"sku-1": "product shot 1, golden hour", "sku-6": "product shot 6, on marble"}
+    added = {"sku-12": "product shot 12, studio light", "sku-13": "a new product"}
+    write_manifest(manifest, {**prompts, **changed, **added})
+    before = len(billed_prompts(sim))
+    second = render_all(manifest, out, settings)
+
+    assert second.run_id != first.run_id  # the first run had finished: nothing to resume
+    assert second.requests == len(changed) + len(added)
+    assert second.deduplicated == 12 - len(changed)
+    assert len(billed_prompts(sim)) - before == len(changed) + len(added)
+    rows = [r for r in read_catalog(LocalStore(out)).to_pylist() if r["run_id"] == second.run_id]
+    by_row = {r["row_id"]: r for r in rows}
+    assert len(rows) == 14
+    for row_id, uri in outputs.items():
+        row = by_row[row_id]
+        if row_id in changed:
+            assert (row["status"], row["output_uri"] != uri) == ("succeeded", True)
+        else:
+            assert (row["status"], row["output_uri"], row["cost"]) == ("deduplicated", uri, 0)
+    assert {by_row[i]["status"] for i in added} == {"succeeded"}
+
+
+def test_a_stopped_run_is_resumed_automatically_and_pays_nothing_twice(
+    sim, settings, tmp_path
+) -> None:
+    sim.configure(latency_s=0.05)
+    prompts = {f"r{i}": f"a lantern number {i}" for i in range(12)}
+    manifest = write_manifest(tmp_path / "m.parquet", prompts)
+    out = str(tmp_path / "out")
+    store = LocalStore(out)
+
+    # First attempt: shard 0 finishes, then the user presses Ctrl-C.
+    began = time.monotonic()
+    stop = StopSignal()
+    prepared = runner.prepare(str(manifest), out, settings=settings)
+    run_id = prepared.plan.run_id
+    shards = []
+    for index, key in enumerate(prepared.plan.shard_keys):
+        if index == 1:
+            stop.set("SIGINT", 2)
+        shards.append(
+            asyncio.run(
+                runner.render_shard_async(
+                    key, out=out, run_id=run_id, manifest_dir=str(tmp_path), settings=settings,
+                    stop=stop,
+                )
+            )
+        )
+    stopped = runner.finish(prepared, shards, out=out, settings=settings, began=began, stop=stop)
+    assert (stopped.left, stopped.stopped_by) == (8, "SIGINT")
+    assert f"--resume {run_id}" in stopped.left_line()
+    assert store.exists(runs.shard_done_key(run_id, "shard-00000"))
+    assert list(store.list(journal_prefix(run_id, "shard-00000"))) == []
+    assert not runs.is_finished(store, run_id)
+
+    resumed = render_all(manifest, out, settings)
+    assert (resumed.run_id, resumed.resumed, resumed.left) == (run_id, True, 0)
+    assert resumed.statuses == {"succeeded": 12}
+    prompts_billed = billed_prompts(sim)
+    assert len(prompts_billed) == len(set(prompts_billed)) == 12
+    rows = read_catalog(store).to_pylist()
+    assert sorted(r["row_id"] for r in rows) == sorted(prompts)
+    assert runs.is_finished(store, run_id)
+    assert list(store.list(journal_prefix(run_id))) == []
+
+
+def test_resume_refuses_what_it_cannot_continue(sim, settings, tmp_path) -> None:
+    manifest = write_manifest(tmp_path / "m.parquet", {"a": "a cat"})
+    out = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match="no run nope"):
+        runner.prepare(str(manifest), out, settings=settings, resume="nope")
+    first = render_all(manifest, out, settings, run_id="nightly")
+    assert first.run_id == "nightly"
+    other = write_manifest(tmp_path / "other.parquet", {"a": "a dog"})
+    with pytest.raises(ConfigError, match="rendered another manifest"):
+        runner.prepare(str(other), out, settings=settings, run_id="nightly")
+
+
+def test_a_run_cut_short_while_planning_is_planned_again_under_its_id(
+    sim, settings, tmp_path
+) -> None:
+    manifest = write_manifest(tmp_path / "m.parquet", {"a": "a cat", "b": "a dog"})
+    out = str(tmp_path / "out")
+    store = LocalStore(out)
+    fingerprint = runs.manifest_fingerprint(manifest, default_model="qwen-image-2.0", strict=False)
+    runs.start_run(store, "cut-short", fingerprint)  # then the process died
+    summary = render_all(manifest, out, settings)
+    assert (summary.run_id, summary.resumed, summary.statuses) == (
+        "cut-short", True, {"succeeded": 2},
+    )
+    again = render_all(manifest, out, settings, auto_resume=False)
+    assert again.run_id != "cut-short"
+    assert again.deduplicated == 2
