@@ -255,11 +255,15 @@ class Engine:
         spec = self.table.get(request.model)
         unit_price = spec.price(self.region) or 0.0
         started = time.time()
-        self._resume_call(request, spec, call)
+        answered = self._resume_call(request, spec, call)
         try:
             records = await self._stored_records(request, call, unit_price, started)
             if records is None:
-                result = await self._call_provider(request, spec, call)
+                if answered is not None:
+                    self._billed(call, answered)  # paid for before the crash, not harvested
+                    result = answered
+                else:
+                    result = await self._call_provider(request, spec, call)
                 with call.guarded():
                     records = await self._harvest(request, result, call, unit_price, started)
         except JournalError:
@@ -272,8 +276,11 @@ class Engine:
             await self.journal.done(key, self._finished(records, call))
         return records
 
-    def _resume_call(self, request: RenderRequest, spec: ModelSpec, call: _Call) -> None:
-        """Carry what the journal knows of earlier attempts into this one."""
+    def _resume_call(
+        self, request: RenderRequest, spec: ModelSpec, call: _Call
+    ) -> ProviderResult | None:
+        """Carry what the journal knows of earlier attempts into this one; the provider's
+        answer when one was journaled but not harvested (billed then: harvest it)."""
         state = self.journal.state
         key = request.request_key
         call.attempts = state.calls(key)
@@ -287,6 +294,7 @@ class Engine:
             self._count_ambiguous(request, spec, call, prior)
         if call.task_id is not None:
             KNOWN_TASKS.add(call.task_id)
+        return state.answer(key)
 
     def _restore(self, finished: Finished) -> list[CatalogRecord]:
         """A request the journal says ended: its records and counters, nothing re-sent."""
@@ -317,6 +325,12 @@ class Engine:
         self.possible_extra_cost += extra_cost
         call.extra_images += calls * request.n
         call.extra_cost += extra_cost
+
+    def _answered(self, request: RenderRequest, call: _Call, result: ProviderResult) -> None:
+        """The provider answered: count what it billed, and journal the answer before the
+        downloads, so a crash from here on harvests these URLs instead of paying again."""
+        self._billed(call, result)
+        self.journal.answer(request, result)
 
     def _billed(self, call: _Call, result: ProviderResult) -> None:
         self.billed_images += result.billed_images
@@ -389,7 +403,7 @@ class Engine:
             # A resume: an async submission went out but its task id never reached the journal.
             found = await self._find_task(request, call, call.orphan_since)
             if found is not None:
-                self._billed(call, found)
+                self._answered(request, call, found)
                 return found
             call.ambiguous += 1
             self._count_ambiguous(request, spec, call)
@@ -411,7 +425,7 @@ class Engine:
                 if call.task_id is not None:
                     # The provider accepted a task: poll it again, never resubmit.
                     result = await self._wait_task(call)
-                    self._billed(call, result)
+                    self._answered(request, call, result)
                     return result
                 call.attempts += 1
                 try:
@@ -431,7 +445,7 @@ class Engine:
                     self.journal.ambiguous(request)
                     raise
                 limiter.on_success()
-                self._billed(call, result)
+                self._answered(request, call, result)
                 return result
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 

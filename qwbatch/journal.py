@@ -10,6 +10,8 @@ Each object holds JSON lines, one entry each (``t`` is POSIX seconds):
 - ``intent``: a provider call is about to be sent (``endpoint`` ``sync`` or ``async``,
   ``attempt``); written and made durable *before* the request leaves.
 - ``task``: the provider accepted an async task (``task_id``); durable before polling.
+- ``answer``: the provider's answer to the last call (result URLs, billed images), written
+  as soon as it arrives, so a crash while downloading harvests those URLs, not a new call;
 - ``ambiguous``: the last call's answer was lost after it was sent: it may be billed.
 - ``done``: the request's final catalog records and its billing counters.
 
@@ -21,6 +23,8 @@ outcome the resume re-derives (see :class:`JournalState`). A store that is down 
 writer, and so blocks new submissions, until it is back or ``retry_s`` has passed.
 
 When a shard has finished and its catalog part is written, its journal objects are deleted.
+Until then they hold the provider's result URLs, which are signed and valid for 24 hours:
+capabilities to fetch the run's own images, kept in the run's own store, never logged.
 """
 
 from __future__ import annotations
@@ -35,11 +39,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from qwbatch.errors import JournalError, StorageError, StorageTransientError
-from qwbatch.models import CatalogRecord, RenderRequest
+from qwbatch.models import CatalogRecord, ProviderImage, ProviderResult, RenderRequest
 from qwbatch.storage import ObjectStore
 
 Endpoint = Literal["sync", "async"]
-CallState = Literal["sent", "accepted", "ambiguous"]
+CallState = Literal["sent", "accepted", "answered", "ambiguous"]
 
 #: Parallel GETs when a shard's journal is read back.
 _READ_WORKERS = 16
@@ -70,6 +74,8 @@ class Call:
     endpoint: Endpoint
     sent_at: float
     state: CallState = "sent"
+    #: The provider's answer, once journaled.
+    result: ProviderResult | None = None
 
 
 @dataclass(slots=True)
@@ -110,6 +116,9 @@ class JournalState:
             state.task_ids.append(str(entry["task_id"]))
             if state.calls:
                 state.calls[-1].state = "accepted"
+        elif kind == "answer" and state.calls:
+            state.calls[-1].state = "answered"
+            state.calls[-1].result = result_from_json(entry["result"])
         elif kind == "ambiguous" and state.calls:
             state.calls[-1].state = "ambiguous"
         elif kind == "done":
@@ -135,6 +144,13 @@ class JournalState:
             return state.task_ids[-1]
         return None
 
+    def answer(self, key: str) -> ProviderResult | None:
+        """The provider's journaled answer to a request that never finished: harvest it."""
+        state = self.get(key)
+        if state.finished is None and state.calls and state.calls[-1].state == "answered":
+            return state.calls[-1].result
+        return None
+
     def calls(self, key: str) -> int:
         """Provider calls already made for this request."""
         return len(self.get(key).calls)
@@ -154,18 +170,14 @@ class JournalState:
     def task_ids(self) -> set[str]:
         return {task for state in self.requests.values() for task in state.task_ids}
 
-    def in_flight(self) -> dict[str, Endpoint]:
-        """Requests whose last call went out with no journaled answer: key → endpoint."""
-        return {
-            key: call.endpoint
-            for key, state in self.requests.items()
-            if (call := state.unanswered) is not None
-        }
+    def in_flight(self) -> dict[str, Call]:
+        """Requests whose last call went out with no journaled answer: key → that call."""
+        return {key: call for key, state in self.requests.items() if (call := state.unanswered)}
 
     def priority(self, key: str) -> int:
-        """0 for a request with a task to harvest (its clock is ticking), then orphans, then
-        the rest: a resume polls known tasks first."""
-        if self.known_task(key):
+        """0 for a request with an answer or a task to harvest (its clock is ticking), then
+        orphans, then the rest: a resume harvests what is paid for first."""
+        if self.known_task(key) or self.answer(key):
             return 0
         return 1 if self.orphan_since(key) is not None else 2
 
@@ -185,6 +197,9 @@ class Journal:
     async def task(self, request: RenderRequest, task_id: str, *, recovered: bool = False) -> None:
         """Record the task id the provider accepted; returns once that is durable."""
         self.known_tasks.add(task_id)
+
+    def answer(self, request: RenderRequest, result: ProviderResult) -> None:
+        """Record the provider's answer to the last call (flushed with the next batch)."""
 
     def ambiguous(self, request: RenderRequest) -> None:
         """Record that the last call's answer was lost (flushed with the next batch)."""
@@ -244,6 +259,10 @@ class StoreJournal(Journal):
         self.known_tasks.add(task_id)
         entry = {"kind": "task", "key": request.request_key, "task_id": task_id}
         await self._append({**entry, "recovered": recovered}, wait=True)
+
+    def answer(self, request: RenderRequest, result: ProviderResult) -> None:
+        entry = {"kind": "answer", "key": request.request_key, "result": asdict(result)}
+        self._append_nowait(entry)
 
     def ambiguous(self, request: RenderRequest) -> None:
         self._append_nowait({"kind": "ambiguous", "key": request.request_key})
@@ -339,6 +358,17 @@ class StoreJournal(Journal):
             self.writes += 1
             self.entries += len(lines)
             return
+
+
+def result_from_json(data: dict[str, Any]) -> ProviderResult:
+    """A :class:`ProviderResult` from its ``asdict`` form."""
+    return ProviderResult(
+        **{
+            **data,
+            "images": tuple(ProviderImage(**image) for image in data["images"]),
+            "item_errors": tuple(tuple(pair) for pair in data.get("item_errors", ())),
+        }
+    )
 
 
 def read_journal(store: ObjectStore, run_id: str, label: str) -> JournalState:

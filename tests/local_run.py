@@ -32,7 +32,11 @@ def render_all(
     began = time.monotonic()
     stop = stop or StopSignal()
     prepared = runner.prepare(
-        str(manifest), out, settings=settings, run_id=run_id, resume=resume,
+        str(manifest),
+        out,
+        settings=settings,
+        run_id=run_id,
+        resume=resume,
         auto_resume=auto_resume,
     )
     shards = [

@@ -23,9 +23,29 @@ from qwbatch.storage import LocalStore, open_store
 KEY = "sk-catalog-tools-key"
 #: Columns a rebuild restores exactly from object metadata.
 RESTORED = [
-    "run_id", "row_id", "request_key", "mode", "model", "prompt", "negative_prompt", "size",
-    "n", "seed", "image_index", "status", "output_uri", "sha256", "bytes", "width", "height",
-    "unit_price", "currency", "cost", "tags", "provider_task_id", "provider_request_id",
+    "run_id",
+    "row_id",
+    "request_key",
+    "mode",
+    "model",
+    "prompt",
+    "negative_prompt",
+    "size",
+    "n",
+    "seed",
+    "image_index",
+    "status",
+    "output_uri",
+    "sha256",
+    "bytes",
+    "width",
+    "height",
+    "unit_price",
+    "currency",
+    "cost",
+    "tags",
+    "provider_task_id",
+    "provider_request_id",
 ]
 LONG_CJK = "一只猫坐在窗台上，望着窗外的雨，" * 40  # ~640 characters, ~1.9 KB of UTF-8
 
@@ -65,8 +85,12 @@ def test_rebuild_restores_every_image_row_from_s3_metadata(
 ) -> None:
     sim.configure(api_key=KEY, fast=True)
     settings = fast_settings(
-        sim, KEY, s3_endpoint_url=s3_settings.s3_endpoint_url, s3_region="us-east-1",
-        s3_addressing_style="path", shard_size=3,
+        sim,
+        KEY,
+        s3_endpoint_url=s3_settings.s3_endpoint_url,
+        s3_region="us-east-1",
+        s3_addressing_style="path",
+        shard_size=3,
     )
     out = f"s3://{s3_bucket}/renders"
     summary = render_all(write_manifest(tmp_path / "m.parquet"), out, settings)
@@ -134,13 +158,15 @@ def test_an_interrupted_compaction_never_shows_rows_twice_and_is_finished_later(
 ) -> None:
     sim.configure(api_key=KEY, fast=True)
     out = tmp_path / "out"
-    render_all(write_manifest(tmp_path / "m.parquet"), str(out), fast_settings(sim, KEY, shard_size=2))
+    render_all(
+        write_manifest(tmp_path / "m.parquet"), str(out), fast_settings(sim, KEY, shard_size=2)
+    )
     store = LocalStore(out)
     rows = catalog.read_catalog(store).num_rows
     parts = catalog.part_keys(store)
 
     # Crash after the merged part was written, before the old parts were deleted.
-    marker, new_keys, _ = write_merged(store, parts)
+    _marker, new_keys, _ = write_merged(store, parts)
     assert catalog.part_keys(store) == new_keys
     assert catalog.read_catalog(store).num_rows == rows
     # Crash while writing: a marker whose parts are not all there hides the partial ones.
@@ -162,8 +188,9 @@ def test_compact_leaves_parts_of_unfinished_runs_alone(sim, tmp_path) -> None:
     out = tmp_path / "out"
     render_all(write_manifest(tmp_path / "a.parquet"), str(out), settings)
     # A second run that planned but never rendered (crashed): its plan part must stay.
-    unfinished = runner.prepare(str(write_manifest(tmp_path / "b.parquet", rows=4)), str(out),
-                                settings=settings)
+    unfinished = runner.prepare(
+        str(write_manifest(tmp_path / "b.parquet", rows=4)), str(out), settings=settings
+    )
     store = LocalStore(out)
     result = compact(store)
     assert result.skipped_parts == 1
@@ -174,7 +201,9 @@ def test_compact_leaves_parts_of_unfinished_runs_alone(sim, tmp_path) -> None:
 def test_catalog_commands(sim, tmp_path, command: str) -> None:
     sim.configure(api_key=KEY, fast=True)
     out = tmp_path / "out"
-    render_all(write_manifest(tmp_path / "m.parquet"), str(out), fast_settings(sim, KEY, shard_size=2))
+    render_all(
+        write_manifest(tmp_path / "m.parquet"), str(out), fast_settings(sim, KEY, shard_size=2)
+    )
     result = CliRunner().invoke(app, ["catalog", command, str(out)])
     assert result.exit_code == 0, result.output
     expected = "0 rows added" if command == "rebuild" else "3 parts (7 rows) merged into 1"

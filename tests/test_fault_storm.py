@@ -64,7 +64,8 @@ def test_fault_storm(sim, tmp_path) -> None:
     # One terminal row per manifest row, each in the status its faults call for.
     assert sorted(r["row_id"] for r in rows) == sorted(f"row-{i}" for i in range(ROWS))
     statuses = Counter(r["status"] for r in rows)
-    assert ledger["throttled"] > 0 and ledger["dropped"] > 0  # the storm did blow
+    assert ledger["throttled"] > 0
+    assert ledger["dropped"] > 0
     for row in rows:
         if row["row_id"] in moderated:
             assert (row["status"], row["error_code"]) == ("moderated", "DataInspectionFailed")
@@ -77,10 +78,11 @@ def test_fault_storm(sim, tmp_path) -> None:
             # Only a retryable fault that outlasted every attempt may end a row as failed.
             assert row["attempts"] == MAX_ATTEMPTS or row["error_code"] == "ImageError", row
         elif row["status"] == "ambiguous":
-            assert row["ambiguous_calls"] == 2 and row["model"] == "qwen-image-2.0", row
+            assert (row["ambiguous_calls"], row["model"]) == (2, "qwen-image-2.0"), row
         else:
             assert row["status"] == "succeeded", row
-            assert row["output_uri"] and row["sha256"]
+            assert row["output_uri"]
+            assert row["sha256"]
     assert statuses["moderated"] == len(moderated)
     assert statuses["expired"] > 0
     assert statuses["succeeded"] > ROWS * 0.8
@@ -92,8 +94,10 @@ def test_fault_storm(sim, tmp_path) -> None:
     calls = ledger["requests"]["generation"] + ledger["requests"]["image-synthesis"]
     assert sum(r["attempts"] for r in rows) == summary.attempts == calls
     assert calls <= MAX_ATTEMPTS * ROWS
-    print(f"\nfault storm: {ROWS} requests took {calls} provider calls "
-          f"({calls / ROWS:.2f} per request); statuses {dict(statuses)}")
+    print(
+        f"\nfault storm: {ROWS} requests took {calls} provider calls "
+        f"({calls / ROWS:.2f} per request); statuses {dict(statuses)}"
+    )
 
     # Every billed image is accounted for: harvested (or lost to an expired URL or corrupt
     # bytes, at cost), or reported as possible extra spend from a dropped sync answer.

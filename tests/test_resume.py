@@ -186,6 +186,25 @@ def test_a_sync_call_cut_by_a_crash_counts_as_ambiguous(sim, settings, tmp_path)
     assert sim.ledger()["billed_images"] == 2
 
 
+def test_a_journaled_answer_is_harvested_not_paid_again(sim, settings, tmp_path) -> None:
+    # The sync call returned and its answer was journaled; the crash came during the download.
+    request = make_request("a brass compass", model="qwen-image-2.0")
+
+    async def crashed(journal, provider) -> None:
+        await journal.intent(request, "sync", 1)
+        journal.answer(request, await provider.generate(request))
+        await journal.close()
+
+    stage(tmp_path, settings, crashed)
+    records, engine = run_engine([PlanItem(request)], settings, tmp_path)
+    assert [r.status for r in records] == ["succeeded"]
+    assert (records[0].attempts, records[0].ambiguous_calls) == (1, 0)
+    assert (engine.billed_images, engine.possible_extra_images) == (1, 0)
+    assert records[0].cost == pytest.approx(0.035)
+    ledger = sim.ledger()
+    assert (ledger["requests"]["generation"], ledger["billed_images"]) == (1, 1)
+
+
 def test_an_exhausted_ambiguous_budget_is_not_spent_again(sim, settings, tmp_path) -> None:
     request = make_request("a tin robot", model="qwen-image-2.0")
 

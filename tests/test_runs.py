@@ -28,7 +28,9 @@ def write_manifest(path: Path, prompts: dict[str, str]) -> Path:
             {
                 "id": ids,
                 "prompt": [prompts[i] for i in ids],
-                "model": ["qwen-image-plus" if n % 2 else "qwen-image-2.0" for n in range(len(ids))],
+                "model": [
+                    "qwen-image-plus" if n % 2 else "qwen-image-2.0" for n in range(len(ids))
+                ],
                 "size": ["1328*1328" if n % 2 else "512*512" for n in range(len(ids))],
             }
         ),
@@ -102,7 +104,11 @@ def test_a_stopped_run_is_resumed_automatically_and_pays_nothing_twice(
         shards.append(
             asyncio.run(
                 runner.render_shard_async(
-                    key, out=out, run_id=run_id, manifest_dir=str(tmp_path), settings=settings,
+                    key,
+                    out=out,
+                    run_id=run_id,
+                    manifest_dir=str(tmp_path),
+                    settings=settings,
                     stop=stop,
                 )
             )
@@ -147,7 +153,9 @@ def test_a_run_cut_short_while_planning_is_planned_again_under_its_id(
     runs.start_run(store, "cut-short", fingerprint)  # then the process died
     summary = render_all(manifest, out, settings)
     assert (summary.run_id, summary.resumed, summary.statuses) == (
-        "cut-short", True, {"succeeded": 2},
+        "cut-short",
+        True,
+        {"succeeded": 2},
     )
     again = render_all(manifest, out, settings, auto_resume=False)
     assert again.run_id != "cut-short"

@@ -42,8 +42,14 @@ def test_a_store_outage_mid_run_loses_nothing(sim, outage_s3, tmp_path: Path) ->
         manifest,
     )
     settings = fast_settings(
-        sim, KEY, s3_endpoint_url=outage_s3.url, s3_region="us-east-1",
-        s3_addressing_style="path", shard_size=24, max_in_flight=3, backoff_max_s=0.5,
+        sim,
+        KEY,
+        s3_endpoint_url=outage_s3.url,
+        s3_region="us-east-1",
+        s3_addressing_style="path",
+        shard_size=24,
+        max_in_flight=3,
+        backoff_max_s=0.5,
     )
     out = f"s3://{bucket}/run"
 
@@ -67,8 +73,10 @@ def test_a_store_outage_mid_run_loses_nothing(sim, outage_s3, tmp_path: Path) ->
     finished_at = time.monotonic()
 
     (result,) = summary
-    print(f"\nstore outage: {stored_before} images stored before, {billed_during_outage} billed "
-          f"by its end; finished {finished_at - back_at:.1f} s after the store came back")
+    print(
+        f"\nstore outage: {stored_before} images stored before, {billed_during_outage} billed "
+        f"by its end; finished {finished_at - back_at:.1f} s after the store came back"
+    )
     assert stored_before < ROWS  # the outage began mid-run
     assert finished_at > back_at
     assert (result.statuses, result.left) == ({"succeeded": ROWS}, 0)
@@ -76,7 +84,8 @@ def test_a_store_outage_mid_run_loses_nothing(sim, outage_s3, tmp_path: Path) ->
     assert billed_during_outage <= stored_before + 2 * settings.max_in_flight + 2
     ledger = sim.ledger()
     billed = Counter(e["prompt_sha256"] for e in ledger["entries"])
-    assert len(billed) == ROWS and set(billed.values()) == {1}
+    assert len(billed) == ROWS
+    assert set(billed.values()) == {1}
     store = open_store(out, settings)
     rows = read_catalog(store).to_pylist()
     assert sorted(r["row_id"] for r in rows) == sorted(f"r{i}" for i in range(ROWS))
