@@ -1,0 +1,92 @@
+"""The task listing (``GET /tasks``) in the simulator and the client, and born-expired URLs:
+the parts that let a lost async submission be found again and an expired result be told
+apart from a failed one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from qwbatch.errors import ResultExpiredError
+from qwbatch.keys import request_key
+from qwbatch.models import RenderRequest
+from qwbatch.providers.dashscope import DashScopeProvider
+
+KEY = "sk-task-listing-key"
+
+
+def request(prompt: str, model: str = "qwen-image-plus") -> RenderRequest:
+    key = request_key(
+        model=model,
+        mode="generate",
+        prompt=prompt,
+        negative_prompt=None,
+        size=None,
+        n=1,
+        seed=1,
+        prompt_extend=None,
+        watermark=False,
+        input_sha256=(),
+    )
+    return RenderRequest(
+        row_id="r",
+        row_number=0,
+        request_key=key,
+        model=model,
+        mode="generate",
+        prompt=prompt,
+        seed=1,
+    )
+
+
+def provider(sim) -> DashScopeProvider:
+    return DashScopeProvider(
+        client=httpx.AsyncClient(timeout=10),
+        base_url=sim.base_url,
+        api_key=KEY,
+        poll_interval_s=0.02,
+        poll_max_interval_s=0.05,
+    )
+
+
+def test_listing_filters_by_model_and_time_and_pages(sim) -> None:
+    sim.configure(api_key=KEY, fast=True)
+
+    async def go() -> None:
+        async with provider(sim) as p:
+            started = time.time()
+            ids = [await p.submit_task(request(f"listed {i}")) for i in range(3)]
+            await p.submit_task(request("other model", model="qwen-image"))
+            listed = await p.list_tasks("qwen-image-plus", started - 1, time.time() + 1)
+            assert sorted(t.task_id for t in listed) == sorted(ids)
+            assert all(t.submitted_at and started - 1 <= t.submitted_at for t in listed)
+            assert await p.list_tasks("qwen-image-plus", started - 60, started - 30) == []
+            result = await p.wait_task(ids[0])
+            assert result.orig_prompt == "listed 0"
+
+    asyncio.run(go())
+    with httpx.Client(base_url=sim.base_url, headers={"Authorization": f"Bearer {KEY}"}) as c:
+        page = c.get("/tasks", params={"page_size": 2, "page_no": 2}).json()
+        assert (page["total"], page["total_page"], len(page["data"])) == (4, 2, 2)
+        bad = c.get("/tasks", params={"start_time": "yesterday"})
+        assert (bad.status_code, bad.json()["code"]) == (400, "InvalidParameter")
+
+
+@pytest.mark.parametrize("model", ["qwen-image-2.0", "qwen-image-plus"])
+def test_a_url_born_expired_is_billed_and_reads_as_expired(sim, model: str) -> None:
+    sim.configure(api_key=KEY, fast=True, expired_url_rate=1.0)
+
+    async def go() -> None:
+        async with provider(sim) as p:
+            if model == "qwen-image-plus":
+                result = await p.wait_task(await p.submit_task(request("late", model)))
+            else:
+                result = await p.generate(request("late", model))
+            with pytest.raises(ResultExpiredError):
+                await p.download(result.images[0].url)
+
+    asyncio.run(go())
+    assert sim.ledger()["billed_images"] == 1
