@@ -272,8 +272,7 @@ class Engine:
             records = [self._failure(request, exc, call, unit_price, started)]
         for alias in item.aliases:
             records.extend(self._alias_records(records, alias.row_id, dict(alias.tags)))
-        with call.guarded():
-            await self.journal.done(key, self._finished(records, call))
+        self.journal.done(key, self._finished(records, call))
         return records
 
     def _resume_call(

@@ -13,7 +13,10 @@ Each object holds JSON lines, one entry each (``t`` is POSIX seconds):
 - ``answer``: the provider's answer to the last call (result URLs, billed images), written
   as soon as it arrives, so a crash while downloading harvests those URLs, not a new call;
 - ``ambiguous``: the last call's answer was lost after it was sent: it may be billed.
-- ``done``: the request's final catalog records and its billing counters.
+- ``done``: the request's final catalog records and its billing counters. Not waited for:
+  if a crash loses it, the resume finds the request's images in the store (or its journaled
+  answer) and records them again without a call; only a request that ended without an image
+  (refused, moderated) may be sent once more, which costs nothing.
 
 Appends are cheap by group commit: an entry goes to a buffer and one background writer puts
 everything buffered as one new object, so the requests of a shard share a store write; a
@@ -204,8 +207,8 @@ class Journal:
     def ambiguous(self, request: RenderRequest) -> None:
         """Record that the last call's answer was lost (flushed with the next batch)."""
 
-    async def done(self, key: str, finished: Finished) -> None:
-        """Record a request's final records and counters; returns once that is durable."""
+    def done(self, key: str, finished: Finished) -> None:
+        """Record a request's final records and counters (flushed with the next batch)."""
 
     async def close(self) -> None:
         """Flush whatever is buffered."""
@@ -267,7 +270,7 @@ class StoreJournal(Journal):
     def ambiguous(self, request: RenderRequest) -> None:
         self._append_nowait({"kind": "ambiguous", "key": request.request_key})
 
-    async def done(self, key: str, finished: Finished) -> None:
+    def done(self, key: str, finished: Finished) -> None:
         entry = {
             "kind": "done",
             "key": key,
@@ -278,7 +281,7 @@ class StoreJournal(Journal):
             "ambiguous_calls": finished.ambiguous_calls,
             "recovered": finished.recovered_tasks,
         }
-        await self._append(entry, wait=True)
+        self._append_nowait(entry)
 
     async def close(self) -> None:
         while self._flusher is not None and not self._flusher.done():

@@ -30,23 +30,38 @@ log = logging.getLogger(__name__)
 
 
 class KnownTasks:
-    """Task ids some engine of this process holds: never claimed by a search. Thread-safe."""
+    """Task ids some engine of this process holds: never claimed by a search. Thread-safe.
 
-    def __init__(self) -> None:
-        self._ids: set[str] = set()
+    Only recent ids matter (a search looks minutes around a lost submission), so once more
+    than ``keep`` ids are held, those older than ``max_age_s`` seconds are forgotten.
+    """
+
+    def __init__(self, *, keep: int = 10_000, max_age_s: float = 3600.0) -> None:
+        self._ids: dict[str, float] = {}
         self._lock = threading.Lock()
+        self.keep = keep
+        self.max_age_s = max_age_s
+        self._limit = keep
 
     def add(self, task_id: str) -> None:
         with self._lock:
-            self._ids.add(task_id)
+            self._add(task_id)
 
     def claim(self, task_id: str) -> bool:
         """Mark ``task_id`` known; False if it already was (someone else holds it)."""
         with self._lock:
             if task_id in self._ids:
                 return False
-            self._ids.add(task_id)
+            self._add(task_id)
             return True
+
+    def _add(self, task_id: str) -> None:
+        now = time.monotonic()
+        self._ids[task_id] = now
+        if len(self._ids) > self._limit:
+            cutoff = now - self.max_age_s
+            self._ids = {k: t for k, t in self._ids.items() if t >= cutoff}
+            self._limit = max(self.keep, 2 * len(self._ids))  # amortised: prune rarely
 
     def __contains__(self, task_id: object) -> bool:
         with self._lock:

@@ -134,7 +134,7 @@ def test_replay_tells_resume_what_not_to_redo(tmp_path: Path) -> None:
         await journal.task(async_known, "task-known")
         await journal.intent(finished, "async", 1)
         await journal.task(finished, "task-done")
-        await journal.done(finished.request_key, Finished([record], billed_images=1))
+        journal.done(finished.request_key, Finished([record], billed_images=1))
         await journal.close()
 
     asyncio.run(go())

@@ -328,7 +328,7 @@ def test_a_done_entry_round_trips_its_records(tmp_path) -> None:
 
     async def go() -> None:
         journal = StoreJournal(store, RUN, SHARD)
-        await journal.done("k", Finished([record]))
+        journal.done("k", Finished([record]))
         await journal.close()
 
     asyncio.run(go())
