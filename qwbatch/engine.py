@@ -16,10 +16,10 @@ that is down is retried for ``Settings.store_retry_s`` while the image bytes wai
 Three collaborators make a run survive crashes and stops (each optional, each a hook):
 
 - ``journal`` (:mod:`qwbatch.journal`): every call is journaled before it is sent, every
-  async task id right after the provider accepts it, every request's records when it ends.
-  Built from a replayed journal, the engine restores finished requests, polls known task ids
-  instead of resubmitting, counts calls a crash cut off as ambiguous, and harvests first
-  what is already paid for.
+  async task id right after the provider accepts it, every answer before its downloads,
+  every request's records when it ends. Built from a replayed journal, the engine restores
+  finished requests, harvests journaled answers, polls known task ids instead of
+  resubmitting, counts calls a crash cut off as ambiguous, and does first what is paid for.
 - ``finder`` (:mod:`qwbatch.recovery`): looks for the task behind an async submission whose
   answer was lost (dropped connection, or a crash before the task id was journaled).
 - ``stop`` (:mod:`qwbatch.stop`): once set, no new request starts; calls under way and
@@ -30,10 +30,9 @@ Three collaborators make a run survive crashes and stops (each optional, each a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -63,7 +62,7 @@ from qwbatch.providers.base import Provider
 from qwbatch.providers.dashscope import TaskDeadlineError
 from qwbatch.recovery import KNOWN_TASKS, TaskFinder
 from qwbatch.registry import ModelSpec, ModelTable
-from qwbatch.stop import StopSignal
+from qwbatch.stop import Guard, StopSignal, cancel_when_stopped
 from qwbatch.storage import ObjectStore
 
 T = TypeVar("T")
@@ -114,16 +113,8 @@ class _Call:
     extra_images: int = 0
     extra_cost: float = 0.0
     recovered: int = 0
-    #: >0 while the request is in a step a stop must not cut: a call on the wire, or a harvest.
-    critical: int = 0
-
-    @contextlib.contextmanager
-    def guarded(self) -> Iterator[None]:
-        self.critical += 1
-        try:
-            yield
-        finally:
-            self.critical -= 1
+    #: Held while the request is in a step a stop must not cut: a call on the wire, a harvest.
+    guarded: Guard = field(default_factory=Guard)
 
 
 class Engine:
@@ -168,7 +159,6 @@ class Engine:
         if finder is None and settings.recover_tasks:
             self.finder = TaskFinder(provider, journal_tasks=self.journal.known_tasks)
         self.stop = stop if stop is not None else StopSignal()
-        self._calls: dict[asyncio.Task[list[CatalogRecord]], _Call] = {}
 
     # -- limits ---------------------------------------------------------------------------
 
@@ -196,8 +186,8 @@ class Engine:
     async def run_items(self, items: Sequence[PlanItem]) -> list[CatalogRecord]:
         """Render every item; records for all of them (and their folded duplicates).
 
-        Requests the journal holds a task id for go first: they are paid for, and their
-        result URLs are the first to expire. Once ``stop`` is set, items not yet started are
+        Requests the journal holds an answer or a task id for go first: they are paid for,
+        and their result URLs are the first to expire. Once ``stop`` is set, items not yet started are
         left, and started ones that are only waiting are abandoned (see :mod:`qwbatch.stop`).
         """
         state = self.journal.state
@@ -207,40 +197,25 @@ class Engine:
         async def one(item: PlanItem, call: _Call) -> list[CatalogRecord]:
             try:
                 async with gate:
-                    if self.stop.is_set():
-                        raise asyncio.CancelledError
-                    return await self._render(item, call)
+                    if not self.stop.is_set():
+                        return await self._render(item, call)
             except asyncio.CancelledError:
                 if not self.stop.is_set():
-                    raise
-                self.left += 1
-                return []
+                    raise  # not our stop: someone cancelled the shard itself
+            self.left += 1
+            return []
 
-        tasks = []
+        guards: dict[asyncio.Task[list[CatalogRecord]], Guard] = {}
         for item in ordered:
             call = _Call()
-            task = asyncio.create_task(one(item, call))
-            self._calls[task] = call
-            tasks.append(task)
-        watcher = asyncio.create_task(self._watch_stop())
+            guards[asyncio.create_task(one(item, call))] = call.guarded
+        watcher = asyncio.create_task(cancel_when_stopped(self.stop, guards))
         try:
-            groups = await asyncio.gather(*tasks)
+            groups = await asyncio.gather(*guards)
         finally:
             watcher.cancel()
-            self._calls.clear()
             await self.journal.close()
         return [record for group in groups for record in group]
-
-    async def _watch_stop(self, tick_s: float = 0.05) -> None:
-        """Once ``stop`` is set, cancel each request the moment it is only waiting."""
-        # The flag is set from a signal handler on another thread (and loop): poll it.
-        while not self.stop.is_set():  # noqa: ASYNC110
-            await asyncio.sleep(tick_s)
-        while True:
-            for task, call in list(self._calls.items()):
-                if not task.done() and call.critical == 0:
-                    task.cancel()
-            await asyncio.sleep(tick_s)
 
     async def render(self, item: PlanItem) -> list[CatalogRecord]:
         """Render one request; its records, with folded duplicates recorded as deduplicated."""

@@ -19,12 +19,14 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import FrameType
+from typing import Any
 
 
 class StopSignal:
@@ -79,6 +81,46 @@ class StopSignal:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)  # type: ignore[arg-type]  # getsignal's union
+
+
+class Guard:
+    """Marks the steps of one request that a stop must not cut (re-entrant).
+
+    ::
+
+        with guard():          # a call on the wire, a harvest
+            ...
+    """
+
+    __slots__ = ("depth",)
+
+    def __init__(self) -> None:
+        self.depth = 0
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+
+async def cancel_when_stopped(
+    stop: StopSignal, guards: Mapping[asyncio.Task[Any], Guard], tick_s: float = 0.05
+) -> None:
+    """Once ``stop`` is set, cancel each task of ``guards`` the moment it is outside its guard.
+
+    Runs until cancelled itself. The flag is set from a signal handler on another thread,
+    so it is polled every ``tick_s`` seconds.
+    """
+    while not stop.is_set():  # noqa: ASYNC110  (a threading flag: nothing to await)
+        await asyncio.sleep(tick_s)
+    while True:
+        for task, guard in list(guards.items()):
+            if not task.done() and guard.depth == 0:
+                task.cancel()
+        await asyncio.sleep(tick_s)
 
 
 #: The process-wide stop flag the CLI and flows set and every engine of the process reads.
