@@ -187,8 +187,9 @@ class Engine:
         """Render every item; records for all of them (and their folded duplicates).
 
         Requests the journal holds an answer or a task id for go first: they are paid for,
-        and their result URLs are the first to expire. Once ``stop`` is set, items not yet started are
-        left, and started ones that are only waiting are abandoned (see :mod:`qwbatch.stop`).
+        and their result URLs are the first to expire. Once ``stop`` is set, items not yet
+        started are left, and started ones that are only waiting are abandoned (see
+        :mod:`qwbatch.stop`).
         """
         state = self.journal.state
         ordered = sorted(items, key=lambda item: state.priority(item.request.request_key))
