@@ -1,4 +1,8 @@
-"""The catalog: a Parquet dataset under ``DEST/catalog/``, one part per shard attempt.
+"""The catalog: a Parquet dataset under ``DEST/catalog/``, one part per shard of a run.
+
+A resumed shard rewrites its part whole under the same name (the journal restores the rows
+the earlier attempt had); ``qwbatch.compaction`` merges parts, ``qwbatch.rebuild`` restores
+rows from the images' metadata.
 
 Each part is written whole in one operation (temp file + rename on a local folder, a single
 PUT on S3), so a reader never sees half a part. Parts are plain Parquet files sharing
