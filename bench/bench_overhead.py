@@ -34,12 +34,14 @@ MODEL = "qwen-image-2.0"
 
 def write_manifest(path: Path, rows: int) -> None:
     pq.write_table(
-        pa.table({
-            "id": [f"r{i:07d}" for i in range(rows)],
-            "prompt": [f"benchmark prompt number {i}, a small test image" for i in range(rows)],
-            "model": [MODEL] * rows,
-            "size": [SIZE] * rows,
-        }),
+        pa.table(
+            {
+                "id": [f"r{i:07d}" for i in range(rows)],
+                "prompt": [f"benchmark prompt number {i}, a small test image" for i in range(rows)],
+                "model": [MODEL] * rows,
+                "size": [SIZE] * rows,
+            }
+        ),
         path,
     )
 
@@ -56,13 +58,22 @@ async def floor_loop(base_url: str, rows: int, in_flight: int) -> float:
             async with gate:
                 body = {
                     "model": MODEL,
-                    "input": {"messages": [{"role": "user", "content": [
-                        {"text": f"floor prompt number {i}, a small test image"}]}]},
+                    "input": {
+                        "messages": [
+                            {
+                                "role": "user",
+                                "content": [
+                                    {"text": f"floor prompt number {i}, a small test image"}
+                                ],
+                            }
+                        ]
+                    },
                     "parameters": {"size": SIZE, "n": 1, "seed": i, "watermark": False},
                 }
                 response = await client.post(
                     f"{base_url}/services/aigc/multimodal-generation/generation",
-                    json=body, headers=headers,
+                    json=body,
+                    headers=headers,
                 )
                 response.raise_for_status()
                 url = response.json()["output"]["choices"][0]["message"]["content"][0]["image"]
@@ -97,14 +108,18 @@ def noop_rerun(manifest: Path, out: Path, env: dict[str, str]) -> float:
     began = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "qwbatch.cli", "run", str(manifest), "--out", str(out)],
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, check=True,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        check=True,
         stdout=subprocess.DEVNULL,
     )
     return time.perf_counter() - began
 
 
 def measure(rows: int, in_flight: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, simulator_process("--fast", "--no-rate-limit") as sim:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        simulator_process("--fast", "--no-rate-limit") as sim,
+    ):
         manifest = Path(tmp) / "m.parquet"
         out = Path(tmp) / "out"
         write_manifest(manifest, rows)

@@ -30,8 +30,16 @@ def free_port() -> int:
 def simulator_process(*args: str) -> Iterator[SimulatorHandle]:
     """The simulator in a child process (so it does not share our GIL), until exit."""
     port = free_port()
-    cmd = [sys.executable, "-m", "qwbatch.simulator", "--port", str(port),
-           "--api-key", BENCH_KEY, *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "qwbatch.simulator",
+        "--port",
+        str(port),
+        "--api-key",
+        BENCH_KEY,
+        *args,
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root = f"http://127.0.0.1:{port}"
