@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,13 +25,18 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from qwbatch import catalog_view
 from qwbatch.catalog_view import RowFilter
+from qwbatch.errors import QwBatchError
 from qwbatch.fonts import Font, caption_font
 from qwbatch.storage import ObjectStore
+from qwbatch.summary import RunSummary
+
+log = logging.getLogger(__name__)
 
 #: Tiles drawn at most by default; a footer says how many more matched.
 DEFAULT_LIMIT = 500
-#: Where a run's own sheet is stored in DEST.
+#: Where a run's own sheet is stored in DEST, and how many tiles it shows at most.
 RUN_SHEET_KEY = "runs/{run_id}/contact-sheet.png"
+RUN_SHEET_LIMIT = 120
 
 _PAGE = (246, 245, 242)
 _CARD = (255, 255, 255)
@@ -141,11 +147,31 @@ def make_contact_sheet(
     return ContactSheet(image=image, shown=len(tiles), matched=len(rows), tiles=tiles)
 
 
-def store_run_sheet(store: ObjectStore, run_id: str) -> tuple[str, ContactSheet]:
-    """Draw run ``run_id``'s sheet and store it at ``runs/<run_id>/contact-sheet.png``."""
-    sheet = make_contact_sheet(store, run=run_id, title=f"run {run_id}")
+def store_run_sheet(
+    store: ObjectStore, run_id: str, *, limit: int = RUN_SHEET_LIMIT
+) -> tuple[str, ContactSheet]:
+    """Draw run ``run_id``'s sheet (its first ``limit`` tiles) and store it in DEST.
+
+    The sheet goes to ``runs/<run_id>/contact-sheet.png``; returns its URI and the sheet.
+    """
+    sheet = make_contact_sheet(store, run=run_id, limit=limit, title=f"run {run_id}")
     put = store.put(RUN_SHEET_KEY.format(run_id=run_id), sheet.png(), content_type="image/png")
     return put.uri, sheet
+
+
+def publish_run_sheet(store: ObjectStore, summary: RunSummary) -> str | None:
+    """Store the run's sheet and note its URI in ``summary``; a small preview as a data URI.
+
+    A sheet is a view, not a result: when it cannot be drawn or stored the run still stands,
+    a warning is logged and None is returned.
+    """
+    try:
+        uri, sheet = store_run_sheet(store, summary.run_id)
+    except QwBatchError as exc:
+        log.warning("no contact sheet for run %s: %s", summary.run_id, exc.message)
+        return None
+    summary.contact_sheet_uri = uri
+    return sheet.preview_data_uri()
 
 
 # ------------------------------------------------------------------------------ drawing

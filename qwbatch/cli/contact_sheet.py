@@ -30,6 +30,7 @@ def contact_sheet(
     limit: Annotated[int, typer.Option(help="Most tiles to draw", min=1)] = 500,
     columns: Annotated[int, typer.Option(help="Tiles per row", min=1)] = 6,
     tile: Annotated[int, typer.Option(help="Tile size in pixels", min=64, max=1024)] = 200,
+    title: Annotated[str | None, typer.Option(help="Heading (default: DEST and run)")] = None,
 ) -> None:
     """Draw DEST's images on one PNG grid, each with its id and a short prompt."""
     from qwbatch.catalog_view import parse_filters
@@ -44,6 +45,7 @@ def contact_sheet(
             filters=parse_filters(filters or []),
             limit=limit,
             layout=Layout(columns=columns, tile=tile),
+            title=title,
         )
         out.write_bytes(sheet.png())
     except QwBatchError as exc:
