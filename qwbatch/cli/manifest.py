@@ -16,7 +16,7 @@ manifest_app = typer.Typer(
     help="Author manifests: from CSV or JSON Lines, or from an annotated template.",
     no_args_is_help=True,
 )
-app.add_typer(manifest_app)
+app.add_typer(manifest_app, name="manifest")
 
 _Out = Annotated[Path, typer.Option("--out", "-o", help="Parquet manifest to write")]
 _Model = Annotated[str | None, typer.Option(help="Default model for rows without one")]
