@@ -28,7 +28,12 @@ def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bo
     store = open_store(out, settings)
     table = model_table(settings)
     planned = plan_run(
-        manifest, store, settings=settings, table=table, run_id=run_id, strict=strict
+        manifest,
+        store,
+        settings=settings,
+        table=table,
+        run_id=run_id,
+        strict=strict,
     )
     tracker = progress.tracker_for(run_id)
     if tracker is not None:
