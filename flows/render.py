@@ -13,14 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from qwbatch import runner
+from qwbatch import contact_sheet, runner
 from qwbatch.catalog import CATALOG_PREFIX
 from qwbatch.config import Settings
 from qwbatch.engine import ShardResult
 from qwbatch.plan import Plan, new_run_id
+from qwbatch.run_markdown import summary_markdown
 from qwbatch.storage import open_store
 from qwbatch.summary import RunSummary
 
@@ -108,9 +110,15 @@ def render_manifest(
         currency=settings.currency(),
         wall_s=time.monotonic() - began,
     )
+    sheet_preview = contact_sheet.publish_run_sheet(store, summary)
     store.put(
         f"runs/{run_id}/summary.json", summary.to_json().encode(), content_type="application/json"
     )
     for line in summary.lines():
         logger.info(line)
+    create_markdown_artifact(
+        summary_markdown(summary, sheet_preview=sheet_preview),
+        key="render-summary",
+        description=f"qwbatch run {run_id}: summary and contact sheet",
+    )
     return summary

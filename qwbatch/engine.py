@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import stamina
 
-from qwbatch import catalog, images
+from qwbatch import catalog, images, thumbs
 from qwbatch.config import Settings
 from qwbatch.errors import (
     AmbiguousError,
@@ -44,6 +44,9 @@ from qwbatch.storage import ObjectStore
 
 #: Turns an edit input's URI into what is sent ("data:image/png;base64,…" or a public URL).
 InputLoader = Callable[[str], Awaitable[str]]
+#: Told each request's records as soon as the request ends (progress displays). It runs on
+#: the engine's event loop thread: keep it quick, thread-safe, and never raising.
+RecordsCallback = Callable[[Sequence[CatalogRecord]], None]
 
 
 def output_key(request_key: str, index: int) -> str:
@@ -92,6 +95,7 @@ class Engine:
         input_loader: InputLoader | None = None,
         limiters: LimiterRegistry = LIMITERS,
         concurrency: int = 32,
+        on_records: RecordsCallback | None = None,
     ) -> None:
         self.provider = provider
         self.store = store
@@ -101,6 +105,7 @@ class Engine:
         self.input_loader = input_loader
         self.limiters = limiters
         self.concurrency = concurrency
+        self.on_records = on_records
         self.region = settings.region
         self.currency = settings.currency()
         self._scope = settings.base_url()
@@ -139,7 +144,10 @@ class Engine:
 
         async def one(item: PlanItem) -> list[CatalogRecord]:
             async with gate:
-                return await self.render(item)
+                records = await self.render(item)
+            if self.on_records is not None:
+                self.on_records(records)
+            return records
 
         groups = await asyncio.gather(*(one(item) for item in items))
         return [record for group in groups for record in group]
@@ -341,6 +349,9 @@ class Engine:
                     metadata=metadata,
                     if_none_match=True,
                 )
+        await asyncio.to_thread(
+            thumbs.store_thumbnail, self.store, request.request_key, index, data
+        )
         if not put.created:
             # Content-addressed: the object already there is the output of record.
             existing = await asyncio.to_thread(self.store.head, key)

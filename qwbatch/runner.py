@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from qwbatch import progress
 from qwbatch.config import Settings
 from qwbatch.engine import Engine, ShardResult, run_shard
 from qwbatch.inputs import LocalInputs
@@ -25,13 +26,30 @@ def model_table(settings: Settings) -> ModelTable:
 def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bool = False) -> Plan:
     """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`)."""
     store = open_store(out, settings)
-    return plan_run(
+    table = model_table(settings)
+    planned = plan_run(
         manifest,
         store,
         settings=settings,
-        table=model_table(settings),
+        table=table,
         run_id=run_id,
         strict=strict,
+    )
+    tracker = progress.tracker_for(run_id)
+    if tracker is not None:
+        tracker.on_plan(
+            planned,
+            estimated_cost=estimate_cost(planned, table, settings),
+            currency=settings.currency(),
+        )
+    return planned
+
+
+def estimate_cost(plan: Plan, table: ModelTable, settings: Settings) -> float:
+    """What the plan's images cost at list price, in the region's currency (0 when unpriced)."""
+    return sum(
+        n * (table.get(model).price(settings.region) or 0.0)
+        for model, n in plan.images_by_model.items()
     )
 
 
@@ -46,6 +64,7 @@ async def render_shard_async(
 ) -> ShardResult:
     """Render one shard file of run ``run_id`` into ``out``."""
     store = store or open_store(out, settings)
+    tracker = progress.tracker_for(run_id)
     async with DashScopeProvider.from_settings(settings) as provider:
         engine = Engine(
             provider=provider,
@@ -54,6 +73,7 @@ async def render_shard_async(
             settings=settings,
             run_id=run_id,
             input_loader=LocalInputs(Path(manifest_dir)),
+            on_records=tracker.on_records if tracker is not None else None,
         )
         return await run_shard(engine, shard_key)
 

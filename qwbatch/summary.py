@@ -31,6 +31,7 @@ class RunSummary:
     attempts: int = 0
     catalog_uri: str = ""
     rejects_uri: str | None = None
+    contact_sheet_uri: str | None = None
     wall_s: float = 0.0
 
     @classmethod
@@ -101,5 +102,7 @@ class RunSummary:
         out.append(f"catalog: {self.catalog_uri}")
         if self.rejects_uri:
             out.append(f"rejects: {self.rejects_uri}")
+        if self.contact_sheet_uri:
+            out.append(f"contact sheet: {self.contact_sheet_uri}")
         out.append(f"wall time {self.wall_s:.1f} s")
         return out

@@ -41,12 +41,16 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "WARNING")
 
 
-def _run_flow(manifest: str, out: str, **params: Any) -> int:
+def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
     _quiet_prefect()
     from flows.render import render_manifest  # Prefect is imported only by commands that run
+    from qwbatch.plan import new_run_id
+    from qwbatch.progress_display import watch_run
 
+    params["run_id"] = run_id = params.get("run_id") or new_run_id()
     try:
-        summary = render_manifest(manifest=manifest, out=out, **params)
+        with watch_run(run_id, quiet=quiet, budget=params.get("budget")):
+            summary = render_manifest(manifest=manifest, out=out, **params)
     except QwBatchError as exc:
         _fail(str(exc))
         return 2
@@ -65,11 +69,13 @@ def run(
     rps: Annotated[float | None, typer.Option(help="Requests per second, every model")] = None,
     max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight per model")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False,
 ) -> None:
     """Render every new row of MANIFEST into OUT and record it in OUT/catalog/."""
     code = _run_flow(
         manifest,
         out,
+        quiet=quiet,
         model=model,
         strict=strict,
         shard_size=shard_size,
