@@ -8,7 +8,9 @@ STAMP  := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup demo test lint bench clean
+DEMO_SHEET_TITLE := qwbatch demo: manifests/demo.parquet
+
+.PHONY: setup demo docs test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +22,12 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/qwbatch demo --out out
+	$(BIN)/qwbatch contact-sheet out -o out/contact-sheet.png --title "$(DEMO_SHEET_TITLE)"
+	$(BIN)/qwbatch report out --html out/report.html
+
+# The README's contact sheet: what `make demo` draws, copied into docs/.
+docs: demo
+	cp out/contact-sheet.png docs/contact-sheet.png
 
 test: $(STAMP)
 	$(BIN)/pytest

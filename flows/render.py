@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from qwbatch import runner
+from qwbatch import contact_sheet, runner
 from qwbatch.config import Settings
 from qwbatch.engine import ShardResult
+from qwbatch.run_markdown import summary_markdown
 from qwbatch.stop import STOP
+from qwbatch.storage import open_store
 from qwbatch.summary import RunSummary
 
 
@@ -120,7 +123,17 @@ def render_manifest(
             overrides=unmapped(overrides),
         )
         shards = [future.result() for future in futures]
-        summary = runner.finish(prepared, shards, out=out, settings=settings, began=began)
+        summary = runner.finish(
+            prepared, shards, out=out, settings=settings, began=began, save=False
+        )
+        store = open_store(out, settings)
+        sheet_preview = contact_sheet.publish_run_sheet(store, summary)
+        runner.save_summary(store, summary)
         for line in summary.lines():
             logger.info(line)
+        create_markdown_artifact(
+            summary_markdown(summary, sheet_preview=sheet_preview),
+            key="render-summary",
+            description=f"qwbatch run {run_id}: summary and contact sheet",
+        )
         return summary

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import stamina
 
-from qwbatch import catalog, images
+from qwbatch import catalog, images, thumbs
 from qwbatch.config import Settings
 from qwbatch.errors import (
     AmbiguousError,
@@ -69,6 +69,9 @@ T = TypeVar("T")
 
 #: Turns an edit input's URI into what is sent ("data:image/png;base64,…" or a public URL).
 InputLoader = Callable[[str], Awaitable[str]]
+#: Told each request's records as soon as the request ends (progress displays). It runs on
+#: the engine's event loop thread: keep it quick, thread-safe, and never raising.
+RecordsCallback = Callable[[Sequence[CatalogRecord]], None]
 
 
 def output_key(request_key: str, index: int) -> str:
@@ -131,6 +134,7 @@ class Engine:
         input_loader: InputLoader | None = None,
         limiters: LimiterRegistry = LIMITERS,
         concurrency: int = 32,
+        on_records: RecordsCallback | None = None,
         journal: Journal | None = None,
         finder: TaskFinder | None = None,
         stop: StopSignal | None = None,
@@ -143,6 +147,7 @@ class Engine:
         self.input_loader = input_loader
         self.limiters = limiters
         self.concurrency = concurrency
+        self.on_records = on_records
         self.region = settings.region
         self.currency = settings.currency()
         self._scope = settings.base_url()
@@ -199,7 +204,10 @@ class Engine:
             try:
                 async with gate:
                     if not self.stop.is_set():
-                        return await self._render(item, call)
+                        records = await self._render(item, call)
+                        if self.on_records is not None:
+                            self.on_records(records)
+                        return records
             except asyncio.CancelledError:
                 if not self.stop.is_set():
                     raise  # not our stop: someone cancelled the shard itself
@@ -586,6 +594,9 @@ class Engine:
             content_type=info.content_type,
             metadata=metadata,
             if_none_match=True,
+        )
+        await asyncio.to_thread(
+            thumbs.store_thumbnail, self.store, request.request_key, index, data
         )
         if not put.created:
             # Content-addressed: the object already there is the output of record.

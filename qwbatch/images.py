@@ -1,7 +1,7 @@
-"""Pillow helpers: output verification and hashing.
+"""Pillow helpers: output verification, hashing and thumbnails.
 
-Later: input checks and normalisation for edits, thumbnails and contact sheets. Every
-failure here is an ``ImageError`` whose message says what was wrong with the bytes.
+Later: input checks and normalisation for edits. Every failure here is an ``ImageError``
+whose message says what was wrong with the bytes.
 
 Decoding untrusted bytes is bounded two ways: only the formats in ``formats`` are tried (so
 Pillow never hands a file to an external decoder such as Ghostscript), and images over
@@ -40,6 +40,11 @@ _DECODE_ERRORS = (
     Image.DecompressionBombWarning,  # raised, not just shown, when warnings are errors
 )
 
+
+#: Longest side of a stored thumbnail, in pixels.
+THUMBNAIL_MAX_SIDE = 256
+#: WebP quality of thumbnails (0–100): small files, still fine for judging a picture.
+THUMBNAIL_QUALITY = 80
 
 #: Pillow format name → the Content-Type to store it with.
 MIME_TYPES: dict[str, str] = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -123,3 +128,40 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         raise ImageError(
             f"image is {width}*{height} = {width * height} pixels; the limit is {max_pixels}"
         )
+
+
+def thumbnail(
+    data: bytes,
+    *,
+    max_side: int = THUMBNAIL_MAX_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> bytes:
+    """A WebP thumbnail of ``data``, at most ``max_side`` pixels on its longer side.
+
+    The aspect ratio is kept; transparency is kept; images already small are not enlarged.
+    ImageError when ``data`` is not an image that :func:`verify_image` would accept.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=list(formats)) as image:
+            _check_pixels(image.width, image.height, max_pixels)
+            # draft() lets JPEG decode at a reduced scale; other formats ignore it.
+            image.draft("RGB", (max_side, max_side))
+            mode = "RGBA" if _has_alpha(image) else "RGB"
+            small = image if image.mode == mode else image.convert(mode)
+            # A box reduction to near the target first, then Lanczos over a few hundred pixels:
+            # faster than Lanczos from full size, and no visible difference at this size.
+            small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=1.5)
+            out = io.BytesIO()
+            # WebP method 2 (of 0–6) encodes several times faster than the default 4 at this
+            # size, for files a little larger (still a few kB). See bench/bench_thumbnails.py.
+            small.save(out, format="WEBP", quality=THUMBNAIL_QUALITY, method=2)
+    except UnidentifiedImageError as exc:
+        raise ImageError("not an image: cannot make a thumbnail") from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageError(f"cannot make a thumbnail: {exc or type(exc).__name__}") from exc
+    return out.getvalue()
+
+
+def _has_alpha(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qwbatch import runs
+from qwbatch import progress, runs
 from qwbatch.catalog import CATALOG_PREFIX
 from qwbatch.config import Settings
 from qwbatch.engine import Engine, ShardResult, run_shard, shard_label, store_retries
@@ -40,13 +40,35 @@ def model_table(settings: Settings) -> ModelTable:
 def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bool = False) -> Plan:
     """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`)."""
     store = open_store(out, settings)
-    return plan_run(
+    table = model_table(settings)
+    planned = plan_run(
         manifest,
         store,
         settings=settings,
-        table=model_table(settings),
+        table=table,
         run_id=run_id,
         strict=strict,
+    )
+    _tell_tracker(planned, table, settings)
+    return planned
+
+
+def _tell_tracker(plan: Plan, table: ModelTable, settings: Settings) -> None:
+    """Hand the plan to the run's progress tracker, when this process has one."""
+    tracker = progress.tracker_for(plan.run_id)
+    if tracker is not None:
+        tracker.on_plan(
+            plan,
+            estimated_cost=estimate_cost(plan, table, settings),
+            currency=settings.currency(),
+        )
+
+
+def estimate_cost(plan: Plan, table: ModelTable, settings: Settings) -> float:
+    """What the plan's images cost at list price, in the region's currency (0 when unpriced)."""
+    return sum(
+        n * (table.get(model).price(settings.region) or 0.0)
+        for model, n in plan.images_by_model.items()
     )
 
 
@@ -80,22 +102,43 @@ def prepare(
     chosen, loaded = runs.choose_run(
         store, fingerprint, run_id=run_id, resume=resume, auto_resume=auto_resume
     )
+    table = model_table(settings)
     if loaded is not None:
+        _tell_tracker(loaded, table, settings)
         return Prepared(loaded, resumed=True)
     # A chosen run without a plan was cut short while planning: plan it again, same id.
     resumed = chosen is not None and runs.run_exists(store, chosen, fingerprint)
     new_id = chosen or new_run_id()
     runs.start_run(store, new_id, fingerprint)
-    made = plan_run(
-        manifest,
-        store,
-        settings=settings,
-        table=model_table(settings),
-        run_id=new_id,
-        strict=strict,
-    )
+    made = plan_run(manifest, store, settings=settings, table=table, run_id=new_id, strict=strict)
     runs.save_plan(store, made, fingerprint)
+    _tell_tracker(made, table, settings)
     return Prepared(made, resumed=resumed)
+
+
+def resolve_run_id(
+    manifest: str,
+    out: str,
+    *,
+    settings: Settings,
+    run_id: str | None = None,
+    resume: str | None = None,
+    auto_resume: bool = True,
+    strict: bool = False,
+) -> str:
+    """The run id :func:`prepare` will work under, known before it runs (for progress
+    displays): the one given, else an unfinished run of ``manifest`` in ``out``, else new."""
+    if resume or run_id:
+        return resume or run_id or ""
+    if auto_resume:
+        store = open_store(out, settings)
+        fingerprint = runs.manifest_fingerprint(
+            manifest, default_model=settings.default_model, strict=strict
+        )
+        found = runs.find_unfinished(store, fingerprint)
+        if found is not None:
+            return found
+    return new_run_id()
 
 
 async def render_shard_async(
@@ -125,6 +168,7 @@ async def render_shard_async(
     journal = await _with_store(
         settings, StoreJournal.open, store, run_id, label, retry_s=settings.store_retry_s
     )
+    tracker = progress.tracker_for(run_id)
     async with DashScopeProvider.from_settings(settings) as provider:
         engine = Engine(
             provider=provider,
@@ -133,6 +177,7 @@ async def render_shard_async(
             settings=settings,
             run_id=run_id,
             input_loader=LocalInputs(Path(manifest_dir)),
+            on_records=tracker.on_records if tracker is not None else None,
             journal=journal,
             stop=stop,
         )
@@ -162,8 +207,10 @@ def finish(
     settings: Settings,
     began: float,
     stop: StopSignal = STOP,
+    save: bool = True,
 ) -> RunSummary:
-    """The run's summary, also written to ``runs/<run>/summary.json``."""
+    """The run's summary, also written to ``runs/<run>/summary.json`` unless ``save`` is
+    False (the flow adds its contact sheet first, then calls :func:`save_summary`)."""
     store = open_store(out, settings)
     summary = RunSummary.from_parts(
         prepared.plan,
@@ -175,12 +222,15 @@ def finish(
     )
     summary.resumed = prepared.resumed
     summary.stopped_by = stop.reason if stop.is_set() and summary.left else None
-    store.put(
-        runs.summary_key(summary.run_id),
-        summary.to_json().encode(),
-        content_type="application/json",
-    )
+    if save:
+        save_summary(store, summary)
     return summary
+
+
+def save_summary(store: ObjectStore, summary: RunSummary) -> None:
+    """Write ``runs/<run>/summary.json``: a run with nothing ``left`` is finished."""
+    key = runs.summary_key(summary.run_id)
+    store.put(key, summary.to_json().encode(), content_type="application/json")
 
 
 async def _with_store(settings: Settings, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from qwbatch.engine import ShardResult
-from qwbatch.errors import ConfigError
+from qwbatch.errors import ConfigError, ManifestError
 from qwbatch.plan import Plan
 from qwbatch.storage import ObjectNotFoundError, ObjectStore
 
@@ -53,12 +53,15 @@ def manifest_fingerprint(manifest: str | Path, *, default_model: str, strict: bo
     folder, with its name) and the options that change its requests."""
     digest = hashlib.sha256(f"{default_model}\0{strict}\0".encode())
     path = Path(manifest)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.name.encode() + b"\0")
-        with file.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.name.encode() + b"\0")
+            with file.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from exc
     return digest.hexdigest()[:32]
 
 

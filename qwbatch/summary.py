@@ -41,6 +41,7 @@ class RunSummary:
     stopped_by: str | None = None
     catalog_uri: str = ""
     rejects_uri: str | None = None
+    contact_sheet_uri: str | None = None
     wall_s: float = 0.0
 
     @classmethod
@@ -128,5 +129,7 @@ class RunSummary:
         out.append(f"catalog: {self.catalog_uri}")
         if self.rejects_uri:
             out.append(f"rejects: {self.rejects_uri}")
+        if self.contact_sheet_uri:
+            out.append(f"contact sheet: {self.contact_sheet_uri}")
         out.append(f"wall time {self.wall_s:.1f} s")
         return out

@@ -25,8 +25,13 @@ def test_every_command_is_documented_in_the_readme() -> None:
         for command in app.registered_commands
     )
     groups = sorted(group.name for group in app.registered_groups if group.name)
+    subcommands = sorted(
+        f"{group.name} {(command.name or command.callback.__name__).replace('_', '-')}"  # type: ignore[union-attr]
+        for group in app.registered_groups
+        for command in group.typer_instance.registered_commands  # type: ignore[union-attr]
+    )
     assert names
-    for name in names + groups:
+    for name in names + groups + subcommands:
         assert re.search(rf"`qwbatch {re.escape(name)}\b", readme), f"README lacks qwbatch {name}"
 
 

@@ -136,6 +136,11 @@ def test_render_into_s3_records_metadata_and_no_secrets(
         for o in page.get("Contents", [])
     ]
     assert all(k.startswith("renders/nightly/") for k in keys)
+    # Thumbnails and the run's contact sheet live in the bucket too.
+    sheet_key = f"renders/nightly/runs/{summary.run_id}/contact-sheet.png"
+    assert summary.contact_sheet_uri == f"s3://{s3_bucket}/{sheet_key}"
+    assert sheet_key in keys
+    assert sum(k.startswith("renders/nightly/thumbs/") for k in keys) == summary.images_stored
     parts = [k for k in keys if k.startswith("renders/nightly/catalog/")]
     rows = [
         row

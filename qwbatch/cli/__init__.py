@@ -41,12 +41,28 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "WARNING")
 
 
-def _run_flow(manifest: str, out: str, **params: Any) -> int:
+def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
     _quiet_prefect()
     from flows.render import render_manifest  # Prefect is imported only by commands that run
+    from qwbatch.progress_display import watch_run
+    from qwbatch.runner import resolve_run_id
 
     try:
-        summary = render_manifest(manifest=manifest, out=out, **params)
+        # Known before the flow starts (the progress display follows it): an unfinished run
+        # of this manifest in OUT is resumed, unless --new-run.
+        params["run_id"] = run_id = resolve_run_id(
+            manifest,
+            out,
+            settings=Settings(
+                **({"default_model": params["model"]} if params.get("model") else {})
+            ),
+            run_id=params.get("run_id"),
+            resume=params.get("resume"),
+            auto_resume=params.get("auto_resume", True),
+            strict=params.get("strict", False),
+        )
+        with watch_run(run_id, quiet=quiet, budget=params.get("budget")):
+            summary = render_manifest(manifest=manifest, out=out, **params)
     except QwBatchError as exc:
         _fail(str(exc))
         return 2
@@ -79,6 +95,7 @@ def run(
     new_run: Annotated[
         bool, typer.Option(help="Start a new run even if one of MANIFEST is unfinished")
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False,
 ) -> None:
     """Render every new row of MANIFEST into OUT and record it in OUT/catalog/.
 
@@ -87,6 +104,7 @@ def run(
     code = _run_flow(
         manifest,
         out,
+        quiet=quiet,
         model=model,
         strict=strict,
         shard_size=shard_size,

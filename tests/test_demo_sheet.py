@@ -1,0 +1,65 @@
+"""The README's contact sheet is the one the demo draws: render the demo manifest as
+``make demo`` does and compare the sheet with ``docs/contact-sheet.png``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageChops, ImageStat
+
+from qwbatch import runner
+from qwbatch.config import Settings
+from qwbatch.contact_sheet import make_contact_sheet
+from qwbatch.storage import LocalStore
+
+ROOT = Path(__file__).parent.parent
+DOCS_SHEET = ROOT / "docs" / "contact-sheet.png"
+DEMO = ROOT / "manifests" / "demo.parquet"
+
+
+def demo_title() -> str:
+    """The title the Makefile gives the demo's sheet."""
+    makefile = (ROOT / "Makefile").read_text()
+    match = re.search(r"^DEMO_SHEET_TITLE := (.+)$", makefile, re.MULTILINE)
+    assert match, "Makefile lacks DEMO_SHEET_TITLE"
+    return match.group(1).strip()
+
+
+def test_readme_shows_the_docs_sheet_and_make_demo_draws_it() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "](docs/contact-sheet.png)" in readme
+    makefile = (ROOT / "Makefile").read_text()
+    assert "qwbatch contact-sheet out -o out/contact-sheet.png" in makefile
+    assert "cp out/contact-sheet.png docs/contact-sheet.png" in makefile
+
+
+@pytest.mark.slow
+def test_docs_sheet_is_what_the_demo_draws(sim, tmp_path: Path) -> None:
+    sim.configure(api_key="sk-demo-sheet-test")
+    settings = Settings(
+        dashscope_base_url=sim.base_url,
+        dashscope_api_key="sk-demo-sheet-test",
+        poll_interval_s=0.02,
+        poll_max_interval_s=0.05,
+        rps=500,
+        max_in_flight=16,
+    )
+    out = tmp_path / "out"
+    plan = runner.plan(str(DEMO), str(out), settings=settings, run_id="20260101T000000Z-demo00")
+    for shard in plan.shard_keys:
+        runner.render_shard(
+            shard,
+            out=str(out),
+            run_id=plan.run_id,
+            manifest_dir=str(DEMO.parent),
+            settings=settings,
+        )
+    drawn = make_contact_sheet(LocalStore(out), title=demo_title()).image
+    with Image.open(DOCS_SHEET) as committed:
+        committed = committed.convert("RGB")
+    assert drawn.size == committed.size, "docs/contact-sheet.png is stale: run `make docs`"
+    # Identical where fonts and codecs match; a hand-edited or stale sheet differs by far more.
+    mean = ImageStat.Stat(ImageChops.difference(drawn.convert("RGB"), committed)).mean
+    assert max(mean) < 2.0, f"docs/contact-sheet.png differs from the demo's ({mean}): make docs"

@@ -1,0 +1,100 @@
+"""Thumbnails: made small and faithful, stored beside outputs at render time, never fatal."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from render_helpers import engine_settings, make_request, render
+
+from qwbatch import images
+from qwbatch.engine import output_key
+from qwbatch.errors import ImageError, StorageError
+from qwbatch.plan import PlanItem
+from qwbatch.simulator.render import colour
+from qwbatch.storage import LocalStore, PutResult
+from qwbatch.thumbs import thumb_key
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int], mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (width, height), rgb if mode == "RGB" else (*rgb, 128)).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_thumbnail_is_small_webp_keeping_aspect_and_colour() -> None:
+    small = images.thumbnail(png(1664, 928, (200, 40, 90)))
+    with Image.open(io.BytesIO(small)) as thumb:
+        assert thumb.format == "WEBP"
+        assert max(thumb.size) == images.THUMBNAIL_MAX_SIDE
+        assert thumb.size == (256, round(928 * 256 / 1664))
+        r, g, b = thumb.convert("RGB").getpixel((10, 10))  # type: ignore[misc]
+    assert abs(r - 200) + abs(g - 40) + abs(b - 90) < 12
+    assert len(small) < 4000
+
+
+def test_thumbnail_keeps_transparency_and_does_not_enlarge() -> None:
+    small = images.thumbnail(png(100, 50, (0, 0, 255), mode="RGBA"))
+    with Image.open(io.BytesIO(small)) as thumb:
+        assert thumb.size == (100, 50)
+        assert thumb.mode == "RGBA"
+
+
+def test_thumbnail_of_garbage_is_an_image_error() -> None:
+    with pytest.raises(ImageError):
+        images.thumbnail(b"\x89PNG\r\n\x1a\nnot really")
+
+
+def test_engine_stores_a_thumbnail_beside_each_output(sim, tmp_path: Path) -> None:
+    settings = engine_settings(sim)
+    request = make_request("poster", "a lantern poster", n=2, size="1024*512")
+    records = render([PlanItem(request)], settings, tmp_path)
+    store = LocalStore(tmp_path)
+    assert [r.status for r in records] == ["succeeded", "succeeded"]
+    for record in records:
+        index = record.image_index
+        assert index is not None
+        data = store.get(thumb_key(request.request_key, index))
+        assert store.head(thumb_key(request.request_key, index)).content_type == "image/webp"
+        with Image.open(io.BytesIO(data)) as thumb:
+            assert thumb.size == (256, 128)
+            counts = thumb.convert("RGB").getcolors(256 * 128) or []
+        tint = colour(request.prompt, request.seed, index)
+        common = max(counts)[1]
+        assert sum(abs(a - b) for a, b in zip(common, tint, strict=True)) < 15
+        assert store.exists(output_key(request.request_key, index))
+
+
+class RefusesThumbnails(LocalStore):
+    """A store whose thumbnail uploads fail (a full disk, a denied prefix)."""
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        if_none_match: bool = False,
+    ) -> PutResult:
+        if key.startswith("thumbs/"):
+            raise StorageError(f"access denied: {key}")
+        return super().put(
+            key, data, content_type=content_type, metadata=metadata, if_none_match=if_none_match
+        )
+
+
+def test_a_failed_thumbnail_never_fails_the_image(
+    sim, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = engine_settings(sim)
+    request = make_request("kite", "a kite")
+    store = RefusesThumbnails(tmp_path)
+    records = render([PlanItem(request)], settings, tmp_path, store=store)
+    assert [r.status for r in records] == ["succeeded"]
+    assert store.exists(output_key(request.request_key, 0))
+    assert not store.exists(thumb_key(request.request_key, 0))
+    assert "no thumbnail" in caplog.text
