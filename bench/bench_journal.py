@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
+    from bench.common import BENCH_KEY, simulator_process
     from qwbatch.config import Settings
     from qwbatch.engine import Engine
     from qwbatch.journal import Journal, StoreJournal
@@ -34,7 +35,6 @@ def main() -> None:
     from qwbatch.plan import PlanItem
     from qwbatch.providers.dashscope import DashScopeProvider
     from qwbatch.registry import ModelTable
-    from qwbatch.simulator import SimulatorConfig, running
     from qwbatch.storage import LocalStore
 
     table = ModelTable.load()
@@ -94,13 +94,14 @@ def main() -> None:
             return wall, journal.writes, journal.entries
         return wall, 0, 0
 
-    config = SimulatorConfig(api_key="k", rps=10_000, fast=True, latency_s=args.latency)
     walls: dict[bool, list[float]] = {False: [], True: []}
     writes = entries = 0
-    with running(config) as sim, tempfile.TemporaryDirectory() as tmp:
+    # The simulator runs in its own process, so it does not share the engine's GIL.
+    with simulator_process() as sim, tempfile.TemporaryDirectory() as tmp:
+        sim.configure(fast=True, rps=10_000.0, latency_s=args.latency)
         settings = Settings(
             dashscope_base_url=sim.base_url,
-            dashscope_api_key="k",
+            dashscope_api_key=BENCH_KEY,
             poll_interval_s=0.02,
             poll_max_interval_s=0.05,
             rps=5000,
