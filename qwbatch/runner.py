@@ -11,11 +11,14 @@ of unfinished ones), and :func:`finish` (the summary).
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pyarrow.parquet as pq
 
 from qwbatch import progress, runs
 from qwbatch.catalog import CATALOG_PREFIX
@@ -23,11 +26,12 @@ from qwbatch.config import Settings
 from qwbatch.engine import Engine, ShardResult, run_shard, shard_label, store_retries
 from qwbatch.inputs import LocalInputs
 from qwbatch.journal import StoreJournal
+from qwbatch.models import CatalogRecord
 from qwbatch.plan import Plan, decode_shard, new_run_id, plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.registry import ModelTable
 from qwbatch.stop import STOP, StopSignal
-from qwbatch.storage import ObjectStore, open_store
+from qwbatch.storage import ObjectNotFoundError, ObjectStore, open_store
 from qwbatch.summary import RunSummary
 
 T = TypeVar("T")
@@ -51,6 +55,23 @@ def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bo
     )
     _tell_tracker(planned, table, settings)
     return planned
+
+
+def _part_records(store: ObjectStore, key: str) -> list[CatalogRecord]:
+    """A catalog part's rows as records (what a progress tracker counts); [] if it is gone."""
+    try:
+        rows = pq.read_table(io.BytesIO(store.get(key))).to_pylist()
+    except ObjectNotFoundError:
+        return []
+    names = {f.name for f in fields(CatalogRecord)}
+    records = []
+    for row in rows:
+        for name in ("started_at", "finished_at"):
+            if row.get(name) is not None:
+                row[name] = row[name].timestamp()
+        row["tags"] = dict(row.get("tags") or [])
+        records.append(CatalogRecord(**{k: v for k, v in row.items() if k in names}))
+    return records
 
 
 def _tell_tracker(plan: Plan, table: ModelTable, settings: Settings) -> None:
@@ -159,8 +180,13 @@ async def render_shard_async(
     """
     store = store or open_store(out, settings)
     label = shard_label(shard_key)
+    tracker = progress.tracker_for(run_id)
     done = await _with_store(settings, runs.load_shard_result, store, run_id, label)
     if done is not None:
+        if tracker is not None and done.part_uri:
+            # Finished by an earlier attempt: its rows still count towards this one's progress.
+            part = f"{CATALOG_PREFIX}{done.part_uri.rsplit('/', 1)[-1]}"
+            tracker.on_records(await _with_store(settings, _part_records, store, part))
         return done
     if stop.is_set():
         data = await _with_store(settings, store.get, shard_key)
@@ -168,7 +194,6 @@ async def render_shard_async(
     journal = await _with_store(
         settings, StoreJournal.open, store, run_id, label, retry_s=settings.store_retry_s
     )
-    tracker = progress.tracker_for(run_id)
     async with DashScopeProvider.from_settings(settings) as provider:
         engine = Engine(
             provider=provider,

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from local_run import fast_settings, render_all
 
-from qwbatch import runner, runs
+from qwbatch import progress, runner, runs
 from qwbatch.catalog import read_catalog
 from qwbatch.errors import ConfigError
 from qwbatch.journal import journal_prefix
@@ -120,7 +120,10 @@ def test_a_stopped_run_is_resumed_automatically_and_pays_nothing_twice(
     assert list(store.list(journal_prefix(run_id, "shard-00000"))) == []
     assert not runs.is_finished(store, run_id)
 
-    resumed = render_all(manifest, out, settings)
+    # The resumed attempt's progress counts the shard the first attempt finished, too.
+    with progress.watching(run_id, progress.ProgressTracker()) as tracker:
+        resumed = render_all(manifest, out, settings)
+    assert tracker.snapshot().done_images == tracker.snapshot().total_images == 12
     assert (resumed.run_id, resumed.resumed, resumed.left) == (run_id, True, 0)
     assert resumed.statuses == {"succeeded": 12}
     prompts_billed = billed_prompts(sim)
