@@ -7,8 +7,11 @@ can call it; clients are built here, once per call, from :class:`~qwbatch.config
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from decimal import Decimal
 from pathlib import Path
 
+from qwbatch import budget as budgets
 from qwbatch.config import Settings
 from qwbatch.engine import Engine, ShardResult, run_shard
 from qwbatch.inputs import LocalInputs
@@ -22,7 +25,15 @@ def model_table(settings: Settings) -> ModelTable:
     return ModelTable.load(settings.models_file, settings.declared_models)
 
 
-def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bool = False) -> Plan:
+def plan(
+    manifest: str,
+    out: str,
+    *,
+    settings: Settings,
+    run_id: str,
+    strict: bool = False,
+    budget: budgets.BudgetPolicy | None = None,
+) -> Plan:
     """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`)."""
     store = open_store(out, settings)
     return plan_run(
@@ -32,7 +43,44 @@ def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bo
         table=model_table(settings),
         run_id=run_id,
         strict=strict,
+        budget=budget,
     )
+
+
+def estimate(manifest: str, out: str | None, *, settings: Settings, strict: bool = False) -> Plan:
+    """Plan ``manifest`` as a run into ``out`` would, writing nothing and calling no provider.
+
+    The plan's ``estimate`` is the price; without ``out`` nothing counts as rendered already.
+    """
+    return plan_run(
+        manifest,
+        open_store(out, settings) if out else None,
+        settings=settings,
+        table=model_table(settings),
+        run_id="estimate",
+        strict=strict,
+        dry_run=True,
+    )
+
+
+def open_budget(plan: Plan, settings: Settings) -> budgets.BudgetSpec | None:
+    """Create the counter that guards ``plan``'s run while it renders; None without a budget."""
+    if plan.budget is None:
+        return None
+    currency = plan.estimate.currency if plan.estimate else settings.currency()
+    spec = budgets.BudgetSpec(
+        run_id=plan.run_id,
+        limit=str(plan.budget.remaining),
+        currency=currency,
+        backend=budgets.resolve_backend(settings),
+    )
+    asyncio.run(budgets.open_run_budget(spec))
+    return spec
+
+
+def close_budget(spec: budgets.BudgetSpec) -> Decimal:
+    """Remove the run's counter; the money it held at the end."""
+    return asyncio.run(budgets.close_run_budget(spec))
 
 
 async def render_shard_async(
@@ -43,10 +91,14 @@ async def render_shard_async(
     manifest_dir: str,
     settings: Settings,
     store: ObjectStore | None = None,
+    budget: budgets.BudgetSpec | None = None,
 ) -> ShardResult:
-    """Render one shard file of run ``run_id`` into ``out``."""
+    """Render one shard file of run ``run_id`` into ``out``, spending within ``budget``."""
     store = store or open_store(out, settings)
-    async with DashScopeProvider.from_settings(settings) as provider:
+    guard_scope = (
+        budgets.shard_guard(budget) if budget is not None else contextlib.nullcontext(None)
+    )
+    async with DashScopeProvider.from_settings(settings) as provider, guard_scope as guard:
         engine = Engine(
             provider=provider,
             store=store,
@@ -54,16 +106,28 @@ async def render_shard_async(
             settings=settings,
             run_id=run_id,
             input_loader=LocalInputs(Path(manifest_dir)),
+            budget=guard,
         )
         return await run_shard(engine, shard_key)
 
 
 def render_shard(
-    shard_key: str, *, out: str, run_id: str, manifest_dir: str, settings: Settings
+    shard_key: str,
+    *,
+    out: str,
+    run_id: str,
+    manifest_dir: str,
+    settings: Settings,
+    budget: budgets.BudgetSpec | None = None,
 ) -> ShardResult:
     """Synchronous wrapper: one event loop per shard (each Prefect task thread has its own)."""
     return asyncio.run(
         render_shard_async(
-            shard_key, out=out, run_id=run_id, manifest_dir=manifest_dir, settings=settings
+            shard_key,
+            out=out,
+            run_id=run_id,
+            manifest_dir=manifest_dir,
+            settings=settings,
+            budget=budget,
         )
     )

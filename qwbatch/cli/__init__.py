@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -65,6 +65,14 @@ def run(
     rps: Annotated[float | None, typer.Option(help="Requests per second, every model")] = None,
     max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight per model")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random)")] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Most the run may spend, in the region's currency", min=0),
+    ] = None,
+    budget_mode: Annotated[
+        Literal["refuse", "trim"],
+        typer.Option(help="Over budget: refuse the run, or trim it (priority, then row order)"),
+    ] = "refuse",
 ) -> None:
     """Render every new row of MANIFEST into OUT and record it in OUT/catalog/."""
     code = _run_flow(
@@ -76,6 +84,8 @@ def run(
         rps=rps,
         max_in_flight=max_in_flight,
         run_id=run_id,
+        budget=budget,
+        budget_mode=budget_mode,
     )
     raise typer.Exit(code)
 
