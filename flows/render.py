@@ -130,6 +130,14 @@ def render_manifest(
     )
     manifest_dir = str(Path(manifest).resolve().parent) if "://" not in manifest else "."
     spec = runner.open_budget(plan, settings)
+    if spec is not None:
+        logger.info(
+            "budget: %s %s left for run %s, counted %s",
+            spec.limit,
+            spec.currency,
+            run_id,
+            "in this process" if spec.backend == "local" else f"on Prefect ({spec.counter_name})",
+        )
     progress = artifacts.Progress(run_id, len(plan.shard_keys))
     try:
         futures = render_shard_task.map(

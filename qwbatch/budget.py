@@ -55,12 +55,12 @@ from qwbatch.errors import (
     AmbiguousError,
     BudgetExceededError,
     ConfigError,
-    PermanentError,
     QwBatchError,
     ResultExpiredError,
 )
 from qwbatch.models import CatalogRecord, ProviderResult, RenderRequest
 from qwbatch.providers.base import Provider
+from qwbatch.providers.dashscope import TaskDeadlineError
 from qwbatch.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -424,15 +424,15 @@ class BudgetedProvider:
     async def wait_task(self, task_id: str) -> ProviderResult:
         try:
             result = await self._provider.wait_task(task_id)
-        except PermanentError as exc:
-            # The task ended without images (FAILED, CANCELED): nothing was billed. An
-            # expired or unknown task id may have ended either way: its hold stays.
-            expired = isinstance(exc, ResultExpiredError)
-            pending = None if expired else self._tasks.pop(task_id, None)
-            if pending is not None:
-                await self._guard.settle(pending[0], ZERO)
+        except QwBatchError as exc:
+            # Polling retries its own failures, so an error means the task ended without
+            # images (FAILED, CANCELED: nothing billed), unless the task may yet bill: it
+            # outlived the deadline, its id expired, or the answer was lost. Then the hold stays.
+            if not isinstance(exc, TaskDeadlineError | ResultExpiredError | AmbiguousError):
+                pending = self._tasks.pop(task_id, None)
+                if pending is not None:
+                    await self._guard.settle(pending[0], ZERO)
             raise
-        # Any other failure (the deadline, a lost poll): the task may still bill; hold kept.
         pending = self._tasks.pop(task_id, None)
         if pending is not None:
             hold, model = pending

@@ -242,6 +242,9 @@ class Engine:
                 except ThrottledError as exc:
                     limiter.on_throttle(exc.retry_after)
                     raise
+                except BudgetExceededError:
+                    call.attempts -= 1  # refused before it was sent: not a provider call
+                    raise
                 except AmbiguousError:
                     call.ambiguous += 1
                     self.possible_extra_images += request.n
@@ -440,9 +443,12 @@ class Engine:
             status = "ambiguous"
         elif isinstance(exc, ResultExpiredError):
             status = "expired"
+        elif isinstance(exc, BudgetExceededError) and call.ambiguous:
+            # The budget refused the retry of a lost answer: the first call may be billed.
+            status = "ambiguous"
+            exc = AmbiguousError(f"the answer was lost (it may be billed); retry: {exc.message}")
         elif isinstance(exc, BudgetExceededError):
-            # A retry refused after an ambiguous attempt is still ambiguous: it may be billed.
-            status = "ambiguous" if call.ambiguous else "skipped_budget"
+            status = "skipped_budget"
         else:
             status = "failed"
         del unit_price  # failed requests are not billed; ambiguous spend is counted apart

@@ -257,8 +257,12 @@ def build_report(rows: Iterable[dict[str, Any]]) -> Report:
 def report(store: ObjectStore, *, run_id: str | None = None, missing_ok: bool = False) -> Report:
     """The report of ``store``'s catalog, or of one run in it.
 
-    A run with no rows is a ConfigError naming the latest runs, unless ``missing_ok``.
+    A store without a catalog, or a run with no rows, is a ConfigError (naming the latest
+    runs), unless ``missing_ok``.
     """
+    if not missing_ok and not catalog.part_keys(store):
+        where = store.uri(catalog.CATALOG_PREFIX.rstrip("/"))
+        raise ConfigError(f"no catalog at {where}: nothing has been rendered there")
     table = catalog_columns(store, REPORT_COLUMNS, run_id=run_id)
     if run_id is not None and table.num_rows == 0 and not missing_ok:
         runs = sorted(set(catalog_columns(store, ("run_id",))["run_id"].to_pylist()))
