@@ -8,7 +8,9 @@ the limit, in one conditional UPDATE (423 Locked otherwise), so two workers can 
 take the last of the budget. Settling frees what the call did not spend
 (``/v2/concurrency_limits/decrement``); what it spent stays occupied until the run ends and
 the flow deletes the counter. Slots are taken without a lease, so the server never frees
-them on its own: a crashed worker's holds stay counted as spent, the safe side.
+them on its own: a crashed worker's holds stay counted as spent, the safe side. A flow killed
+before its end leaves its counter on the server (``prefect gcl ls``); a rerun under the same
+run id recreates it from the catalog's record of that run's spend.
 
 Rounding is always towards less budget: the limit is rounded down to a unit, reservations
 and spend up, so a price finer than 0.0001 can stop a run a few units early, never late.
