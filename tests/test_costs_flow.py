@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.render import render_manifest
+from qwbatch.budget import resolve_backend
 from qwbatch.cli import app
 from qwbatch.config import Settings
 from qwbatch.costs import PriceTable
@@ -134,6 +135,8 @@ def test_budget_refusal_bills_nothing_and_trim_never_exceeds(
 ) -> None:
     manifest = priority_manifest(tmp_path / "m.parquet")
     out = tmp_path / "out"
+    # Under a Prefect server the run's budget is counted there, shared by every worker.
+    assert resolve_backend(Settings()) == "prefect"
     # The plan: top (2 images, its copy folded), mid, low, none = 5 images x 0.035 = 0.175.
     refused = cli.invoke(app, ["run", str(manifest), "--out", str(out), "--budget", "0.1"])
     assert refused.exit_code == 2
