@@ -1,5 +1,10 @@
 """``render-manifest``: manifest → plan → one Prefect task per shard → catalog → summary.
 
+With a ``budget`` the plan refuses (or trims) what would pass it before anything is sent,
+and every shard spends through the run's budget counter. Each run publishes Prefect
+artifacts (``flows.artifacts``): progress as shards finish, then cost by model and tag and a
+Markdown summary.
+
 The flow is orchestration only: every step is one call into :mod:`qwbatch.runner`. Shards,
 not images, are Prefect tasks (a task costs about 10 ms of overhead; a shard holds a few
 hundred requests), and each task builds its own clients from settings, so any worker can run
@@ -13,16 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import artifacts
 from qwbatch import contact_sheet, runner
+from qwbatch import report as reports
+from qwbatch.budget import BudgetMode, BudgetPolicy, BudgetSpec
 from qwbatch.catalog import CATALOG_PREFIX
 from qwbatch.config import Settings
+from qwbatch.costs import money
 from qwbatch.engine import ShardResult
+from qwbatch.errors import BudgetExceededError
 from qwbatch.plan import Plan, new_run_id
-from qwbatch.run_markdown import summary_markdown
 from qwbatch.storage import open_store
 from qwbatch.summary import RunSummary
 
@@ -34,16 +43,31 @@ def load_settings(overrides: dict[str, Any] | None) -> Settings:
 
 @task(name="plan", cache_policy=NO_CACHE, persist_result=False)
 def plan_task(
-    manifest: str, out: str, run_id: str, strict: bool, overrides: dict[str, Any]
+    manifest: str,
+    out: str,
+    run_id: str,
+    strict: bool,
+    overrides: dict[str, Any],
+    budget: BudgetPolicy | None = None,
 ) -> Plan:
     return runner.plan(
-        manifest, out, settings=load_settings(overrides), run_id=run_id, strict=strict
+        manifest,
+        out,
+        settings=load_settings(overrides),
+        run_id=run_id,
+        strict=strict,
+        budget=budget,
     )
 
 
 @task(name="render-shard", cache_policy=NO_CACHE, persist_result=False, task_run_name="{shard_key}")
 def render_shard_task(
-    shard_key: str, out: str, run_id: str, manifest_dir: str, overrides: dict[str, Any]
+    shard_key: str,
+    out: str,
+    run_id: str,
+    manifest_dir: str,
+    overrides: dict[str, Any],
+    budget: BudgetSpec | None = None,
 ) -> ShardResult:
     return runner.render_shard(
         shard_key,
@@ -51,6 +75,7 @@ def render_shard_task(
         run_id=run_id,
         manifest_dir=manifest_dir,
         settings=load_settings(overrides),
+        budget=budget,
     )
 
 
@@ -70,8 +95,14 @@ def render_manifest(
     shard_size: int | None = None,
     rps: float | None = None,
     max_in_flight: int | None = None,
+    budget: float | None = None,
+    budget_mode: BudgetMode = "refuse",
 ) -> RunSummary:
-    """Render every new request of ``manifest`` into ``out`` and record it in the catalog."""
+    """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
+
+    ``budget`` (the run's currency) refuses a plan that costs more, or with ``budget_mode``
+    "trim" renders in priority and manifest order up to it; billed spend never passes it.
+    """
     began = time.monotonic()
     logger = get_run_logger()
     run_id = run_id or new_run_id()
@@ -82,7 +113,12 @@ def render_manifest(
         "max_in_flight": max_in_flight,
     }
     settings = load_settings(overrides)
-    plan = plan_task(manifest, out, run_id, strict, overrides)
+    policy = BudgetPolicy(money(budget), budget_mode) if budget is not None else None
+    try:
+        plan = plan_task(manifest, out, run_id, strict, overrides, policy)
+    except BudgetExceededError as exc:
+        artifacts.refused(run_id, exc.message)
+        raise
     logger.info(
         "run %s: %d rows, %d rejected, %d already rendered, %d to render in %d shards",
         run_id,
@@ -93,14 +129,32 @@ def render_manifest(
         len(plan.shard_keys),
     )
     manifest_dir = str(Path(manifest).resolve().parent) if "://" not in manifest else "."
-    futures = render_shard_task.map(
-        plan.shard_keys,
-        out=unmapped(out),
-        run_id=unmapped(run_id),
-        manifest_dir=unmapped(manifest_dir),
-        overrides=unmapped(overrides),
-    )
-    shards = [future.result() for future in futures]
+    spec = runner.open_budget(plan, settings)
+    if spec is not None:
+        logger.info(
+            "budget: %s %s left for run %s, counted %s",
+            spec.limit,
+            spec.currency,
+            run_id,
+            "in this process" if spec.backend == "local" else f"on Prefect ({spec.counter_name})",
+        )
+    progress = artifacts.Progress(run_id, len(plan.shard_keys))
+    try:
+        futures = render_shard_task.map(
+            plan.shard_keys,
+            out=unmapped(out),
+            run_id=unmapped(run_id),
+            manifest_dir=unmapped(manifest_dir),
+            overrides=unmapped(overrides),
+            budget=unmapped(spec),
+        )
+        shards = []
+        for future in as_completed(list(futures)):
+            shards.append(future.result())
+            progress.shard_finished()
+    finally:
+        if spec is not None:
+            runner.close_budget(spec)
     store = open_store(out, settings)
     summary = RunSummary.from_parts(
         plan,
@@ -114,11 +168,11 @@ def render_manifest(
     store.put(
         f"runs/{run_id}/summary.json", summary.to_json().encode(), content_type="application/json"
     )
+    artifacts.publish(
+        summary,
+        reports.report(store, run_id=run_id, missing_ok=True),
+        sheet_preview=sheet_preview,
+    )
     for line in summary.lines():
         logger.info(line)
-    create_markdown_artifact(
-        summary_markdown(summary, sheet_preview=sheet_preview),
-        key="render-summary",
-        description=f"qwbatch run {run_id}: summary and contact sheet",
-    )
     return summary

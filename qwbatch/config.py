@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     rps: float | None = None
     max_in_flight: int | None = None
 
+    # Prices and budgets (qwbatch.costs, qwbatch.budget)
+    #: A TOML file of negotiated prices: ``[singapore] "qwen-image-2.0" = 0.03``.
+    prices_file: Path | None = None
+    #: Negotiated prices for this run's region, per model (currency units per image).
+    prices: dict[str, float] = Field(default_factory=dict)
+    #: Where a run's budget is counted: "local" (this process: every shard of a flow run
+    #: that executes here), "prefect" (a global concurrency limit on the Prefect server,
+    #: shared by every worker), or "auto" ("prefect" when PREFECT_API_URL names a server).
+    budget_backend: Literal["auto", "local", "prefect"] = "auto"
+
     # Object storage (S3-compatible); credentials from the standard AWS chain.
     s3_endpoint_url: str | None = None
     s3_region: str | None = None

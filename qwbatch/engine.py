@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 import stamina
 
 from qwbatch import catalog, images, thumbs
+from qwbatch.budget import BudgetedProvider, BudgetGuard
 from qwbatch.config import Settings
+from qwbatch.costs import PriceTable
 from qwbatch.errors import (
     AmbiguousError,
+    BudgetExceededError,
     ImageError,
     ModerationError,
     PermanentError,
@@ -96,8 +99,15 @@ class Engine:
         limiters: LimiterRegistry = LIMITERS,
         concurrency: int = 32,
         on_records: RecordsCallback | None = None,
+        prices: PriceTable | None = None,
+        budget: BudgetGuard | None = None,
     ) -> None:
-        self.provider = provider
+        #: Unit prices for the catalog's unit_price and cost (qwbatch.costs).
+        self.prices = prices or PriceTable.load(settings, table)
+        #: With a budget, every paid call reserves its cost first (qwbatch.budget).
+        self.provider = (
+            provider if budget is None else BudgetedProvider(provider, budget, self.prices)
+        )
         self.store = store
         self.table = table
         self.settings = settings
@@ -156,7 +166,7 @@ class Engine:
         """Render one request; its records, with folded duplicates recorded as deduplicated."""
         request = item.request
         spec = self.table.get(request.model)
-        unit_price = spec.price(self.region) or 0.0
+        unit_price = self.prices.catalog_price(request.model)
         started = time.time()
         call = _Call()
         try:
@@ -166,6 +176,8 @@ class Engine:
                 records = await self._harvest(request, result, call, unit_price, started)
         except QwBatchError as exc:
             records = [self._failure(request, exc, call, unit_price, started)]
+        # Ambiguous attempts may have been billed without our seeing it: possible spend.
+        records[0].possible_cost = call.ambiguous * request.n * unit_price
         for alias in item.aliases:
             records.extend(self._alias_records(records, alias.row_id, dict(alias.tags)))
         return records
@@ -238,10 +250,13 @@ class Engine:
                 except ThrottledError as exc:
                     limiter.on_throttle(exc.retry_after)
                     raise
+                except BudgetExceededError:
+                    call.attempts -= 1  # refused before it was sent: not a provider call
+                    raise
                 except AmbiguousError:
                     call.ambiguous += 1
                     self.possible_extra_images += request.n
-                    self.possible_extra_cost += request.n * (spec.price(self.region) or 0.0)
+                    self.possible_extra_cost += request.n * self.prices.catalog_price(spec.name)
                     raise
                 limiter.on_success()
                 self.billed_images += result.billed_images
@@ -439,6 +454,12 @@ class Engine:
             status = "ambiguous"
         elif isinstance(exc, ResultExpiredError):
             status = "expired"
+        elif isinstance(exc, BudgetExceededError) and call.ambiguous:
+            # The budget refused the retry of a lost answer: the first call may be billed.
+            status = "ambiguous"
+            exc = AmbiguousError(f"the answer was lost (it may be billed); retry: {exc.message}")
+        elif isinstance(exc, BudgetExceededError):
+            status = "skipped_budget"
         else:
             status = "failed"
         del unit_price  # failed requests are not billed; ambiguous spend is counted apart
@@ -454,6 +475,7 @@ class Engine:
             copy.row_id = row_id
             copy.tags = tags
             copy.cost = 0.0
+            copy.possible_cost = 0.0
             copy.unit_price = 0.0
             copy.attempts = 0
             if copy.status == "succeeded":

@@ -17,6 +17,7 @@
         │   ├── ModerationError     DataInspectionFailed: content moderation, its own status
         │   └── ResultExpiredError  a result URL or task id that is past its 24 h life
         ├── ImageError              bytes that are not a valid image of the expected size
+        ├── BudgetExceededError     the plan, or one more paid call, would pass the run's budget
         └── StorageError            the store refused (access denied, no such bucket)
 
 Every provider error carries the provider's ``code`` and ``request_id`` so the catalog can
@@ -68,6 +69,12 @@ class ManifestError(PermanentError):
 
 class ImageError(PermanentError):
     code = "ImageError"
+
+
+class BudgetExceededError(PermanentError):
+    """Spending this would pass the run's budget: refuse the run, or skip the request."""
+
+    code = "BudgetExceeded"
 
 
 class StorageError(PermanentError):

@@ -19,7 +19,8 @@ column             required / default            accepted Arrow types
 ``input_images``   none                          list<string-like> (list, large_list, …), one
                                                  string (one image), or a JSON-array string
 ``tags``           none                          map, list<string>, struct, or a string
-``priority``       –                             recognised (reserved); not read yet
+``priority``       none                          same as ``n``; higher renders first when a
+                                                 budget trims the run (``qwbatch.budget``)
 =================  ============================  =============================================
 
 .. [#s] string-like: ``string``, ``large_string``, ``string_view``, UTF-8 ``binary`` and any
@@ -136,7 +137,7 @@ InputResolver = Callable[[str], str]
 _MODES: Final[dict[str, Mode]] = {"generate": "generate", "edit": "edit"}
 _SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://|^data:")
 _PANDAS_INDEX: Final = re.compile(r"__index_level_\d+__")
-_RESERVED: Final = frozenset({"priority"})  # known, not read yet
+_RESERVED: Final = frozenset[str]()  # known columns that are not read yet
 
 
 # --------------------------------------------------------------------------- public values
@@ -340,6 +341,7 @@ class _RowChecker:
         watermark: bool | Bad | None,
         images: tuple[str, ...] | Bad | None,
         tags: Tags | Bad | None,
+        priority: int | Bad | None = None,
     ) -> RenderRequest | Reject:
         """The normalised request for one row, or the first reason to refuse it."""
         # id: present, printable, bounded, and first of its kind
@@ -402,6 +404,8 @@ class _RowChecker:
             return Reject(row, rid, "watermark", f"watermark {watermark.reason}")
         if isinstance(tags, Bad):
             return Reject(row, rid, "tags", f"tags {tags.reason}")
+        if isinstance(priority, Bad):
+            return Reject(row, rid, "priority", f"priority {priority.reason}")
 
         # edit inputs: counted, then resolved (last: hashing a file is the costly check)
         input_sha256: tuple[str, ...] = ()
@@ -431,7 +435,7 @@ class _RowChecker:
             row_id=rid, row_number=row, request_key=key, model=spec.name, mode=mode,
             prompt=prompt, negative_prompt=negative, size=setting.size, n=n, seed=seed,
             prompt_extend=extend, watermark=watermark, input_images=images or (),
-            input_sha256=input_sha256, tags=tags or (),
+            input_sha256=input_sha256, tags=tags or (), priority=priority,
         )
 
 

@@ -43,6 +43,8 @@ class RenderRequest:
     input_images: tuple[str, ...] = ()
     input_sha256: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
+    #: Order under a trimming budget: higher first, then manifest order; None is lowest.
+    priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,8 @@ class CatalogRecord:
     unit_price: float | None = None
     currency: str | None = None
     cost: float = 0.0
+    #: What ambiguous attempts may have billed on top of ``cost`` (never seen in usage).
+    possible_cost: float = 0.0
     started_at: float | None = None  # POSIX seconds
     finished_at: float | None = None
     tags: dict[str, str] = field(default_factory=dict)

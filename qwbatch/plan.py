@@ -2,13 +2,17 @@
 
 ``plan_run`` streams the manifest batch by batch: it drops requests whose outputs the catalog
 already holds (recording them as ``deduplicated``), folds rows that ask for the same request
-onto one key (they are rendered once and all recorded), writes the rejects beside the catalog
-and the remaining work as shard files under ``runs/<run_id>/shards/``. A shard file is the
-unit a Prefect task takes: it holds requests, not results, so any worker can pick it up.
+onto one key (they are rendered once and all recorded), prices what is left (``plan.estimate``)
+and refuses or trims it to a budget (``qwbatch.budget``, rows left out are recorded as
+``skipped_budget``), then writes the rejects beside the catalog and the remaining work as
+shard files under ``runs/<run_id>/shards/``. A shard file is the unit a Prefect task takes:
+it holds requests, not results, so any worker can pick it up. ``dry_run`` does all of it but
+the writing: ``qwbatch estimate`` is a plan that writes nothing and calls no provider.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import secrets
@@ -18,9 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwbatch import budget as budgets
 from qwbatch import catalog
 from qwbatch.catalog import ExistingImage
 from qwbatch.config import Settings
+from qwbatch.costs import Estimate, PriceTable, estimate
 from qwbatch.manifest import Reject, read_manifest, rejects_table
 from qwbatch.models import CatalogRecord, RenderRequest
 from qwbatch.registry import ModelTable
@@ -64,6 +70,11 @@ class Plan:
     rejects_uri: str | None = None
     dedup_part_uri: str | None = None
     images_by_model: dict[str, int] = field(default_factory=dict)
+    #: What the requests to render cost if every image is made (after any budget trim).
+    estimate: Estimate | None = None
+    #: The run's budget (with what this run id had spent before), and rows a trim skipped.
+    budget: budgets.BudgetPolicy | None = None
+    skipped_budget: int = 0
 
 
 def dedup_records(
@@ -111,17 +122,25 @@ def dedup_records(
 
 def plan_run(
     manifest: str | Path,
-    store: ObjectStore,
+    store: ObjectStore | None,
     *,
     settings: Settings,
     table: ModelTable,
     run_id: str,
     strict: bool = False,
     shard_size: int | None = None,
+    budget: budgets.BudgetPolicy | None = None,
+    dry_run: bool = False,
 ) -> Plan:
-    """Read, validate, dedup and shard ``manifest``; write rejects, dedup rows and shards."""
+    """Read, validate, dedup, price and shard ``manifest``; write rejects, dedup rows, shards.
+
+    ``store`` None (only with ``dry_run``) plans against an empty catalog. ``budget`` raises
+    ``BudgetExceededError`` (mode refuse) before anything is written, or trims (mode trim).
+    """
+    if store is None and not dry_run:
+        raise ValueError("plan_run writes to a store unless dry_run")
     plan = Plan(run_id=run_id)
-    existing = catalog.existing_outputs(store)
+    existing = catalog.existing_outputs(store) if store is not None else {}
     items: dict[str, PlanItem] = {}
     dedup: list[CatalogRecord] = []
     rejects: list[Reject] = []
@@ -149,20 +168,34 @@ def plan_run(
             elif key in items:
                 plan.folded += 1
                 items[key].aliases.append(Alias(request.row_id, request.row_number, request.tags))
+                items[key].request = budgets.rank(items[key].request, request)
             else:
                 items[key] = PlanItem(request)
 
+    prices = PriceTable.load(settings, table)
+    ordered = list(items.values())
+    if budget is not None:
+        if store is not None:
+            budget = dataclasses.replace(budget, spent=budgets.spent_by_run(store, run_id))
+        outcome = budgets.apply(ordered, prices, budget)
+        ordered, plan.budget = outcome.kept, budget
+        plan.skipped_budget = sum(1 + len(item.aliases) for item in outcome.skipped)
+        dedup.extend(
+            budgets.skipped_records(outcome.skipped, prices, run_id=run_id, budget=budget.amount)
+        )
+    plan.estimate = estimate((item.request for item in ordered), prices)
     plan.rejected = len(rejects)
-    plan.rejects_uri = catalog.write_rejects(store, rejects_table(rejects), run_id=run_id)
-    plan.dedup_part_uri = catalog.write_part(store, dedup, run_id=run_id, label="plan")
-    plan.requests = len(items)
-    for item in items.values():
+    plan.requests = len(ordered)
+    for item in ordered:
         plan.images += item.request.n
         model = item.request.model
         plan.images_by_model[model] = plan.images_by_model.get(model, 0) + item.request.n
+    if store is None or dry_run:
+        return plan
 
+    plan.rejects_uri = catalog.write_rejects(store, rejects_table(rejects), run_id=run_id)
+    plan.dedup_part_uri = catalog.write_part(store, dedup, run_id=run_id, label="plan")
     size = shard_size or settings.shard_size
-    ordered = list(items.values())
     for index, start in enumerate(range(0, len(ordered), size)):
         plan.shard_keys.append(write_shard(store, run_id, index, ordered[start : start + size]))
     return plan

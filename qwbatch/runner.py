@@ -7,8 +7,11 @@ can call it; clients are built here, once per call, from :class:`~qwbatch.config
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from decimal import Decimal
 from pathlib import Path
 
+from qwbatch import budget as budgets
 from qwbatch import progress
 from qwbatch.config import Settings
 from qwbatch.engine import Engine, ShardResult, run_shard
@@ -23,34 +26,70 @@ def model_table(settings: Settings) -> ModelTable:
     return ModelTable.load(settings.models_file, settings.declared_models)
 
 
-def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bool = False) -> Plan:
+def plan(
+    manifest: str,
+    out: str,
+    *,
+    settings: Settings,
+    run_id: str,
+    strict: bool = False,
+    budget: budgets.BudgetPolicy | None = None,
+) -> Plan:
     """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`)."""
     store = open_store(out, settings)
-    table = model_table(settings)
     planned = plan_run(
         manifest,
         store,
         settings=settings,
-        table=table,
+        table=model_table(settings),
         run_id=run_id,
         strict=strict,
+        budget=budget,
     )
     tracker = progress.tracker_for(run_id)
     if tracker is not None:
         tracker.on_plan(
             planned,
-            estimated_cost=estimate_cost(planned, table, settings),
-            currency=settings.currency(),
+            estimated_cost=float(planned.estimate.total) if planned.estimate else 0.0,
+            currency=planned.estimate.currency if planned.estimate else settings.currency(),
         )
     return planned
 
 
-def estimate_cost(plan: Plan, table: ModelTable, settings: Settings) -> float:
-    """What the plan's images cost at list price, in the region's currency (0 when unpriced)."""
-    return sum(
-        n * (table.get(model).price(settings.region) or 0.0)
-        for model, n in plan.images_by_model.items()
+def estimate(manifest: str, out: str | None, *, settings: Settings, strict: bool = False) -> Plan:
+    """Plan ``manifest`` as a run into ``out`` would, writing nothing and calling no provider.
+
+    The plan's ``estimate`` is the price; without ``out`` nothing counts as rendered already.
+    """
+    return plan_run(
+        manifest,
+        open_store(out, settings) if out else None,
+        settings=settings,
+        table=model_table(settings),
+        run_id="estimate",
+        strict=strict,
+        dry_run=True,
     )
+
+
+def open_budget(plan: Plan, settings: Settings) -> budgets.BudgetSpec | None:
+    """Create the counter that guards ``plan``'s run while it renders; None without a budget."""
+    if plan.budget is None:
+        return None
+    currency = plan.estimate.currency if plan.estimate else settings.currency()
+    spec = budgets.BudgetSpec(
+        run_id=plan.run_id,
+        limit=str(plan.budget.remaining),
+        currency=currency,
+        backend=budgets.resolve_backend(settings),
+    )
+    asyncio.run(budgets.open_run_budget(spec))
+    return spec
+
+
+def close_budget(spec: budgets.BudgetSpec) -> Decimal:
+    """Remove the run's counter; the money it held at the end."""
+    return asyncio.run(budgets.close_run_budget(spec))
 
 
 async def render_shard_async(
@@ -61,11 +100,15 @@ async def render_shard_async(
     manifest_dir: str,
     settings: Settings,
     store: ObjectStore | None = None,
+    budget: budgets.BudgetSpec | None = None,
 ) -> ShardResult:
-    """Render one shard file of run ``run_id`` into ``out``."""
+    """Render one shard file of run ``run_id`` into ``out``, spending within ``budget``."""
     store = store or open_store(out, settings)
+    guard_scope = (
+        budgets.shard_guard(budget) if budget is not None else contextlib.nullcontext(None)
+    )
     tracker = progress.tracker_for(run_id)
-    async with DashScopeProvider.from_settings(settings) as provider:
+    async with DashScopeProvider.from_settings(settings) as provider, guard_scope as guard:
         engine = Engine(
             provider=provider,
             store=store,
@@ -74,16 +117,28 @@ async def render_shard_async(
             run_id=run_id,
             input_loader=LocalInputs(Path(manifest_dir)),
             on_records=tracker.on_records if tracker is not None else None,
+            budget=guard,
         )
         return await run_shard(engine, shard_key)
 
 
 def render_shard(
-    shard_key: str, *, out: str, run_id: str, manifest_dir: str, settings: Settings
+    shard_key: str,
+    *,
+    out: str,
+    run_id: str,
+    manifest_dir: str,
+    settings: Settings,
+    budget: budgets.BudgetSpec | None = None,
 ) -> ShardResult:
     """Synchronous wrapper: one event loop per shard (each Prefect task thread has its own)."""
     return asyncio.run(
         render_shard_async(
-            shard_key, out=out, run_id=run_id, manifest_dir=manifest_dir, settings=settings
+            shard_key,
+            out=out,
+            run_id=run_id,
+            manifest_dir=manifest_dir,
+            settings=settings,
+            budget=budget,
         )
     )

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
+from qwbatch.costs import as_float, format_money
 from qwbatch.engine import ShardResult
 from qwbatch.plan import Plan
 
@@ -33,6 +34,12 @@ class RunSummary:
     rejects_uri: str | None = None
     contact_sheet_uri: str | None = None
     wall_s: float = 0.0
+    #: The plan's price: every planned image billed (after any budget trim).
+    estimated_cost: float = 0.0
+    #: The run's budget (None: no budget), its mode, and rows it kept from rendering.
+    budget: float | None = None
+    budget_mode: str | None = None
+    skipped_budget: int = 0
 
     @classmethod
     def from_parts(
@@ -59,6 +66,9 @@ class RunSummary:
             catalog_uri=catalog_uri,
             rejects_uri=plan.rejects_uri,
             wall_s=wall_s,
+            estimated_cost=as_float(plan.estimate.total) if plan.estimate else 0.0,
+            budget=as_float(plan.budget.amount) if plan.budget else None,
+            budget_mode=plan.budget.mode if plan.budget else None,
         )
         for shard in shards:
             statuses.update(shard.statuses)
@@ -69,6 +79,7 @@ class RunSummary:
             summary.possible_extra_cost += shard.possible_extra_cost
             summary.attempts += shard.attempts
         summary.statuses = dict(sorted(statuses.items()))
+        summary.skipped_budget = plan.skipped_budget + statuses["skipped_budget"]
         summary.cost = round(summary.cost, 6)
         summary.possible_extra_cost = round(summary.possible_extra_cost, 6)
         return summary
@@ -76,7 +87,7 @@ class RunSummary:
     @property
     def failed(self) -> int:
         """Requests or images that ended without an output (any status but the good ones)."""
-        good = {"succeeded", "deduplicated"}
+        good = {"succeeded", "deduplicated", "skipped_budget"}  # skipped: the user's ceiling
         return sum(v for k, v in self.statuses.items() if k not in good)
 
     def to_json(self) -> str:
@@ -96,6 +107,12 @@ class RunSummary:
             out.append(
                 f"possible extra spend from ambiguous calls: {self.possible_extra_images} images, "
                 f"{self.possible_extra_cost:.4f} {self.currency}"
+            )
+        if self.budget is not None:
+            out.append(
+                f"budget {format_money(self.budget, self.currency)} ({self.budget_mode}): "
+                f"spent {format_money(self.cost + self.possible_extra_cost, self.currency)} "
+                f"including possible spend; {self.skipped_budget} rows skipped by the budget"
             )
         if self.billed_images == 0 and self.requests == 0:
             out.append("nothing new to render: no image was paid for")

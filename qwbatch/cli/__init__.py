@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -39,6 +39,9 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "WARNING")
+    # The ephemeral server's first start (database migrations) can pass Prefect's default
+    # timeout on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
@@ -70,6 +73,14 @@ def run(
     max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight per model")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run id (default: time + random)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False,
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Most the run may spend, in the region's currency", min=0),
+    ] = None,
+    budget_mode: Annotated[
+        Literal["refuse", "trim"],
+        typer.Option(help="Over budget: refuse the run, or trim it (priority, then row order)"),
+    ] = "refuse",
 ) -> None:
     """Render every new row of MANIFEST into OUT and record it in OUT/catalog/."""
     code = _run_flow(
@@ -82,6 +93,8 @@ def run(
         rps=rps,
         max_in_flight=max_in_flight,
         run_id=run_id,
+        budget=budget,
+        budget_mode=budget_mode,
     )
     raise typer.Exit(code)
 

@@ -5,5 +5,5 @@ marks the import as wanted, and keeps one module a line, so additions merge clea
 """
 
 from qwbatch.cli import contact_sheet as contact_sheet
+from qwbatch.cli import costs as costs
 from qwbatch.cli import manifest as manifest
-from qwbatch.cli import report_html as report_html
