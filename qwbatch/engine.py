@@ -42,8 +42,9 @@ from qwbatch.providers.base import Provider
 from qwbatch.registry import ModelSpec, ModelTable
 from qwbatch.storage import ObjectStore
 
-#: Turns an edit input's URI into what is sent ("data:image/png;base64,…" or a public URL).
-InputLoader = Callable[[str], Awaitable[str]]
+#: ``(uri, sha256 of its original bytes) -> what is sent`` for one edit input
+#: ("data:image/png;base64,…"); see ``qwbatch.staging.StagedInputs``.
+InputLoader = Callable[[str, str], Awaitable[str]]
 
 
 def output_key(request_key: str, index: int) -> str:
@@ -203,7 +204,8 @@ class Engine:
         if request.input_images:
             if self.input_loader is None:
                 raise PermanentError("edit inputs given but no input loader configured")
-            sent = [await self.input_loader(uri) for uri in request.input_images]
+            pairs = zip(request.input_images, request.input_sha256, strict=True)
+            sent = list(await asyncio.gather(*(self.input_loader(u, s) for u, s in pairs)))
 
         def retryable(exc: Exception) -> bool | float:
             if isinstance(exc, ThrottledError):
@@ -411,6 +413,7 @@ class Engine:
             tags=dict(request.tags),
             input_images=list(request.input_images),
             input_sha256=list(request.input_sha256),
+            input_notes=list(request.input_notes),
         )
 
     def _failure(

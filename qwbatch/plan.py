@@ -21,7 +21,7 @@ from typing import Any
 from qwbatch import catalog
 from qwbatch.catalog import ExistingImage
 from qwbatch.config import Settings
-from qwbatch.manifest import Reject, read_manifest, rejects_table
+from qwbatch.manifest import InputResolver, Reject, read_manifest, rejects_table
 from qwbatch.models import CatalogRecord, RenderRequest
 from qwbatch.registry import ModelTable
 from qwbatch.storage import ObjectStore
@@ -104,6 +104,7 @@ def dedup_records(
             tags=dict(tags),
             input_images=list(request.input_images),
             input_sha256=list(request.input_sha256),
+            input_notes=list(request.input_notes),
         )
         for image in images
     ]
@@ -118,8 +119,13 @@ def plan_run(
     run_id: str,
     strict: bool = False,
     shard_size: int | None = None,
+    resolve_input: InputResolver | None = None,
 ) -> Plan:
-    """Read, validate, dedup and shard ``manifest``; write rejects, dedup rows and shards."""
+    """Read, validate, dedup and shard ``manifest``; write rejects, dedup rows and shards.
+
+    ``resolve_input`` resolves edit inputs (``qwbatch.staging.InputStage`` in a run); the
+    default only hashes local files (see ``read_manifest``).
+    """
     plan = Plan(run_id=run_id)
     existing = catalog.existing_outputs(store)
     items: dict[str, PlanItem] = {}
@@ -128,7 +134,11 @@ def plan_run(
     currency = settings.currency()
 
     for batch in read_manifest(
-        manifest, table=table, default_model=settings.default_model, strict=strict
+        manifest,
+        table=table,
+        default_model=settings.default_model,
+        strict=strict,
+        resolve_input=resolve_input,
     ):
         plan.rows_read += len(batch.requests) + len(batch.rejects)
         rejects.extend(batch.rejects)
@@ -177,8 +187,8 @@ def _encode_item(item: PlanItem) -> dict[str, Any]:
 
 def _decode_item(data: dict[str, Any]) -> PlanItem:
     req = dict(data["request"])
-    for name in ("input_images", "input_sha256"):
-        req[name] = tuple(req[name])
+    for name in ("input_images", "input_sha256", "input_notes"):
+        req[name] = tuple(req.get(name, ()))
     req["tags"] = tuple(tuple(pair) for pair in req["tags"])
     aliases = [
         Alias(a["row_id"], a["row_number"], tuple(tuple(p) for p in a["tags"]))

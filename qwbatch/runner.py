@@ -7,32 +7,60 @@ can call it; clients are built here, once per call, from :class:`~qwbatch.config
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from qwbatch.config import Settings
 from qwbatch.engine import Engine, ShardResult, run_shard
-from qwbatch.inputs import LocalInputs
 from qwbatch.plan import Plan, plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.registry import ModelTable
+from qwbatch.staging import InputStage, StagedInputs
 from qwbatch.storage import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
 
 
 def model_table(settings: Settings) -> ModelTable:
     return ModelTable.load(settings.models_file, settings.declared_models)
 
 
+def input_stage(manifest: str, settings: Settings, store: ObjectStore | None) -> InputStage:
+    """The edit-input pipeline for ``manifest``: files under its folder (and the input
+    roots), s3://, https://, and ``store``'s outputs and catalog; staged into ``store``."""
+    return InputStage.from_settings(settings, manifest_dir=Path(manifest).parent, store=store)
+
+
 def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bool = False) -> Plan:
-    """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`)."""
+    """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`).
+
+    Edit inputs are fetched, checked and staged under ``out/inputs/`` here, once each.
+    """
     store = open_store(out, settings)
-    return plan_run(
-        manifest,
-        store,
-        settings=settings,
-        table=model_table(settings),
-        run_id=run_id,
-        strict=strict,
-    )
+    with input_stage(manifest, settings, store) as stage:
+        result = plan_run(
+            manifest,
+            store,
+            settings=settings,
+            table=model_table(settings),
+            run_id=run_id,
+            strict=strict,
+            resolve_input=stage,
+        )
+    stats = stage.stats
+    if stats.fetched or stats.refused:
+        log.info(
+            "run %s inputs: %d fetched, %d distinct images (%d changed to send), %d staged, "
+            "%d already staged, %d refused",
+            run_id,
+            stats.fetched,
+            stats.contents,
+            stats.changed,
+            stats.staged,
+            stats.reused,
+            stats.refused,
+        )
+    return result
 
 
 async def render_shard_async(
@@ -44,7 +72,12 @@ async def render_shard_async(
     settings: Settings,
     store: ObjectStore | None = None,
 ) -> ShardResult:
-    """Render one shard file of run ``run_id`` into ``out``."""
+    """Render one shard file of run ``run_id`` into ``out``.
+
+    Edit inputs come from the stage the plan wrote (``out/inputs/``); ``manifest_dir`` is
+    not read.
+    """
+    del manifest_dir  # kept in the signature: flows and deployments pass it
     store = store or open_store(out, settings)
     async with DashScopeProvider.from_settings(settings) as provider:
         engine = Engine(
@@ -53,7 +86,7 @@ async def render_shard_async(
             table=model_table(settings),
             settings=settings,
             run_id=run_id,
-            input_loader=LocalInputs(Path(manifest_dir)),
+            input_loader=StagedInputs(store),
         )
         return await run_shard(engine, shard_key)
 
