@@ -160,7 +160,12 @@ class Engine:
         except QwBatchError as exc:
             records = [self._failure(request, exc, call, unit_price, started)]
         for alias in item.aliases:
-            records.extend(self._alias_records(records, alias.row_id, dict(alias.tags)))
+            folded = self._alias_records(records, alias.row_id, dict(alias.tags))
+            for record in folded if alias.input_images else ():
+                # The same input bytes, perhaps under other names: record the row's own.
+                record.input_images = list(alias.input_images)
+                record.input_notes = list(alias.input_notes)
+            records.extend(folded)
         return records
 
     # -- steps ----------------------------------------------------------------------------

@@ -39,6 +39,10 @@ class Alias:
     row_id: str
     row_number: int
     tags: tuple[tuple[str, str], ...] = ()
+    #: The row's own input URIs and notes (the same bytes as the request's, maybe named
+    #: differently): its catalog row records these.
+    input_images: tuple[str, ...] = ()
+    input_notes: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -158,7 +162,15 @@ def plan_run(
                 )
             elif key in items:
                 plan.folded += 1
-                items[key].aliases.append(Alias(request.row_id, request.row_number, request.tags))
+                items[key].aliases.append(
+                    Alias(
+                        request.row_id,
+                        request.row_number,
+                        request.tags,
+                        request.input_images,
+                        request.input_notes,
+                    )
+                )
             else:
                 items[key] = PlanItem(request)
 
@@ -191,7 +203,13 @@ def _decode_item(data: dict[str, Any]) -> PlanItem:
         req[name] = tuple(req.get(name, ()))
     req["tags"] = tuple(tuple(pair) for pair in req["tags"])
     aliases = [
-        Alias(a["row_id"], a["row_number"], tuple(tuple(p) for p in a["tags"]))
+        Alias(
+            a["row_id"],
+            a["row_number"],
+            tuple(tuple(p) for p in a["tags"]),
+            tuple(a.get("input_images", ())),
+            tuple(a.get("input_notes", ())),
+        )
         for a in data["aliases"]
     ]
     return PlanItem(RenderRequest(**req), aliases)

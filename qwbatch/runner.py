@@ -25,10 +25,15 @@ def model_table(settings: Settings) -> ModelTable:
     return ModelTable.load(settings.models_file, settings.declared_models)
 
 
-def input_stage(manifest: str, settings: Settings, store: ObjectStore | None) -> InputStage:
+def input_stage(
+    manifest: str, settings: Settings, store: ObjectStore | None, *, stage: bool = True
+) -> InputStage:
     """The edit-input pipeline for ``manifest``: files under its folder (and the input
-    roots), s3://, https://, and ``store``'s outputs and catalog; staged into ``store``."""
-    return InputStage.from_settings(settings, manifest_dir=Path(manifest).parent, store=store)
+    roots), s3://, https://, and ``store``'s outputs and catalog; staged into ``store``
+    unless ``stage`` is False (checks only, as ``qwbatch validate`` does)."""
+    return InputStage.from_settings(
+        settings, manifest_dir=Path(manifest).parent, store=store, stage=stage
+    )
 
 
 def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bool = False) -> Plan:

@@ -109,11 +109,18 @@ class InputStage:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, manifest_dir: Path, store: ObjectStore | None
+        cls,
+        settings: Settings,
+        *,
+        manifest_dir: Path,
+        store: ObjectStore | None,
+        stage: bool = True,
     ) -> InputStage:
+        """The stage for a run; ``stage=False`` reads ``store`` (outputs, catalog) but
+        writes nothing to it."""
         return cls(
             InputFetcher.from_settings(settings, manifest_dir=manifest_dir, store=store),
-            store=store,
+            store=store if stage else None,
             concurrency=settings.input_fetch_concurrency,
             backoff_s=settings.backoff_base_s,
             backoff_max_s=settings.backoff_max_s,

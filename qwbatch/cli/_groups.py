@@ -2,3 +2,5 @@
 
 Add one import line per new module; keep the modules themselves thin.
 """
+
+from qwbatch.cli import lineage  # noqa: F401

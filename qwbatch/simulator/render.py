@@ -212,6 +212,8 @@ def _draw_caption(image: Image.Image, recipe: Recipe, tint: RGB) -> None:
         f"{kind} · {recipe.model} · seed {recipe.seed} · image {recipe.index + 1}/"
         f"{recipe.count} · {width}×{height}"
     )
+    if recipe.is_edit:  # an edit of an edit: the old header must not show through
+        draw.rectangle((0, 0, width, margin * 2 + small_size), fill=tint)
     draw.text((margin, margin), header, font=small, fill=ink)
 
     line_height = round(body_size * 1.25)
