@@ -251,6 +251,24 @@ def normalise_input(data: bytes, limits: InputLimits = DEFAULT_INPUT_LIMITS) -> 
         return NormalisedImage(data, fmt, width, height, fmt, width, height)
 
     image = _first_frame(data, fmt, target if target != (width, height) else None)
+    try:
+        return _converted(image, fmt, (width, height), target, frames, len(data), limits)
+    except (OSError, ValueError) as exc:  # a mode or encoder Pillow cannot handle here
+        raise ImageError(f"cannot convert this {fmt} image for sending: {exc}") from exc
+
+
+def _converted(
+    image: Image.Image,
+    fmt: str,
+    size: tuple[int, int],
+    target: tuple[int, int],
+    frames: int,
+    original_bytes: int,
+    limits: InputLimits,
+) -> NormalisedImage:
+    """The decoded first frame made sendable; see :func:`normalise_input`."""
+    width, height = size
+    animated = frames > 1 and fmt != "MPO"
     changes: list[str] = []
     if fmt not in _SENT_AS_IS:
         changes.append(f"converted {fmt} to PNG")
@@ -272,7 +290,7 @@ def normalise_input(data: bytes, limits: InputLimits = DEFAULT_INPUT_LIMITS) -> 
     if image.size != target:  # also after a JPEG draft decode that stopped above the target
         # reducing_gap: shrink by whole factors first (fast), then Lanczos the rest.
         image = image.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    encoded, sent_format = _encode_within(image, fmt, limits.max_bytes, len(data), changes)
+    encoded, sent_format = _encode_within(image, fmt, limits.max_bytes, original_bytes, changes)
     return NormalisedImage(encoded, sent_format, *target, fmt, width, height, tuple(changes))
 
 
