@@ -200,7 +200,14 @@ class DashScopeProvider:
                 # Waiting for a free connection sends nothing; a PoolTimeout is retried.
                 pool=30.0,
             )
-            client = httpx.AsyncClient(timeout=timeout)
+            # Keep every connection alive: with httpx's default of 20 kept-alive connections,
+            # a shard with more requests in flight opens and closes connections constantly,
+            # and httpcore's pool bookkeeping grows with every connection it holds.
+            connections = max(8, 2 * (settings.max_in_flight or 16))
+            limits = httpx.Limits(
+                max_connections=connections, max_keepalive_connections=connections
+            )
+            client = httpx.AsyncClient(timeout=timeout, limits=limits)
         provider = cls(
             client=client,
             base_url=settings.base_url(),

@@ -1,0 +1,1 @@
+"""qwbatch benchmarks: every figure a ratio measured side by side in one run."""

@@ -1,0 +1,167 @@
+"""Orchestration overhead: qwbatch end to end vs the floor, and a no-op rerun.
+
+* overhead: images per second of a full ``render_manifest`` flow (Prefect, planning, limiter,
+  download, verification, upload into a local folder, catalog) against the simulator in fast
+  mode with no latency and no rate limit, divided by the rate of a minimal asyncio + httpx
+  loop that only calls the simulator and downloads each result (the floor), with the same
+  number of requests in flight. Both runs hit the same simulator process, one after the other.
+* no-op rerun: the same manifest run again as a fresh ``qwbatch run`` process (Prefect
+  start-up included): provider calls made (must be 0) and wall time.
+
+Run: ``python -m bench.bench_overhead [--rows N] [--in-flight C]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.common import BENCH_KEY, ROOT, provider_env, simulator_process
+
+SIZE = "512*512"
+MODEL = "qwen-image-2.0"
+
+
+def write_manifest(path: Path, rows: int) -> None:
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"r{i:07d}" for i in range(rows)],
+                "prompt": [f"benchmark prompt number {i}, a small test image" for i in range(rows)],
+                "model": [MODEL] * rows,
+                "size": [SIZE] * rows,
+            }
+        ),
+        path,
+    )
+
+
+async def floor_loop(base_url: str, rows: int, in_flight: int) -> float:
+    """Seconds for the minimal loop: POST each request, GET each result, nothing else."""
+    gate = asyncio.Semaphore(in_flight)
+    headers = {"Authorization": f"Bearer {BENCH_KEY}"}
+    limits = httpx.Limits(max_connections=in_flight * 2)
+
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+        async def one(i: int) -> None:
+            async with gate:
+                body = {
+                    "model": MODEL,
+                    "input": {
+                        "messages": [
+                            {
+                                "role": "user",
+                                "content": [
+                                    {"text": f"floor prompt number {i}, a small test image"}
+                                ],
+                            }
+                        ]
+                    },
+                    "parameters": {"size": SIZE, "n": 1, "seed": i, "watermark": False},
+                }
+                response = await client.post(
+                    f"{base_url}/services/aigc/multimodal-generation/generation",
+                    json=body,
+                    headers=headers,
+                )
+                response.raise_for_status()
+                url = response.json()["output"]["choices"][0]["message"]["content"][0]["image"]
+                (await client.get(url)).raise_for_status()
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(rows)))
+        return time.perf_counter() - began
+
+
+def qwbatch_flow(manifest: Path, out: Path, in_flight: int) -> tuple[float, float, int]:
+    """(Prefect warm-up seconds, flow seconds, images stored) for one in-process run."""
+    from prefect import flow
+
+    from flows.render import render_manifest
+
+    @flow
+    def warm_up() -> None:
+        return None
+
+    began = time.perf_counter()
+    warm_up()
+    warm = time.perf_counter() - began
+    began = time.perf_counter()
+    summary = render_manifest(
+        manifest=str(manifest), out=str(out), rps=1e6, max_in_flight=in_flight
+    )
+    return warm, time.perf_counter() - began, summary.images_stored
+
+
+def noop_rerun(manifest: Path, out: Path, env: dict[str, str]) -> float:
+    began = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "qwbatch.cli", "run", str(manifest), "--out", str(out)],
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - began
+
+
+def measure(rows: int, in_flight: int) -> dict[str, float]:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        simulator_process("--fast", "--no-rate-limit") as sim,
+    ):
+        manifest = Path(tmp) / "m.parquet"
+        out = Path(tmp) / "out"
+        write_manifest(manifest, rows)
+        env = provider_env(sim)
+        os.environ.update(env)
+        os.environ["PREFECT_HOME"] = str(Path(tmp) / "prefect")
+
+        floor_s = asyncio.run(floor_loop(sim.base_url, rows, in_flight))
+        sim.reset()
+        warm_s, flow_s, stored = qwbatch_flow(manifest, out, in_flight)
+        assert stored == rows, f"stored {stored} of {rows}"
+        sim.reset()
+        rerun_s = noop_rerun(manifest, out, env)
+        calls = sum(sim.ledger()["requests"].values())
+    return {
+        "rows": rows,
+        "floor_ips": rows / floor_s,
+        "qwbatch_ips": rows / flow_s,
+        "ratio": (rows / flow_s) / (rows / floor_s),
+        "prefect_warmup_s": warm_s,
+        "rerun_calls": calls,
+        "rerun_s": rerun_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--in-flight", type=int, default=32)
+    args = parser.parse_args(argv)
+    result = measure(args.rows, args.in_flight)
+    print(
+        f"overhead: {result['rows']} images, floor {result['floor_ips']:.0f} img/s, "
+        f"qwbatch {result['qwbatch_ips']:.0f} img/s, ratio {result['ratio']:.2f} (goal >= 0.7); "
+        f"Prefect warm-up {result['prefect_warmup_s']:.1f} s"
+    )
+    print(
+        f"no-op rerun: {result['rows']} completed rows, {result['rerun_calls']} provider calls "
+        f"(goal 0), {result['rerun_s']:.1f} s wall incl. Prefect start-up (goal <= 15 s)"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
