@@ -6,8 +6,8 @@ manifest naming each twice (so half the rows fold), and plans it into a temporar
 ``input_fetch_concurrency`` = 1 and = N, side by side in one run: fetch, hash, Pillow check and
 staging included. Prints the times and their ratio.
 
-    .venv/bin/python bench/bench_inputs.py                      # 64 inputs, 50 ms, N = 8
-    .venv/bin/python bench/bench_inputs.py --inputs 200 --latency 0.1 --concurrency 16
+Run: ``python -m bench.bench_inputs [--inputs N] [--latency S] [--concurrency C]``
+(defaults: 64 inputs, 0.05 s, 8).
 """
 
 from __future__ import annotations
