@@ -60,6 +60,7 @@ SCHEMA = pa.schema(
         pa.field("tags", pa.map_(_STR, _STR)),
         pa.field("input_images", pa.list_(_STR)),
         pa.field("input_sha256", pa.list_(_STR)),
+        pa.field("input_notes", pa.list_(_STR)),
     ]
 )
 

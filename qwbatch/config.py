@@ -86,6 +86,21 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_addressing_style: Literal["auto", "virtual", "path"] = "auto"
 
+    # Edit inputs (qwbatch.inputs, qwbatch.staging). s3:// inputs use the store's settings.
+    #: Folders besides the manifest's that input paths may name; a relative path is looked
+    #: up in the manifest's folder first, then in these, in order.
+    input_roots: list[Path] = Field(default_factory=list)
+    #: Hosts exempt from the public-address rule for http(s) inputs (an internal asset
+    #: server; the loopback server of a test), and the only hosts plain http:// may name.
+    #: Empty (the default): public https:// only.
+    input_allow_hosts: list[str] = Field(default_factory=list)
+    #: Largest original input fetched (bytes; normalisation then brings it to 10 MB or less).
+    input_max_download_bytes: int = 50_000_000
+    #: Time allowed to fetch one http(s) input, redirects included (seconds).
+    input_fetch_timeout_s: float = 30.0
+    #: Inputs fetched and checked at once while planning.
+    input_fetch_concurrency: int = 8
+
     def base_url(self) -> str:
         """The DashScope base URL: an explicit one wins, else the region's."""
         if self.dashscope_base_url:

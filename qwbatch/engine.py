@@ -45,8 +45,9 @@ from qwbatch.providers.base import Provider
 from qwbatch.registry import ModelSpec, ModelTable
 from qwbatch.storage import ObjectStore
 
-#: Turns an edit input's URI into what is sent ("data:image/png;base64,…" or a public URL).
-InputLoader = Callable[[str], Awaitable[str]]
+#: ``(uri, sha256 of its original bytes) -> what is sent`` for one edit input
+#: ("data:image/png;base64,…"); see ``qwbatch.staging.StagedInputs``.
+InputLoader = Callable[[str, str], Awaitable[str]]
 #: Told each request's records as soon as the request ends (progress displays). It runs on
 #: the engine's event loop thread: keep it quick, thread-safe, and never raising.
 RecordsCallback = Callable[[Sequence[CatalogRecord]], None]
@@ -179,7 +180,12 @@ class Engine:
         # Ambiguous attempts may have been billed without our seeing it: possible spend.
         records[0].possible_cost = call.ambiguous * request.n * unit_price
         for alias in item.aliases:
-            records.extend(self._alias_records(records, alias.row_id, dict(alias.tags)))
+            folded = self._alias_records(records, alias.row_id, dict(alias.tags))
+            for record in folded if alias.input_images else ():
+                # The same input bytes, perhaps under other names: record the row's own.
+                record.input_images = list(alias.input_images)
+                record.input_notes = list(alias.input_notes)
+            records.extend(folded)
         return records
 
     # -- steps ----------------------------------------------------------------------------
@@ -223,7 +229,8 @@ class Engine:
         if request.input_images:
             if self.input_loader is None:
                 raise PermanentError("edit inputs given but no input loader configured")
-            sent = [await self.input_loader(uri) for uri in request.input_images]
+            pairs = zip(request.input_images, request.input_sha256, strict=True)
+            sent = list(await asyncio.gather(*(self.input_loader(u, s) for u, s in pairs)))
 
         def retryable(exc: Exception) -> bool | float:
             if isinstance(exc, ThrottledError):
@@ -437,6 +444,7 @@ class Engine:
             tags=dict(request.tags),
             input_images=list(request.input_images),
             input_sha256=list(request.input_sha256),
+            input_notes=list(request.input_notes),
         )
 
     def _failure(

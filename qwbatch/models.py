@@ -42,6 +42,9 @@ class RenderRequest:
     watermark: bool = False
     input_images: tuple[str, ...] = ()
     input_sha256: tuple[str, ...] = ()
+    #: Per input, what was done to send it (resized, converted, which output a catalog: ref
+    #: named); empty when nothing was done to any input.
+    input_notes: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
     #: Order under a trimming budget: higher first, then manifest order; None is lowest.
     priority: int | None = None
@@ -107,3 +110,4 @@ class CatalogRecord:
     tags: dict[str, str] = field(default_factory=dict)
     input_images: list[str] = field(default_factory=list)
     input_sha256: list[str] = field(default_factory=list)
+    input_notes: list[str] = field(default_factory=list)

@@ -27,7 +27,7 @@ from qwbatch import catalog
 from qwbatch.catalog import ExistingImage
 from qwbatch.config import Settings
 from qwbatch.costs import Estimate, PriceTable, estimate
-from qwbatch.manifest import Reject, read_manifest, rejects_table
+from qwbatch.manifest import InputResolver, Reject, read_manifest, rejects_table
 from qwbatch.models import CatalogRecord, RenderRequest
 from qwbatch.registry import ModelTable
 from qwbatch.storage import ObjectStore
@@ -45,6 +45,10 @@ class Alias:
     row_id: str
     row_number: int
     tags: tuple[tuple[str, str], ...] = ()
+    #: The row's own input URIs and notes (the same bytes as the request's, maybe named
+    #: differently): its catalog row records these.
+    input_images: tuple[str, ...] = ()
+    input_notes: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -115,6 +119,7 @@ def dedup_records(
             tags=dict(tags),
             input_images=list(request.input_images),
             input_sha256=list(request.input_sha256),
+            input_notes=list(request.input_notes),
         )
         for image in images
     ]
@@ -131,11 +136,14 @@ def plan_run(
     shard_size: int | None = None,
     budget: budgets.BudgetPolicy | None = None,
     dry_run: bool = False,
+    resolve_input: InputResolver | None = None,
 ) -> Plan:
     """Read, validate, dedup, price and shard ``manifest``; write rejects, dedup rows, shards.
 
     ``store`` None (only with ``dry_run``) plans against an empty catalog. ``budget`` raises
     ``BudgetExceededError`` (mode refuse) before anything is written, or trims (mode trim).
+    ``resolve_input`` resolves edit inputs (``qwbatch.staging.InputStage`` in a run); the
+    default only hashes local files (see ``read_manifest``).
     """
     if store is None and not dry_run:
         raise ValueError("plan_run writes to a store unless dry_run")
@@ -147,7 +155,11 @@ def plan_run(
     currency = settings.currency()
 
     for batch in read_manifest(
-        manifest, table=table, default_model=settings.default_model, strict=strict
+        manifest,
+        table=table,
+        default_model=settings.default_model,
+        strict=strict,
+        resolve_input=resolve_input,
     ):
         plan.rows_read += len(batch.requests) + len(batch.rejects)
         rejects.extend(batch.rejects)
@@ -167,7 +179,15 @@ def plan_run(
                 )
             elif key in items:
                 plan.folded += 1
-                items[key].aliases.append(Alias(request.row_id, request.row_number, request.tags))
+                items[key].aliases.append(
+                    Alias(
+                        request.row_id,
+                        request.row_number,
+                        request.tags,
+                        request.input_images,
+                        request.input_notes,
+                    )
+                )
                 items[key].request = budgets.rank(items[key].request, request)
             else:
                 items[key] = PlanItem(request)
@@ -210,11 +230,17 @@ def _encode_item(item: PlanItem) -> dict[str, Any]:
 
 def _decode_item(data: dict[str, Any]) -> PlanItem:
     req = dict(data["request"])
-    for name in ("input_images", "input_sha256"):
-        req[name] = tuple(req[name])
+    for name in ("input_images", "input_sha256", "input_notes"):
+        req[name] = tuple(req.get(name, ()))
     req["tags"] = tuple(tuple(pair) for pair in req["tags"])
     aliases = [
-        Alias(a["row_id"], a["row_number"], tuple(tuple(p) for p in a["tags"]))
+        Alias(
+            a["row_id"],
+            a["row_number"],
+            tuple(tuple(p) for p in a["tags"]),
+            tuple(a.get("input_images", ())),
+            tuple(a.get("input_notes", ())),
+        )
         for a in data["aliases"]
     ]
     return PlanItem(RenderRequest(**req), aliases)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,15 +16,28 @@ from qwbatch import budget as budgets
 from qwbatch import progress
 from qwbatch.config import Settings
 from qwbatch.engine import Engine, ShardResult, run_shard
-from qwbatch.inputs import LocalInputs
 from qwbatch.plan import Plan, plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.registry import ModelTable
+from qwbatch.staging import InputStage, StagedInputs
 from qwbatch.storage import ObjectStore, open_store
+
+log = logging.getLogger(__name__)
 
 
 def model_table(settings: Settings) -> ModelTable:
     return ModelTable.load(settings.models_file, settings.declared_models)
+
+
+def input_stage(
+    manifest: str, settings: Settings, store: ObjectStore | None, *, stage: bool = True
+) -> InputStage:
+    """The edit-input pipeline for ``manifest``: files under its folder (and the input
+    roots), s3://, https://, and ``store``'s outputs and catalog; staged into ``store``
+    unless ``stage`` is False (checks only, as ``qwbatch validate`` does)."""
+    return InputStage.from_settings(
+        settings, manifest_dir=Path(manifest).parent, store=store, stage=stage
+    )
 
 
 def plan(
@@ -35,17 +49,35 @@ def plan(
     strict: bool = False,
     budget: budgets.BudgetPolicy | None = None,
 ) -> Plan:
-    """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`)."""
+    """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`).
+
+    Edit inputs are fetched, checked and staged under ``out/inputs/`` here, once each.
+    """
     store = open_store(out, settings)
-    planned = plan_run(
-        manifest,
-        store,
-        settings=settings,
-        table=model_table(settings),
-        run_id=run_id,
-        strict=strict,
-        budget=budget,
-    )
+    with input_stage(manifest, settings, store) as stage:
+        planned = plan_run(
+            manifest,
+            store,
+            settings=settings,
+            table=model_table(settings),
+            run_id=run_id,
+            strict=strict,
+            budget=budget,
+            resolve_input=stage,
+        )
+    stats = stage.stats
+    if stats.fetched or stats.refused:
+        log.info(
+            "run %s inputs: %d fetched, %d distinct images (%d changed to send), %d staged, "
+            "%d already staged, %d refused",
+            run_id,
+            stats.fetched,
+            stats.contents,
+            stats.changed,
+            stats.staged,
+            stats.reused,
+            stats.refused,
+        )
     tracker = progress.tracker_for(run_id)
     if tracker is not None:
         tracker.on_plan(
@@ -60,16 +92,20 @@ def estimate(manifest: str, out: str | None, *, settings: Settings, strict: bool
     """Plan ``manifest`` as a run into ``out`` would, writing nothing and calling no provider.
 
     The plan's ``estimate`` is the price; without ``out`` nothing counts as rendered already.
+    Edit inputs are fetched and checked as a run would (so keys agree) but not staged.
     """
-    return plan_run(
-        manifest,
-        open_store(out, settings) if out else None,
-        settings=settings,
-        table=model_table(settings),
-        run_id="estimate",
-        strict=strict,
-        dry_run=True,
-    )
+    store = open_store(out, settings) if out else None
+    with input_stage(manifest, settings, store, stage=False) as stage:
+        return plan_run(
+            manifest,
+            store,
+            settings=settings,
+            table=model_table(settings),
+            run_id="estimate",
+            strict=strict,
+            dry_run=True,
+            resolve_input=stage,
+        )
 
 
 def open_budget(plan: Plan, settings: Settings) -> budgets.BudgetSpec | None:
@@ -102,7 +138,12 @@ async def render_shard_async(
     store: ObjectStore | None = None,
     budget: budgets.BudgetSpec | None = None,
 ) -> ShardResult:
-    """Render one shard file of run ``run_id`` into ``out``, spending within ``budget``."""
+    """Render one shard file of run ``run_id`` into ``out``, spending within ``budget``.
+
+    Edit inputs come from the stage the plan wrote (``out/inputs/``); ``manifest_dir`` is
+    not read.
+    """
+    del manifest_dir  # kept in the signature: flows and deployments pass it
     store = store or open_store(out, settings)
     guard_scope = (
         budgets.shard_guard(budget) if budget is not None else contextlib.nullcontext(None)
@@ -115,7 +156,7 @@ async def render_shard_async(
             table=model_table(settings),
             settings=settings,
             run_id=run_id,
-            input_loader=LocalInputs(Path(manifest_dir)),
+            input_loader=StagedInputs(store),
             on_records=tracker.on_records if tracker is not None else None,
             budget=guard,
         )

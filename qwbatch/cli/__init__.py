@@ -107,20 +107,34 @@ def validate(
         Path | None, typer.Option(help="Write rejected rows to this Parquet file")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Output store whose catalog: inputs may name")
+    ] = None,
 ) -> None:
-    """Check MANIFEST without rendering: counts, and a reason for every rejected row."""
+    """Check MANIFEST without rendering: counts, and a reason for every rejected row.
+
+    Edit inputs are fetched and checked as a run would (nothing is staged or sent).
+    """
     import pyarrow.parquet as pq
 
     from qwbatch.manifest import read_manifest, rejects_table
-    from qwbatch.runner import model_table
+    from qwbatch.runner import input_stage, model_table
+    from qwbatch.storage import open_store
 
     settings = Settings(default_model=model) if model else Settings()
     try:
         table = model_table(settings)
         good, bad = 0, []
-        for batch in read_manifest(manifest, table=table, default_model=settings.default_model):
-            good += len(batch.requests)
-            bad.extend(batch.rejects)
+        store = open_store(out, settings) if out else None
+        with input_stage(str(manifest), settings, store, stage=False) as check_only:
+            for batch in read_manifest(
+                manifest,
+                table=table,
+                default_model=settings.default_model,
+                resolve_input=check_only,
+            ):
+                good += len(batch.requests)
+                bad.extend(batch.rejects)
     except QwBatchError as exc:
         _fail(str(exc))
         return
@@ -172,14 +186,19 @@ def simulator(
 @app.command()
 def demo(
     out: Annotated[str, typer.Option("--out", "-o", help="Where to render")] = "out",
-    manifest: Annotated[str, typer.Option(help="Manifest to render")] = "manifests/demo.parquet",
+    manifest: Annotated[
+        list[str] | None,
+        typer.Option(help="Manifest to render (repeat for several, rendered in order)"),
+    ] = None,
     real: Annotated[bool, typer.Option(help="Call the real DashScope API (needs the key)")] = False,
 ) -> None:
-    """Render the demo manifest into ./out against the bundled simulator."""
+    """Render the demo manifests into ./out against the bundled simulator: the generation
+    demo, then the edit demo (which edits files, and one of the generation demo's outputs)."""
+    manifests = manifest or ["manifests/demo.parquet", "manifests/edit-demo.parquet"]
     if real:
         if not os.environ.get("DASHSCOPE_API_KEY"):
             _fail("--real needs DASHSCOPE_API_KEY in the environment")
-        code = _run_flow(manifest, out)
+        code = max(_run_flow(m, out) for m in manifests)
         raise typer.Exit(code)
     from qwbatch.simulator import SimulatorConfig, running
 
@@ -187,7 +206,10 @@ def demo(
         os.environ["QWBATCH_DASHSCOPE_BASE_URL"] = sim.base_url
         os.environ["DASHSCOPE_API_KEY"] = SIMULATOR_KEY
         typer.echo(f"simulator on {sim.base_url}")
-        code = _run_flow(manifest, out)
+        code = 0
+        for path in manifests:
+            typer.echo(f"--- {path}")
+            code = max(code, _run_flow(path, out))
         ledger = sim.ledger()
     typer.echo(f"simulator ledger: {ledger['billed_images']} images billed this session")
     typer.echo(f"images and catalog are in {Path(out).resolve()}")
