@@ -1,5 +1,15 @@
 """``render-manifest``: manifest → plan → one Prefect task per shard → catalog → summary.
 
+With a ``budget`` the plan refuses (or trims) what would pass it before anything is sent,
+and every shard spends through the run's budget counter. Each run publishes Prefect
+artifacts (``flows.artifacts``): progress as shards finish, then cost by model and tag and a
+Markdown summary.
+
+A run survives crashes and stops: an unfinished run of the same manifest in ``out`` is
+resumed (``resume`` names one, ``auto_resume=False`` starts afresh), and SIGINT/SIGTERM stop
+it cleanly (:mod:`qwbatch.stop`): in-flight work ends or is journaled, catalog parts are
+written, and the summary counts what is ``left``.
+
 The flow is orchestration only: every step is one call into :mod:`qwbatch.runner`. Shards,
 not images, are Prefect tasks (a task costs about 10 ms of overhead; a shard holds a few
 hundred requests), and each task builds its own clients from settings, so any worker can run
@@ -14,14 +24,18 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows import artifacts
 from qwbatch import contact_sheet, runner
+from qwbatch import report as reports
+from qwbatch.budget import BudgetMode, BudgetPolicy, BudgetSpec
 from qwbatch.config import Settings
+from qwbatch.costs import money
 from qwbatch.engine import ShardResult
-from qwbatch.run_markdown import summary_markdown
+from qwbatch.errors import BudgetExceededError
 from qwbatch.stop import STOP
 from qwbatch.storage import open_store
 from qwbatch.summary import RunSummary
@@ -36,11 +50,11 @@ def load_settings(overrides: dict[str, Any] | None) -> Settings:
 def plan_task(
     manifest: str,
     out: str,
-    run_id: str | None,
-    resume: str | None,
-    auto_resume: bool,
+    run_id: str,
     strict: bool,
     overrides: dict[str, Any],
+    budget: BudgetPolicy | None = None,
+    resume: str | None = None,
 ) -> runner.Prepared:
     return runner.prepare(
         manifest,
@@ -48,14 +62,19 @@ def plan_task(
         settings=load_settings(overrides),
         run_id=run_id,
         resume=resume,
-        auto_resume=auto_resume,
         strict=strict,
+        budget=budget,
     )
 
 
 @task(name="render-shard", cache_policy=NO_CACHE, persist_result=False, task_run_name="{shard_key}")
 def render_shard_task(
-    shard_key: str, out: str, run_id: str, manifest_dir: str, overrides: dict[str, Any]
+    shard_key: str,
+    out: str,
+    run_id: str,
+    manifest_dir: str,
+    overrides: dict[str, Any],
+    budget: BudgetSpec | None = None,
 ) -> ShardResult:
     return runner.render_shard(
         shard_key,
@@ -63,6 +82,7 @@ def render_shard_task(
         run_id=run_id,
         manifest_dir=manifest_dir,
         settings=load_settings(overrides),
+        budget=budget,
     )
 
 
@@ -82,58 +102,122 @@ def render_manifest(
     shard_size: int | None = None,
     rps: float | None = None,
     max_in_flight: int | None = None,
+    budget: float | None = None,
+    budget_mode: BudgetMode = "refuse",
     resume: str | None = None,
     auto_resume: bool = True,
 ) -> RunSummary:
     """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
 
-    An unfinished run of the same manifest in ``out`` is resumed (``resume`` names one;
-    ``auto_resume=False`` starts afresh). SIGINT/SIGTERM stop it cleanly (qwbatch.stop).
+    ``budget`` (the run's currency) refuses a plan that costs more, or with ``budget_mode``
+    "trim" renders in priority and manifest order up to it; billed spend never passes it.
+    An unfinished run of the same manifest in ``out`` is resumed (``resume`` names one).
     """
-    # Signals stop the shards cleanly (journal + catalog part) instead of killing them.
+    # Signals stop the shards cleanly (journal + catalog parts) instead of killing them.
     with STOP.handling(signal.SIGINT, signal.SIGTERM):
-        began = time.monotonic()
-        logger = get_run_logger()
-        overrides: dict[str, Any] = {
-            "default_model": model,
-            "shard_size": shard_size,
-            "rps": rps,
-            "max_in_flight": max_in_flight,
-        }
-        settings = load_settings(overrides)
-        prepared = plan_task(manifest, out, run_id, resume, auto_resume, strict, overrides)
-        plan = prepared.plan
-        run_id = plan.run_id
-        logger.info(
-            "%s run %s: %d rows, %d rejected, %d already rendered, %d to render in %d shards",
-            "resuming" if prepared.resumed else "starting",
-            run_id,
-            plan.rows_read,
-            plan.rejected,
-            plan.deduplicated,
-            plan.requests,
-            len(plan.shard_keys),
+        return _render(
+            manifest=manifest,
+            out=out,
+            model=model,
+            strict=strict,
+            run_id=run_id,
+            shard_size=shard_size,
+            rps=rps,
+            max_in_flight=max_in_flight,
+            budget=budget,
+            budget_mode=budget_mode,
+            resume=resume,
+            auto_resume=auto_resume,
         )
-        manifest_dir = str(Path(manifest).resolve().parent) if "://" not in manifest else "."
+
+
+def _render(
+    *,
+    manifest: str,
+    out: str,
+    model: str | None,
+    strict: bool,
+    run_id: str | None,
+    shard_size: int | None,
+    rps: float | None,
+    max_in_flight: int | None,
+    budget: float | None,
+    budget_mode: BudgetMode,
+    resume: str | None,
+    auto_resume: bool,
+) -> RunSummary:
+    began = time.monotonic()
+    logger = get_run_logger()
+    overrides: dict[str, Any] = {
+        "default_model": model,
+        "shard_size": shard_size,
+        "rps": rps,
+        "max_in_flight": max_in_flight,
+    }
+    settings = load_settings(overrides)
+    policy = BudgetPolicy(money(budget), budget_mode) if budget is not None else None
+    run_id = runner.resolve_run_id(
+        manifest,
+        out,
+        settings=settings,
+        run_id=run_id,
+        resume=resume,
+        auto_resume=auto_resume,
+        strict=strict,
+        budget=policy,
+    )
+    try:
+        prepared = plan_task(manifest, out, run_id, strict, overrides, policy, resume)
+    except BudgetExceededError as exc:
+        artifacts.refused(run_id, exc.message)
+        raise
+    plan = prepared.plan
+    logger.info(
+        "%s run %s: %d rows, %d rejected, %d already rendered, %d to render in %d shards",
+        "resuming" if prepared.resumed else "starting",
+        run_id,
+        plan.rows_read,
+        plan.rejected,
+        plan.deduplicated,
+        plan.requests,
+        len(plan.shard_keys),
+    )
+    manifest_dir = str(Path(manifest).resolve().parent) if "://" not in manifest else "."
+    spec = runner.open_budget(plan, settings)
+    if spec is not None:
+        logger.info(
+            "budget: %s %s left for run %s, counted %s",
+            spec.limit,
+            spec.currency,
+            run_id,
+            "in this process" if spec.backend == "local" else f"on Prefect ({spec.counter_name})",
+        )
+    progress = artifacts.Progress(run_id, len(plan.shard_keys))
+    try:
         futures = render_shard_task.map(
             plan.shard_keys,
             out=unmapped(out),
             run_id=unmapped(run_id),
             manifest_dir=unmapped(manifest_dir),
             overrides=unmapped(overrides),
+            budget=unmapped(spec),
         )
-        shards = [future.result() for future in futures]
-        summary = runner.finish(
-            prepared, shards, out=out, settings=settings, began=began, save=False
-        )
-        store = open_store(out, settings)
-        sheet_preview = contact_sheet.publish_run_sheet(store, summary)
-        runner.save_summary(store, summary)
-        for line in summary.lines():
-            logger.info(line)
-        create_markdown_artifact(
-            summary_markdown(summary, sheet_preview=sheet_preview),
-            key="render-summary",
-            description=f"qwbatch run {run_id}: summary and contact sheet",
-        )
-        return summary
+        shards = []
+        for future in as_completed(list(futures)):
+            shards.append(future.result())
+            progress.shard_finished()
+    finally:
+        if spec is not None:
+            runner.close_budget(spec)
+    summary = runner.finish(prepared, shards, out=out, settings=settings, began=began, save=False)
+    store = open_store(out, settings)
+    sheet_preview = contact_sheet.publish_run_sheet(store, summary)
+    runner.save_summary(store, summary)
+    artifacts.publish(
+        summary,
+        reports.report(store, run_id=run_id, missing_ok=True),
+        sheet_preview=sheet_preview,
+    )
+    for line in summary.lines():
+        logger.info(line)
+    return summary

@@ -62,11 +62,13 @@ SCHEMA = pa.schema(
         pa.field("unit_price", pa.float64()),
         pa.field("currency", _STR),
         pa.field("cost", pa.float64()),
+        pa.field("possible_cost", pa.float64()),
         pa.field("started_at", pa.timestamp("ms", tz="UTC")),
         pa.field("finished_at", pa.timestamp("ms", tz="UTC")),
         pa.field("tags", pa.map_(_STR, _STR)),
         pa.field("input_images", pa.list_(_STR)),
         pa.field("input_sha256", pa.list_(_STR)),
+        pa.field("input_notes", pa.list_(_STR)),
     ]
 )
 

@@ -76,10 +76,35 @@ class Settings(BaseSettings):
     rps: float | None = None
     max_in_flight: int | None = None
 
+    # Prices and budgets (qwbatch.costs, qwbatch.budget)
+    #: A TOML file of negotiated prices: ``[singapore] "qwen-image-2.0" = 0.03``.
+    prices_file: Path | None = None
+    #: Negotiated prices for this run's region, per model (currency units per image).
+    prices: dict[str, float] = Field(default_factory=dict)
+    #: Where a run's budget is counted: "local" (this process: every shard of a flow run
+    #: that executes here), "prefect" (a global concurrency limit on the Prefect server,
+    #: shared by every worker), or "auto" ("prefect" when PREFECT_API_URL names a server).
+    budget_backend: Literal["auto", "local", "prefect"] = "auto"
+
     # Object storage (S3-compatible); credentials from the standard AWS chain.
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_addressing_style: Literal["auto", "virtual", "path"] = "auto"
+
+    # Edit inputs (qwbatch.inputs, qwbatch.staging). s3:// inputs use the store's settings.
+    #: Folders besides the manifest's that input paths may name; a relative path is looked
+    #: up in the manifest's folder first, then in these, in order.
+    input_roots: list[Path] = Field(default_factory=list)
+    #: Hosts exempt from the public-address rule for http(s) inputs (an internal asset
+    #: server; the loopback server of a test), and the only hosts plain http:// may name.
+    #: Empty (the default): public https:// only.
+    input_allow_hosts: list[str] = Field(default_factory=list)
+    #: Largest original input fetched (bytes; normalisation then brings it to 10 MB or less).
+    input_max_download_bytes: int = 50_000_000
+    #: Time allowed to fetch one http(s) input, redirects included (seconds).
+    input_fetch_timeout_s: float = 30.0
+    #: Inputs fetched and checked at once while planning.
+    input_fetch_concurrency: int = 8
 
     def base_url(self) -> str:
         """The DashScope base URL: an explicit one wins, else the region's."""

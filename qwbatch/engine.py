@@ -39,9 +39,12 @@ from typing import Any, TypeVar
 import stamina
 
 from qwbatch import catalog, images, thumbs
+from qwbatch.budget import BudgetedProvider, BudgetGuard
 from qwbatch.config import Settings
+from qwbatch.costs import PriceTable
 from qwbatch.errors import (
     AmbiguousError,
+    BudgetExceededError,
     ImageError,
     JournalError,
     ModerationError,
@@ -67,8 +70,9 @@ from qwbatch.storage import ObjectStore
 
 T = TypeVar("T")
 
-#: Turns an edit input's URI into what is sent ("data:image/png;base64,…" or a public URL).
-InputLoader = Callable[[str], Awaitable[str]]
+#: ``(uri, sha256 of its original bytes) -> what is sent`` for one edit input
+#: ("data:image/png;base64,…"); see ``qwbatch.staging.StagedInputs``.
+InputLoader = Callable[[str, str], Awaitable[str]]
 #: Told each request's records as soon as the request ends (progress displays). It runs on
 #: the engine's event loop thread: keep it quick, thread-safe, and never raising.
 RecordsCallback = Callable[[Sequence[CatalogRecord]], None]
@@ -135,11 +139,18 @@ class Engine:
         limiters: LimiterRegistry = LIMITERS,
         concurrency: int = 32,
         on_records: RecordsCallback | None = None,
+        prices: PriceTable | None = None,
+        budget: BudgetGuard | None = None,
         journal: Journal | None = None,
         finder: TaskFinder | None = None,
         stop: StopSignal | None = None,
     ) -> None:
-        self.provider = provider
+        #: Unit prices for the catalog's unit_price and cost (qwbatch.costs).
+        self.prices = prices or PriceTable.load(settings, table)
+        #: With a budget, every paid call reserves its cost first (qwbatch.budget).
+        self.provider = (
+            provider if budget is None else BudgetedProvider(provider, budget, self.prices)
+        )
         self.store = store
         self.table = table
         self.settings = settings
@@ -237,7 +248,7 @@ class Engine:
         if finished is not None:
             return self._restore(finished)
         spec = self.table.get(request.model)
-        unit_price = spec.price(self.region) or 0.0
+        unit_price = self.prices.catalog_price(request.model)
         started = time.time()
         answered = self._resume_call(request, spec, call)
         try:
@@ -254,8 +265,15 @@ class Engine:
             raise
         except QwBatchError as exc:
             records = [self._failure(request, exc, call, unit_price, started)]
+        # Ambiguous attempts may have been billed without our seeing it: possible spend.
+        records[0].possible_cost = call.ambiguous * request.n * unit_price
         for alias in item.aliases:
-            records.extend(self._alias_records(records, alias.row_id, dict(alias.tags)))
+            folded = self._alias_records(records, alias.row_id, dict(alias.tags))
+            for record in folded if alias.input_images else ():
+                # The same input bytes, perhaps under other names: record the row's own.
+                record.input_images = list(alias.input_images)
+                record.input_notes = list(alias.input_notes)
+            records.extend(folded)
         self.journal.done(key, self._finished(records, call))
         return records
 
@@ -275,6 +293,9 @@ class Engine:
             # possible spend this run reports, and part of the ambiguous-retry budget.
             call.ambiguous = prior
             self._count_ambiguous(request, spec, call, prior)
+            cut = state.get(key).unanswered
+            if cut is not None and cut.endpoint == "sync":
+                self.journal.ambiguous(request)  # the crash's cut, recorded as what it is
         if call.task_id is not None:
             KNOWN_TASKS.add(call.task_id)
         return state.answer(key)
@@ -302,7 +323,7 @@ class Engine:
     def _count_ambiguous(
         self, request: RenderRequest, spec: ModelSpec, call: _Call, calls: int = 1
     ) -> None:
-        extra_cost = calls * request.n * (spec.price(self.region) or 0.0)
+        extra_cost = calls * request.n * self.prices.catalog_price(spec.name)
         self.ambiguous_calls += calls
         self.possible_extra_images += calls * request.n
         self.possible_extra_cost += extra_cost
@@ -376,12 +397,13 @@ class Engine:
         """The paid call, retried only where retrying cannot bill twice (or within budget)."""
         limiter = self.limiter(spec)
         use_task = spec.async_endpoint and self.settings.prefer_async and request.mode == "generate"
-        budget = self.settings.ambiguous_retries
+        retry_budget = self.settings.ambiguous_retries
         sent: list[str] = []
         if request.input_images:
             if self.input_loader is None:
                 raise PermanentError("edit inputs given but no input loader configured")
-            sent = [await self.input_loader(uri) for uri in request.input_images]
+            pairs = zip(request.input_images, request.input_sha256, strict=True)
+            sent = list(await asyncio.gather(*(self.input_loader(u, s) for u, s in pairs)))
         if call.task_id is None and call.orphan_since is not None:
             # A resume: an async submission went out but its task id never reached the journal.
             found = await self._find_task(request, call, call.orphan_since)
@@ -390,17 +412,18 @@ class Engine:
                 return found
             call.ambiguous += 1
             self._count_ambiguous(request, spec, call)
-        if call.task_id is None and call.ambiguous > budget:
+            self.journal.ambiguous(request)  # so later resumes count it once, as ambiguous
+        if call.task_id is None and call.ambiguous > retry_budget:
             raise ProviderAmbiguousError(
                 f"{call.ambiguous} calls may have been billed without an answer (crash or lost "
-                f"connection); not sent again (QWBATCH_AMBIGUOUS_RETRIES={budget})"
+                f"connection); not sent again (QWBATCH_AMBIGUOUS_RETRIES={retry_budget})"
             )
 
         def retryable(exc: Exception) -> bool | float:
             if isinstance(exc, ThrottledError):
                 return exc.retry_after if exc.retry_after else True
             if isinstance(exc, AmbiguousError):
-                return call.ambiguous <= budget
+                return call.ambiguous <= retry_budget
             return isinstance(exc, TransientError)
 
         async for attempt in self._retry(retryable):
@@ -419,13 +442,17 @@ class Engine:
                             with call.guarded():
                                 await self.journal.intent(request, "sync", call.attempts)
                                 result = await self.provider.generate(request, sent)
-                except ThrottledError as exc:
-                    limiter.on_throttle(exc.retry_after)
-                    raise
                 except AmbiguousError:
                     call.ambiguous += 1
                     self._count_ambiguous(request, spec, call)
                     self.journal.ambiguous(request)
+                    raise
+                except QwBatchError as exc:
+                    self.journal.failed(request)  # answered with an error: nothing billed
+                    if isinstance(exc, ThrottledError):
+                        limiter.on_throttle(exc.retry_after)
+                    elif isinstance(exc, BudgetExceededError):
+                        call.attempts -= 1  # refused before it was sent: not a provider call
                     raise
                 limiter.on_success()
                 self._answered(request, call, result)
@@ -669,6 +696,7 @@ class Engine:
             tags=dict(request.tags),
             input_images=list(request.input_images),
             input_sha256=list(request.input_sha256),
+            input_notes=list(request.input_notes),
         )
 
     def _failure(
@@ -686,6 +714,12 @@ class Engine:
             status = "ambiguous"
         elif isinstance(exc, ResultExpiredError):
             status = "expired"
+        elif isinstance(exc, BudgetExceededError) and call.ambiguous:
+            # The budget refused the retry of a lost answer: the first call may be billed.
+            status = "ambiguous"
+            exc = AmbiguousError(f"the answer was lost (it may be billed); retry: {exc.message}")
+        elif isinstance(exc, BudgetExceededError):
+            status = "skipped_budget"
         else:
             status = "failed"
         del unit_price  # failed requests are not billed; ambiguous spend is counted apart
@@ -701,6 +735,7 @@ class Engine:
             copy.row_id = row_id
             copy.tags = tags
             copy.cost = 0.0
+            copy.possible_cost = 0.0
             copy.unit_price = 0.0
             copy.attempts = 0
             copy.ambiguous_calls = 0

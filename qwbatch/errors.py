@@ -6,7 +6,8 @@
     ├── TransientError              retry with backoff; the same call may succeed later
     │   ├── ProviderTransientError  429 Throttling*, 5xx, transport errors before the request landed
     │   │   └── ThrottledError      429 Throttling*: also slows the limiter down
-    │   └── StorageTransientError   object store timeouts, 5xx, connection drops
+    │   ├── StorageTransientError   object store timeouts, 5xx, connection drops
+    │   └── InputTransientError     an edit input's source timed out or answered 429/5xx
     ├── AmbiguousError              the request may have reached the provider and been billed
     │                               (read timeout, connection lost mid-response); retry only
     │                               within a separate, small budget
@@ -17,6 +18,9 @@
         │   ├── ModerationError     DataInspectionFailed: content moderation, its own status
         │   └── ResultExpiredError  a result URL or task id that is past its 24 h life
         ├── ImageError              bytes that are not a valid image of the expected size
+        ├── BudgetExceededError     the plan, or one more paid call, would pass the run's budget
+        ├── InputError              an edit input that may not or cannot be fetched (outside the
+        │                           allowed folders, a private address, too large, not found)
         └── StorageError            the store refused (access denied, no such bucket)
             └── JournalError        the run's journal cannot be written: stop submitting
 
@@ -71,8 +75,26 @@ class ImageError(PermanentError):
     code = "ImageError"
 
 
+class BudgetExceededError(PermanentError):
+    """Spending this would pass the run's budget: refuse the run, or skip the request."""
+
+    code = "BudgetExceeded"
+
+
 class StorageError(PermanentError):
     code = "StorageError"
+
+
+class InputError(PermanentError):
+    """An edit input refused before any provider call; the message names the input and why."""
+
+    code = "InputError"
+
+
+class InputTransientError(TransientError):
+    """An edit input's source failed in a way that may pass (timeout, 429, 5xx, reset)."""
+
+    code = "InputTransient"
 
 
 class StorageTransientError(TransientError):

@@ -12,7 +12,8 @@ Each object holds JSON lines, one entry each (``t`` is POSIX seconds):
 - ``task``: the provider accepted an async task (``task_id``); durable before polling.
 - ``answer``: the provider's answer to the last call (result URLs, billed images), written
   as soon as it arrives, so a crash while downloading harvests those URLs, not a new call;
-- ``ambiguous``: the last call's answer was lost after it was sent: it may be billed.
+- ``ambiguous``: the last call's answer was lost after it was sent: it may be billed;
+- ``failed``: the last call was answered with an error (throttled, 5xx, refused): not billed.
 - ``done``: the request's final catalog records and its billing counters. Not waited for:
   if a crash loses it, the resume finds the request's images in the store (or its journaled
   answer) and records them again without a call; only a request that ended without an image
@@ -46,7 +47,7 @@ from qwbatch.models import CatalogRecord, ProviderImage, ProviderResult, RenderR
 from qwbatch.storage import ObjectStore
 
 Endpoint = Literal["sync", "async"]
-CallState = Literal["sent", "accepted", "answered", "ambiguous"]
+CallState = Literal["sent", "accepted", "answered", "ambiguous", "failed"]
 
 #: Parallel GETs when a shard's journal is read back.
 _READ_WORKERS = 16
@@ -76,6 +77,8 @@ class Call:
 
     endpoint: Endpoint
     sent_at: float
+    model: str = ""
+    n: int = 1
     state: CallState = "sent"
     #: The provider's answer, once journaled.
     result: ProviderResult | None = None
@@ -114,7 +117,9 @@ class JournalState:
         state = self.requests.setdefault(str(entry.get("key")), RequestState())
         kind = entry.get("kind")
         if kind == "intent":
-            state.calls.append(Call(entry["endpoint"], float(entry["t"])))
+            call = Call(entry["endpoint"], float(entry["t"]), entry.get("model", ""))
+            call.n = int(entry.get("n", 1))
+            state.calls.append(call)
         elif kind == "task":
             state.task_ids.append(str(entry["task_id"]))
             if state.calls:
@@ -124,6 +129,8 @@ class JournalState:
             state.calls[-1].result = result_from_json(entry["result"])
         elif kind == "ambiguous" and state.calls:
             state.calls[-1].state = "ambiguous"
+        elif kind == "failed" and state.calls and state.calls[-1].state == "sent":
+            state.calls[-1].state = "failed"
         elif kind == "done":
             state.finished = Finished(
                 records=[CatalogRecord(**r) for r in entry["records"]],
@@ -159,9 +166,12 @@ class JournalState:
         return len(self.get(key).calls)
 
     def prior_ambiguous(self, key: str) -> int:
-        """Calls whose answer was lost: journaled as ambiguous, or a sync call cut by a crash."""
+        """Calls whose answer was lost: journaled as ambiguous, a sync call cut by a crash,
+        or an earlier call whose answer never reached the journal (counted to be safe)."""
         state = self.get(key)
-        count = sum(1 for call in state.calls if call.state == "ambiguous")
+        calls = state.calls
+        count = sum(1 for call in calls if call.state == "ambiguous")
+        count += sum(1 for call in calls[:-1] if call.state == "sent")
         unanswered = state.unanswered
         return count + (1 if unanswered is not None and unanswered.endpoint == "sync" else 0)
 
@@ -206,6 +216,9 @@ class Journal:
 
     def ambiguous(self, request: RenderRequest) -> None:
         """Record that the last call's answer was lost (flushed with the next batch)."""
+
+    def failed(self, request: RenderRequest) -> None:
+        """Record that the last call was answered with an error (flushed with the next batch)."""
 
     def done(self, key: str, finished: Finished) -> None:
         """Record a request's final records and counters (flushed with the next batch)."""
@@ -255,8 +268,9 @@ class StoreJournal(Journal):
     # -- entries --------------------------------------------------------------------------
 
     async def intent(self, request: RenderRequest, endpoint: Endpoint, attempt: int) -> None:
-        entry = {"kind": "intent", "key": request.request_key, "endpoint": endpoint}
-        await self._append({**entry, "attempt": attempt, "model": request.model}, wait=True)
+        entry: dict[str, Any] = {"kind": "intent", "key": request.request_key}
+        entry.update(endpoint=endpoint, attempt=attempt, model=request.model, n=request.n)
+        await self._append(entry, wait=True)
 
     async def task(self, request: RenderRequest, task_id: str, *, recovered: bool = False) -> None:
         self.known_tasks.add(task_id)
@@ -269,6 +283,9 @@ class StoreJournal(Journal):
 
     def ambiguous(self, request: RenderRequest) -> None:
         self._append_nowait({"kind": "ambiguous", "key": request.request_key})
+
+    def failed(self, request: RenderRequest) -> None:
+        self._append_nowait({"kind": "failed", "key": request.request_key})
 
     def done(self, key: str, finished: Finished) -> None:
         entry = {

@@ -19,7 +19,8 @@ column             required / default            accepted Arrow types
 ``input_images``   none                          list<string-like> (list, large_list, …), one
                                                  string (one image), or a JSON-array string
 ``tags``           none                          map, list<string>, struct, or a string
-``priority``       –                             recognised (reserved); not read yet
+``priority``       none                          same as ``n``; higher renders first when a
+                                                 budget trims the run (``qwbatch.budget``)
 =================  ============================  =============================================
 
 .. [#s] string-like: ``string``, ``large_string``, ``string_view``, UTF-8 ``binary`` and any
@@ -45,9 +46,12 @@ first occurrence was itself rejected for another reason: ids are unique per mani
 Duplicate ids are found exactly by a first pass over the ``id`` column alone, so memory for
 them is one Arrow string per row during that pass and only the repeated ids afterwards.
 
-**Edit inputs** are resolved to the sha256 of their bytes (``resolve_input(uri) -> hex``),
-once per distinct URI within a read. The default resolver reads local files relative to the
-manifest's folder; see ``LocalInputResolver``.
+**Edit inputs** are resolved to the sha256 of their bytes (``resolve_input(uri)`` returns the
+hex digest, or an ``InputDigest`` that adds a note for the catalog), once per distinct URI
+within a read. A resolver with a ``prefetch(uris)`` method is handed each batch's URIs
+first, so it can fetch them concurrently. The default resolver hashes local files under the
+manifest's folder (``LocalInputResolver``); a run plans with ``qwbatch.staging.InputStage``,
+which also reads S3, https and earlier outputs and checks and normalises every image.
 
 **Speed.** Work is column-wise per record batch (``qwbatch.manifest_columns`` turns each Arrow
 column into Python cells), then one plain function call per row checks the cells and builds
@@ -68,7 +72,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 import pyarrow as pa
@@ -97,7 +101,8 @@ MAX_INPUT_IMAGES: Final = 3
 STRICT_REASONS_SHOWN: Final = 5
 #: Message for input URIs whose scheme the default resolver does not read.
 UNSUPPORTED_INPUT: Final = (
-    "input source not supported yet: s3:// and https:// come with the edit-inputs feature"
+    "LocalInputResolver reads local files only (qwbatch.staging.InputStage reads s3://, "
+    "https:// and catalog: inputs too)"
 )
 
 #: The schema a manifest writer should use; the reader also accepts the variants above.
@@ -129,14 +134,36 @@ REJECTS_SCHEMA: Final = pa.schema(
     ]
 )
 
-#: ``uri -> sha256 hex`` of the input image's bytes. Raise a PermanentError (any subclass)
-#: to reject the row with its message; any other exception ends the read.
-InputResolver = Callable[[str], str]
+
+@dataclass(frozen=True, slots=True)
+class InputDigest:
+    """What a resolver knows of one input: the sha256 (hex) of its original bytes, and a
+    note for the catalog (where it came from, what was changed to send it; "" if nothing)."""
+
+    sha256: str
+    note: str = ""
+
+
+#: ``uri -> sha256 hex`` (or an InputDigest) of the input image's bytes. Raise a
+#: PermanentError (any subclass) to reject the row with its message; any other exception
+#: ends the read.
+InputResolver = Callable[[str], "str | InputDigest"]
+
+
+@runtime_checkable
+class PrefetchingResolver(Protocol):
+    """A resolver that can fetch many inputs at once, ahead of the calls for each."""
+
+    def __call__(self, uri: str) -> str | InputDigest: ...
+
+    def prefetch(self, uris: Iterable[str]) -> None: ...
+
 
 _MODES: Final[dict[str, Mode]] = {"generate": "generate", "edit": "edit"}
 _SCHEME: Final = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://|^data:")
 _PANDAS_INDEX: Final = re.compile(r"__index_level_\d+__")
-_RESERVED: Final = frozenset({"priority"})  # known, not read yet
+_RESERVED: Final = frozenset[str]()  # known columns that are not read yet
+_IMAGES_CELL: Final = list(COERCE).index("input_images")  # its cells' place in a batch
 
 
 # --------------------------------------------------------------------------- public values
@@ -274,7 +301,7 @@ class _RowChecker:
         # (model, mode, size) cells → setting, or (column, reason) refusing them. Manifests
         # repeat a handful of combinations, so one lookup replaces a dozen checks per row.
         self._settings: dict[tuple[object, object, object], _Setting | tuple[str, str]] = {}
-        self._inputs: dict[str, str | Bad] = {}
+        self._inputs: dict[str, str | InputDigest | Bad] = {}
 
     def _setting(
         self, model_text: str | Bad | None, mode_text: str | Bad | None,
@@ -314,12 +341,12 @@ class _RowChecker:
         problem = spec.size_problem(size)
         return ("size", problem) if problem else _Setting(spec, mode, size)
 
-    def _input_sha256(self, uri: str) -> str | Bad:
+    def _input_sha256(self, uri: str) -> str | InputDigest | Bad:
         try:
             return self._inputs[uri]
         except KeyError:
             try:
-                result: str | Bad = self._resolve(uri)
+                result: str | InputDigest | Bad = self._resolve(uri)
             except PermanentError as exc:
                 result = Bad(exc.message)
             self._inputs[uri] = result
@@ -340,6 +367,7 @@ class _RowChecker:
         watermark: bool | Bad | None,
         images: tuple[str, ...] | Bad | None,
         tags: Tags | Bad | None,
+        priority: int | Bad | None = None,
     ) -> RenderRequest | Reject:
         """The normalised request for one row, or the first reason to refuse it."""
         # id: present, printable, bounded, and first of its kind
@@ -402,9 +430,12 @@ class _RowChecker:
             return Reject(row, rid, "watermark", f"watermark {watermark.reason}")
         if isinstance(tags, Bad):
             return Reject(row, rid, "tags", f"tags {tags.reason}")
+        if isinstance(priority, Bad):
+            return Reject(row, rid, "priority", f"priority {priority.reason}")
 
         # edit inputs: counted, then resolved (last: hashing a file is the costly check)
         input_sha256: tuple[str, ...] = ()
+        input_notes: tuple[str, ...] = ()
         if isinstance(images, Bad):
             return Reject(row, rid, "input_images", f"input_images {images.reason}")
         if mode == "generate" and images:
@@ -419,7 +450,10 @@ class _RowChecker:
             for digest in digests:
                 if isinstance(digest, Bad):
                     return Reject(row, rid, "input_images", digest.reason)
-            input_sha256 = tuple(d for d in digests if isinstance(d, str))
+            resolved = [d for d in digests if not isinstance(d, Bad)]
+            input_sha256 = tuple(d if isinstance(d, str) else d.sha256 for d in resolved)
+            notes = tuple("" if isinstance(d, str) else d.note for d in resolved)
+            input_notes = notes if any(notes) else ()
 
         watermark = bool(watermark)
         key, seed = key_and_seed(
@@ -431,7 +465,7 @@ class _RowChecker:
             row_id=rid, row_number=row, request_key=key, model=spec.name, mode=mode,
             prompt=prompt, negative_prompt=negative, size=setting.size, n=n, seed=seed,
             prompt_extend=extend, watermark=watermark, input_images=images or (),
-            input_sha256=input_sha256, tags=tags or (),
+            input_sha256=input_sha256, input_notes=input_notes, tags=tags or (), priority=priority,
         )
 
 
@@ -578,9 +612,9 @@ class ManifestReader:
             self._columns.append(present)
             warnings.extend(w for w in file_warnings if w not in warnings)
         self.summary = ManifestSummary(path=str(self.path), total_rows=total, warnings=warnings)
-        resolver = resolve_input or LocalInputResolver(self.path.parent)
+        self._resolver = resolve_input or LocalInputResolver(self.path.parent)
         self._checker = _RowChecker(
-            table, default_model, resolver, _duplicate_candidates(self._files)
+            table, default_model, self._resolver, _duplicate_candidates(self._files)
         )
         self._batches = self._read()
 
@@ -645,6 +679,10 @@ class ManifestReader:
             coerce(record_batch.column(name)) if name in names else repeat(None, rows)
             for name, coerce in COERCE.items()
         ]
+        if "input_images" in names and isinstance(self._resolver, PrefetchingResolver):
+            self._resolver.prefetch(
+                uri for cell in cells[_IMAGES_CELL] if isinstance(cell, tuple) for uri in cell
+            )
         requests: list[RenderRequest] = []
         rejects: list[Reject] = []
         check = self._checker.check

@@ -124,6 +124,7 @@ COLUMN_TYPES: Final[dict[str, tuple[str, Callable[[pa.DataType], bool]]]] = {
     "watermark": ("a boolean column", _accepts_bool),
     "input_images": ("a list of strings or a string column", _accepts_images),
     "tags": ("a map, struct, list of strings or string column", _accepts_tags),
+    "priority": ("an integer column", _accepts_int),
 }
 REQUIRED_COLUMNS: Final = ("id", "prompt")
 
@@ -370,4 +371,5 @@ COERCE: Final[dict[str, Callable[[pa.Array], list[Any]]]] = {
     "watermark": _bools,
     "input_images": _images,
     "tags": _tags,
+    "priority": _ints,
 }

@@ -45,6 +45,9 @@ COLUMNS: Final[tuple[ColumnDoc, ...]] = (
         '["shoes.png"]',
     ),
     ColumnDoc("tags", "none", "labels for reports: k=v,k2=v2 or a JSON object", "campaign=autumn"),
+    ColumnDoc(
+        "priority", "none", "with --budget-mode trim, higher renders first; not in the key", "10"
+    ),
 )
 
 #: Example rows a run accepts (no edits: those need input files that the template cannot ship).

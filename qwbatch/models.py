@@ -42,7 +42,12 @@ class RenderRequest:
     watermark: bool = False
     input_images: tuple[str, ...] = ()
     input_sha256: tuple[str, ...] = ()
+    #: Per input, what was done to send it (resized, converted, which output a catalog: ref
+    #: named); empty when nothing was done to any input.
+    input_notes: tuple[str, ...] = ()
     tags: tuple[tuple[str, str], ...] = ()
+    #: Order under a trimming budget: higher first, then manifest order; None is lowest.
+    priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +107,11 @@ class CatalogRecord:
     unit_price: float | None = None
     currency: str | None = None
     cost: float = 0.0
+    #: What ambiguous attempts may have billed on top of ``cost`` (never seen in usage).
+    possible_cost: float = 0.0
     started_at: float | None = None  # POSIX seconds
     finished_at: float | None = None
     tags: dict[str, str] = field(default_factory=dict)
     input_images: list[str] = field(default_factory=list)
     input_sha256: list[str] = field(default_factory=list)
+    input_notes: list[str] = field(default_factory=list)

@@ -2,13 +2,17 @@
 
 ``plan_run`` streams the manifest batch by batch: it drops requests whose outputs the catalog
 already holds (recording them as ``deduplicated``), folds rows that ask for the same request
-onto one key (they are rendered once and all recorded), writes the rejects beside the catalog
-and the remaining work as shard files under ``runs/<run_id>/shards/``. A shard file is the
-unit a Prefect task takes: it holds requests, not results, so any worker can pick it up.
+onto one key (they are rendered once and all recorded), prices what is left (``plan.estimate``)
+and refuses or trims it to a budget (``qwbatch.budget``, rows left out are recorded as
+``skipped_budget``), then writes the rejects beside the catalog and the remaining work as
+shard files under ``runs/<run_id>/shards/``. A shard file is the unit a Prefect task takes:
+it holds requests, not results, so any worker can pick it up. ``dry_run`` does all of it but
+the writing: ``qwbatch estimate`` is a plan that writes nothing and calls no provider.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import secrets
@@ -18,10 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwbatch import budget as budgets
 from qwbatch import catalog
 from qwbatch.catalog import ExistingImage
 from qwbatch.config import Settings
-from qwbatch.manifest import Reject, read_manifest, rejects_table
+from qwbatch.costs import Estimate, PriceTable, estimate
+from qwbatch.manifest import InputResolver, Reject, read_manifest, rejects_table
 from qwbatch.models import CatalogRecord, RenderRequest
 from qwbatch.registry import ModelTable
 from qwbatch.storage import ObjectStore
@@ -39,6 +45,10 @@ class Alias:
     row_id: str
     row_number: int
     tags: tuple[tuple[str, str], ...] = ()
+    #: The row's own input URIs and notes (the same bytes as the request's, maybe named
+    #: differently): its catalog row records these.
+    input_images: tuple[str, ...] = ()
+    input_notes: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -64,6 +74,11 @@ class Plan:
     rejects_uri: str | None = None
     dedup_part_uri: str | None = None
     images_by_model: dict[str, int] = field(default_factory=dict)
+    #: What the requests to render cost if every image is made (after any budget trim).
+    estimate: Estimate | None = None
+    #: The run's budget (with what this run id had spent before), and rows a trim skipped.
+    budget: budgets.BudgetPolicy | None = None
+    skipped_budget: int = 0
 
 
 def dedup_records(
@@ -104,6 +119,7 @@ def dedup_records(
             tags=dict(tags),
             input_images=list(request.input_images),
             input_sha256=list(request.input_sha256),
+            input_notes=list(request.input_notes),
         )
         for image in images
     ]
@@ -111,24 +127,39 @@ def dedup_records(
 
 def plan_run(
     manifest: str | Path,
-    store: ObjectStore,
+    store: ObjectStore | None,
     *,
     settings: Settings,
     table: ModelTable,
     run_id: str,
     strict: bool = False,
     shard_size: int | None = None,
+    budget: budgets.BudgetPolicy | None = None,
+    dry_run: bool = False,
+    resolve_input: InputResolver | None = None,
 ) -> Plan:
-    """Read, validate, dedup and shard ``manifest``; write rejects, dedup rows and shards."""
+    """Read, validate, dedup, price and shard ``manifest``; write rejects, dedup rows, shards.
+
+    ``store`` None (only with ``dry_run``) plans against an empty catalog. ``budget`` raises
+    ``BudgetExceededError`` (mode refuse) before anything is written, or trims (mode trim).
+    ``resolve_input`` resolves edit inputs (``qwbatch.staging.InputStage`` in a run); the
+    default only hashes local files (see ``read_manifest``).
+    """
+    if store is None and not dry_run:
+        raise ValueError("plan_run writes to a store unless dry_run")
     plan = Plan(run_id=run_id)
-    existing = catalog.existing_outputs(store)
+    existing = catalog.existing_outputs(store) if store is not None else {}
     items: dict[str, PlanItem] = {}
     dedup: list[CatalogRecord] = []
     rejects: list[Reject] = []
     currency = settings.currency()
 
     for batch in read_manifest(
-        manifest, table=table, default_model=settings.default_model, strict=strict
+        manifest,
+        table=table,
+        default_model=settings.default_model,
+        strict=strict,
+        resolve_input=resolve_input,
     ):
         plan.rows_read += len(batch.requests) + len(batch.rejects)
         rejects.extend(batch.rejects)
@@ -148,23 +179,45 @@ def plan_run(
                 )
             elif key in items:
                 plan.folded += 1
-                items[key].aliases.append(Alias(request.row_id, request.row_number, request.tags))
+                items[key].aliases.append(
+                    Alias(
+                        request.row_id,
+                        request.row_number,
+                        request.tags,
+                        request.input_images,
+                        request.input_notes,
+                    )
+                )
+                items[key].request = budgets.rank(items[key].request, request)
             else:
                 items[key] = PlanItem(request)
 
+    prices = PriceTable.load(settings, table)
+    ordered = list(items.values())
+    if budget is not None:
+        if store is not None:
+            budget = dataclasses.replace(budget, spent=budgets.spent_by_run(store, run_id))
+        outcome = budgets.apply(ordered, prices, budget)
+        ordered, plan.budget = outcome.kept, budget
+        plan.skipped_budget = sum(1 + len(item.aliases) for item in outcome.skipped)
+        dedup.extend(
+            budgets.skipped_records(outcome.skipped, prices, run_id=run_id, budget=budget.amount)
+        )
+    plan.estimate = estimate((item.request for item in ordered), prices)
     plan.rejected = len(rejects)
+    plan.requests = len(ordered)
+    for item in ordered:
+        plan.images += item.request.n
+        model = item.request.model
+        plan.images_by_model[model] = plan.images_by_model.get(model, 0) + item.request.n
+    if store is None or dry_run:
+        return plan
+
     plan.rejects_uri = catalog.write_rejects(store, rejects_table(rejects), run_id=run_id)
     plan.dedup_part_uri = catalog.write_part(
         store, dedup, run_id=run_id, label="plan", unique=False
     )
-    plan.requests = len(items)
-    for item in items.values():
-        plan.images += item.request.n
-        model = item.request.model
-        plan.images_by_model[model] = plan.images_by_model.get(model, 0) + item.request.n
-
     size = shard_size or settings.shard_size
-    ordered = list(items.values())
     for index, start in enumerate(range(0, len(ordered), size)):
         plan.shard_keys.append(write_shard(store, run_id, index, ordered[start : start + size]))
     return plan
@@ -179,11 +232,17 @@ def _encode_item(item: PlanItem) -> dict[str, Any]:
 
 def _decode_item(data: dict[str, Any]) -> PlanItem:
     req = dict(data["request"])
-    for name in ("input_images", "input_sha256"):
-        req[name] = tuple(req[name])
+    for name in ("input_images", "input_sha256", "input_notes"):
+        req[name] = tuple(req.get(name, ()))
     req["tags"] = tuple(tuple(pair) for pair in req["tags"])
     aliases = [
-        Alias(a["row_id"], a["row_number"], tuple(tuple(p) for p in a["tags"]))
+        Alias(
+            a["row_id"],
+            a["row_number"],
+            tuple(tuple(p) for p in a["tags"]),
+            tuple(a.get("input_images", ())),
+            tuple(a.get("input_notes", ())),
+        )
         for a in data["aliases"]
     ]
     return PlanItem(RenderRequest(**req), aliases)

@@ -17,12 +17,11 @@ from qwbatch.summary import RunSummary
 MAX_PREVIEW_BYTES = 400_000
 
 
-def summary_markdown(summary: RunSummary, *, sheet_preview: str | None = None) -> str:
-    """The summary's lines as a list, then the contact sheet's preview and where it is."""
-    lines = [f"# qwbatch run `{summary.run_id}`", ""]
-    lines += [f"- {line}" for line in summary.lines()]
+def sheet_markdown(summary: RunSummary, *, sheet_preview: str | None = None) -> str:
+    """The run summary's contact sheet section: its preview inline, and where the sheet is."""
+    lines: list[str] = []
     if summary.contact_sheet_uri is not None:
-        lines += ["", "## Contact sheet", ""]
+        lines += ["## Contact sheet", ""]
         if sheet_preview is not None and len(sheet_preview) <= MAX_PREVIEW_BYTES:
             lines += [f"![contact sheet of run {summary.run_id}]({sheet_preview})", ""]
         lines.append(f"Full size: `{summary.contact_sheet_uri}`")

@@ -11,29 +11,36 @@ of unfinished ones), and :func:`finish` (the summary).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import io
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 
+from qwbatch import budget as budgets
 from qwbatch import progress, runs
 from qwbatch.catalog import CATALOG_PREFIX
 from qwbatch.config import Settings
+from qwbatch.costs import PriceTable
 from qwbatch.engine import Engine, ShardResult, run_shard, shard_label, store_retries
-from qwbatch.inputs import LocalInputs
 from qwbatch.journal import StoreJournal
 from qwbatch.models import CatalogRecord
 from qwbatch.plan import Plan, decode_shard, new_run_id, plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.registry import ModelTable
+from qwbatch.staging import InputStage, StagedInputs
 from qwbatch.stop import STOP, StopSignal
 from qwbatch.storage import ObjectNotFoundError, ObjectStore, open_store
 from qwbatch.summary import RunSummary
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -41,20 +48,68 @@ def model_table(settings: Settings) -> ModelTable:
     return ModelTable.load(settings.models_file, settings.declared_models)
 
 
-def plan(manifest: str, out: str, *, settings: Settings, run_id: str, strict: bool = False) -> Plan:
-    """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`)."""
-    store = open_store(out, settings)
-    table = model_table(settings)
-    planned = plan_run(
-        manifest,
-        store,
-        settings=settings,
-        table=table,
-        run_id=run_id,
-        strict=strict,
+def input_stage(
+    manifest: str, settings: Settings, store: ObjectStore | None, *, stage: bool = True
+) -> InputStage:
+    """The edit-input pipeline for ``manifest``: files under its folder (and the input
+    roots), s3://, https://, and ``store``'s outputs and catalog; staged into ``store``
+    unless ``stage`` is False (checks only, as ``qwbatch validate`` does)."""
+    return InputStage.from_settings(
+        settings, manifest_dir=Path(manifest).parent, store=store, stage=stage
     )
-    _tell_tracker(planned, table, settings)
+
+
+def plan(
+    manifest: str,
+    out: str,
+    *,
+    settings: Settings,
+    run_id: str,
+    strict: bool = False,
+    budget: budgets.BudgetPolicy | None = None,
+) -> Plan:
+    """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.plan_run`).
+
+    Edit inputs are fetched, checked and staged under ``out/inputs/`` here, once each.
+    """
+    store = open_store(out, settings)
+    with input_stage(manifest, settings, store) as stage:
+        planned = plan_run(
+            manifest,
+            store,
+            settings=settings,
+            table=model_table(settings),
+            run_id=run_id,
+            strict=strict,
+            budget=budget,
+            resolve_input=stage,
+        )
+    stats = stage.stats
+    if stats.fetched or stats.refused:
+        log.info(
+            "run %s inputs: %d fetched, %d distinct images (%d changed to send), %d staged, "
+            "%d already staged, %d refused",
+            run_id,
+            stats.fetched,
+            stats.contents,
+            stats.changed,
+            stats.staged,
+            stats.reused,
+            stats.refused,
+        )
+    _tell_tracker(planned, settings)
     return planned
+
+
+def _tell_tracker(plan: Plan, settings: Settings) -> None:
+    """Hand the plan to the run's progress tracker, when this process has one."""
+    tracker = progress.tracker_for(plan.run_id)
+    if tracker is not None:
+        tracker.on_plan(
+            plan,
+            estimated_cost=float(plan.estimate.total) if plan.estimate else 0.0,
+            currency=plan.estimate.currency if plan.estimate else settings.currency(),
+        )
 
 
 def _part_records(store: ObjectStore, key: str) -> list[CatalogRecord]:
@@ -74,23 +129,44 @@ def _part_records(store: ObjectStore, key: str) -> list[CatalogRecord]:
     return records
 
 
-def _tell_tracker(plan: Plan, table: ModelTable, settings: Settings) -> None:
-    """Hand the plan to the run's progress tracker, when this process has one."""
-    tracker = progress.tracker_for(plan.run_id)
-    if tracker is not None:
-        tracker.on_plan(
-            plan,
-            estimated_cost=estimate_cost(plan, table, settings),
-            currency=settings.currency(),
+def estimate(manifest: str, out: str | None, *, settings: Settings, strict: bool = False) -> Plan:
+    """Plan ``manifest`` as a run into ``out`` would, writing nothing and calling no provider.
+
+    The plan's ``estimate`` is the price; without ``out`` nothing counts as rendered already.
+    Edit inputs are fetched and checked as a run would (so keys agree) but not staged.
+    """
+    store = open_store(out, settings) if out else None
+    with input_stage(manifest, settings, store, stage=False) as stage:
+        return plan_run(
+            manifest,
+            store,
+            settings=settings,
+            table=model_table(settings),
+            run_id="estimate",
+            strict=strict,
+            dry_run=True,
+            resolve_input=stage,
         )
 
 
-def estimate_cost(plan: Plan, table: ModelTable, settings: Settings) -> float:
-    """What the plan's images cost at list price, in the region's currency (0 when unpriced)."""
-    return sum(
-        n * (table.get(model).price(settings.region) or 0.0)
-        for model, n in plan.images_by_model.items()
+def open_budget(plan: Plan, settings: Settings) -> budgets.BudgetSpec | None:
+    """Create the counter that guards ``plan``'s run while it renders; None without a budget."""
+    if plan.budget is None:
+        return None
+    currency = plan.estimate.currency if plan.estimate else settings.currency()
+    spec = budgets.BudgetSpec(
+        run_id=plan.run_id,
+        limit=str(plan.budget.remaining),
+        currency=currency,
+        backend=budgets.resolve_backend(settings),
     )
+    asyncio.run(budgets.open_run_budget(spec))
+    return spec
+
+
+def close_budget(spec: budgets.BudgetSpec) -> Decimal:
+    """Remove the run's counter; the money it held at the end."""
+    return asyncio.run(budgets.close_run_budget(spec))
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,30 +186,34 @@ def prepare(
     resume: str | None = None,
     auto_resume: bool = True,
     strict: bool = False,
+    budget: budgets.BudgetPolicy | None = None,
 ) -> Prepared:
     """Continue an unfinished run of ``manifest`` in ``out``, or plan a new one.
 
     See :func:`qwbatch.runs.choose_run` for which run; a run whose planning was cut short is
-    planned again under its own id (planning writes every file at a fixed name).
+    planned again under its own id (planning writes every file at a fixed name). A resumed
+    run keeps its plan and its budget, less what its earlier attempts spent or may have.
     """
     store = open_store(out, settings)
-    fingerprint = runs.manifest_fingerprint(
-        manifest, default_model=settings.default_model, strict=strict
-    )
+    fingerprint = _fingerprint(manifest, settings, strict, budget)
     chosen, loaded = runs.choose_run(
         store, fingerprint, run_id=run_id, resume=resume, auto_resume=auto_resume
     )
-    table = model_table(settings)
     if loaded is not None:
-        _tell_tracker(loaded, table, settings)
+        if loaded.budget is not None:
+            prices = PriceTable.load(settings, model_table(settings))
+            spent = runs.spent_so_far(store, loaded.run_id, prices)
+            loaded.budget = dataclasses.replace(loaded.budget, spent=spent)
+        _tell_tracker(loaded, settings)
         return Prepared(loaded, resumed=True)
     # A chosen run without a plan was cut short while planning: plan it again, same id.
     resumed = chosen is not None and runs.run_exists(store, chosen, fingerprint)
     new_id = chosen or new_run_id()
+    made = plan(manifest, out, settings=settings, run_id=new_id, strict=strict, budget=budget)
+    # Recorded once planning succeeded (a refused plan leaves nothing behind); nothing was
+    # sent before this point, so a crash during planning only costs planning again.
     runs.start_run(store, new_id, fingerprint)
-    made = plan_run(manifest, store, settings=settings, table=table, run_id=new_id, strict=strict)
     runs.save_plan(store, made, fingerprint)
-    _tell_tracker(made, table, settings)
     return Prepared(made, resumed=resumed)
 
 
@@ -146,6 +226,7 @@ def resolve_run_id(
     resume: str | None = None,
     auto_resume: bool = True,
     strict: bool = False,
+    budget: budgets.BudgetPolicy | None = None,
 ) -> str:
     """The run id :func:`prepare` will work under, known before it runs (for progress
     displays): the one given, else an unfinished run of ``manifest`` in ``out``, else new."""
@@ -153,13 +234,21 @@ def resolve_run_id(
         return resume or run_id or ""
     if auto_resume:
         store = open_store(out, settings)
-        fingerprint = runs.manifest_fingerprint(
-            manifest, default_model=settings.default_model, strict=strict
-        )
-        found = runs.find_unfinished(store, fingerprint)
+        found = runs.find_unfinished(store, _fingerprint(manifest, settings, strict, budget))
         if found is not None:
             return found
     return new_run_id()
+
+
+def _fingerprint(
+    manifest: str, settings: Settings, strict: bool, budget: budgets.BudgetPolicy | None
+) -> str:
+    """What makes two invocations the same run: manifest bytes and the options that change
+    its plan (a new budget is a new run, which dedups what the old one rendered)."""
+    options = f"{budget.amount}:{budget.mode}" if budget is not None else ""
+    return runs.manifest_fingerprint(
+        manifest, default_model=settings.default_model, strict=strict, options=options
+    )
 
 
 async def render_shard_async(
@@ -170,14 +259,17 @@ async def render_shard_async(
     manifest_dir: str,
     settings: Settings,
     store: ObjectStore | None = None,
+    budget: budgets.BudgetSpec | None = None,
     stop: StopSignal = STOP,
 ) -> ShardResult:
-    """Render one shard file of run ``run_id`` into ``out``.
+    """Render one shard file of run ``run_id`` into ``out``, spending within ``budget``.
 
-    A shard that finished before (its summary is in ``runs/<run>/done/``) is not run again.
-    An unfinished one replays its journal first. Once the shard has finished with nothing
-    left, its summary is saved and its journal deleted.
+    Edit inputs come from the stage the plan wrote (``out/inputs/``); ``manifest_dir`` is
+    not read. A shard that finished before (its summary is in ``runs/<run>/done/``) is not
+    run again; an unfinished one replays its journal first. Once the shard has finished
+    with nothing left, its summary is saved and its journal deleted.
     """
+    del manifest_dir  # kept in the signature: flows and deployments pass it
     store = store or open_store(out, settings)
     label = shard_label(shard_key)
     tracker = progress.tracker_for(run_id)
@@ -194,15 +286,19 @@ async def render_shard_async(
     journal = await _with_store(
         settings, StoreJournal.open, store, run_id, label, retry_s=settings.store_retry_s
     )
-    async with DashScopeProvider.from_settings(settings) as provider:
+    guard_scope = (
+        budgets.shard_guard(budget) if budget is not None else contextlib.nullcontext(None)
+    )
+    async with DashScopeProvider.from_settings(settings) as provider, guard_scope as guard:
         engine = Engine(
             provider=provider,
             store=store,
             table=model_table(settings),
             settings=settings,
             run_id=run_id,
-            input_loader=LocalInputs(Path(manifest_dir)),
+            input_loader=StagedInputs(store),
             on_records=tracker.on_records if tracker is not None else None,
+            budget=guard,
             journal=journal,
             stop=stop,
         )
@@ -214,12 +310,23 @@ async def render_shard_async(
 
 
 def render_shard(
-    shard_key: str, *, out: str, run_id: str, manifest_dir: str, settings: Settings
+    shard_key: str,
+    *,
+    out: str,
+    run_id: str,
+    manifest_dir: str,
+    settings: Settings,
+    budget: budgets.BudgetSpec | None = None,
 ) -> ShardResult:
     """Synchronous wrapper: one event loop per shard (each Prefect task thread has its own)."""
     return asyncio.run(
         render_shard_async(
-            shard_key, out=out, run_id=run_id, manifest_dir=manifest_dir, settings=settings
+            shard_key,
+            out=out,
+            run_id=run_id,
+            manifest_dir=manifest_dir,
+            settings=settings,
+            budget=budget,
         )
     )
 

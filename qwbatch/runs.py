@@ -18,14 +18,23 @@ Finished shards are not run again; unfinished ones replay their journal.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections import Counter
-from dataclasses import asdict, fields
+from dataclasses import fields, is_dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from qwbatch import budget as budgets
+from qwbatch.catalog import CATALOG_PREFIX
+from qwbatch.costs import ZERO, CostLine, Estimate, PriceTable
 from qwbatch.engine import ShardResult
 from qwbatch.errors import ConfigError, ManifestError
+from qwbatch.journal import read_run_journal
 from qwbatch.plan import Plan
 from qwbatch.storage import ObjectNotFoundError, ObjectStore
 
@@ -48,10 +57,13 @@ def index_key(fingerprint: str, run_id: str) -> str:
     return f"{INDEX_PREFIX}{fingerprint}/{run_id}"
 
 
-def manifest_fingerprint(manifest: str | Path, *, default_model: str, strict: bool) -> str:
+def manifest_fingerprint(
+    manifest: str | Path, *, default_model: str, strict: bool, options: str = ""
+) -> str:
     """A short hash of what a run renders: the manifest's bytes (every part file of a
-    folder, with its name) and the options that change its requests."""
-    digest = hashlib.sha256(f"{default_model}\0{strict}\0".encode())
+    folder, with its name) and the options that change its requests (``options``: any
+    other, as text)."""
+    digest = hashlib.sha256(f"{default_model}\0{strict}\0{options}\0".encode())
     path = Path(manifest)
     try:
         files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
@@ -69,12 +81,13 @@ def manifest_fingerprint(manifest: str | Path, *, default_model: str, strict: bo
 
 
 def start_run(store: ObjectStore, run_id: str, fingerprint: str) -> None:
-    """Mark that ``run_id`` renders ``fingerprint``: written before anything else of the run."""
+    """Mark that ``run_id`` renders ``fingerprint``: written once its plan is made, before its
+    plan is saved and before anything is sent."""
     store.put(index_key(fingerprint, run_id), b"", content_type="text/plain")
 
 
 def save_plan(store: ObjectStore, plan: Plan, fingerprint: str) -> None:
-    body = {"fingerprint": fingerprint, "plan": asdict(plan)}
+    body = {"fingerprint": fingerprint, "plan": _encode(plan)}
     store.put(plan_key(plan.run_id), _json(body), content_type="application/json")
 
 
@@ -83,7 +96,50 @@ def load_plan(store: ObjectStore, run_id: str) -> tuple[Plan, str] | None:
     body = _load(store, plan_key(run_id))
     if body is None:
         return None
-    return Plan(**body["plan"]), str(body["fingerprint"])
+    plan = _decode(body["plan"])
+    if not isinstance(plan, Plan):
+        raise ConfigError(f"{store.uri(plan_key(run_id))} does not hold a plan")
+    return plan, str(body["fingerprint"])
+
+
+# A plan holds money (Decimal) and small dataclasses (an estimate, a budget); JSON keeps them
+# exactly with tags, and only these classes are ever built back from a store's bytes.
+_PLAN_CLASSES: dict[str, type[Any]] = {
+    cls.__name__: cls for cls in (Plan, Estimate, CostLine, budgets.BudgetPolicy)
+}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if is_dataclass(value) and not isinstance(value, type):
+        if type(value).__name__ not in _PLAN_CLASSES:
+            raise TypeError(f"cannot save a {type(value).__name__} in a plan")
+        return {
+            "$type": type(value).__name__,
+            "fields": {f.name: _encode(getattr(value, f.name)) for f in fields(value)},
+        }
+    if isinstance(value, dict):
+        return {"$map": [[key, _encode(item)] for key, item in value.items()]}
+    if isinstance(value, list | tuple):
+        return [_encode(item) for item in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    if "$decimal" in value:
+        return Decimal(value["$decimal"])
+    if "$map" in value:
+        return {key: _decode(item) for key, item in value["$map"]}
+    cls = _PLAN_CLASSES.get(value.get("$type", ""))
+    if cls is None:
+        raise ConfigError(f"unknown value in a saved plan: {str(value)[:80]}")
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: _decode(v) for k, v in value["fields"].items() if k in known})
 
 
 def run_exists(store: ObjectStore, run_id: str, fingerprint: str) -> bool:
@@ -109,6 +165,46 @@ def load_shard_result(store: ObjectStore, run_id: str, label: str) -> ShardResul
     body["statuses"] = Counter(body.get("statuses", {}))
     known = set(ShardResult.__dataclass_fields__)
     return ShardResult(**{k: v for k, v in body.items() if k in known})
+
+
+def spent_so_far(store: ObjectStore, run_id: str, prices: PriceTable) -> Decimal:
+    """What a run's earlier attempts spent or may have spent, for its budget on resume.
+
+    The catalog's cost and possible cost under the run id, with each unfinished shard counted
+    from its journal instead of its (partial) part: finished requests' records, answers not
+    yet harvested, tasks the provider holds, and calls a crash cut off (possible spend).
+    """
+    total = budgets.spent_by_run(store, run_id)
+    for label, state in read_run_journal(store, run_id).items():
+        total -= _part_spend(store, f"{CATALOG_PREFIX}part-{run_id}-{label}.parquet")
+        for key, request in state.requests.items():
+            if request.finished is not None:
+                total += sum(
+                    (Decimal(str(r.cost)) + Decimal(str(r.possible_cost or 0.0)))
+                    for r in request.finished.records
+                )
+                continue
+            if not request.calls:
+                continue
+            last = request.calls[-1]
+            price = prices.unit_price(last.model) or ZERO
+            total += state.prior_ambiguous(key) * last.n * price
+            if last.state == "answered" and last.result is not None:
+                total += last.result.billed_images * price
+            elif last.state == "accepted" or (last.state == "sent" and last.endpoint == "async"):
+                total += last.n * price  # a task that may yet bill, found or not
+    return max(total, ZERO)
+
+
+def _part_spend(store: ObjectStore, key: str) -> Decimal:
+    try:
+        table = pq.read_table(io.BytesIO(store.get(key)), columns=["cost", "possible_cost"])
+    except ObjectNotFoundError:
+        return ZERO
+    total = ZERO
+    for column in ("cost", "possible_cost"):
+        total += Decimal(str(pc.sum(table[column]).as_py() or 0.0))
+    return total
 
 
 # -- finding a run to resume ------------------------------------------------------------------

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
+from qwbatch.costs import as_float, format_money
 from qwbatch.engine import ShardResult
 from qwbatch.plan import Plan
 
@@ -43,6 +44,12 @@ class RunSummary:
     rejects_uri: str | None = None
     contact_sheet_uri: str | None = None
     wall_s: float = 0.0
+    #: The plan's price: every planned image billed (after any budget trim).
+    estimated_cost: float = 0.0
+    #: The run's budget (None: no budget), its mode, and rows it kept from rendering.
+    budget: float | None = None
+    budget_mode: str | None = None
+    skipped_budget: int = 0
 
     @classmethod
     def from_parts(
@@ -69,6 +76,9 @@ class RunSummary:
             catalog_uri=catalog_uri,
             rejects_uri=plan.rejects_uri,
             wall_s=wall_s,
+            estimated_cost=as_float(plan.estimate.total) if plan.estimate else 0.0,
+            budget=as_float(plan.budget.amount) if plan.budget else None,
+            budget_mode=plan.budget.mode if plan.budget else None,
         )
         for shard in shards:
             statuses.update(shard.statuses)
@@ -82,6 +92,7 @@ class RunSummary:
             summary.attempts += shard.attempts
             summary.left += shard.left
         summary.statuses = dict(sorted(statuses.items()))
+        summary.skipped_budget = plan.skipped_budget + statuses["skipped_budget"]
         summary.cost = round(summary.cost, 6)
         summary.possible_extra_cost = round(summary.possible_extra_cost, 6)
         return summary
@@ -89,7 +100,7 @@ class RunSummary:
     @property
     def failed(self) -> int:
         """Requests or images that ended without an output (any status but the good ones)."""
-        good = {"succeeded", "deduplicated"}
+        good = {"succeeded", "deduplicated", "skipped_budget"}  # skipped: the user's ceiling
         return sum(v for k, v in self.statuses.items() if k not in good)
 
     def left_line(self) -> str:
@@ -122,6 +133,12 @@ class RunSummary:
         if self.recovered_tasks:
             out.append(f"{self.recovered_tasks} lost async submissions found and harvested")
         out.append(f"provider calls: {self.attempts}" + (" (resumed run)" if self.resumed else ""))
+        if self.budget is not None:
+            out.append(
+                f"budget {format_money(self.budget, self.currency)} ({self.budget_mode}): "
+                f"spent {format_money(self.cost + self.possible_extra_cost, self.currency)} "
+                f"including possible spend; {self.skipped_budget} rows skipped by the budget"
+            )
         if self.left:
             out.append(self.left_line())
         if self.billed_images == 0 and self.requests == 0:

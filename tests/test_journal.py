@@ -213,3 +213,23 @@ def test_a_journal_that_cannot_be_written_refuses_to_go_on(
             await journal.intent(make_request(2), "sync", 1)
 
     asyncio.run(go())
+
+
+def test_answers_that_never_reached_the_journal_count_as_possibly_billed(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    throttled, cut_twice = make_request(1), make_request(2)
+
+    async def go() -> None:
+        journal = StoreJournal(store, "run-1", "s")
+        await journal.intent(throttled, "sync", 1)
+        journal.failed(throttled)  # a 429: answered, nothing billed
+        await journal.intent(throttled, "sync", 2)
+        # Cut by one crash, resumed, and cut again by the next: both may be billed.
+        await journal.intent(cut_twice, "sync", 1)
+        await journal.intent(cut_twice, "sync", 2)
+        await journal.close()
+
+    asyncio.run(go())
+    state = read_journal(store, "run-1", "s")
+    assert state.prior_ambiguous(throttled.request_key) == 1
+    assert state.prior_ambiguous(cut_twice.request_key) == 2

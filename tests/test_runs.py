@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,13 +13,18 @@ import pytest
 from local_run import fast_settings, render_all
 
 from qwbatch import progress, runner, runs
+from qwbatch.budget import BudgetPolicy
 from qwbatch.catalog import read_catalog
+from qwbatch.costs import Estimate, PriceTable, money
 from qwbatch.errors import ConfigError
 from qwbatch.journal import journal_prefix
+from qwbatch.registry import ModelTable
 from qwbatch.stop import StopSignal
 from qwbatch.storage import LocalStore
 
 KEY = "sk-runs-test-key"
+TABLE = ModelTable.load()
+PRICES = {"qwen-image-2.0": 0.035, "qwen-image-plus": 0.03}
 
 
 def write_manifest(path: Path, prompts: dict[str, str]) -> Path:
@@ -163,3 +169,54 @@ def test_a_run_cut_short_while_planning_is_planned_again_under_its_id(
     again = render_all(manifest, out, settings, auto_resume=False)
     assert again.run_id != "cut-short"
     assert again.deduplicated == 2
+
+
+def test_a_resumed_run_keeps_its_budget_less_what_it_spent(sim, settings, tmp_path) -> None:
+    settings = settings.model_copy(update={"budget_backend": "local"})
+    prompts = {f"b{i}": f"a budget poster {i}" for i in range(12)}
+    manifest = write_manifest(tmp_path / "m.parquet", prompts)
+    out = str(tmp_path / "out")
+    store = LocalStore(out)
+    policy = BudgetPolicy(money(0.30), "trim")  # 6 × 0.035 + 6 × 0.03 = 0.39: trimmed
+
+    def render(prepared, keys):
+        spec = runner.open_budget(prepared.plan, settings)
+        try:
+            return [
+                asyncio.run(
+                    runner.render_shard_async(
+                        key,
+                        out=out,
+                        run_id=prepared.plan.run_id,
+                        manifest_dir=str(tmp_path),
+                        settings=settings,
+                        budget=spec,
+                        stop=StopSignal(),
+                    )
+                )
+                for key in keys
+            ], spec
+        finally:
+            if spec is not None:
+                runner.close_budget(spec)
+
+    first = runner.prepare(str(manifest), out, settings=settings, budget=policy)
+    assert first.plan.skipped_budget > 0
+    (shard,), _ = render(first, first.plan.shard_keys[:1])  # then the process died
+
+    again = runner.prepare(str(manifest), out, settings=settings, budget=policy)
+    assert (again.resumed, again.plan.run_id) == (True, first.plan.run_id)
+    # The saved plan comes back whole: money as Decimal, the estimate and the budget.
+    assert isinstance(again.plan.estimate, Estimate)
+    assert again.plan.estimate.total == first.plan.estimate.total
+    assert again.plan.budget is not None
+    assert again.plan.budget.spent == money(shard.cost)
+    _, spec = render(again, again.plan.shard_keys)
+    assert spec is not None
+    assert Decimal(spec.limit) == policy.amount - money(shard.cost)
+    billed = sum(PRICES[e["model"]] * e["images"] for e in sim.ledger()["entries"])
+    assert billed <= float(policy.amount)
+    assert len({e["prompt_sha256"] for e in sim.ledger()["entries"]}) == len(
+        sim.ledger()["entries"]
+    )
+    assert runs.spent_so_far(store, first.plan.run_id, PriceTable.load(settings, TABLE)) > 0

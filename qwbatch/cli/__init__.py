@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -39,14 +39,25 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "WARNING")
+    # The ephemeral server's first start (database migrations) can pass Prefect's default
+    # timeout on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
     _quiet_prefect()
     from flows.render import render_manifest  # Prefect is imported only by commands that run
+    from qwbatch.budget import BudgetPolicy
+    from qwbatch.costs import money
     from qwbatch.progress_display import watch_run
     from qwbatch.runner import resolve_run_id
 
+    budget = params.get("budget")
+    policy = (
+        BudgetPolicy(money(budget), params.get("budget_mode", "refuse"))
+        if budget is not None
+        else None
+    )
     try:
         # Known before the flow starts (the progress display follows it): an unfinished run
         # of this manifest in OUT is resumed, unless --new-run.
@@ -60,6 +71,7 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
             resume=params.get("resume"),
             auto_resume=params.get("auto_resume", True),
             strict=params.get("strict", False),
+            budget=policy,
         )
         with watch_run(run_id, quiet=quiet, budget=params.get("budget")):
             summary = render_manifest(manifest=manifest, out=out, **params)
@@ -96,6 +108,14 @@ def run(
         bool, typer.Option(help="Start a new run even if one of MANIFEST is unfinished")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False,
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Most the run may spend, in the region's currency", min=0),
+    ] = None,
+    budget_mode: Annotated[
+        Literal["refuse", "trim"],
+        typer.Option(help="Over budget: refuse the run, or trim it (priority, then row order)"),
+    ] = "refuse",
 ) -> None:
     """Render every new row of MANIFEST into OUT and record it in OUT/catalog/.
 
@@ -111,6 +131,8 @@ def run(
         rps=rps,
         max_in_flight=max_in_flight,
         run_id=run_id,
+        budget=budget,
+        budget_mode=budget_mode,
         resume=resume,
         auto_resume=not new_run,
     )
@@ -125,20 +147,34 @@ def validate(
         Path | None, typer.Option(help="Write rejected rows to this Parquet file")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Output store whose catalog: inputs may name")
+    ] = None,
 ) -> None:
-    """Check MANIFEST without rendering: counts, and a reason for every rejected row."""
+    """Check MANIFEST without rendering: counts, and a reason for every rejected row.
+
+    Edit inputs are fetched and checked as a run would (nothing is staged or sent).
+    """
     import pyarrow.parquet as pq
 
     from qwbatch.manifest import read_manifest, rejects_table
-    from qwbatch.runner import model_table
+    from qwbatch.runner import input_stage, model_table
+    from qwbatch.storage import open_store
 
     settings = Settings(default_model=model) if model else Settings()
     try:
         table = model_table(settings)
         good, bad = 0, []
-        for batch in read_manifest(manifest, table=table, default_model=settings.default_model):
-            good += len(batch.requests)
-            bad.extend(batch.rejects)
+        store = open_store(out, settings) if out else None
+        with input_stage(str(manifest), settings, store, stage=False) as check_only:
+            for batch in read_manifest(
+                manifest,
+                table=table,
+                default_model=settings.default_model,
+                resolve_input=check_only,
+            ):
+                good += len(batch.requests)
+                bad.extend(batch.rejects)
     except QwBatchError as exc:
         _fail(str(exc))
         return
@@ -190,14 +226,19 @@ def simulator(
 @app.command()
 def demo(
     out: Annotated[str, typer.Option("--out", "-o", help="Where to render")] = "out",
-    manifest: Annotated[str, typer.Option(help="Manifest to render")] = "manifests/demo.parquet",
+    manifest: Annotated[
+        list[str] | None,
+        typer.Option(help="Manifest to render (repeat for several, rendered in order)"),
+    ] = None,
     real: Annotated[bool, typer.Option(help="Call the real DashScope API (needs the key)")] = False,
 ) -> None:
-    """Render the demo manifest into ./out against the bundled simulator."""
+    """Render the demo manifests into ./out against the bundled simulator: the generation
+    demo, then the edit demo (which edits files, and one of the generation demo's outputs)."""
+    manifests = manifest or ["manifests/demo.parquet", "manifests/edit-demo.parquet"]
     if real:
         if not os.environ.get("DASHSCOPE_API_KEY"):
             _fail("--real needs DASHSCOPE_API_KEY in the environment")
-        code = _run_flow(manifest, out)
+        code = max(_run_flow(m, out) for m in manifests)
         raise typer.Exit(code)
     from qwbatch.simulator import SimulatorConfig, running
 
@@ -205,7 +246,10 @@ def demo(
         os.environ["QWBATCH_DASHSCOPE_BASE_URL"] = sim.base_url
         os.environ["DASHSCOPE_API_KEY"] = SIMULATOR_KEY
         typer.echo(f"simulator on {sim.base_url}")
-        code = _run_flow(manifest, out)
+        code = 0
+        for path in manifests:
+            typer.echo(f"--- {path}")
+            code = max(code, _run_flow(path, out))
         ledger = sim.ledger()
     typer.echo(f"simulator ledger: {ledger['billed_images']} images billed this session")
     typer.echo(f"images and catalog are in {Path(out).resolve()}")

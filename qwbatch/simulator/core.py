@@ -124,7 +124,11 @@ class Simulator:
         try:
             self._authorize(config, authorization)
             job = parse_generation(_json(config, raw), self.table)
-            images = await load_images(job.image_refs, max_bytes=config.max_input_image_bytes)
+            images = await load_images(
+                job.image_refs,
+                max_bytes=config.max_input_image_bytes,
+                side_range=(384, 3072) if config.strict_input_sides else None,
+            )
             self._throttle(config, job.spec)
             limit = _in_flight_limit(config, job.spec)
             if limit is not None and self.in_flight.count(job.model) >= limit:
@@ -158,13 +162,14 @@ class Simulator:
             return fault
         width, height = output_size(job, images)
         base_image = images[0].data if images else None
+        extras = tuple(i.data for i in images[1:] if i.data is not None)
         urls = [
-            self._store(config, job, index, width, height, base_image, key, base_url)
+            self._store(config, job, index, width, height, base_image, key, base_url, extras)
             for index in self._surviving_items(config, job, key)
         ]
         if not urls:
             raise ApiError(500, _ITEM_FAILED, _ITEM_FAILED_MESSAGE)
-        self.ledger.bill(job, len(urls), request_id=request_id, task_id=None)
+        self.ledger.bill(job, len(urls), request_id=request_id, task_id=None, inputs=images)
         if self.dice.hit(config.drop_connection_rate, "drop", key):
             self.ledger.dropped += 1
             return Reply(drop=True)
@@ -426,6 +431,7 @@ class Simulator:
         base_image: bytes | None,
         key: str,
         base_url: str,
+        extra_images: tuple[bytes, ...] = (),
     ) -> str:
         recipe = render.Recipe(
             model=job.model,
@@ -438,6 +444,7 @@ class Simulator:
             watermark=job.watermark,
             # Fast mode never draws the input: do not hold its bytes for the URL lifetime.
             base_image=None if config.fast else base_image,
+            extra_images=() if config.fast else extra_images,
             is_edit=bool(job.image_refs),
             fast=config.fast,
             font_path=config.font_path,

@@ -91,11 +91,14 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class InputImage:
-    """One decoded edit input: its bytes (None when not fetched) and size in pixels."""
+    """One decoded edit input: its bytes (None when not fetched), size in pixels, Pillow
+    format and sha256 (both None when not fetched)."""
 
     data: bytes | None
     width: int
     height: int
+    format: str | None = None
+    sha256: str | None = None
 
 
 def parse_generation(body: Any, table: ModelTable) -> Job:
@@ -237,11 +240,14 @@ def _bool(parameters: dict[str, Any], key: str, default: bool) -> bool:
 # ---------------------------------------------------------------------------- input images
 
 
-async def load_images(refs: Sequence[str], *, max_bytes: int) -> list[InputImage]:
+async def load_images(
+    refs: Sequence[str], *, max_bytes: int, side_range: tuple[int, int] | None = None
+) -> list[InputImage]:
     """Decode each edit input: ``data:`` URIs, and http(s) URLs on loopback (fetched).
 
     Other URLs (public hosts, ``oss://``) are not fetched — the simulator makes no outbound
-    calls — and stand in as a 1024×1024 neutral image.
+    calls — and stand in as a 1024×1024 neutral image. ``side_range`` (min, max pixels)
+    refuses inputs with a side outside it, as some sources say the real service does.
     """
     loaded: list[InputImage] = []
     for position, ref in enumerate(refs, start=1):
@@ -254,12 +260,20 @@ async def load_images(refs: Sequence[str], *, max_bytes: int) -> list[InputImage
                 f"Image {position} is {len(data)} bytes; the limit is {max_bytes} bytes per image."
             )
         try:
-            width, height = render.probe(data)
+            fmt, width, height = render.probe(data)
         except ValueError:
             raise invalid(
                 f"Image {position}: the image format is illegal and cannot be opened."
             ) from None
-        loaded.append(InputImage(data, width, height))
+        if side_range is not None and not (
+            side_range[0] <= min(width, height) and max(width, height) <= side_range[1]
+        ):
+            raise invalid(
+                f"Image {position} is {width}*{height}; the width and height of the input "
+                f"image must be within [{side_range[0]}, {side_range[1]}] pixels."
+            )
+        sha = hashlib.sha256(data).hexdigest()
+        loaded.append(InputImage(data, width, height, fmt, sha))
     return loaded
 
 

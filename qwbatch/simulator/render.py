@@ -2,7 +2,8 @@
 
 A generated image is a flat colour derived from (prompt, seed, index) with the prompt written
 on it, wrapped, plus the model, seed, index and size; an edit is the first input image, tinted
-and captioned with the instruction. The same :class:`Recipe` always gives the same bytes.
+and captioned with the instruction, with the other inputs inset on its left edge, labelled
+"Image 2" and "Image 3". The same :class:`Recipe` always gives the same bytes.
 
 Fast mode skips text and Pillow: a hand-built flat PNG whose compressed rows are cached per
 size; a small ``tEXt`` chunk still makes every image's bytes unique. Sizes are in pixels.
@@ -67,6 +68,8 @@ class Recipe:
     watermark: bool = False
     #: Edit: the first input image's encoded bytes; None for generation.
     base_image: bytes | None = None
+    #: Edit: the other inputs ("Image 2", "Image 3"), drawn as labelled insets.
+    extra_images: tuple[bytes, ...] = ()
     is_edit: bool = False
     fast: bool = False
     font_path: str | None = None
@@ -82,13 +85,13 @@ def colour(prompt: str, seed: int, index: int) -> RGB:
     return round(red * 255), round(green * 255), round(blue * 255)
 
 
-def probe(data: bytes) -> tuple[int, int]:
-    """(width, height) of an encoded input image; ValueError if it is not one we accept."""
+def probe(data: bytes) -> tuple[str, int, int]:
+    """(format, width, height) of an encoded input image; ValueError if not one we accept."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in INPUT_FORMATS:
                 raise ValueError(f"unsupported image format {image.format}")
-            return image.size
+            return str(image.format), *image.size
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(str(exc)) from exc
 
@@ -100,6 +103,7 @@ def render(recipe: Recipe) -> bytes:
     tint = colour(recipe.prompt, recipe.seed, recipe.index)
     if recipe.is_edit:
         image = _edit_canvas(recipe, tint)
+        _inset_inputs(image, recipe, tint)
     else:
         image = Image.new("RGB", (recipe.width, recipe.height), tint)
     _draw_caption(image, recipe, tint)
@@ -174,6 +178,26 @@ def _edit_canvas(recipe: Recipe, tint: RGB) -> Image.Image:
     return Image.blend(base, Image.new("RGB", size, tint), 0.35)
 
 
+def _inset_inputs(image: Image.Image, recipe: Recipe, tint: RGB) -> None:
+    """Draw inputs 2 and 3 as framed, labelled thumbnails down the left edge."""
+    width, height = image.size
+    side = max(16, min(width, height) // 5)
+    margin = max(4, min(width, height) // 24)
+    label_font = _font(recipe.font_path, max(8, side // 8))
+    top = margin * 3 + max(8, max(10, min(width, height) // 22) * 3 // 5)
+    draw = ImageDraw.Draw(image)
+    for position, data in enumerate(recipe.extra_images, start=2):
+        with Image.open(io.BytesIO(data)) as opened:
+            thumb = ImageOps.fit(opened.convert("RGB"), (side, side), Image.Resampling.BILINEAR)
+        y = top + (position - 2) * (side + margin)
+        if y + side > height:
+            break
+        draw.rectangle((margin - 2, y - 2, margin + side + 1, y + side + 1), fill=_contrast(tint))
+        image.paste(thumb, (margin, y))
+        draw.rectangle((margin, y, margin + side - 1, y + max(8, side // 8) + 4), fill=(20, 20, 20))
+        draw.text((margin + 3, y + 2), f"Image {position}", font=label_font, fill=(245, 245, 245))
+
+
 def _draw_caption(image: Image.Image, recipe: Recipe, tint: RGB) -> None:
     width, height = image.size
     draw = ImageDraw.Draw(image)
@@ -188,6 +212,8 @@ def _draw_caption(image: Image.Image, recipe: Recipe, tint: RGB) -> None:
         f"{kind} · {recipe.model} · seed {recipe.seed} · image {recipe.index + 1}/"
         f"{recipe.count} · {width}×{height}"
     )
+    if recipe.is_edit:  # an edit of an edit: the old header must not show through
+        draw.rectangle((0, 0, width, margin * 2 + small_size), fill=tint)
     draw.text((margin, margin), header, font=small, fill=ink)
 
     line_height = round(body_size * 1.25)

@@ -10,10 +10,11 @@ import hashlib
 import time
 import uuid
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from qwbatch.simulator.protocol import Job
+from qwbatch.simulator.protocol import InputImage, Job
 from qwbatch.simulator.render import Recipe
 
 TaskStatus = Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"]
@@ -22,8 +23,19 @@ RESULT_BYTES_CACHE = 64
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerInput:
+    """An edit input as the simulator received it (None fields: a URL it did not fetch)."""
+
+    sha256: str | None
+    format: str | None
+    width: int
+    height: int
+    bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerEntry:
-    """Images billed for one request (sync) or one task (async)."""
+    """Images billed for one request (sync) or one task (async), and the inputs it edited."""
 
     request_id: str
     task_id: str | None
@@ -32,6 +44,7 @@ class LedgerEntry:
     prompt_sha256: str
     seed: int
     time: float
+    inputs: tuple[LedgerInput, ...] = ()
 
 
 @dataclass(slots=True)
@@ -47,11 +60,32 @@ class Ledger:
     polls: int = 0
     dropped: int = 0
 
-    def bill(self, job: Job, images: int, *, request_id: str, task_id: str | None) -> None:
+    def bill(
+        self,
+        job: Job,
+        images: int,
+        *,
+        request_id: str,
+        task_id: str | None,
+        inputs: Sequence[InputImage] = (),
+    ) -> None:
         if images > 0:
+            received = tuple(
+                LedgerInput(
+                    i.sha256, i.format, i.width, i.height, None if i.data is None else len(i.data)
+                )
+                for i in inputs
+            )
             self.entries.append(
                 LedgerEntry(
-                    request_id, task_id, job.model, images, job.prompt_sha256, job.seed, time.time()
+                    request_id,
+                    task_id,
+                    job.model,
+                    images,
+                    job.prompt_sha256,
+                    job.seed,
+                    time.time(),
+                    received,
                 )
             )
 

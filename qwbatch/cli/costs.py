@@ -1,0 +1,217 @@
+"""``qwbatch estimate`` and ``qwbatch report``: the bill before a run, and after it.
+
+Both are thin: ``estimate`` is :func:`qwbatch.runner.estimate` (a plan that writes nothing),
+``report`` is :func:`qwbatch.report.report` (aggregates over the catalog); here they are only
+printed, as rich tables or as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qwbatch.cli import _fail, app
+from qwbatch.config import Settings
+from qwbatch.costs import format_money
+from qwbatch.errors import QwBatchError
+from qwbatch.plan import Plan
+from qwbatch.report import Report
+
+
+@app.command("estimate")
+def estimate_command(
+    manifest: Annotated[str, typer.Argument(help="Parquet manifest")],
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out", "-o", help="Where a run would render: outputs its catalog holds are free"
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
+    strict: Annotated[bool, typer.Option(help="Refuse the whole manifest on any bad row")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
+) -> None:
+    """What rendering MANIFEST into OUT would cost, by model and tag; nothing is sent."""
+    from qwbatch.runner import estimate
+
+    settings = Settings(default_model=model) if model else Settings()
+    try:
+        plan = estimate(manifest, out, settings=settings, strict=strict)
+    except QwBatchError as exc:
+        _fail(str(exc))
+        return
+    figures = estimate_figures(plan)
+    if as_json:
+        typer.echo(json.dumps(figures, ensure_ascii=False, indent=2))
+    else:
+        _print_estimate(figures)
+
+
+def estimate_figures(plan: Plan) -> dict[str, Any]:
+    """The estimate's JSON: ``total``, ``currency``, ``images``, ``by_model``, ``by_tag`` …"""
+    assert plan.estimate is not None  # plan_run always prices its plan
+    return {
+        **plan.estimate.to_dict(),
+        "rows_read": plan.rows_read,
+        "rejected": plan.rejected,
+        "deduplicated": plan.deduplicated,
+        "folded": plan.folded,
+    }
+
+
+def _print_estimate(figures: dict[str, Any]) -> None:
+    console = Console(highlight=False)
+    currency = figures["currency"]
+    console.print(
+        f"{figures['rows_read']} rows read, {figures['rejected']} rejected, "
+        f"{figures['deduplicated']} already rendered, {figures['folded']} duplicate rows folded"
+    )
+    console.print(
+        f"to render: {figures['requests']} requests, {figures['images']} images; "
+        f"estimated cost [bold]{format_money(figures['total'], currency)}[/bold] "
+        f"(region {figures['region']}, billed per image generated)"
+    )
+    models = Table("model", "requests", "images", "unit price", "cost", title="by model")
+    for name, line in figures["by_model"].items():
+        price = line["unit_price"]
+        models.add_row(
+            name,
+            str(line["requests"]),
+            str(line["images"]),
+            format_money(price, currency) if price is not None else "unknown",
+            format_money(line["cost"], currency),
+        )
+    console.print(models)
+    tags = Table("tag", "requests", "images", "cost", title="by tag (a request counts under each)")
+    for name, line in figures["by_tag"].items():
+        tags.add_row(
+            name, str(line["requests"]), str(line["images"]), format_money(line["cost"], currency)
+        )
+    console.print(tags)
+    for name, images in figures["unpriced"].items():
+        console.print(
+            f"[yellow]no price known for {name} ({images} images): not in the total; "
+            "set QWBATCH_PRICES or QWBATCH_PRICES_FILE[/yellow]"
+        )
+
+
+@app.command("report")
+def report_command(
+    dest: Annotated[str, typer.Argument(help="Output folder or s3://bucket/prefix of runs")],
+    run: Annotated[
+        str | None, typer.Option("--run", help="Only this run id ('latest' with --html)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
+    html: Annotated[
+        Path | None,
+        typer.Option("--html", help="Write one self-contained HTML page (opens from disk)"),
+    ] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="With --html: FIELD=PATTERN, repeatable (as contact-sheet)"),
+    ] = None,
+    max_images: Annotated[
+        int, typer.Option(help="With --html: most images to inline", min=0)
+    ] = 1000,
+) -> None:
+    """Counts, images, spend by model/tag/run, retries, failures and speed, from DEST's catalog."""
+    from qwbatch.report import report
+    from qwbatch.storage import open_store
+
+    settings = Settings()
+    if html is not None:
+        _write_html(dest, html, run=run, filters=filters or [], max_images=max_images)
+        return
+    try:
+        result = report(open_store(dest, settings), run_id=run)
+    except QwBatchError as exc:
+        _fail(str(exc))
+        return
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        _print_report(result)
+
+
+def _write_html(
+    dest: str, html: Path, *, run: str | None, filters: list[str], max_images: int
+) -> None:
+    from qwbatch.catalog_view import parse_filters
+    from qwbatch.report_html import render_html_report
+    from qwbatch.storage import open_store
+
+    try:
+        store = open_store(dest, Settings())
+        page = render_html_report(store, run, filters=parse_filters(filters), max_images=max_images)
+        html.write_text(page, encoding="utf-8")
+    except QwBatchError as exc:
+        _fail(str(exc))
+        return
+    except OSError as exc:
+        _fail(f"cannot write {html}: {exc.strerror}")
+        return
+    typer.echo(f"report → {html} ({len(page.encode()) // 1024} KiB)")
+
+
+def _money_by_currency(amounts: dict[str, float]) -> str:
+    return ", ".join(format_money(v, c) for c, v in sorted(amounts.items())) or "0"
+
+
+def _print_report(report: Report) -> None:
+    console = Console(highlight=False)
+    overview = Table("", "", title="overview", show_header=False)
+    overview.add_row("runs", str(len(report.runs)))
+    overview.add_row("catalog rows", str(report.rows))
+    overview.add_row("requests", str(report.requests))
+    overview.add_row("images stored", str(report.images))
+    overview.add_row("spend", _money_by_currency(report.cost))
+    overview.add_row("possible extra spend", _money_by_currency(report.possible_cost))
+    overview.add_row("provider calls", f"{report.calls} ({report.retries} retries)")
+    overview.add_row("wall time", f"{report.wall_s:.1f} s")
+    overview.add_row("throughput", f"{report.images_per_minute:.1f} images/min")
+    console.print(overview)
+
+    statuses = Table("status", "rows", title="by status")
+    for status, count in report.statuses.items():
+        statuses.add_row(status, str(count))
+    console.print(statuses)
+
+    for title, lines in (("spend by model", report.by_model), ("spend by tag", report.by_tag)):
+        table = Table("name", "images", "cost", "possible", title=title)
+        for line in lines:
+            table.add_row(
+                line.name,
+                str(line.images),
+                format_money(line.cost, line.currency),
+                format_money(line.possible_cost, line.currency),
+            )
+        console.print(table)
+
+    runs = Table(
+        "run", "images", "cost", "calls", "retries", "wall s", "images/min", title="by run"
+    )
+    for run in report.runs:
+        runs.add_row(
+            run.run_id,
+            str(run.images),
+            format_money(run.cost, run.currency),
+            str(run.calls),
+            str(run.retries),
+            f"{run.wall_s:.1f}",
+            f"{run.images_per_minute:.1f}",
+        )
+    console.print(runs)
+
+    if report.failures:
+        failures = Table("status", "error", "rows", title="failures by error class")
+        for status, codes in report.failures.items():
+            for code, count in codes.items():
+                failures.add_row(status, code, str(count))
+        console.print(failures)
+    else:
+        console.print("no failures")
