@@ -64,6 +64,7 @@ class KillReport:
     objects_without_row: int = 0
     final_exit_code: int | None = None
     final_summary: str = ""
+    statuses: dict[str, int] = field(default_factory=dict)
 
     @property
     def async_ratio(self) -> float:
@@ -86,6 +87,7 @@ class KillReport:
             f"{self.sync_distinct} = {self.sync_ratio:.4f} (extra {extra}, bound "
             f"{sum(self.unanswered_sync)}, reported possible {self.reported_extra_images})",
             f"lost async submissions found again: {self.recovered_tasks}",
+            f"statuses: {self.statuses}",
             f"catalog: {self.catalog_rows} rows; {self.rows_with_one_outcome} of {self.rows} "
             f"manifest rows with exactly one terminal outcome; "
             f"{self.objects_without_row} stored images without a row",
@@ -219,6 +221,7 @@ def account(report: KillReport, out: Path, ledger: dict) -> KillReport:
     store = LocalStore(out)
     rows = [r for r in read_catalog(store).to_pylist() if r["run_id"] == RUN_ID]
     report.catalog_rows = len(rows)
+    report.statuses = dict(Counter(r["status"] for r in rows))
     outcomes = Counter(r["row_id"] for r in rows if r["status"] in TERMINAL)
     report.rows_with_one_outcome = sum(1 for count in outcomes.values() if count == 1)
     named = {r["output_uri"] for r in rows if r["output_uri"]}

@@ -66,7 +66,7 @@ from qwbatch.providers.dashscope import TaskDeadlineError
 from qwbatch.recovery import KNOWN_TASKS, TaskFinder
 from qwbatch.registry import ModelSpec, ModelTable
 from qwbatch.stop import Guard, StopSignal, cancel_when_stopped
-from qwbatch.storage import ObjectStore
+from qwbatch.storage import ObjectInfo, ObjectStore
 
 T = TypeVar("T")
 
@@ -356,13 +356,16 @@ class Engine:
 
         An output this run stored (its ``run-id``) for a request the journal saw it send is
         recorded as succeeded at its price: this run paid for it before a crash kept it from
-        the catalog. Others are deduplicated.
+        the catalog. Others are deduplicated. An output without its metadata (a crash
+        between a local file and its sidecar) is verified and its metadata written again.
         """
         sent_before = self.journal.state.calls(request.request_key) > 0
         infos = []
         for index in range(request.n):
             key = output_key(request.request_key, index)
             info = await self._store_call(self.store.head, key)
+            if info is not None and "sha256" not in info.metadata:
+                info = await self._restore_metadata(request, index, key, unit_price)
             if info is None:
                 return None
             infos.append(info)
@@ -390,6 +393,35 @@ class Engine:
                 )
             )
         return records
+
+    async def _restore_metadata(
+        self, request: RenderRequest, index: int, key: str, unit_price: float
+    ) -> ObjectInfo | None:
+        """Verify an output that lost its metadata and write it again with its metadata (as
+        this run's: only a crash of the run that stored it leaves one so); None if the bytes
+        are not a valid image, which the harvest then replaces."""
+        data = await self._store_call(self.store.get, key)
+        try:
+            info = images.verify_image(data)
+        except ImageError:
+            return None
+        metadata, _ = image_metadata(
+            request,
+            index=index,
+            sha256=info.sha256,
+            width=info.width,
+            height=info.height,
+            run_id=self.run_id,
+            unit_price=unit_price,
+            currency=self.currency,
+            task_id=None,
+            request_id=None,
+            created_at=time.time(),
+        )
+        await self._store_call(
+            self.store.put, key, data, content_type=info.content_type, metadata=metadata
+        )
+        return await self._store_call(self.store.head, key)
 
     async def _call_provider(
         self, request: RenderRequest, spec: ModelSpec, call: _Call
@@ -626,9 +658,15 @@ class Engine:
             thumbs.store_thumbnail, self.store, request.request_key, index, data
         )
         if not put.created:
-            # Content-addressed: the object already there is the output of record.
+            # Content-addressed: the object already there is the output of record, unless it
+            # lost its metadata (a crash between a local file and its sidecar): then ours,
+            # verified just now, replaces it whole.
             existing = await self._store_call(self.store.head, key)
-            if existing is not None and existing.metadata.get("sha256"):
+            if existing is None or not existing.metadata.get("sha256"):
+                put = await self._store_call(
+                    self.store.put, key, data, content_type=info.content_type, metadata=metadata
+                )
+            else:
                 info = images.ImageInfo(
                     format=info.format,
                     width=_int_or_none(existing.metadata.get("width")) or 0,

@@ -37,7 +37,10 @@ def test_sigkilled_three_times_and_resumed_nothing_lost_nothing_paid_twice(
     account(report, out, sim.ledger())
     print("\n" + "\n".join([f"seed {seed}", *report.lines()]))
 
-    assert report.final_exit_code == 0, report.final_summary
+    # 0, or 1 when a sync call was cut by two kills: its ambiguous-retry budget (1) is spent
+    # and it ends 'ambiguous' rather than risk a third bill.
+    assert report.final_exit_code in (0, 1), report.final_summary
+    assert set(report.statuses) <= {"succeeded", "ambiguous"}, report.statuses
     assert len(report.kills) == KILLS
     assert report.rows_with_one_outcome == ROWS
     assert report.catalog_rows == ROWS

@@ -254,6 +254,30 @@ def test_an_upload_the_journal_missed_is_recorded_as_this_runs_success(
     assert sim.ledger()["requests"]["generation"] == generated
 
 
+def test_an_upload_that_lost_its_metadata_is_verified_and_restored(sim, settings, tmp_path) -> None:
+    # A local file is committed before its metadata sidecar: a crash between the two leaves
+    # an image with no metadata. The resume checks the bytes and writes the metadata again.
+    request = make_request("a copper kettle", model="qwen-image-2.0")
+    run_engine([PlanItem(request)], settings, tmp_path)
+    store = LocalStore(tmp_path)
+    for key in list(store.list(f"runs/{RUN}/journal/")):
+        store.delete(key)
+    key = output_key(request.request_key, 0)
+    store.put(key, store.get(key), content_type="image/png")  # same bytes, no metadata
+
+    async def crashed(journal, provider) -> None:
+        await journal.intent(request, "sync", 1)
+        await journal.close()
+
+    stage(tmp_path, settings, crashed)
+    records, _ = run_engine([PlanItem(request)], settings, tmp_path)
+    assert [r.status for r in records] == ["succeeded"]
+    assert records[0].sha256
+    assert records[0].cost == pytest.approx(0.035)
+    assert store.head(key).metadata["prompt"] == "a copper kettle"
+    assert sim.ledger()["requests"]["generation"] == 1
+
+
 def test_a_dropped_async_submission_is_recovered_in_the_same_run(sim, settings, tmp_path) -> None:
     sim.configure(drop_connection_rate=1.0)
     request = make_request("a neon fox")
