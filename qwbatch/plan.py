@@ -128,7 +128,11 @@ def plan_run(
     currency = settings.currency()
 
     for batch in read_manifest(
-        manifest, table=table, default_model=settings.default_model, strict=strict
+        manifest,
+        table=table,
+        default_model=settings.default_model,
+        strict=strict,
+        settings=settings,
     ):
         plan.rows_read += len(batch.requests) + len(batch.rejects)
         rejects.extend(batch.rejects)

@@ -82,7 +82,7 @@ def run(
 
 @app.command()
 def validate(
-    manifest: Annotated[Path, typer.Argument(help="Parquet manifest", exists=True)],
+    manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
     model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
     rejects: Annotated[
         Path | None, typer.Option(help="Write rejected rows to this Parquet file")
@@ -99,7 +99,10 @@ def validate(
     try:
         table = model_table(settings)
         good, bad = 0, []
-        for batch in read_manifest(manifest, table=table, default_model=settings.default_model):
+        reader = read_manifest(
+            manifest, table=table, default_model=settings.default_model, settings=settings
+        )
+        for batch in reader:
             good += len(batch.requests)
             bad.extend(batch.rejects)
     except QwBatchError as exc:
