@@ -16,6 +16,8 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.fanout import fan_out
+from flows.secret_blocks import export_secret_blocks
 from qwbatch import runner
 from qwbatch.catalog import CATALOG_PREFIX
 from qwbatch.config import Settings
@@ -27,6 +29,7 @@ from qwbatch.summary import RunSummary
 
 def load_settings(overrides: dict[str, Any] | None) -> Settings:
     """Settings from the environment, with the flow's explicit parameters on top."""
+    export_secret_blocks()  # QWBATCH_SECRET_BLOCKS: secrets from Prefect Secret blocks
     return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
 
 
@@ -68,8 +71,15 @@ def render_manifest(
     shard_size: int | None = None,
     rps: float | None = None,
     max_in_flight: int | None = None,
+    shard_deployment: str | None = None,
+    shards_per_run: int = 1,
 ) -> RunSummary:
-    """Render every new request of ``manifest`` into ``out`` and record it in the catalog."""
+    """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
+
+    With ``shard_deployment`` (``"render-shards/<name>"``) the shards run as flow runs of that
+    deployment, ``shards_per_run`` to a run, on every worker of its pool (``flows.fanout``);
+    without it they run as tasks in this flow run.
+    """
     began = time.monotonic()
     logger = get_run_logger()
     run_id = run_id or new_run_id()
@@ -91,14 +101,26 @@ def render_manifest(
         len(plan.shard_keys),
     )
     manifest_dir = str(Path(manifest).resolve().parent) if "://" not in manifest else "."
-    futures = render_shard_task.map(
-        plan.shard_keys,
-        out=unmapped(out),
-        run_id=unmapped(run_id),
-        manifest_dir=unmapped(manifest_dir),
-        overrides=unmapped(overrides),
-    )
-    shards = [future.result() for future in futures]
+    if shard_deployment:
+        shards = fan_out(
+            shard_deployment,
+            plan.shard_keys,
+            per_run=shards_per_run,
+            out=out,
+            run_id=run_id,
+            manifest_dir=manifest_dir,
+            overrides=overrides,
+            settings=settings,
+        )
+    else:
+        futures = render_shard_task.map(
+            plan.shard_keys,
+            out=unmapped(out),
+            run_id=unmapped(run_id),
+            manifest_dir=unmapped(manifest_dir),
+            overrides=unmapped(overrides),
+        )
+        shards = [future.result() for future in futures]
     store = open_store(out, settings)
     summary = RunSummary.from_parts(
         plan,

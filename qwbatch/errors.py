@@ -6,7 +6,9 @@
     ├── TransientError              retry with backoff; the same call may succeed later
     │   ├── ProviderTransientError  429 Throttling*, 5xx, transport errors before the request landed
     │   │   └── ThrottledError      429 Throttling*: also slows the limiter down
-    │   └── StorageTransientError   object store timeouts, 5xx, connection drops
+    │   ├── StorageTransientError   object store timeouts, 5xx, connection drops
+    │   └── ShardRunError           shards run as flow runs elsewhere did not all finish;
+    │                               rerunning the manifest renders only what is missing
     ├── AmbiguousError              the request may have reached the provider and been billed
     │                               (read timeout, connection lost mid-response); retry only
     │                               within a separate, small budget
@@ -76,6 +78,12 @@ class StorageError(PermanentError):
 
 class StorageTransientError(TransientError):
     code = "StorageTransient"
+
+
+class ShardRunError(TransientError):
+    """Some of a run's shards, run as separate flow runs, failed, crashed or were cancelled."""
+
+    code = "ShardRunError"
 
 
 class _ProviderMixin:
