@@ -14,9 +14,9 @@ and whichever workers poll that deployment's work pool pick them up::
       one Prefect task per shard: render it, write its result beside the shard file
 
 Child flow runs are linked to the parent as subflows, and created with an idempotency key
-made of the parent flow run id and the group number, so a retried parent finds its children
-instead of paying for them twice. If the parent fails while waiting (cancelled, crashed), it
-asks the server to cancel the children that have not finished.
+made of the parent flow run id, the run id and the group number, so a parent retried with
+the same run id finds its children instead of paying for them twice. If the parent fails
+while waiting (cancelled, crashed), it asks the server to cancel the unfinished children.
 
 The parent holds a worker slot while it waits: give workers a ``--limit`` above 1, or run the
 parent on a queue of its own.
@@ -119,8 +119,10 @@ def fan_out(
     """Run ``shard_keys`` as flow runs of ``deployment`` and wait for them; their results.
 
     ``deployment`` is ``"render-shards/<deployment name>"``; ``per_run`` shards go to each
-    flow run. Raises ShardRunError naming the flow runs that did not complete, after all of
-    them have ended (the shards that did finish are in the catalog either way).
+    flow run. ``out`` (and the manifest's inputs) must be reachable from every worker of
+    that deployment's pool: an ``s3://`` store, or a folder all of them share. Raises
+    ShardRunError naming the flow runs that did not complete, after all of them have ended
+    (the shards that did finish are in the catalog either way).
     """
     logger = get_run_logger()
     groups = group_shards(shard_keys, per_run)
@@ -139,7 +141,7 @@ def fan_out(
                 },
                 flow_run_name=f"{run_id}-{index:05d}",
                 timeout=0,
-                idempotency_key=f"{parent}/{index}",
+                idempotency_key=f"{parent}/{run_id}/{index}",
             )
             children.append(child)
         logger.info(
