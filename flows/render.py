@@ -23,6 +23,8 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import artifacts
+from flows.fanout import fan_out
+from flows.secret_blocks import export_secret_blocks
 from qwbatch import contact_sheet, runner
 from qwbatch import report as reports
 from qwbatch.budget import BudgetMode, BudgetPolicy, BudgetSpec
@@ -38,6 +40,7 @@ from qwbatch.summary import RunSummary
 
 def load_settings(overrides: dict[str, Any] | None) -> Settings:
     """Settings from the environment, with the flow's explicit parameters on top."""
+    export_secret_blocks()  # QWBATCH_SECRET_BLOCKS: secrets from Prefect Secret blocks
     return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
 
 
@@ -97,11 +100,17 @@ def render_manifest(
     max_in_flight: int | None = None,
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
+    shard_deployment: str | None = None,
+    shards_per_run: int = 1,
 ) -> RunSummary:
     """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
 
     ``budget`` (the run's currency) refuses a plan that costs more, or with ``budget_mode``
     "trim" renders in priority and manifest order up to it; billed spend never passes it.
+
+    With ``shard_deployment`` (``"render-shards/<name>"``) the shards run as flow runs of that
+    deployment, ``shards_per_run`` to a run, on every worker of its pool (``flows.fanout``);
+    without it they run as tasks in this flow run.
     """
     began = time.monotonic()
     logger = get_run_logger()
@@ -140,18 +149,31 @@ def render_manifest(
         )
     progress = artifacts.Progress(run_id, len(plan.shard_keys))
     try:
-        futures = render_shard_task.map(
-            plan.shard_keys,
-            out=unmapped(out),
-            run_id=unmapped(run_id),
-            manifest_dir=unmapped(manifest_dir),
-            overrides=unmapped(overrides),
-            budget=unmapped(spec),
-        )
-        shards = []
-        for future in as_completed(list(futures)):
-            shards.append(future.result())
-            progress.shard_finished()
+        if shard_deployment:
+            shards = fan_out(
+                shard_deployment,
+                plan.shard_keys,
+                per_run=shards_per_run,
+                out=out,
+                run_id=run_id,
+                manifest_dir=manifest_dir,
+                overrides=overrides,
+                settings=settings,
+                budget=spec,
+            )
+        else:
+            futures = render_shard_task.map(
+                plan.shard_keys,
+                out=unmapped(out),
+                run_id=unmapped(run_id),
+                manifest_dir=unmapped(manifest_dir),
+                overrides=unmapped(overrides),
+                budget=unmapped(spec),
+            )
+            shards = []
+            for future in as_completed(list(futures)):
+                shards.append(future.result())
+                progress.shard_finished()
     finally:
         if spec is not None:
             runner.close_budget(spec)
