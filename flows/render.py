@@ -29,6 +29,8 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import artifacts
+from flows.fanout import fan_out
+from flows.secret_blocks import export_secret_blocks
 from qwbatch import contact_sheet, runner
 from qwbatch import report as reports
 from qwbatch.budget import BudgetMode, BudgetPolicy, BudgetSpec
@@ -43,6 +45,7 @@ from qwbatch.summary import RunSummary
 
 def load_settings(overrides: dict[str, Any] | None) -> Settings:
     """Settings from the environment, with the flow's explicit parameters on top."""
+    export_secret_blocks()  # QWBATCH_SECRET_BLOCKS: secrets from Prefect Secret blocks
     return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
 
 
@@ -104,6 +107,8 @@ def render_manifest(
     max_in_flight: int | None = None,
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
+    shard_deployment: str | None = None,
+    shards_per_run: int = 1,
     resume: str | None = None,
     auto_resume: bool = True,
 ) -> RunSummary:
@@ -112,6 +117,10 @@ def render_manifest(
     ``budget`` (the run's currency) refuses a plan that costs more, or with ``budget_mode``
     "trim" renders in priority and manifest order up to it; billed spend never passes it.
     An unfinished run of the same manifest in ``out`` is resumed (``resume`` names one).
+
+    With ``shard_deployment`` (``"render-shards/<name>"``) the shards run as flow runs of that
+    deployment, ``shards_per_run`` to a run, on every worker of its pool (``flows.fanout``);
+    without it they run as tasks in this flow run.
     """
     # Signals stop the shards cleanly (journal + catalog parts) instead of killing them.
     with STOP.handling(signal.SIGINT, signal.SIGTERM):
@@ -126,6 +135,8 @@ def render_manifest(
             max_in_flight=max_in_flight,
             budget=budget,
             budget_mode=budget_mode,
+            shard_deployment=shard_deployment,
+            shards_per_run=shards_per_run,
             resume=resume,
             auto_resume=auto_resume,
         )
@@ -143,6 +154,8 @@ def _render(
     max_in_flight: int | None,
     budget: float | None,
     budget_mode: BudgetMode,
+    shard_deployment: str | None,
+    shards_per_run: int,
     resume: str | None,
     auto_resume: bool,
 ) -> RunSummary:
@@ -194,18 +207,31 @@ def _render(
         )
     progress = artifacts.Progress(run_id, len(plan.shard_keys))
     try:
-        futures = render_shard_task.map(
-            plan.shard_keys,
-            out=unmapped(out),
-            run_id=unmapped(run_id),
-            manifest_dir=unmapped(manifest_dir),
-            overrides=unmapped(overrides),
-            budget=unmapped(spec),
-        )
-        shards = []
-        for future in as_completed(list(futures)):
-            shards.append(future.result())
-            progress.shard_finished()
+        if shard_deployment:
+            shards = fan_out(
+                shard_deployment,
+                plan.shard_keys,
+                per_run=shards_per_run,
+                out=out,
+                run_id=run_id,
+                manifest_dir=manifest_dir,
+                overrides=overrides,
+                settings=settings,
+                budget=spec,
+            )
+        else:
+            futures = render_shard_task.map(
+                plan.shard_keys,
+                out=unmapped(out),
+                run_id=unmapped(run_id),
+                manifest_dir=unmapped(manifest_dir),
+                overrides=unmapped(overrides),
+                budget=unmapped(spec),
+            )
+            shards = []
+            for future in as_completed(list(futures)):
+                shards.append(future.result())
+                progress.shard_finished()
     finally:
         if spec is not None:
             runner.close_budget(spec)

@@ -8,6 +8,8 @@
     │   │   └── ThrottledError      429 Throttling*: also slows the limiter down
     │   ├── StorageTransientError   object store timeouts, 5xx, connection drops
     │   └── InputTransientError     an edit input's source timed out or answered 429/5xx
+    │   └── ShardRunError           shards run as flow runs elsewhere did not all finish;
+    │                               rerunning the manifest renders only what is missing
     ├── AmbiguousError              the request may have reached the provider and been billed
     │                               (read timeout, connection lost mid-response); retry only
     │                               within a separate, small budget
@@ -99,6 +101,12 @@ class InputTransientError(TransientError):
 
 class StorageTransientError(TransientError):
     code = "StorageTransient"
+
+
+class ShardRunError(TransientError):
+    """Some of a run's shards, run as separate flow runs, failed, crashed or were cancelled."""
+
+    code = "ShardRunError"
 
 
 class _ProviderMixin:

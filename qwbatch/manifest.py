@@ -1,7 +1,7 @@
 """Manifests: the Parquet schema, a streaming reader that validates every row, and rejects.
 
 A manifest is a Parquet file (or a folder of Parquet part files, as Spark and DuckDB write
-them) with one render request per row:
+them), local or on S3 (``qwbatch.manifest_source``), with one render request per row:
 
 =================  ============================  =============================================
 column             required / default            accepted Arrow types
@@ -79,6 +79,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from qwbatch.config import Settings
 from qwbatch.errors import ConfigError, ManifestError, PermanentError, StorageError
 from qwbatch.keys import SEED_MAX, key_and_seed
 from qwbatch.manifest_columns import (
@@ -89,6 +90,12 @@ from qwbatch.manifest_columns import (
     Tags,
     decoded,
     value_type,
+)
+from qwbatch.manifest_source import (
+    ManifestFile,
+    RemoteManifestInputs,
+    is_remote,
+    manifest_files,
 )
 from qwbatch.models import Mode, RenderRequest
 from qwbatch.registry import ModelSpec, ModelTable, parse_size
@@ -472,27 +479,14 @@ class _RowChecker:
 # --------------------------------------------------------------------------- files and schema
 
 
-def _manifest_files(path: Path) -> list[Path]:
-    """The Parquet file, or a folder's part files in name order (skipping ``_``/``.`` files)."""
-    if path.is_dir():
-        files = sorted(
-            p for p in path.iterdir()
-            if p.is_file() and not p.name.startswith(("_", ".")) and p.suffix != ".crc"
-        )
-        if not files:
-            raise ManifestError(f"cannot read manifest {path}: the folder has no Parquet files")
-        return files
-    return [path]
-
-
-def _open(path: Path) -> pq.ParquetFile:
+def _open(path: ManifestFile) -> pq.ParquetFile:
     try:
-        return pq.ParquetFile(path)
+        return path.open()
     except (OSError, pa.ArrowException) as exc:
         raise ManifestError(f"cannot read manifest {path}: {exc}") from exc
 
 
-def _check_schema(schema: pa.Schema, path: Path) -> tuple[list[str], list[str]]:
+def _check_schema(schema: pa.Schema, path: ManifestFile) -> tuple[list[str], list[str]]:
     """The known columns present in ``schema`` and warnings for the ignored ones."""
     names: list[str] = list(schema.names)
     missing = [name for name in REQUIRED_COLUMNS if name not in names]
@@ -528,7 +522,7 @@ def _id_bytes(array: pa.Array) -> pa.Array:
     return pc.cast(array, pa.large_binary())
 
 
-def _duplicate_candidates(files: list[Path]) -> frozenset[str]:
+def _duplicate_candidates(files: list[ManifestFile]) -> frozenset[str]:
     """Ids that occur more than once in the manifest (first pass, ``id`` column only)."""
     chunks: list[pa.Array] = []
     for path in files:
@@ -590,15 +584,17 @@ class ManifestReader:
         batch_size: int = 65536,
         strict: bool = False,
         resolve_input: InputResolver | None = None,
+        settings: Settings | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if default_model not in table:
             raise ConfigError(table.unknown_message(default_model))
-        self.path = Path(path)
+        remote = is_remote(path)
+        self.path: Path | str = str(path) if remote else Path(path)
         self.strict = strict
         self._batch_size = batch_size
-        self._files = _manifest_files(self.path)
+        self._files = manifest_files(path, settings=settings)
         self._columns: list[list[str]] = []
         warnings: list[str] = []
         total = 0
@@ -612,7 +608,9 @@ class ManifestReader:
             self._columns.append(present)
             warnings.extend(w for w in file_warnings if w not in warnings)
         self.summary = ManifestSummary(path=str(self.path), total_rows=total, warnings=warnings)
-        self._resolver = resolve_input or LocalInputResolver(self.path.parent)
+        self._resolver = resolve_input or (
+            RemoteManifestInputs(str(path)) if remote else LocalInputResolver(Path(path).parent)
+        )
         self._checker = _RowChecker(
             table, default_model, self._resolver, _duplicate_candidates(self._files)
         )
@@ -717,6 +715,7 @@ def read_manifest(
     batch_size: int = 65536,
     strict: bool = False,
     resolve_input: InputResolver | None = None,
+    settings: Settings | None = None,
 ) -> ManifestReader:
     """Read, validate and normalise a manifest, ``batch_size`` rows at a time.
 
@@ -730,7 +729,12 @@ def read_manifest(
 
     ``resolve_input`` maps an input-image URI to the sha256 hex of its bytes; the default is
     ``LocalInputResolver(path.parent)``: the folder holding the manifest file (or holding the
-    folder of part files).
+    folder of part files). For an ``s3://`` manifest it is ``RemoteManifestInputs``, which
+    rejects rows with input images for now (``qwbatch.manifest_source``).
+
+    ``path`` is a local file or folder, or ``s3://bucket/key.parquet`` or ``s3://bucket/folder/``
+    (read in ranges; see ``qwbatch.manifest_source``). ``settings`` configure the S3 client
+    (endpoint, region, addressing style); the default is ``Settings()`` from the environment.
 
     >>> reader = read_manifest("m.parquet", table=ModelTable.load(),  # doctest: +SKIP
     ...                        default_model="qwen-image-2.0")
@@ -744,4 +748,5 @@ def read_manifest(
         batch_size=batch_size,
         strict=strict,
         resolve_input=resolve_input,
+        settings=settings,
     )

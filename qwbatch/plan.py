@@ -160,6 +160,7 @@ def plan_run(
         default_model=settings.default_model,
         strict=strict,
         resolve_input=resolve_input,
+        settings=settings,
     ):
         plan.rows_read += len(batch.requests) + len(batch.rejects)
         rejects.extend(batch.rejects)

@@ -35,6 +35,7 @@ from qwbatch.models import CatalogRecord
 from qwbatch.plan import Plan, decode_shard, new_run_id, plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.registry import ModelTable
+from qwbatch.shard_results import read_shard_result, write_shard_result
 from qwbatch.staging import InputStage, StagedInputs
 from qwbatch.stop import STOP, StopSignal
 from qwbatch.storage import ObjectNotFoundError, ObjectStore, open_store
@@ -265,16 +266,17 @@ async def render_shard_async(
     """Render one shard file of run ``run_id`` into ``out``, spending within ``budget``.
 
     Edit inputs come from the stage the plan wrote (``out/inputs/``); ``manifest_dir`` is
-    not read. A shard that finished before (its summary is in ``runs/<run>/done/``) is not
-    run again; an unfinished one replays its journal first. Once the shard has finished
-    with nothing left, its summary is saved and its journal deleted.
+    not read. A shard that finished before (its result file, see
+    :mod:`qwbatch.shard_results`, says nothing was left) is not run again; an unfinished one
+    replays its journal first. Once the shard has finished with nothing left, its result is
+    saved and its journal deleted.
     """
     del manifest_dir  # kept in the signature: flows and deployments pass it
     store = store or open_store(out, settings)
     label = shard_label(shard_key)
     tracker = progress.tracker_for(run_id)
-    done = await _with_store(settings, runs.load_shard_result, store, run_id, label)
-    if done is not None:
+    done = await _with_store(settings, read_shard_result, store, shard_key)
+    if done is not None and done.left == 0:
         if tracker is not None and done.part_uri:
             # Finished by an earlier attempt: its rows still count towards this one's progress.
             part = f"{CATALOG_PREFIX}{done.part_uri.rsplit('/', 1)[-1]}"
@@ -304,7 +306,7 @@ async def render_shard_async(
         )
         result = await run_shard(engine, shard_key)
     if result.left == 0:
-        await _with_store(settings, runs.save_shard_result, store, run_id, label, result)
+        await _with_store(settings, write_shard_result, store, result)
         await _with_store(settings, journal.discard)
     return result
 

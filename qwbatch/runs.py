@@ -4,8 +4,8 @@
 
     runs/<run_id>/plan.json              the plan, written once planning has finished
     runs/<run_id>/shards/shard-NNNNN…    the shard files (see qwbatch.plan)
+    runs/<run_id>/shards/shard-NNNNN.result.json  a shard's result (qwbatch.shard_results)
     runs/<run_id>/journal/shard-NNNNN/…  the journal of unfinished shards (qwbatch.journal)
-    runs/<run_id>/done/shard-NNNNN.json  a finished shard's summary
     runs/<run_id>/summary.json           the last attempt's summary (``left`` > 0: stopped)
     runs/_index/<fingerprint>/<run_id>   one empty object per run, keyed by what it renders
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from collections import Counter
 from dataclasses import fields, is_dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -32,7 +31,6 @@ import pyarrow.parquet as pq
 from qwbatch import budget as budgets
 from qwbatch.catalog import CATALOG_PREFIX
 from qwbatch.costs import ZERO, CostLine, Estimate, PriceTable
-from qwbatch.engine import ShardResult
 from qwbatch.errors import ConfigError, ManifestError
 from qwbatch.journal import read_run_journal
 from qwbatch.plan import Plan
@@ -47,10 +45,6 @@ def plan_key(run_id: str) -> str:
 
 def summary_key(run_id: str) -> str:
     return f"runs/{run_id}/summary.json"
-
-
-def shard_done_key(run_id: str, label: str) -> str:
-    return f"runs/{run_id}/done/{label}.json"
 
 
 def index_key(fingerprint: str, run_id: str) -> str:
@@ -146,25 +140,7 @@ def run_exists(store: ObjectStore, run_id: str, fingerprint: str) -> bool:
     return store.exists(index_key(fingerprint, run_id))
 
 
-# -- shards -----------------------------------------------------------------------------------
-
-
-def save_shard_result(store: ObjectStore, run_id: str, label: str, result: ShardResult) -> None:
-    key = shard_done_key(run_id, label)
-    # Not asdict: it rebuilds the Counter from (key, value) pairs, counting the pairs.
-    body = {f.name: getattr(result, f.name) for f in fields(result)}
-    body["statuses"] = dict(result.statuses)
-    store.put(key, _json(body), content_type="application/json")
-
-
-def load_shard_result(store: ObjectStore, run_id: str, label: str) -> ShardResult | None:
-    """A finished shard's summary; None while the shard is unfinished."""
-    body = _load(store, shard_done_key(run_id, label))
-    if body is None:
-        return None
-    body["statuses"] = Counter(body.get("statuses", {}))
-    known = set(ShardResult.__dataclass_fields__)
-    return ShardResult(**{k: v for k, v in body.items() if k in known})
+# -- money spent by earlier attempts ----------------------------------------------------
 
 
 def spent_so_far(store: ObjectStore, run_id: str, prices: PriceTable) -> Decimal:

@@ -629,6 +629,35 @@ class S3Store:
             response = self.client.get_object(Bucket=self.bucket, Key=self._full_key(key))
             return response["Body"].read()
 
+    def get_range(self, key: str, start: int, length: int, *, if_match: str | None = None) -> bytes:
+        """``length`` bytes of the object from byte ``start`` (fewer at its end).
+
+        With ``if_match`` (an etag, no quotes) the read fails with StorageError when the
+        object has been replaced since that etag was seen, so a reader of several ranges
+        never mixes two versions of an object.
+        """
+        if start < 0 or length < 1:
+            raise ValueError(f"bad range: start {start}, length {length}")
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self._full_key(key),
+            "Range": f"bytes={start}-{start + length - 1}",
+        }
+        if if_match is not None:
+            args["IfMatch"] = f'"{if_match}"'
+        with self._errors("get", key):
+            try:
+                return self.client.get_object(**args)["Body"].read()
+            except ClientError as exc:
+                code, status, _ = _error_fields(exc)
+                if code == "PreconditionFailed" or status == 412:
+                    raise StorageError(
+                        f"S3 get {self.uri(key)} failed: the object changed while it was "
+                        "being read (its etag no longer matches)",
+                        code="PreconditionFailed",
+                    ) from exc
+                raise
+
     def head(self, key: str) -> ObjectInfo | None:
         """The object's info; None when missing.
 

@@ -19,6 +19,7 @@ from qwbatch.costs import Estimate, PriceTable, money
 from qwbatch.errors import ConfigError
 from qwbatch.journal import journal_prefix
 from qwbatch.registry import ModelTable
+from qwbatch.shard_results import result_key
 from qwbatch.stop import StopSignal
 from qwbatch.storage import LocalStore
 
@@ -122,7 +123,7 @@ def test_a_stopped_run_is_resumed_automatically_and_pays_nothing_twice(
     stopped = runner.finish(prepared, shards, out=out, settings=settings, began=began, stop=stop)
     assert (stopped.left, stopped.stopped_by) == (8, "SIGINT")
     assert f"--resume {run_id}" in stopped.left_line()
-    assert store.exists(runs.shard_done_key(run_id, "shard-00000"))
+    assert store.exists(result_key(prepared.plan.shard_keys[0]))
     assert list(store.list(journal_prefix(run_id, "shard-00000"))) == []
     assert not runs.is_finished(store, run_id)
 

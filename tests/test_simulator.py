@@ -22,6 +22,7 @@ from PIL import Image
 from qwbatch.registry import ModelTable, parse_size
 from qwbatch.simulator import SimulatorHandle
 from qwbatch.simulator.__main__ import build_parser, config_from_args
+from qwbatch.simulator.state import peak_rate
 
 GEN = "/services/aigc/multimodal-generation/generation"
 SYN = "/services/aigc/text2image/image-synthesis"
@@ -406,6 +407,32 @@ def test_the_table_rps_applies_unless_limiting_is_off(
     assert [client.post(GEN, json=body).status_code for _ in range(2)] == [200, 429]
     sim.configure(rate_limit=False)
     assert {client.post(GEN, json=body).status_code for _ in range(3)} == {200}
+
+
+def test_the_ledger_times_offered_and_admitted_submissions(
+    sim: SimulatorHandle, client: httpx.Client
+) -> None:
+    sim.configure(rps_by_model={"qwen-image-max": 0.5})
+    before = time.time()
+    codes = [client.post(GEN, json=t2i(model="qwen-image-max")).status_code for _ in range(3)]
+    client.post(SYN, json=task(), headers=ASYNC)  # task creation is a submission too
+    ledger = sim.ledger()
+
+    assert codes == [200, 429, 429]
+    assert len(ledger["offered_at"]) == 4
+    assert len(ledger["admitted_at"]) == 2
+    assert all(before <= t <= time.time() for t in ledger["offered_at"])
+    assert set(ledger["admitted_at"]) <= set(ledger["offered_at"])
+
+
+def test_peak_rate_counts_the_busiest_window() -> None:
+    assert peak_rate([], 1.0) == 0.0
+    # 10 events a second for 3 s, plus a burst of 5 at t=1.5: the burst window holds 15.
+    times = [i / 10 for i in range(30)] + [1.5] * 5
+    assert peak_rate(times, 1.0) == pytest.approx(16.0)  # both ends of the window count
+    assert peak_rate(times, 3.0) == pytest.approx(35 / 3)
+    with pytest.raises(ValueError, match="positive"):
+        peak_rate(times, 0)
 
 
 def test_the_in_flight_cap_throttles_concurrent_calls(sim: SimulatorHandle) -> None:

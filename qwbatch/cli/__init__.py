@@ -141,7 +141,7 @@ def run(
 
 @app.command()
 def validate(
-    manifest: Annotated[Path, typer.Argument(help="Parquet manifest", exists=True)],
+    manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
     model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
     rejects: Annotated[
         Path | None, typer.Option(help="Write rejected rows to this Parquet file")
@@ -172,6 +172,7 @@ def validate(
                 table=table,
                 default_model=settings.default_model,
                 resolve_input=check_only,
+                settings=settings,
             ):
                 good += len(batch.requests)
                 bad.extend(batch.rejects)

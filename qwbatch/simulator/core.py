@@ -474,14 +474,17 @@ class Simulator:
             raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
 
     def _throttle(self, config: SimulatorConfig, spec: ModelSpec) -> None:
-        if not config.rate_limit:
-            return
-        if not self.limiter.allow(spec.name, config.model_rps(spec.name, spec.rps), config.burst):
+        now = time.time()
+        self.ledger.offered_at.append(now)
+        if config.rate_limit and not self.limiter.allow(
+            spec.name, config.model_rps(spec.name, spec.rps), config.burst
+        ):
             raise self._throttled(
                 config,
                 "Throttling.RateQuota",
                 "Requests rate limit exceeded, please try again later.",
             )
+        self.ledger.admitted_at.append(now)
 
     def _throttled(self, config: SimulatorConfig, code: str, message: str) -> ApiError:
         self.ledger.throttled += 1

@@ -59,6 +59,10 @@ class Ledger:
     throttled: int = 0
     polls: int = 0
     dropped: int = 0
+    #: POSIX times of submissions (generation, task creation) that reached the rate check,
+    #: and of those it let through: what the account was offered and what it accepted.
+    offered_at: list[float] = field(default_factory=list)
+    admitted_at: list[float] = field(default_factory=list)
 
     def bill(
         self,
@@ -95,7 +99,8 @@ class Ledger:
         ``billed_images`` and ``by_model`` are the totals; ``entries`` one per billed request
         or task; ``requests`` counts requests by endpoint, ``errors`` error answers by code
         (429s too), ``throttled`` the 429s, ``polls`` task queries, ``dropped`` the
-        connections closed without an answer.
+        connections closed without an answer; ``offered_at`` and ``admitted_at`` the times
+        of submissions at the rate check and of those it let through (see ``peak_rate``).
         """
         by_model: Counter[str] = Counter()
         for entry in self.entries:
@@ -109,7 +114,27 @@ class Ledger:
             "throttled": self.throttled,
             "polls": self.polls,
             "dropped": self.dropped,
+            "offered_at": list(self.offered_at),
+            "admitted_at": list(self.admitted_at),
         }
+
+
+def peak_rate(times: Sequence[float], window_s: float) -> float:
+    """The most events in any window of ``window_s`` seconds, per second.
+
+    ``times`` are event times in seconds (any order). A token bucket of rate ``r`` and burst
+    ``b`` admits at most ``b + r * window_s`` events in a window, so over a window of a few
+    seconds the peak shows whether a rate was kept, bursts included.
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s must be positive, got {window_s}")
+    ordered = sorted(times)
+    most = start = 0
+    for end, stamp in enumerate(ordered):
+        while stamp - ordered[start] > window_s:
+            start += 1
+        most = max(most, end - start + 1)
+    return most / window_s
 
 
 class Dice:
