@@ -30,9 +30,11 @@ import pyarrow.parquet as pq
 
 from qwbatch import budget as budgets
 from qwbatch.catalog import CATALOG_PREFIX
+from qwbatch.config import Settings
 from qwbatch.costs import ZERO, CostLine, Estimate, PriceTable
 from qwbatch.errors import ConfigError, ManifestError
 from qwbatch.journal import read_run_journal
+from qwbatch.manifest_source import S3ManifestFile, manifest_files
 from qwbatch.plan import Plan
 from qwbatch.storage import ObjectNotFoundError, ObjectStore
 
@@ -52,22 +54,23 @@ def index_key(fingerprint: str, run_id: str) -> str:
 
 
 def manifest_fingerprint(
-    manifest: str | Path, *, default_model: str, strict: bool, options: str = ""
+    manifest: str | Path, *, settings: Settings, strict: bool, options: str = ""
 ) -> str:
-    """A short hash of what a run renders: the manifest's bytes (every part file of a
-    folder, with its name) and the options that change its requests (``options``: any
-    other, as text)."""
-    digest = hashlib.sha256(f"{default_model}\0{strict}\0{options}\0".encode())
-    path = Path(manifest)
+    """A short hash of what a run renders: the manifest (a local file's bytes; an S3 object's
+    key, size and etag; every part of a folder, in order) and the options that change its
+    requests (default model, strictness, ``options``: any other, as text)."""
+    digest = hashlib.sha256(f"{settings.default_model}\0{strict}\0{options}\0".encode())
     try:
-        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            digest.update(file.name.encode() + b"\0")
-            with file.open("rb") as fh:
+        for file in manifest_files(manifest, settings=settings):
+            if isinstance(file, S3ManifestFile):
+                digest.update(f"s3\0{file.key}\0{file.size}\0{file.etag}\0".encode())
+                continue
+            digest.update(str(file).encode() + b"\0")
+            with open(str(file), "rb") as fh:
                 while chunk := fh.read(1 << 20):
                     digest.update(chunk)
     except OSError as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from exc
+        raise ManifestError(f"cannot read manifest {manifest}: {exc.strerror}") from exc
     return digest.hexdigest()[:32]
 
 

@@ -47,11 +47,14 @@ def test_fault_storm(sim, tmp_path) -> None:
         drop_connection_rate=0.02,
         corrupt_image_rate=0.01,
         error_in_200_rate=0.02,
-        expired_url_rate=0.03,
-        # Bursts of 429: the account allows far less than our ceiling, in short bursts.
+        expired_url_rate=0.05,
+        # Bursts of 429: the account allows far less than our ceiling, in short bursts, and
+        # fewer sync calls at once than we send (so 429s come however fast this machine is).
         rps=None,
         rps_by_model={"qwen-image-2.0": 60.0, "qwen-image-plus": 60.0},
         burst=4,
+        max_in_flight=4,
+        latency_s=0.03,
         retry_after_s=0.05,
     )
     settings = fast_settings(sim, KEY, rps=400, max_attempts=MAX_ATTEMPTS, shard_size=100)
