@@ -248,7 +248,11 @@ def _fingerprint(
     its plan (a new budget is a new run, which dedups what the old one rendered)."""
     options = f"{budget.amount}:{budget.mode}" if budget is not None else ""
     return runs.manifest_fingerprint(
-        manifest, default_model=settings.default_model, strict=strict, options=options
+        manifest,
+        default_model=settings.default_model,
+        strict=strict,
+        options=options,
+        settings=settings,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -221,3 +222,27 @@ def test_a_resumed_run_keeps_its_budget_less_what_it_spent(sim, settings, tmp_pa
         sim.ledger()["entries"]
     )
     assert runs.spent_so_far(store, first.plan.run_id, PriceTable.load(settings, TABLE)) > 0
+
+
+def test_fingerprint_of_an_s3_manifest_follows_its_objects(s3_bucket, s3_settings, s3_client):
+    """An s3:// manifest is fingerprinted from the store's etags: stable, and new on change."""
+
+    def put(prompts: list[str]) -> None:
+        sink = io.BytesIO()
+        pq.write_table(pa.table({"id": ["a", "b"], "prompt": prompts}), sink)
+        s3_client.put_object(Bucket=s3_bucket, Key="m/manifest.parquet", Body=sink.getvalue())
+
+    uri = f"s3://{s3_bucket}/m/manifest.parquet"
+    put(["a cat", "a dog"])
+    first = runs.manifest_fingerprint(
+        uri, default_model="qwen-image-2.0", strict=False, settings=s3_settings
+    )
+    again = runs.manifest_fingerprint(
+        uri, default_model="qwen-image-2.0", strict=False, settings=s3_settings
+    )
+    put(["a cat", "a fox"])
+    changed = runs.manifest_fingerprint(
+        uri, default_model="qwen-image-2.0", strict=False, settings=s3_settings
+    )
+    assert first == again
+    assert changed != first
