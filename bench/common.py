@@ -74,4 +74,6 @@ def provider_env(sim: SimulatorHandle) -> dict[str, str]:
         "DASHSCOPE_API_KEY": BENCH_KEY,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
+        # The ephemeral server's 20 s default is too short on a loaded 2-core machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }

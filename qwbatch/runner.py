@@ -247,7 +247,13 @@ def _fingerprint(
     """What makes two invocations the same run: manifest bytes and the options that change
     its plan (a new budget is a new run, which dedups what the old one rendered)."""
     options = f"{budget.amount}:{budget.mode}" if budget is not None else ""
-    return runs.manifest_fingerprint(manifest, settings=settings, strict=strict, options=options)
+    return runs.manifest_fingerprint(
+        manifest,
+        default_model=settings.default_model,
+        strict=strict,
+        options=options,
+        settings=settings,
+    )
 
 
 async def render_shard_async(

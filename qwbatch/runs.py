@@ -23,20 +23,22 @@ import json
 from dataclasses import fields, is_dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qwbatch import budget as budgets
 from qwbatch.catalog import CATALOG_PREFIX
-from qwbatch.config import Settings
 from qwbatch.costs import ZERO, CostLine, Estimate, PriceTable
 from qwbatch.errors import ConfigError, ManifestError
 from qwbatch.journal import read_run_journal
-from qwbatch.manifest_source import S3ManifestFile, manifest_files
+from qwbatch.manifest_source import S3ManifestFile, is_remote, manifest_files
 from qwbatch.plan import Plan
 from qwbatch.storage import ObjectNotFoundError, ObjectStore
+
+if TYPE_CHECKING:
+    from qwbatch.config import Settings
 
 INDEX_PREFIX = "runs/_index/"
 
@@ -54,23 +56,33 @@ def index_key(fingerprint: str, run_id: str) -> str:
 
 
 def manifest_fingerprint(
-    manifest: str | Path, *, settings: Settings, strict: bool, options: str = ""
+    manifest: str | Path,
+    *,
+    default_model: str,
+    strict: bool,
+    options: str = "",
+    settings: Settings | None = None,
 ) -> str:
-    """A short hash of what a run renders: the manifest (a local file's bytes; an S3 object's
-    key, size and etag; every part of a folder, in order) and the options that change its
-    requests (default model, strictness, ``options``: any other, as text)."""
-    digest = hashlib.sha256(f"{settings.default_model}\0{strict}\0{options}\0".encode())
-    try:
+    """A short hash of what a run renders: the manifest's bytes (every part file of a
+    folder, with its name) and the options that change its requests (``options``: any
+    other, as text). An ``s3://`` manifest is identified by each object's key, size and
+    etag (the store's own content hash), so nothing is downloaded for it here."""
+    digest = hashlib.sha256(f"{default_model}\0{strict}\0{options}\0".encode())
+    if is_remote(manifest):
         for file in manifest_files(manifest, settings=settings):
-            if isinstance(file, S3ManifestFile):
-                digest.update(f"s3\0{file.key}\0{file.size}\0{file.etag}\0".encode())
-                continue
-            digest.update(str(file).encode() + b"\0")
-            with open(str(file), "rb") as fh:
+            assert isinstance(file, S3ManifestFile)  # is_remote → S3 files only
+            digest.update(f"{file.key}\0{file.size}\0{file.etag}\0".encode())
+        return digest.hexdigest()[:32]
+    path = Path(manifest)
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.name.encode() + b"\0")
+            with file.open("rb") as fh:
                 while chunk := fh.read(1 << 20):
                     digest.update(chunk)
     except OSError as exc:
-        raise ManifestError(f"cannot read manifest {manifest}: {exc.strerror}") from exc
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from exc
     return digest.hexdigest()[:32]
 
 

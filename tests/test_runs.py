@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -159,7 +160,7 @@ def test_a_run_cut_short_while_planning_is_planned_again_under_its_id(
     manifest = write_manifest(tmp_path / "m.parquet", {"a": "a cat", "b": "a dog"})
     out = str(tmp_path / "out")
     store = LocalStore(out)
-    fingerprint = runs.manifest_fingerprint(manifest, settings=settings, strict=False)
+    fingerprint = runs.manifest_fingerprint(manifest, default_model="qwen-image-2.0", strict=False)
     runs.start_run(store, "cut-short", fingerprint)  # then the process died
     summary = render_all(manifest, out, settings)
     assert (summary.run_id, summary.resumed, summary.statuses) == (
@@ -223,15 +224,25 @@ def test_a_resumed_run_keeps_its_budget_less_what_it_spent(sim, settings, tmp_pa
     assert runs.spent_so_far(store, first.plan.run_id, PriceTable.load(settings, TABLE)) > 0
 
 
-def test_an_s3_manifest_is_fingerprinted_by_its_objects(
-    s3_settings, s3_client, s3_bucket, tmp_path
-):
-    local = write_manifest(tmp_path / "m.parquet", {"a": "a cat"})
-    s3_client.put_object(Bucket=s3_bucket, Key="m/part-0.parquet", Body=local.read_bytes())
-    uri = f"s3://{s3_bucket}/m/"
-    first = runs.manifest_fingerprint(uri, settings=s3_settings, strict=False)
-    assert runs.manifest_fingerprint(uri, settings=s3_settings, strict=False) == first
-    assert runs.manifest_fingerprint(uri, settings=s3_settings, strict=True) != first
-    changed = write_manifest(tmp_path / "m2.parquet", {"a": "a dog"})
-    s3_client.put_object(Bucket=s3_bucket, Key="m/part-0.parquet", Body=changed.read_bytes())
-    assert runs.manifest_fingerprint(uri, settings=s3_settings, strict=False) != first
+def test_fingerprint_of_an_s3_manifest_follows_its_objects(s3_bucket, s3_settings, s3_client):
+    """An s3:// manifest is fingerprinted from the store's etags: stable, and new on change."""
+
+    def put(prompts: list[str]) -> None:
+        sink = io.BytesIO()
+        pq.write_table(pa.table({"id": ["a", "b"], "prompt": prompts}), sink)
+        s3_client.put_object(Bucket=s3_bucket, Key="m/manifest.parquet", Body=sink.getvalue())
+
+    uri = f"s3://{s3_bucket}/m/manifest.parquet"
+    put(["a cat", "a dog"])
+    first = runs.manifest_fingerprint(
+        uri, default_model="qwen-image-2.0", strict=False, settings=s3_settings
+    )
+    again = runs.manifest_fingerprint(
+        uri, default_model="qwen-image-2.0", strict=False, settings=s3_settings
+    )
+    put(["a cat", "a fox"])
+    changed = runs.manifest_fingerprint(
+        uri, default_model="qwen-image-2.0", strict=False, settings=s3_settings
+    )
+    assert first == again
+    assert changed != first

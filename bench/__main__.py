@@ -1,0 +1,145 @@
+"""The benchmark suite: ``python -m bench [--smoke] [--only NAME ...]``, one table.
+
+Each benchmark measures its figures side by side in one run (a ratio against a floor
+measured in the same process tree, on the same machine, at the same time). Benchmarks that
+live in their own scripts (the limiter's, the kill test's) are run as child processes when
+their script exists, and their own summary lines are quoted under the table; a missing one
+is listed as skipped. ``--smoke`` runs seconds-long versions (the tests run them so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.common import ROOT
+
+#: (benchmark, figure, value, goal, met?) — met is None when the figure has no goal.
+Row = tuple[str, str, str, str, bool | None]
+
+
+def _plan(smoke: bool) -> list[Row]:
+    from bench import bench_plan
+
+    if smoke:
+        with tempfile.TemporaryDirectory() as cache:
+            r = bench_plan.main(["--rows", "20000", "--cache", cache])
+    else:
+        r = bench_plan.main([])
+    name = f"plan ({int(r['rows']):,} rows vs {int(r['rows']):,}-row catalog)"
+    return [
+        (name, "wall time", f"{r['seconds']:.2f} s (CPU {r['cpu_seconds']:.2f} s)", "<= 10 s",
+         r["seconds"] <= 10),
+        (name, "peak RSS", f"{r['peak_rss_mib']:.0f} MiB", "<= 1024 MiB",
+         r["peak_rss_mib"] <= 1024),
+        (name, "wall ÷ pq.read_table", f"{r['ratio']:.1f}x ({r['read_table_s']:.2f} s)", "",
+         None),
+        (name, "read_manifest alone", f"{r['reader_s']:.2f} s (CPU {r['reader_cpu_s']:.2f} s)",
+         "", None),
+        (name, "deduplicated / to render / shards",
+         f"{int(r['deduplicated']):,} / {int(r['requests']):,} / {int(r['shards']):,}", "", None),
+    ]  # fmt: skip
+
+
+def _overhead(smoke: bool) -> list[Row]:
+    from bench import bench_overhead
+
+    r = bench_overhead.main(["--rows", "200"] if smoke else [])
+    rows = int(r["rows"])
+    return [
+        (f"overhead ({rows:,} images)", "qwbatch ÷ floor img/s",
+         f"{r['ratio']:.2f} ({r['qwbatch_ips']:.0f} / {r['floor_ips']:.0f})", ">= 0.7",
+         r["ratio"] >= 0.7),
+        (f"no-op rerun ({rows:,} rows)", "provider calls", f"{int(r['rerun_calls'])}", "0",
+         r["rerun_calls"] == 0),
+        (f"no-op rerun ({rows:,} rows)", "wall incl. Prefect start-up", f"{r['rerun_s']:.1f} s",
+         "<= 15 s", r["rerun_s"] <= 15),
+        (f"overhead ({rows:,} images)", "Prefect warm-up (apart)",
+         f"{r['prefect_warmup_s']:.1f} s", "", None),
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Script:
+    """A benchmark in its own script, run as ``python -m bench.<module> <args>``."""
+
+    module: str
+    args: tuple[str, ...] = ()
+    smoke_args: tuple[str, ...] = ()
+    lines: list[str] = field(default_factory=list)
+
+
+#: In-process benchmarks, by name.
+BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {"plan": _plan, "overhead": _overhead}
+#: Benchmarks from other issues, run when their script exists.
+SCRIPTS: dict[str, Script] = {
+    "limits": Script("bench_limits", smoke_args=("--duration", "5", "--cases", "2x1")),
+    "kill": Script("bench_kill", smoke_args=("--rows", "50", "--kills", "1")),
+}
+
+
+def _script(name: str, script: Script, smoke: bool) -> tuple[list[Row], list[str]]:
+    if importlib.util.find_spec(f"bench.{script.module}") is None:
+        return [(name, "skipped", f"bench/{script.module}.py is absent", "", None)], []
+    args = script.smoke_args if smoke else script.args
+    child = subprocess.run(
+        [sys.executable, "-m", f"bench.{script.module}", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    ok = child.returncode == 0
+    lines = [line for line in child.stdout.splitlines() if line.strip()]
+    tail = lines[-12:] if ok else child.stderr.splitlines()[-12:]
+    row: Row = (name, "exit status", str(child.returncode), "0", ok)
+    return [row], [f"[{name}] {line}" for line in tail]
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as one fixed-width text table."""
+    header: Row = ("benchmark", "figure", "value", "goal", None)
+    cells = [(*r[:4], "" if r[4] is None else ("yes" if r[4] else "NO")) for r in [header, *rows]]
+    cells[0] = (*cells[0][:4], "met")
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    lines = [" | ".join(c[i].ljust(widths[i]) for i in range(5)).rstrip() for c in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = [*BENCHMARKS, *SCRIPTS]
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="seconds-long versions")
+    parser.add_argument("--only", nargs="+", choices=names, default=names)
+    args = parser.parse_args(argv)
+    rows: list[Row] = []
+    quoted: list[str] = []
+    for name in args.only:
+        if name in BENCHMARKS:
+            rows.extend(BENCHMARKS[name](args.smoke))
+        else:
+            script_rows, lines = _script(name, SCRIPTS[name], args.smoke)
+            rows.extend(script_rows)
+            quoted.extend(lines)
+    print()
+    print(
+        f"qwbatch benchmarks{' (smoke)' if args.smoke else ''} on {platform.node()}: "
+        f"{platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    )
+    print(table(rows))
+    for line in quoted:
+        print(line)
+    return 0 if all(r[4] is not False for r in rows) or args.smoke else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

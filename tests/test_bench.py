@@ -1,0 +1,77 @@
+"""The benchmark suite's table and registry, and the smoke version of each benchmark.
+
+The smoke runs check what a benchmark must get right whatever the machine (a no-op rerun
+makes no provider call, a plan counts what it should); their times are printed, not tested.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import Script, _script, table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _smoke(*only: str) -> str:
+    child = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--only", *only],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=600,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    return child.stdout
+
+
+def _row(output: str, benchmark: str, figure: str) -> list[str]:
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) >= 3 and cells[0].startswith(benchmark) and cells[1] == figure:
+            return cells
+    raise AssertionError(f"no row {benchmark!r} / {figure!r} in:\n{output}")
+
+
+def test_table_aligns_rows_and_marks_goals() -> None:
+    text = table([("plan", "wall time", "3.00 s", "<= 10 s", True), ("x", "y", "z", "", None)])
+    lines = text.splitlines()
+    assert lines[0].split("|")[0].strip() == "benchmark"
+    assert set(lines[1]) <= {"-", "+"}
+    assert [c.strip() for c in lines[2].split("|")] == [
+        "plan",
+        "wall time",
+        "3.00 s",
+        "<= 10 s",
+        "yes",
+    ]
+    assert len({line.index("|") for line in lines if "|" in line}) == 1
+
+
+def test_registry_skips_a_script_that_does_not_exist() -> None:
+    rows, quoted = _script("nope", Script("bench_does_not_exist"), smoke=True)
+    assert rows == [("nope", "skipped", "bench/bench_does_not_exist.py is absent", "", None)]
+    assert quoted == []
+
+
+@pytest.mark.slow
+def test_plan_smoke_counts_dedup_and_shards() -> None:
+    output = _smoke("plan")
+    # 20,000 rows, every other one already in the catalog, 250 requests a shard.
+    cells = _row(output, "plan (20,000 rows", "deduplicated / to render / shards")
+    assert cells[2] == "10,000 / 10,000 / 40"
+    assert _row(output, "plan (20,000 rows", "peak RSS")[2].endswith("MiB")
+
+
+@pytest.mark.slow
+def test_overhead_smoke_reruns_without_a_provider_call() -> None:
+    output = _smoke("overhead")
+    assert _row(output, "no-op rerun", "provider calls")[2:5] == ["0", "0", "yes"]
+    assert "qwbatch ÷ floor img/s" in output
