@@ -101,6 +101,9 @@ class PrefectCluster:
             "PREFECT_API_URL": self.api_url,
             "PREFECT_API_AUTH_STRING": self.auth_string,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # Prefect's client retries 503/429 five times by default; a loaded CI machine's
+            # SQLite server can need more.
+            "PREFECT_CLIENT_MAX_RETRIES": "10",
             **(extra or {}),
         }
 
@@ -132,6 +135,9 @@ class PrefectCluster:
             # Schedules are checked by reading the deployment; no run may start from one.
             "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
             "PREFECT_LOGGING_LEVEL": "WARNING",
+            # SQLite serialises writers; on a loaded machine wait longer for the lock
+            # (the default, 10 s, turns a busy moment into 503s).
+            "PREFECT_SERVER_DATABASE_TIMEOUT": "30",
         }
         began = time.monotonic()
         server = self.spawn(
@@ -175,9 +181,18 @@ class PrefectCluster:
         return output
 
     def api(self) -> httpx.Client:
-        """An httpx client for the REST API, authenticated as the workers are."""
+        """An httpx client for the REST API, authenticated as the workers are.
+
+        Like Prefect's own client it retries 503 and 429 answers: a SQLite-backed server
+        answers 503 while its database is locked by another writer (a busy machine).
+        """
         user, _, password = self.auth_string.partition(":")
-        return httpx.Client(base_url=self.api_url, auth=(user, password), timeout=30.0)
+        return httpx.Client(
+            base_url=self.api_url,
+            auth=(user, password),
+            timeout=30.0,
+            transport=_RetryingTransport(httpx.HTTPTransport()),
+        )
 
     def wait_for_flow_run(self, flow_run_id: str, timeout_s: float) -> dict[str, Any]:
         """Poll a flow run until its state is final; the flow run's JSON."""
@@ -218,6 +233,34 @@ class PrefectCluster:
             if stat is not None and stat[1] == started:  # the same process, not a reused pid
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+class _RetryingTransport(httpx.BaseTransport):
+    """Retry answers that say "try again" (503, 429) with backoff, honouring Retry-After."""
+
+    RETRY_STATUSES = frozenset({429, 503})
+
+    def __init__(self, inner: httpx.BaseTransport, attempts: int = 8) -> None:
+        self._inner = inner
+        self._attempts = attempts
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()  # the body is sent again on a retry
+        for attempt in range(1, self._attempts + 1):
+            response = self._inner.handle_request(request)
+            if response.status_code not in self.RETRY_STATUSES or attempt == self._attempts:
+                return response
+            response.read()
+            response.close()
+            try:
+                delay = float(response.headers.get("Retry-After", ""))
+            except ValueError:
+                delay = min(0.5 * 2 ** (attempt - 1), 8.0)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

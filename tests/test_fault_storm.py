@@ -48,8 +48,10 @@ def test_fault_storm(sim, tmp_path) -> None:
         corrupt_image_rate=0.01,
         error_in_200_rate=0.02,
         expired_url_rate=0.05,
-        # Bursts of 429: the account allows far less than our ceiling, in short bursts, and
-        # fewer sync calls at once than we send (so 429s come however fast this machine is).
+        # 429s: burst protection drawn from the dice (so they come however fast or slow this
+        # machine is), and an account that allows far less than our ceiling, in short bursts,
+        # with fewer sync calls at once than we may send.
+        throttle_rate=0.05,
         rps=None,
         rps_by_model={"qwen-image-2.0": 60.0, "qwen-image-plus": 60.0},
         burst=4,

@@ -452,6 +452,30 @@ def test_the_in_flight_cap_throttles_concurrent_calls(sim: SimulatorHandle) -> N
     assert sim.ledger()["errors"] == {"Throttling": 1}
 
 
+def test_throttle_rate_draws_burst_429s_from_the_dice(
+    sim: SimulatorHandle, client: httpx.Client
+) -> None:
+    sim.configure(throttle_rate=0.5, retry_after_s=2, seed=7)
+    bodies = [t2i(size="512*512", seed=i) for i in range(40)]
+    first = [client.post(GEN, json=body) for body in bodies]
+    throttled = [r for r in first if r.status_code == 429]
+    assert 5 < len(throttled) < 35  # about half, whatever the timing
+    assert {r.json()["code"] for r in throttled} == {"Throttling"}
+    assert "increased too quickly" in throttled[0].json()["message"]
+    assert throttled[0].headers["Retry-After"] == "2"
+    # A retry rolls again; a rerun of the same workload sees the same 429s.
+    retried = [
+        client.post(GEN, json=b).status_code
+        for b, r in zip(bodies, first, strict=True)
+        if r.status_code == 429
+    ]
+    assert 200 in retried
+    sim.reset()
+    sim.configure(throttle_rate=0.5, retry_after_s=2, seed=7)
+    again = [client.post(GEN, json=body).status_code for body in bodies]
+    assert again == [r.status_code for r in first]
+
+
 def test_result_urls_expire_like_oss(sim: SimulatorHandle, client: httpx.Client) -> None:
     sim.configure(url_ttl_s=0.5)
     url = urls_of(client.post(GEN, json=t2i(size="512*512")).json())[0]

@@ -63,6 +63,9 @@ class SimulatorConfig(BaseModel):
     max_in_flight: int | Literal["table"] | None = None
     #: ``GET /tasks/{id}`` rate limit for the whole account (the docs say 20); None: no limit.
     task_query_rps: float | None = Field(default=None, gt=0)
+    #: A 429 ("Request rate increased too quickly") drawn from the seeded dice, whatever the
+    #: timing: 429s that come on any machine, however fast. A retry rolls again.
+    throttle_rate: Probability = 0.0
     #: When set, 429 responses carry ``Retry-After`` with this many seconds.
     retry_after_s: float | None = Field(default=None, ge=0)
 

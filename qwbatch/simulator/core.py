@@ -129,7 +129,7 @@ class Simulator:
                 max_bytes=config.max_input_image_bytes,
                 side_range=(384, 3072) if config.strict_input_sides else None,
             )
-            self._throttle(config, job.spec)
+            self._throttle(config, job.spec, self.dice.key("throttle-generation", raw))
             limit = _in_flight_limit(config, job.spec)
             if limit is not None and self.in_flight.count(job.model) >= limit:
                 raise self._throttled(
@@ -207,7 +207,7 @@ class Simulator:
                     400, "AccessDenied", "current user api does not support synchronous calls"
                 )
             job = parse_synthesis(_json(config, raw), self.table)
-            self._throttle(config, job.spec)
+            self._throttle(config, job.spec, self.dice.key("throttle-synthesis", raw))
             _moderate(config, job)
             key = self.dice.key("image-synthesis", raw)
             fault = self._fault(config, key, request_id)
@@ -473,9 +473,16 @@ class Simulator:
         if config.api_key is not None and key != config.api_key:
             raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
 
-    def _throttle(self, config: SimulatorConfig, spec: ModelSpec) -> None:
+    def _throttle(self, config: SimulatorConfig, spec: ModelSpec, key: str) -> None:
         now = time.time()
         self.ledger.offered_at.append(now)
+        if self.dice.hit(config.throttle_rate, "throttle", key):
+            # The burst protection, drawn from the dice rather than the clock.
+            raise self._throttled(
+                config,
+                "Throttling",
+                "Request rate increased too quickly, please try again later.",
+            )
         if config.rate_limit and not self.limiter.allow(
             spec.name, config.model_rps(spec.name, spec.rps), config.burst
         ):
