@@ -48,6 +48,32 @@ def test_thumbnail_of_garbage_is_an_image_error() -> None:
         images.thumbnail(b"\x89PNG\r\n\x1a\nnot really")
 
 
+@pytest.mark.parametrize(
+    ("size", "mode"), [((1664, 928), "RGB"), ((2048, 2048), "RGB"), ((512, 300), "RGBA")]
+)
+def test_check_output_verifies_and_thumbnails_from_one_decode(
+    size: tuple[int, int], mode: str
+) -> None:
+    data = png(*size, (30, 160, 90), mode=mode)
+    checked = images.check_output(data)
+    assert checked.info == images.verify_image(data)
+    assert checked.thumbnail is not None
+    with (
+        Image.open(io.BytesIO(checked.thumbnail)) as ours,
+        Image.open(io.BytesIO(images.thumbnail(data))) as alone,
+    ):
+        assert (ours.format, ours.size, ours.mode) == ("WEBP", alone.size, alone.mode)
+        assert max(ours.size) == images.THUMBNAIL_MAX_SIDE
+        r, g, b = ours.convert("RGB").getpixel((5, 5))  # type: ignore[misc]
+    assert abs(r - 30) + abs(g - 160) + abs(b - 90) < 12
+
+
+def test_check_output_refuses_a_truncated_image() -> None:
+    data = png(600, 400, (1, 2, 3))
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        images.check_output(data[: len(data) - 30])
+
+
 def test_engine_stores_a_thumbnail_beside_each_output(sim, tmp_path: Path) -> None:
     settings = engine_settings(sim)
     request = make_request("poster", "a lantern poster", n=2, size="1024*512")
