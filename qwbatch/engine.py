@@ -625,14 +625,13 @@ class Engine:
                 # Decoding a 2048² output takes tens of ms: off the event loop, once for both
                 # the verification and the thumbnail.
                 checked = await asyncio.to_thread(images.check_output, data)
-        info = checked.info
         key = output_key(request.request_key, index)
         metadata, doc = image_metadata(
             request,
             index=index,
-            sha256=info.sha256,
-            width=info.width,
-            height=info.height,
+            sha256=checked.info.sha256,
+            width=checked.info.width,
+            height=checked.info.height,
             run_id=self.run_id,
             unit_price=unit_price,
             currency=self.currency,
@@ -640,36 +639,47 @@ class Engine:
             request_id=result.request_id,
             created_at=time.time(),
         )
+        # Every write of this output in one worker-thread hop: handing work to a thread costs
+        # the event loop more than the small writes themselves.
+        info, uri = await self._store_call(
+            self._write_output, request, index, key, data, checked, metadata, doc
+        )
+        return data, info, uri
+
+    def _write_output(
+        self,
+        request: RenderRequest,
+        index: int,
+        key: str,
+        data: bytes,
+        checked: images.CheckedOutput,
+        metadata: dict[str, str],
+        doc: bytes | None,
+    ) -> tuple[images.ImageInfo, str]:
+        """Store a verified output, its prompt document and its thumbnail (on a worker thread;
+        idempotent, so a store outage retries it whole). The output's info and URI: those of
+        the object already stored under its content-addressed key, if there is one."""
+        info = checked.info
         if doc is not None:
             # The prompt did not fit the object metadata: it rides beside the images.
-            await self._store_call(
-                self.store.put,
+            self.store.put(
                 request_doc_key(request.request_key),
                 doc,
                 content_type="application/json",
                 if_none_match=True,
             )
-        put = await self._store_call(
-            self.store.put,
-            key,
-            data,
-            content_type=info.content_type,
-            metadata=metadata,
-            if_none_match=True,
+        put = self.store.put(
+            key, data, content_type=info.content_type, metadata=metadata, if_none_match=True
         )
         if checked.thumbnail is not None:
-            await asyncio.to_thread(
-                thumbs.put_thumbnail, self.store, request.request_key, index, checked.thumbnail
-            )
+            thumbs.put_thumbnail(self.store, request.request_key, index, checked.thumbnail)
         if not put.created:
             # Content-addressed: the object already there is the output of record, unless it
             # lost its metadata (a crash between a local file and its sidecar): then ours,
             # verified just now, replaces it whole.
-            existing = await self._store_call(self.store.head, key)
+            existing = self.store.head(key)
             if existing is None or not existing.metadata.get("sha256"):
-                put = await self._store_call(
-                    self.store.put, key, data, content_type=info.content_type, metadata=metadata
-                )
+                put = self.store.put(key, data, content_type=info.content_type, metadata=metadata)
             else:
                 info = images.ImageInfo(
                     format=info.format,
@@ -678,7 +688,7 @@ class Engine:
                     sha256=existing.metadata["sha256"],
                     bytes=existing.size,
                 )
-        return data, info, put.uri
+        return info, put.uri
 
     # -- records --------------------------------------------------------------------------
 
