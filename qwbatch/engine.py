@@ -57,6 +57,7 @@ from qwbatch.errors import (
     TransientError,
 )
 from qwbatch.imagemeta import image_metadata, request_doc_key
+from qwbatch.inputs import recorded_uri
 from qwbatch.journal import Finished, Journal
 from qwbatch.limits import LIMITERS, LimiterRegistry, LimitSpec, ModelLimiter
 from qwbatch.models import CatalogRecord, ProviderResult, RenderRequest, Status
@@ -271,7 +272,7 @@ class Engine:
             folded = self._alias_records(records, alias.row_id, dict(alias.tags))
             for record in folded if alias.input_images else ():
                 # The same input bytes, perhaps under other names: record the row's own.
-                record.input_images = list(alias.input_images)
+                record.input_images = [recorded_uri(uri) for uri in alias.input_images]
                 record.input_notes = list(alias.input_notes)
             records.extend(folded)
         self.journal.done(key, self._finished(records, call))
@@ -746,7 +747,7 @@ class Engine:
             started_at=started,
             finished_at=time.time(),
             tags=dict(request.tags),
-            input_images=list(request.input_images),
+            input_images=[recorded_uri(uri) for uri in request.input_images],
             input_sha256=list(request.input_sha256),
             input_notes=list(request.input_notes),
         )
