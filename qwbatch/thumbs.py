@@ -48,6 +48,7 @@ def put_thumbnail(store: ObjectStore, request_key: str, index: int, small: bytes
             content_type="image/webp",
             metadata={"request-key": request_key, "image-index": str(index)},
             if_none_match=True,
+            durable=False,  # readers make a lost thumbnail again from the output
         )
     except QwBatchError as exc:
         log.warning("no thumbnail for %s image %d: %s", request_key, index, exc.message)

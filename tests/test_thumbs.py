@@ -105,6 +105,7 @@ class RefusesThumbnails(LocalStore):
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> PutResult:
         if key.startswith("thumbs/"):
             raise StorageError(f"access denied: {key}")
