@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import pyarrow.parquet as pq
 
 from qwbatch import budget as budgets
-from qwbatch import progress, runs
+from qwbatch import progress, runs, shard_loop
 from qwbatch.catalog import CATALOG_PREFIX
 from qwbatch.config import Settings
 from qwbatch.costs import PriceTable
@@ -324,8 +324,9 @@ def render_shard(
     settings: Settings,
     budget: budgets.BudgetSpec | None = None,
 ) -> ShardResult:
-    """Synchronous wrapper: one event loop per shard (each Prefect task thread has its own)."""
-    return asyncio.run(
+    """Synchronous wrapper: the shard runs on the process's one shard loop (see
+    :mod:`qwbatch.shard_loop`), whichever Prefect task thread calls it."""
+    return shard_loop.run(
         render_shard_async(
             shard_key,
             out=out,
