@@ -5,10 +5,10 @@ event loop (``asyncio.run``), a process rendering four shards at once would hold
 and four default executors (24 threads on two cores), all contending for the GIL: every
 socket call a loop makes releases the GIL, and getting it back from a busy thread can take
 the whole switch interval (5 ms), for every send, poll and ``getpeername`` of every request
-(the convoy effect: in a py-spy profile of ``bench/bench_overhead.py`` the shard
-threads spent most of their time waiting to get the GIL back after such calls). So shard coroutines all run
-on one loop, in a daemon thread started on first use, with one executor for blocking store
-calls and image checks; the calling threads only wait for their shard's result.
+(the convoy effect: in a py-spy profile of ``bench/bench_overhead.py`` the shard threads
+spent most of their time waiting to get the GIL back after such calls). So shard coroutines
+all run on one loop, in a daemon thread started on first use, with one executor for
+blocking store calls and image checks; the calling threads only wait for their results.
 
 Example::
 
