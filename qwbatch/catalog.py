@@ -114,9 +114,18 @@ def write_part(
     """
     if not records:
         return None
+    return write_table(store, records_to_table(records), run_id=run_id, label=label, unique=unique)
+
+
+def write_table(
+    store: ObjectStore, table: pa.Table, *, run_id: str, label: str, unique: bool = True
+) -> str | None:
+    """``write_part`` for rows already in an Arrow table of :data:`SCHEMA`."""
+    if table.num_rows == 0:
+        return None
     suffix = f"-{uuid.uuid4().hex[:8]}" if unique else ""
     key = f"{CATALOG_PREFIX}part-{run_id}-{label}{suffix}.parquet"
-    store.put(key, _table_bytes(records_to_table(records)), content_type="application/x-parquet")
+    store.put(key, _table_bytes(table), content_type="application/x-parquet")
     return store.uri(key)
 
 

@@ -1,0 +1,135 @@
+"""The catalog as the plan sees it: which request keys already have outputs, compactly.
+
+:func:`present_keys` reads the ``request_key`` and ``status`` columns alone and keeps, per
+succeeded key, 16 bytes (the first 128 bits of the sha256; about 80 bytes a key with the set's
+overhead, against ~1 KB for a row of ``catalog.existing_outputs``). Once the manifest has
+been read, :func:`dedup_rows` reads the output columns again, only for the keys asked for,
+and joins them to the deduplicated manifest rows in Arrow: the catalog rows
+``plan.dedup_records`` would have made, with no Python object per row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from qwbatch.catalog import SCHEMA, iter_parts
+from qwbatch.storage import ObjectStore
+
+#: Catalog columns an existing output gives a deduplicated row.
+OUTPUT_COLUMNS = ("image_index", "output_uri", "sha256", "bytes", "width", "height")
+#: Columns of the deduplicated manifest rows handed to :func:`dedup_rows` (``order`` sorts
+#: them back into manifest order).
+REQUEST_SCHEMA = pa.schema(
+    [
+        ("order", pa.int64()),
+        SCHEMA.field("row_id"),
+        SCHEMA.field("request_key"),
+        SCHEMA.field("mode"),
+        SCHEMA.field("model"),
+        SCHEMA.field("prompt"),
+        SCHEMA.field("negative_prompt"),
+        SCHEMA.field("size"),
+        SCHEMA.field("n"),
+        SCHEMA.field("seed"),
+        SCHEMA.field("tags"),
+        SCHEMA.field("input_images"),
+        SCHEMA.field("input_sha256"),
+        SCHEMA.field("input_notes"),
+    ]
+)
+
+
+def short_key(key: str) -> bytes:
+    """The 16 bytes standing for a request key (sha256 hex) in the plan's key sets."""
+    return bytes.fromhex(key[:32])
+
+
+def present_keys(store: ObjectStore | None) -> set[bytes]:
+    """Short keys (:func:`short_key`) of every request with a succeeded row in the catalog."""
+    found: set[bytes] = set()
+    if store is None:
+        return found
+    fromhex = bytes.fromhex
+    for part in iter_parts(store, ("request_key", "status")):
+        succeeded = pc.equal(part["status"], "succeeded")
+        if not pc.all(succeeded).as_py():
+            part = part.filter(succeeded)
+        for chunk in pc.utf8_slice_codeunits(part["request_key"], 0, 32).chunks:
+            found.update(map(fromhex, chunk.to_pylist()))
+    pa.default_memory_pool().release_unused()
+    return found
+
+
+def dedup_rows(
+    store: ObjectStore, requests: Sequence[pa.Table], *, run_id: str, currency: str
+) -> pa.Table:
+    """Catalog rows (:data:`SCHEMA`) recording ``requests`` (:data:`REQUEST_SCHEMA` tables)
+    as deduplicated: one per stored image of each request's key (the later record of an
+    image winning, as in ``catalog.existing_outputs``), in manifest then image order; no
+    call, no cost."""
+    asked = pa.concat_tables([t.cast(REQUEST_SCHEMA) for t in requests]) if requests else None
+    if asked is None or asked.num_rows == 0:
+        return SCHEMA.empty_table()
+    wanted = pc.unique(asked["request_key"])
+    outputs = []
+    for part in iter_parts(store, ("request_key", "status", *OUTPUT_COLUMNS)):
+        keep = pc.and_(
+            pc.equal(part["status"], "succeeded"),
+            pc.is_in(part["request_key"], value_set=wanted),
+        )
+        outputs.append(part.filter(keep).drop_columns(["status"]))
+    if not outputs:
+        return SCHEMA.empty_table()
+    found = pa.concat_tables(outputs, promote_options="default").combine_chunks()
+    found = found.set_column(
+        found.schema.get_field_index("image_index"),
+        "image_index",
+        pc.fill_null(found["image_index"], 0),
+    )
+    # One row per (key, image): the last record of it, as existing_outputs keeps.
+    found = found.append_column("place", pa.array(range(found.num_rows), pa.int64()))
+    last = found.group_by(["request_key", "image_index"], use_threads=False).aggregate(
+        [("place", "max")]
+    )
+    found = found.take(last["place_max"])
+    pairs = (
+        asked.select(["request_key", "order"])
+        .append_column("ask", pa.array(range(asked.num_rows), pa.int64()))
+        .join(
+            found.select(["request_key", "image_index"]).append_column(
+                "got", pa.array(range(found.num_rows), pa.int64())
+            ),
+            keys="request_key",
+            join_type="inner",
+            use_threads=False,
+        )
+        .sort_by([("order", "ascending"), ("image_index", "ascending")])
+    )
+    rows = pairs.num_rows
+    ask, got = pairs["ask"], pairs["got"]
+    now = pa.array([int(time.time() * 1000)] * rows, SCHEMA.field("started_at").type)
+    columns: dict[str, pa.ChunkedArray | pa.Array] = {
+        name: asked[name].take(ask) for name in REQUEST_SCHEMA.names if name != "order"
+    }
+    columns.update({name: found[name].take(got) for name in OUTPUT_COLUMNS})
+    columns.update(
+        run_id=pa.array([run_id] * rows, pa.string()),
+        status=pa.array(["deduplicated"] * rows, pa.string()),
+        attempts=pa.array([0] * rows, pa.int32()),
+        ambiguous_calls=pa.array([0] * rows, pa.int32()),
+        unit_price=pa.array([0.0] * rows, pa.float64()),
+        currency=pa.array([currency] * rows, pa.string()),
+        cost=pa.array([0.0] * rows, pa.float64()),
+        possible_cost=pa.array([0.0] * rows, pa.float64()),
+        started_at=now,
+        finished_at=now,
+    )
+    arrays = [
+        pc.cast(columns[f.name], f.type) if f.name in columns else pa.nulls(rows, f.type)
+        for f in SCHEMA
+    ]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
