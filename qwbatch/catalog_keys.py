@@ -11,7 +11,7 @@ and joins them to the deduplicated manifest rows in Arrow: the catalog rows
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -65,16 +65,62 @@ def present_keys(store: ObjectStore | None) -> set[bytes]:
 
 
 def dedup_rows(
-    store: ObjectStore, requests: Sequence[pa.Table], *, run_id: str, currency: str
-) -> pa.Table:
+    store: ObjectStore,
+    requests: Sequence[pa.Table],
+    *,
+    run_id: str,
+    currency: str,
+    slice_rows: int = 65_536,
+) -> Iterator[pa.Table]:
     """Catalog rows (:data:`SCHEMA`) recording ``requests`` (:data:`REQUEST_SCHEMA` tables)
     as deduplicated: one per stored image of each request's key (the later record of an
     image winning, as in ``catalog.existing_outputs``), in manifest then image order; no
-    call, no cost."""
-    asked = pa.concat_tables([t.cast(REQUEST_SCHEMA) for t in requests]) if requests else None
-    if asked is None or asked.num_rows == 0:
-        return SCHEMA.empty_table()
-    wanted = pc.unique(asked["request_key"])
+    call, no cost. Yields tables of at most about ``slice_rows`` rows, so that a caller
+    writing them holds one slice of output at a time."""
+    if not requests:
+        return
+    asked = pa.concat_tables([t.cast(REQUEST_SCHEMA) for t in requests])
+    del requests  # the caller drops its list too: the tables live on in ``asked`` alone
+    asked = asked.take(pc.sort_indices(asked["order"])).combine_chunks()
+    found = _outputs(store, pc.unique(asked["request_key"]))
+    if found.num_rows == 0:
+        return
+    if len(pc.unique(found["request_key"])) == found.num_rows:
+        # One image a key (the usual case): look each request up, no join, no sort.
+        got = pc.index_in(asked["request_key"], value_set=found["request_key"])
+        ask = pc.indices_nonzero(pc.is_valid(got))
+        got = pc.drop_null(got)
+    else:
+        found = _last_records(found)
+        pairs = (
+            asked.select(["request_key", "order"])
+            .append_column("ask", pa.array(range(asked.num_rows), pa.int64()))
+            .join(
+                found.select(["request_key", "image_index"]).append_column(
+                    "got", pa.array(range(found.num_rows), pa.int64())
+                ),
+                keys="request_key",
+                join_type="inner",
+                use_threads=False,
+            )
+            .sort_by([("order", "ascending"), ("image_index", "ascending")])
+        )
+        ask, got = pairs["ask"].combine_chunks(), pairs["got"].combine_chunks()
+    now = int(time.time() * 1000)
+    for start in range(0, len(ask), slice_rows):
+        yield _dedup_slice(
+            asked,
+            found,
+            ask.slice(start, slice_rows),
+            got.slice(start, slice_rows),
+            run_id=run_id,
+            currency=currency,
+            now_ms=now,
+        )
+
+
+def _outputs(store: ObjectStore, wanted: pa.Array) -> pa.Table:
+    """The succeeded catalog rows of the keys ``wanted``: request_key and OUTPUT_COLUMNS."""
     outputs = []
     for part in iter_parts(store, ("request_key", "status", *OUTPUT_COLUMNS)):
         keep = pc.and_(
@@ -82,36 +128,38 @@ def dedup_rows(
             pc.is_in(part["request_key"], value_set=wanted),
         )
         outputs.append(part.filter(keep).drop_columns(["status"]))
+    schema = pa.schema([SCHEMA.field(c) for c in ("request_key", *OUTPUT_COLUMNS)])
     if not outputs:
-        return SCHEMA.empty_table()
-    found = pa.concat_tables(outputs, promote_options="default").combine_chunks()
-    found = found.set_column(
+        return schema.empty_table()
+    found = pa.concat_tables(outputs, promote_options="default").cast(schema).combine_chunks()
+    return found.set_column(
         found.schema.get_field_index("image_index"),
         "image_index",
         pc.fill_null(found["image_index"], 0),
     )
-    # One row per (key, image): the last record of it, as existing_outputs keeps.
+
+
+def _last_records(found: pa.Table) -> pa.Table:
+    """One row per (key, image): the last record of it, as existing_outputs keeps."""
     found = found.append_column("place", pa.array(range(found.num_rows), pa.int64()))
     last = found.group_by(["request_key", "image_index"], use_threads=False).aggregate(
         [("place", "max")]
     )
-    found = found.take(last["place_max"])
-    pairs = (
-        asked.select(["request_key", "order"])
-        .append_column("ask", pa.array(range(asked.num_rows), pa.int64()))
-        .join(
-            found.select(["request_key", "image_index"]).append_column(
-                "got", pa.array(range(found.num_rows), pa.int64())
-            ),
-            keys="request_key",
-            join_type="inner",
-            use_threads=False,
-        )
-        .sort_by([("order", "ascending"), ("image_index", "ascending")])
-    )
-    rows = pairs.num_rows
-    ask, got = pairs["ask"], pairs["got"]
-    now = pa.array([int(time.time() * 1000)] * rows, SCHEMA.field("started_at").type)
+    return found.take(last["place_max"]).drop_columns(["place"])
+
+
+def _dedup_slice(
+    asked: pa.Table,
+    found: pa.Table,
+    ask: pa.Array,
+    got: pa.Array,
+    *,
+    run_id: str,
+    currency: str,
+    now_ms: int,
+) -> pa.Table:
+    rows = len(ask)
+    now = pa.array([now_ms] * rows, SCHEMA.field("started_at").type)
     columns: dict[str, pa.ChunkedArray | pa.Array] = {
         name: asked[name].take(ask) for name in REQUEST_SCHEMA.names if name != "order"
     }

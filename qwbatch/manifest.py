@@ -91,13 +91,13 @@ from qwbatch.manifest_columns import (
     decoded,
     value_type,
 )
-from qwbatch.manifest_vector import Setting, check_block
 from qwbatch.manifest_source import (
     ManifestFile,
     RemoteManifestInputs,
     is_remote,
     manifest_files,
 )
+from qwbatch.manifest_vector import FastRows, Setting, check_block
 from qwbatch.models import Mode, RenderRequest
 from qwbatch.registry import ModelSpec, ModelTable, parse_size
 
@@ -210,6 +210,8 @@ class CheckedBlock:
     first_row: int
     num_rows: int
     fast: pa.Table
+    #: The same rows as ``fast``, as Python lists (None when there are none).
+    rows: FastRows | None
     requests: list[RenderRequest]
     rejects: list[Reject]
 
@@ -588,8 +590,8 @@ def _duplicate_candidates(files: list[ManifestFile]) -> frozenset[str]:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while one batch is checked.
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while one batch is checked (or a plan is made).
 
     Each row allocates a dozen container objects and none of them forms a cycle, yet every
     700 allocations start a collection that walks the young objects, and full collections
@@ -603,6 +605,9 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+_gc_paused = gc_paused
 
 
 class ManifestReader:
@@ -754,7 +759,7 @@ class ManifestReader:
                 slow = record_batch.take(pa.array(block.slow, pa.int64()))
                 requests, rejects = self._check_rows(slow, (offset + i for i in block.slow))
             self._count(rows, block.fast.num_rows + len(requests), rejects, offset)
-            yield CheckedBlock(offset, rows, block.fast, requests, rejects)
+            yield CheckedBlock(offset, rows, block.fast, block.rows, requests, rejects)
 
     def _record_batches(self) -> Generator[tuple[pa.RecordBatch, int], None, None]:
         offset = 0

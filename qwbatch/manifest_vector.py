@@ -16,9 +16,9 @@ The keys are hashed by the caller (one sha256 per row over the prefixes, see
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from json.encoder import encode_basestring  # the C JSON string quoter, as keys.py
 from typing import Any, Final
 
 import pyarrow as pa
@@ -31,8 +31,6 @@ from qwbatch.manifest_columns import decoded
 #: them specially; ids refuse them) and Unicode separators at either end (Python's strip()
 #: would remove them).
 _ODD_TEXT: Final = r"[\x{00}-\x{1f}\x{7f}-\x{9f}]|^\p{Z}|\p{Z}$"
-_ID_CONTROL: Final = r"[\x{00}-\x{1f}\x{7f}-\x{9f}]"
-_ALL_SPACE: Final = r"^\p{Z}+$"
 #: Separates model, mode and size in one combined cell (controls never reach it).
 _SEP: Final = "\x1f"
 _MAX_ID_CHARS: Final = 256
@@ -61,12 +59,13 @@ class Block:
     """One record batch after the vectorised checks.
 
     ``fast`` holds the accepted rows the vectorised path vouches for (columns
-    :data:`FAST_COLUMNS` plus ``prefix``, ``line_head``, ``line_mid``, ``line_tail``);
-    ``slow`` the batch-relative indices of the other rows, for the row checker.
+    :data:`FAST_COLUMNS`), ``rows`` the same rows as Python lists (None when there are
+    none); ``slow`` the batch-relative indices of the other rows, for the row checker.
     """
 
     fast: pa.Table
     slow: list[int]
+    rows: FastRows | None
 
 
 FAST_COLUMNS: Final = (
@@ -129,21 +128,14 @@ class _Unsupported(Exception):
     """A column of a type the vectorised path leaves to the row checker."""
 
 
-def _quoted(text: pa.Array) -> pa.Array:
-    """JSON strings (``"…"``) of control-free text; null cells stay null."""
-    escaped = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), '"', '\\"')
-    return pc.binary_join_element_wise('"', escaped, '"', "")
-
-
-def _json_or_null(text: pa.Array | None, rows: int) -> pa.Array:
-    if text is None:
-        return pa.array(["null"] * rows, pa.string())
-    return pc.fill_null(_quoted(text), "null")
-
-
 def _odd(text: pa.Array) -> pa.Array:
-    """Per cell: true when the row checker must see it (see _ODD_TEXT); null → false."""
-    return pc.fill_null(pc.match_substring_regex(text, _ODD_TEXT), False)
+    """Per cell: true when the row checker must see it (see _ODD_TEXT); null → false.
+    ASCII text is decided by two cheap kernels; only other text meets the regex."""
+    plain = pc.and_(pc.ascii_is_printable(text), pc.equal(pc.ascii_trim_whitespace(text), text))
+    plain = pc.fill_null(plain, True)
+    if pc.all(plain).as_py():
+        return pc.invert(plain)
+    return pc.fill_null(pc.if_else(plain, False, pc.match_substring_regex(text, _ODD_TEXT)), False)
 
 
 def _tags(batch: pa.RecordBatch, rows: int) -> tuple[pa.Array, pa.Array]:
@@ -151,7 +143,8 @@ def _tags(batch: pa.RecordBatch, rows: int) -> tuple[pa.Array, pa.Array]:
 
     Only the common, already-normal form is taken: map<string,string> whose keys are
     non-empty, sorted, unique and free of edge whitespace and controls, values likewise
-    clean and never null. Anything else raises _Unsupported (the row checker normalises it).
+    clean and never null, neither holding ``"`` or ``\\``. Anything else raises
+    _Unsupported (the row checker normalises it).
     """
     if "tags" not in batch.schema.names or pa.types.is_null(batch.column("tags").type):
         return pa.nulls(rows, TAGS_TYPE), pa.array(["[]"] * rows, pa.string())
@@ -166,8 +159,7 @@ def _tags(batch: pa.RecordBatch, rows: int) -> tuple[pa.Array, pa.Array]:
         pc.any(pc.equal(pc.utf8_length(keys), 0)).as_py()
         or pc.any(_odd(keys)).as_py()
         or pc.any(_odd(items)).as_py()
-        or not pc.all(pc.equal(pc.utf8_trim_whitespace(keys), keys)).as_py()
-        or not pc.all(pc.equal(pc.utf8_trim_whitespace(items), items)).as_py()
+        or any(_may_contain(text, quote) for text in (keys, items) for quote in ('"', "\\"))
     ):
         raise _Unsupported
     offsets = array.offsets
@@ -179,10 +171,12 @@ def _tags(batch: pa.RecordBatch, rows: int) -> tuple[pa.Array, pa.Array]:
         rising = pc.less(flat.slice(0, len(flat) - 1), flat.slice(1))
         if not pc.all(pc.or_(pc.invert(same), rising)).as_py():
             raise _Unsupported
+    # [["k1", "v1"], ["k2", "v2"]] from joins with separators (no quoting needed, see above)
     # .keys/.items are the whole children; offsets index into them, even for a slice.
-    pairs = pc.binary_join_element_wise("[", _quoted(keys), ", ", _quoted(items), "]", "")
-    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pairs), ", ")
-    json_tags = pc.binary_join_element_wise("[", pc.fill_null(joined, ""), "]", "")
+    pairs = pc.binary_join_element_wise(keys, items, '", "')
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pairs), '"], ["')
+    json_tags = pc.binary_join_element_wise('[["', joined, '"]]', "")
+    json_tags = pc.if_else(pc.equal(pc.list_value_length(per_row), 0), "[]", json_tags)
     if array.null_count:
         json_tags = pc.if_else(array.is_valid(), json_tags, "[]")
     normal = pa.MapArray.from_arrays(offsets, keys, items, mask=array.is_null())
@@ -202,7 +196,7 @@ def check_block(
     try:
         return _check(batch, offset, resolve, candidates)
     except _Unsupported:
-        return Block(fast=_empty(), slow=list(range(rows)))
+        return Block(fast=_empty(), slow=list(range(rows)), rows=None)
 
 
 def _check(
@@ -210,15 +204,13 @@ def _check(
 ) -> Block:
     rows = batch.num_rows
     ids = decoded(batch.column("id"))
-    if pa.types.is_integer(ids.type):
-        ids = pc.cast(ids, pa.string())
-    elif _is_str(ids.type):
+    if pa.types.is_integer(ids.type) or _is_str(ids.type):
         ids = pc.cast(ids, pa.string())
     else:
         raise _Unsupported
     prompt = _text(batch, "prompt")
     if prompt is None:
-        return Block(fast=_empty(), slow=list(range(rows)))
+        return Block(fast=_empty(), slow=list(range(rows)), rows=None)
     model, mode, size = (_text(batch, c) for c in ("model", "mode", "size"))
     negative = _text(batch, "negative_prompt")
     n, seed, priority = (_ints(batch, c) for c in ("n", "seed", "priority"))
@@ -229,8 +221,7 @@ def _check(
     id_len = pc.utf8_length(ids)
     ok = pc.and_(pc.is_valid(ids), pc.greater(id_len, 0))
     ok = pc.and_(ok, pc.less_equal(id_len, _MAX_ID_CHARS))
-    ok = pc.and_kleene(ok, pc.invert(pc.match_substring_regex(ids, _ID_CONTROL)))
-    ok = pc.and_kleene(ok, pc.invert(pc.match_substring_regex(ids, _ALL_SPACE)))
+    ok = pc.and_kleene(ok, pc.invert(_odd(ids)))  # also catches all-space ids
     if candidates is not None and len(candidates):
         ok = pc.and_kleene(ok, pc.invert(pc.is_in(ids, value_set=candidates)))
     # prompt: present, clean, non-empty
@@ -244,7 +235,7 @@ def _check(
     texts = [pc.fill_null(t, "") if t is not None else None for t in (model, mode, size)]
     for t in texts:
         if t is not None:
-            ok = pc.and_kleene(ok, pc.invert(pc.match_substring_regex(t, _ID_CONTROL)))
+            ok = pc.and_kleene(ok, pc.invert(_odd(t)))  # so _SEP cannot occur inside
     combo = pc.binary_join_element_wise(
         *[t if t is not None else pa.array([""] * rows, pa.string()) for t in texts], _SEP
     )
@@ -257,8 +248,12 @@ def _check(
 
     accepted = per_row([s is not None for s in settings], pa.bool_())
     ok = pc.and_kleene(ok, accepted)
-    ok = pc.and_kleene(ok, pc.less_equal(prompt_len, per_row(
-        [s.prompt_max if s else 0 for s in settings], pa.int64())))
+    ok = pc.and_kleene(
+        ok,
+        pc.less_equal(
+            prompt_len, per_row([s.prompt_max if s else 0 for s in settings], pa.int64())
+        ),
+    )
     if negative is not None:
         neg_ok = pc.and_(
             pc.invert(_odd(negative)),
@@ -282,24 +277,22 @@ def _check(
     fast_rows = pc.indices_nonzero(ok)
     slow = pc.indices_nonzero(pc.invert(ok)).to_pylist()
     if not len(fast_rows):
-        return Block(fast=_empty(), slow=slow)
+        return Block(fast=_empty(), slow=slow, rows=None)
 
     def take(array: pa.Array | None, kind: pa.DataType) -> pa.Array:
         if array is None:
             return pa.nulls(len(fast_rows), kind)
         return pc.take(array, fast_rows)
 
-    model_name = per_row([s.model if s else "" for s in settings], pa.string())
-    mode_name = per_row([s.mode if s else "" for s in settings], pa.string())
-    size_name = per_row([s.size if s else None for s in settings], pa.string())
+    combos = pc.take(index, fast_rows)
     columns = {
         "row_number": pc.add(fast_rows.cast(pa.int64()), offset),
         "row_id": pc.take(ids, fast_rows),
-        "model": pc.take(model_name, fast_rows),
-        "mode": pc.take(mode_name, fast_rows),
+        "model": pc.take(pa.array([s.model if s else "" for s in settings]), combos),
+        "mode": pc.take(pa.array([s.mode if s else "" for s in settings]), combos),
         "prompt": pc.take(prompt, fast_rows),
         "negative_prompt": take(negative, pa.string()),
-        "size": pc.take(size_name, fast_rows),
+        "size": pc.take(pa.array([s.size if s else None for s in settings], pa.string()), combos),
         "n": pc.take(n_value, fast_rows),
         "seed": take(seed, pa.int64()),
         "prompt_extend": take(extend, pa.bool_()),
@@ -307,40 +300,106 @@ def _check(
         "tags": pc.take(tags, fast_rows),
         "priority": take(priority, pa.int64()),
     }
-    count = len(fast_rows)
-    q = {name: _json_or_null(columns[name], count) for name in
-         ("row_id", "model", "mode", "prompt", "negative_prompt", "size")}
-    n_text = pc.cast(columns["n"], pa.string())
-    extend_text = pc.fill_null(
-        pc.if_else(columns["prompt_extend"], "true", "false"), "null"
+    table = pa.table(columns)
+    quoted = [_SettingText.of(s) for s in settings]
+    prompt_json = _escaped(columns["prompt"])
+    negative_json = (
+        pc.fill_null(
+            pc.binary_join_element_wise('"', _escaped(columns["negative_prompt"]), '"', ""), "null"
+        )
+        if negative is not None
+        else pa.array(["null"] * len(combos), pa.string())
     )
-    watermark_text = pc.if_else(columns["watermark"], "true", "false")
-    # keys.py's canonical form up to the seed: ["qwbatch/1",model,mode,prompt,neg,size,n,
-    # extend,watermark,[],
-    prefix = pc.binary_join_element_wise(
-        f'["{KEY_VERSION}"', q["model"], q["mode"], q["prompt"], q["negative_prompt"],
-        q["size"], n_text, extend_text, watermark_text, "[],", ",",
+    extend_json = pc.fill_null(pc.if_else(columns["prompt_extend"], "true", "false"), "null")
+    # keys.py's canonical form up to the seed, joined by ",":
+    # ["qwbatch/1",model,mode | prompt | negative | size | n | extend | watermark | [] | ""
+    prefixes = pc.binary_join_element_wise(
+        pc.take(pa.array([t.head for t in quoted], pa.string()), combos),
+        pc.binary_join_element_wise('"', prompt_json, '"', ""),
+        negative_json,
+        pc.take(pa.array([t.size for t in quoted], pa.string()), combos),
+        pc.cast(columns["n"], pa.string()),
+        extend_json,
+        pc.if_else(columns["watermark"], "true", "false"),
+        "[]",
+        "",
+        ",",
     )
-    # The shard line (plan._encode_item's JSON) around the key and the seed.
-    head = pc.binary_join_element_wise(
-        '{"request": {"row_id": ', q["row_id"], ', "row_number": ',
-        pc.cast(columns["row_number"], pa.string()), ', "request_key": "', "",
+    rows = FastRows(
+        settings=quoted,
+        prefixes=pc.cast(prefixes, pa.binary()).to_pylist(),
+        seeds=_pylist(seed, columns["seed"]),
+        lines=pa.table(
+            {
+                "combo": combos,
+                "row_id": _escaped(columns["row_id"]),
+                "row_number": columns["row_number"],
+                "prompt": prompt_json,
+                "negative_prompt": negative_json,
+                "n": columns["n"],
+                "prompt_extend": extend_json,
+                "watermark": columns["watermark"],
+                "priority": columns["priority"],
+                "tags": pc.take(tags_json, fast_rows),
+            }
+        ),
     )
-    mid = pc.binary_join_element_wise(
-        '", "model": ', q["model"], ', "mode": ', q["mode"], ', "prompt": ', q["prompt"],
-        ', "negative_prompt": ', q["negative_prompt"], ', "size": ', q["size"], ', "n": ',
-        n_text, ', "seed": ', "",
-    )
-    priority_text = pc.fill_null(pc.cast(columns["priority"], pa.string()), "null")
-    tail = pc.binary_join_element_wise(
-        ', "prompt_extend": ', extend_text, ', "watermark": ', watermark_text,
-        ', "input_images": [], "input_sha256": [], "input_notes": [], "tags": ',
-        pc.take(tags_json, fast_rows), ', "priority": ', priority_text,
-        '}, "aliases": []}', "",
-    )
-    table = pa.table({**columns, "prefix": prefix, "line_head": head, "line_mid": mid,
-                      "line_tail": tail})
-    return Block(fast=table, slow=slow)
+    return Block(fast=table, slow=slow, rows=rows)
+
+
+def _escaped(text: pa.Array) -> pa.Array:
+    """JSON string content (no quotes) of text free of control characters: ``\\`` and
+    ``"`` escaped, as ``json.encoder.encode_basestring`` does (each pass only if needed)."""
+    for char in ("\\", '"'):
+        if _may_contain(text, char):
+            text = pc.replace_substring(text, char, "\\" + char)
+    return text
+
+
+def _may_contain(text: pa.Array, char: str) -> bool:
+    """Whether a cell of ``text`` may hold ``char``: a byte search of the data buffer (which
+    may extend past a sliced array; a false yes only costs a replace), much faster than
+    ``match_substring``."""
+    data = text.buffers()[2]
+    return data is not None and char.encode() in data.to_pybytes()
+
+
+def _pylist(source: pa.Array | None, column: pa.Array) -> list[Any]:
+    """A column as Python values; an absent column is all None without converting."""
+    return [None] * len(column) if source is None else column.to_pylist()
+
+
+@dataclass(frozen=True, slots=True)
+class _SettingText:
+    """A Setting's values as JSON text, and the canonical form's head (``["qwbatch/1",
+    model,mode``), computed once per distinct combination."""
+
+    head: str
+    model: str
+    mode: str
+    size: str
+
+    @classmethod
+    def of(cls, setting: Setting | None) -> _SettingText:
+        if setting is None:  # never taken: its rows are not fast
+            return cls("", "", "", "")
+        model, mode = encode_basestring(setting.model), encode_basestring(setting.mode)
+        size = "null" if setting.size is None else encode_basestring(setting.size)
+        return cls(f'["{KEY_VERSION}",{model},{mode}', model, mode, size)
+
+
+@dataclass(slots=True)
+class FastRows:
+    """What keying and shard lines need of the fast rows: the canonical prefixes (UTF-8,
+    up to the seed) and seeds as Python lists, the rest of a shard line as Arrow columns
+    (text as JSON: escaped contents of ``row_id`` and ``prompt``, a JSON value for
+    ``negative_prompt``, ``prompt_extend`` and ``tags``), converted only for the rows whose
+    lines are written."""
+
+    settings: list[_SettingText]
+    prefixes: list[bytes]
+    seeds: list[int | None]
+    lines: pa.Table
 
 
 _EMPTY_SCHEMA: Final = pa.schema(
@@ -358,10 +417,6 @@ _EMPTY_SCHEMA: Final = pa.schema(
         ("watermark", pa.bool_()),
         ("tags", TAGS_TYPE),
         ("priority", pa.int64()),
-        ("prefix", pa.string()),
-        ("line_head", pa.string()),
-        ("line_mid", pa.string()),
-        ("line_tail", pa.string()),
     ]
 )
 
@@ -370,27 +425,50 @@ def _empty() -> pa.Table:
     return _EMPTY_SCHEMA.empty_table()
 
 
-def key_rows(
-    prefixes: Sequence[str], seeds: Sequence[int | None]
-) -> tuple[list[bytes], list[int]]:
-    """Per row, the sha256 digest of its canonical form and its seed (``keys.key_and_seed``
-    over prefixes built column-wise): a missing seed is derived from the seed-less form."""
+def key_rows(rows: FastRows | None) -> tuple[list[bytes], list[int]]:
+    """Per fast row, the sha256 digest of its canonical form (``keys.canonical_request``)
+    and its seed: the one given, or derived from the seed-less form (``keys.key_and_seed``).
+    """
     digests: list[bytes] = []
-    out_seeds: list[int] = []
-    sha256 = hashlib.sha256
-    from_bytes = int.from_bytes
-    for prefix, seed in zip(prefixes, seeds, strict=True):
-        digest = sha256(prefix.encode())
+    seeds: list[int] = []
+    if rows is None:
+        return digests, seeds
+    sha256, from_bytes = hashlib.sha256, int.from_bytes
+    append_digest, append_seed = digests.append, seeds.append
+    for prefix, seed in zip(rows.prefixes, rows.seeds, strict=True):
+        digest = sha256(prefix)
         if seed is None:
             derived = digest.copy()
             derived.update(b"null]")
             seed = from_bytes(derived.digest()[:4], "big") & SEED_MAX
         digest.update(b"%d]" % seed)
-        digests.append(digest.digest())
-        out_seeds.append(seed)
-    return digests, out_seeds
+        append_digest(digest.digest())
+        append_seed(seed)
+    return digests, seeds
 
 
-def json_text(value: str | None) -> str:
-    """A cell as JSON (for lines written outside Arrow)."""
-    return json.dumps(value, ensure_ascii=False)
+def shard_lines(
+    rows: FastRows, chosen: Sequence[int], keys: Sequence[str], seeds: Sequence[int]
+) -> list[str]:
+    """The shard lines (``plan.encode_line``'s JSON) of the fast rows at ``chosen``, whose
+    keys and seeds are ``keys[i]`` and ``seeds[i]`` for each ``i`` in ``chosen``."""
+    texts = rows.settings
+    picked = rows.lines.take(pa.array(chosen, pa.int64()))
+    columns = [picked[name].to_pylist() for name in picked.column_names]
+    lines: list[str] = []
+    append = lines.append
+    for i, combo, rid, number, prompt, negative, n, extend, mark, priority, tags in zip(
+        chosen, *columns, strict=True
+    ):
+        text = texts[combo]
+        append(
+            f'{{"request": {{"row_id": "{rid}", "row_number": {number}, '
+            f'"request_key": "{keys[i]}", "model": {text.model}, "mode": {text.mode}, '
+            f'"prompt": "{prompt}", "negative_prompt": {negative}, '
+            f'"size": {text.size}, "n": {n}, "seed": {seeds[i]}, '
+            f'"prompt_extend": {extend}, "watermark": {"true" if mark else "false"}, '
+            '"input_images": [], "input_sha256": [], "input_notes": [], '
+            f'"tags": {tags}, "priority": {"null" if priority is None else priority}}}, '
+            '"aliases": []}'
+        )
+    return lines

@@ -28,6 +28,7 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -36,13 +37,20 @@ from qwbatch import budget as budgets
 from qwbatch import catalog, catalog_keys
 from qwbatch.config import Settings
 from qwbatch.costs import UNTAGGED, ZERO, CostLine, Estimate, PriceTable, tag_labels
-from qwbatch.manifest import CheckedBlock, InputResolver, Reject, read_manifest, rejects_table
-from qwbatch.manifest_vector import key_rows
+from qwbatch.manifest import (
+    CheckedBlock,
+    InputResolver,
+    Reject,
+    gc_paused,
+    read_manifest,
+    rejects_table,
+)
+from qwbatch.manifest_vector import key_rows, shard_lines
 from qwbatch.models import RenderRequest
 from qwbatch.plan import Alias, Plan, PlanItem, decode_shard, encode_line, shard_key, write_shard
 from qwbatch.registry import ModelTable
-from qwbatch.shard_writer import ShardWriter
-from qwbatch.storage import ObjectStore
+from qwbatch.shard_writer import WRITERS, ShardWriter
+from qwbatch.storage import LocalStore, ObjectStore, deferred_sync
 
 _EMPTY_LIST = pa.list_(pa.string())
 _ENTRIES = pa.list_(
@@ -72,9 +80,7 @@ class _Tally:
         labels = pc.if_else(
             pc.equal(values, ""), keys, pc.binary_join_element_wise(keys, values, "=")
         )
-        untagged = pc.indices_nonzero(
-            pc.equal(pc.fill_null(pc.list_value_length(tags), 0), 0)
-        )
+        untagged = pc.indices_nonzero(pc.equal(pc.fill_null(pc.list_value_length(tags), 0), 0))
         entries = pa.table(
             {
                 "label": pa.chunked_array(
@@ -169,7 +175,7 @@ class _Planner:
         self.plan.rows_read += block.num_rows
         self.rejects.extend(block.rejects)
         fast = block.fast
-        digests, seeds = key_rows(fast["prefix"].to_pylist(), fast["seed"].to_pylist())
+        digests, seeds = key_rows(block.rows)
         new: list[int | RenderRequest] = []
         dedup_fast: list[int] = []
         alias_fast: list[int] = []
@@ -193,11 +199,10 @@ class _Planner:
         for request in slow[next_slow:]:
             self._take_slow(request, new, slow_dedup)
 
-        keys = pa.array([d.hex() for d in digests], pa.string())
-        seed_array = pa.array(seeds, pa.int64())
-        self._add_new(fast, keys, seed_array, new)
+        keys = [d.hex() for d in digests]
+        self._add_new(block, keys, seeds, new)
         if dedup_fast:
-            self.dedup.append(_fast_dedup(fast, keys, seed_array, dedup_fast))
+            self.dedup.append(_fast_dedup(fast, keys, seeds, dedup_fast))
         if slow_dedup:
             self.dedup.append(_slow_dedup(slow_dedup))
         self.plan.deduplicated += len(dedup_fast) + len(slow_dedup)
@@ -217,30 +222,31 @@ class _Planner:
             new.append(request)
             return
         alias = Alias(
-            request.row_id, request.row_number, request.tags, request.input_images,
+            request.row_id,
+            request.row_number,
+            request.tags,
+            request.input_images,
             request.input_notes,
         )
         self.aliases[place].append((alias, request.priority))
         self.plan.folded += 1
 
     def _add_new(
-        self, fast: pa.Table, keys: pa.Array, seeds: pa.Array, new: list[int | RenderRequest]
+        self,
+        block: CheckedBlock,
+        keys: list[str],
+        seeds: list[int],
+        new: list[int | RenderRequest],
     ) -> None:
         fast_new = [i for i in new if isinstance(i, int)]
         lines: list[str] = []
-        if fast_new:
+        if fast_new and block.rows is not None:
+            lines = shard_lines(block.rows, fast_new, keys, seeds)
             chosen = pa.array(fast_new, pa.int64())
-            lines = pc.binary_join_element_wise(
-                fast["line_head"].take(chosen),
-                keys.take(chosen),
-                fast["line_mid"].take(chosen),
-                pc.cast(seeds.take(chosen), pa.string()),
-                fast["line_tail"].take(chosen),
-                "",
-            ).to_pylist()
-            taken = fast.select(["model", "n", "tags"]).take(chosen).combine_chunks()
-            self.tally.add_columns(taken["model"].chunk(0), taken["n"].chunk(0),
-                                   taken["tags"].chunk(0))
+            taken = block.fast.select(["model", "n", "tags"]).take(chosen).combine_chunks()
+            self.tally.add_columns(
+                taken["model"].chunk(0), taken["n"].chunk(0), taken["tags"].chunk(0)
+            )
         if len(fast_new) == len(new):
             self.writer.add(lines)
             return
@@ -265,7 +271,7 @@ class _Planner:
             self.plan.folded += 1
 
 
-def _fast_dedup(fast: pa.Table, keys: pa.Array, seeds: pa.Array, rows: list[int]) -> pa.Table:
+def _fast_dedup(fast: pa.Table, keys: list[str], seeds: list[int], rows: list[int]) -> pa.Table:
     chosen = pa.array(rows, pa.int64())
     picked = fast.take(chosen)
     count = len(rows)
@@ -274,14 +280,14 @@ def _fast_dedup(fast: pa.Table, keys: pa.Array, seeds: pa.Array, rows: list[int]
         {
             "order": picked["row_number"],
             "row_id": picked["row_id"],
-            "request_key": keys.take(chosen),
+            "request_key": pa.array([keys[i] for i in rows], pa.string()),
             "mode": picked["mode"],
             "model": picked["model"],
             "prompt": picked["prompt"],
             "negative_prompt": picked["negative_prompt"],
             "size": picked["size"],
             "n": picked["n"],
-            "seed": seeds.take(chosen),
+            "seed": pa.array([seeds[i] for i in rows], pa.int64()),
             "tags": picked["tags"],
             "input_images": empty,
             "input_sha256": empty,
@@ -335,7 +341,15 @@ def _attach_aliases(
         write_shard(store, run_id, index, items)
 
 
-def stream_plan(
+def stream_plan(*args: Any, **kwargs: Any) -> Plan:
+    """Plan ``manifest`` as ``plan_run`` does without a budget, batch by batch (see
+    :func:`_stream_plan` for the arguments). The cyclic garbage collector is paused: the
+    plan's objects form no cycles, and its full collections would walk every key kept."""
+    with gc_paused():
+        return _stream_plan(*args, **kwargs)
+
+
+def _stream_plan(
     manifest: str | Path,
     store: ObjectStore | None,
     *,
@@ -347,7 +361,6 @@ def stream_plan(
     dry_run: bool = False,
     resolve_input: InputResolver | None = None,
 ) -> Plan:
-    """Plan ``manifest`` as ``plan_run`` does without a budget, batch by batch."""
     plan = Plan(run_id=run_id)
     present = catalog_keys.present_keys(store)
     size = shard_size or settings.shard_size
@@ -360,10 +373,11 @@ def stream_plan(
         resolve_input=resolve_input,
         settings=settings,
     )
-    writer = ShardWriter(writes, size, lambda index: shard_key(run_id, index))
+    threads = 0 if isinstance(writes, LocalStore) else WRITERS
+    writer = ShardWriter(writes, size, lambda index: shard_key(run_id, index), threads=threads)
     planner = _Planner(plan, present, writer)
     try:
-        with writer:
+        with deferred_sync(writes), writer:
             for block in reader.blocks():
                 planner.take(block)
         del present, planner.present, planner.seen  # the key sets are done with
@@ -383,14 +397,12 @@ def stream_plan(
     plan.shards = writer.shards
     if writes is None:
         return plan
-    plan.rejects_uri = catalog.write_rejects(
-        writes, rejects_table(planner.rejects), run_id=run_id
-    )
+    plan.rejects_uri = catalog.write_rejects(writes, rejects_table(planner.rejects), run_id=run_id)
     rows = catalog_keys.dedup_rows(
         writes, planner.dedup, run_id=run_id, currency=settings.currency()
     )
-    planner.dedup.clear()
-    plan.dedup_part_uri = catalog.write_table(
+    planner.dedup = []
+    plan.dedup_part_uri = catalog.write_tables(
         writes, rows, run_id=run_id, label="plan", unique=False
     )
     return plan

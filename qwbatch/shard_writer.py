@@ -3,10 +3,10 @@
 A :class:`ShardWriter` takes the encoded lines of distinct requests in manifest order (the
 line format is ``qwbatch.plan``'s ``_encode_item``) and writes shard ``i`` as soon as it
 holds ``size`` lines, so memory holds one shard of lines, not the plan. Writes run on a few
-worker threads (gzip and a local store's fsync release the GIL; S3 is a round trip), at most
-``WRITES_AHEAD`` shards queued. Use as a context manager: leaving it writes the last shard
-and waits for every write, raising the first write's error. ``store`` None counts shards
-without writing (a dry run).
+worker threads (an S3 put is a round trip), at most ``WRITES_AHEAD`` shards queued, or in
+the calling thread (``threads=0``). Use as a context manager: leaving it writes the last
+shard and waits for every write, raising the first write's error. ``store`` None counts
+shards without writing (a dry run).
 """
 
 from __future__ import annotations
@@ -28,14 +28,27 @@ def shard_bytes(lines: Iterable[str]) -> bytes:
     return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), GZIP_LEVEL)
 
 
-class ShardWriter:
-    """Cut encoded request lines into shards of ``size`` and write each as it fills."""
+#: Writer threads for a remote store (a put is a round trip; threads overlap them).
+WRITERS = 4
 
-    WRITERS = 3
+
+class ShardWriter:
+    """Cut encoded request lines into shards of ``size`` and write each as it fills.
+
+    ``threads`` 0 writes in the calling thread: right for a local store, whose put is a
+    few system calls, when the caller is busy in Python (a writer thread would wait for the
+    GIL at each call, up to the 5 ms switch interval every time).
+    """
+
     WRITES_AHEAD = 8
 
     def __init__(
-        self, store: ObjectStore | None, size: int, key_of: Callable[[int], str]
+        self,
+        store: ObjectStore | None,
+        size: int,
+        key_of: Callable[[int], str],
+        *,
+        threads: int = WRITERS,
     ) -> None:
         if size < 1:
             raise ValueError(f"shard size must be at least 1, got {size}")
@@ -46,8 +59,8 @@ class ShardWriter:
         self.shards = 0
         self.shard_keys: list[str] = []
         self._pool = (
-            ThreadPoolExecutor(self.WRITERS, thread_name_prefix="qwbatch-shards")
-            if store is not None
+            ThreadPoolExecutor(threads, thread_name_prefix="qwbatch-shards")
+            if store is not None and threads > 0
             else None
         )
         self._writes: deque[Future[None]] = deque()
@@ -94,6 +107,8 @@ class ShardWriter:
             while len(self._writes) >= self.WRITES_AHEAD:
                 self._writes.popleft().result()
             self._writes.append(self._pool.submit(self._put, key, self._lines))
+        elif self._store is not None:
+            self._put(key, self._lines)
         self.shards += 1
         self._lines = []
 
