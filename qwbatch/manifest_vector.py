@@ -138,49 +138,65 @@ def _odd(text: pa.Array) -> pa.Array:
     return pc.fill_null(pc.if_else(plain, False, pc.match_substring_regex(text, _ODD_TEXT)), False)
 
 
-def _tags(batch: pa.RecordBatch, rows: int) -> tuple[pa.Array, pa.Array]:
-    """(tags as map<string,string> with null for none, their JSON ``[["k", "v"], …]``).
+def _tags(batch: pa.RecordBatch, rows: int) -> tuple[pa.Array, pa.Array, pa.Array | None]:
+    """(tags as map<string,string>, empty for none, their JSON ``[["k", "v"], …]``, and
+    per row whether the vectorised path may take them (None: every row)).
 
     Only the common, already-normal form is taken: map<string,string> whose keys are
     non-empty, sorted, unique and free of edge whitespace and controls, values likewise
-    clean and never null, neither holding ``"`` or ``\\``. Anything else raises
-    _Unsupported (the row checker normalises it).
+    clean and never null, neither holding ``"`` or ``\\``. Rows with other tags go to the
+    row checker (which normalises them); another column type raises _Unsupported.
     """
     if "tags" not in batch.schema.names or pa.types.is_null(batch.column("tags").type):
-        return pa.nulls(rows, TAGS_TYPE), pa.array(["[]"] * rows, pa.string())
+        empty = pa.MapArray.from_arrays(
+            pa.array([0] * (rows + 1), pa.int32()),
+            pa.array([], pa.string()),
+            pa.array([], pa.string()),
+        )
+        return empty.cast(TAGS_TYPE), pa.array(["[]"] * rows, pa.string()), None
     array = decoded(batch.column("tags"))
     if not pa.types.is_map(array.type):
         raise _Unsupported
     keys, items = decoded(array.keys), decoded(array.items)
-    if not (_is_str(keys.type) and _is_str(items.type)) or items.null_count:
+    if not (_is_str(keys.type) and _is_str(items.type)):
         raise _Unsupported
     keys, items = pc.cast(keys, pa.string()), pc.cast(items, pa.string())
-    if len(keys) and (
-        pc.any(pc.equal(pc.utf8_length(keys), 0)).as_py()
-        or pc.any(_odd(keys)).as_py()
-        or pc.any(_odd(items)).as_py()
-        or any(_may_contain(text, quote) for text in (keys, items) for quote in ('"', "\\"))
-    ):
-        raise _Unsupported
+    # .keys/.items are the whole children; offsets index into them, even for a slice.
     offsets = array.offsets
     per_row = pa.ListArray.from_arrays(offsets, keys)
-    flat = per_row.flatten()
-    if len(flat) > 1:
+    flat_keys = per_row.flatten()
+    flat_items = pa.ListArray.from_arrays(offsets, items).flatten()
+    count = len(flat_keys)
+    ok: pa.Array | None = None
+    if count:
+        bad = pc.or_(pc.equal(pc.utf8_length(flat_keys), 0), _odd(flat_keys))
+        bad = pc.or_(bad, pc.or_(_odd(flat_items), pc.is_null(flat_items)))
+        for text in (flat_keys, flat_items):
+            for quote in ('"', "\\"):
+                if _may_contain(text, quote):
+                    bad = pc.or_(bad, pc.fill_null(pc.match_substring(text, quote), False))
         parents = pc.list_parent_indices(per_row)
-        same = pc.equal(parents.slice(0, len(flat) - 1), parents.slice(1))
-        rising = pc.less(flat.slice(0, len(flat) - 1), flat.slice(1))
-        if not pc.all(pc.or_(pc.invert(same), rising)).as_py():
-            raise _Unsupported
+        if count > 1:  # each row's keys strictly increasing (sorted, none repeated)
+            same = pc.equal(parents.slice(0, count - 1), parents.slice(1))
+            rising = pc.less(flat_keys.slice(0, count - 1), flat_keys.slice(1))
+            falls = pc.and_(same, pc.invert(rising))
+            bad = pc.or_(bad, pa.concat_arrays([falls, pa.array([False])]))
+        bad_rows = pc.unique(pc.filter(parents, bad))
+        if len(bad_rows):
+            ok = pc.invert(pc.is_in(pa.array(range(rows), pa.int64()), value_set=bad_rows))
+    if array.null_count:  # a null cell is no tags; one spanning entries is the checker's
+        spans = pc.and_(array.is_null(), pc.greater(pc.list_value_length(per_row), 0))
+        if pc.any(spans).as_py():
+            ok = pc.and_(ok, pc.invert(spans)) if ok is not None else pc.invert(spans)
     # [["k1", "v1"], ["k2", "v2"]] from joins with separators (no quoting needed, see above)
-    # .keys/.items are the whole children; offsets index into them, even for a slice.
     pairs = pc.binary_join_element_wise(keys, items, '", "')
     joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pairs), '"], ["')
     json_tags = pc.binary_join_element_wise('[["', joined, '"]]', "")
     json_tags = pc.if_else(pc.equal(pc.list_value_length(per_row), 0), "[]", json_tags)
     if array.null_count:
         json_tags = pc.if_else(array.is_valid(), json_tags, "[]")
-    normal = pa.MapArray.from_arrays(offsets, keys, items, mask=array.is_null())
-    return normal.cast(TAGS_TYPE), json_tags
+    # Null cells become empty maps (no tags), as the catalog records them.
+    return pa.MapArray.from_arrays(offsets, keys, items).cast(TAGS_TYPE), json_tags, ok
 
 
 def check_block(
@@ -215,7 +231,7 @@ def _check(
     negative = _text(batch, "negative_prompt")
     n, seed, priority = (_ints(batch, c) for c in ("n", "seed", "priority"))
     extend, watermark = (_bools(batch, c) for c in ("prompt_extend", "watermark"))
-    tags, tags_json = _tags(batch, rows)
+    tags, tags_json, tags_ok = _tags(batch, rows)
 
     # id: present, non-empty, not all spaces, bounded, no controls, not a repeated id
     id_len = pc.utf8_length(ids)
@@ -224,6 +240,8 @@ def _check(
     ok = pc.and_kleene(ok, pc.invert(_odd(ids)))  # also catches all-space ids
     if candidates is not None and len(candidates):
         ok = pc.and_kleene(ok, pc.invert(pc.is_in(ids, value_set=candidates)))
+    if tags_ok is not None:
+        ok = pc.and_kleene(ok, tags_ok)
     # prompt: present, clean, non-empty
     prompt_len = pc.utf8_length(prompt)
     ok = pc.and_kleene(ok, pc.greater(prompt_len, 0))

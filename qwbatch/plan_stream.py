@@ -360,6 +360,7 @@ def _stream_plan(
     shard_size: int | None = None,
     dry_run: bool = False,
     resolve_input: InputResolver | None = None,
+    batch_size: int = 65_536,
 ) -> Plan:
     plan = Plan(run_id=run_id)
     present = catalog_keys.present_keys(store)
@@ -372,6 +373,7 @@ def _stream_plan(
         strict=strict,
         resolve_input=resolve_input,
         settings=settings,
+        batch_size=batch_size,
     )
     threads = 0 if isinstance(writes, LocalStore) else WRITERS
     writer = ShardWriter(writes, size, lambda index: shard_key(run_id, index), threads=threads)
