@@ -81,13 +81,16 @@ def dedup_rows(
         return
     asked = pa.concat_tables([t.cast(REQUEST_SCHEMA) for t in requests])
     del requests  # the caller drops its list too: the tables live on in ``asked`` alone
-    asked = asked.take(pc.sort_indices(asked["order"])).combine_chunks()
+    order = asked["order"]
+    if len(order) > 1 and not pc.all(pc.less(order[:-1], order[1:])).as_py():
+        asked = asked.take(pc.sort_indices(order))
     found = _outputs(store, pc.unique(asked["request_key"]))
     if found.num_rows == 0:
         return
-    if len(pc.unique(found["request_key"])) == found.num_rows:
+    found_keys = found["request_key"].combine_chunks()
+    if len(pc.unique(found_keys)) == found.num_rows:
         # One image a key (the usual case): look each request up, no join, no sort.
-        got = pc.index_in(asked["request_key"], value_set=found["request_key"])
+        got = pc.index_in(asked["request_key"], value_set=found_keys).combine_chunks()
         ask = pc.indices_nonzero(pc.is_valid(got))
         got = pc.drop_null(got)
     else:
@@ -131,7 +134,7 @@ def _outputs(store: ObjectStore, wanted: pa.Array) -> pa.Table:
     schema = pa.schema([SCHEMA.field(c) for c in ("request_key", *OUTPUT_COLUMNS)])
     if not outputs:
         return schema.empty_table()
-    found = pa.concat_tables(outputs, promote_options="default").cast(schema).combine_chunks()
+    found = pa.concat_tables(outputs, promote_options="default").cast(schema)
     return found.set_column(
         found.schema.get_field_index("image_index"),
         "image_index",

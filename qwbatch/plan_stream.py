@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,10 @@ class _Tally:
         grouped = merged.group_by(["label", "model"], use_threads=False).aggregate(
             [("n_count", "sum"), ("n_sum", "sum")]
         )
+        price_of = {model: prices.unit_price(model) or ZERO for model in self.models}
+        # Tag lines are often one per row (an id as a tag): share their equal costs.
+        costs: dict[tuple[str, int], Decimal] = {}
+        by_tag = result.by_tag
         for label, model, requests, images in zip(
             grouped["label"].to_pylist(),
             grouped["model"].to_pylist(),
@@ -146,13 +151,16 @@ class _Tally:
             grouped["n_sum_sum"].to_pylist(),
             strict=True,
         ):
-            price = prices.unit_price(model)
-            line = result.by_tag.get(label)
+            tag_cost = costs.get((model, images))
+            if tag_cost is None:
+                tag_cost = costs[(model, images)] = images * price_of[model]
+            line = by_tag.get(label)
             if line is None:
-                line = result.by_tag[label] = CostLine()
-            line.requests += requests
-            line.images += images
-            line.cost += images * (price or ZERO)
+                by_tag[label] = CostLine(requests, images, tag_cost)
+            else:
+                line.requests += requests
+                line.images += images
+                line.cost += tag_cost
         return result
 
 

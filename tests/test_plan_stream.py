@@ -115,14 +115,15 @@ def _settings(tmp_path: Path) -> Settings:
     return Settings(default_model=DEFAULT, shard_size=3, api_key="sk-test")
 
 
-def _existing_catalog(store: LocalStore, manifest: Path) -> None:
-    """A catalog holding outputs for every fourth accepted request (two images for some)."""
+def _existing_catalog(store: LocalStore, manifest: Path, *, all_images: bool = True) -> None:
+    """A catalog holding outputs for every fourth accepted request: each of its images, or
+    (``all_images`` False) its first image only."""
     requests = [
         r for b in read_manifest(manifest, table=TABLE, default_model=DEFAULT) for r in b.requests
     ]
     records = []
     for request in requests[::4]:
-        for index in range(request.n):
+        for index in range(request.n if all_images else 1):
             records.append(
                 CatalogRecord(
                     run_id="earlier",
@@ -155,7 +156,8 @@ def _catalog_rows(store: LocalStore, uri: str | None) -> list[dict[str, object]]
     ]
 
 
-def test_streaming_plan_equals_the_in_memory_plan(tmp_path: Path) -> None:
+@pytest.mark.parametrize("all_images", [True, False])
+def test_streaming_plan_equals_the_in_memory_plan(tmp_path: Path, all_images: bool) -> None:
     manifest = tmp_path / "m.parquet"
     base = varied_manifest(tmp_path / "base.parquet", 90)
     table = pq.read_table(base)
@@ -168,7 +170,7 @@ def test_streaming_plan_equals_the_in_memory_plan(tmp_path: Path) -> None:
     plans = {}
     for name in ("stream", "memory"):
         store = LocalStore(tmp_path / name)
-        _existing_catalog(store, manifest)
+        _existing_catalog(store, manifest, all_images=all_images)
         budget = BudgetPolicy(Decimal(10**9), "refuse") if name == "memory" else None
         plan = plan_run(manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget)
         shards = [[(i.request, i.aliases) for i in read_shard(store, k)] for k in plan.shard_keys]
