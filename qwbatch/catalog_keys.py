@@ -10,13 +10,15 @@ and joins them to the deduplicated manifest rows in Arrow: the catalog rows
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from qwbatch.catalog import SCHEMA, iter_parts
+from qwbatch.catalog import SCHEMA, iter_parts, part_keys
 from qwbatch.storage import ObjectStore
 
 #: Catalog columns an existing output gives a deduplicated row.
@@ -123,23 +125,46 @@ def dedup_rows(
 
 
 def _outputs(store: ObjectStore, wanted: pa.Array) -> pa.Table:
-    """The succeeded catalog rows of the keys ``wanted``: request_key and OUTPUT_COLUMNS."""
-    outputs = []
-    for part in iter_parts(store, ("request_key", "status", *OUTPUT_COLUMNS)):
-        keep = pc.and_(
-            pc.equal(part["status"], "succeeded"),
-            pc.is_in(part["request_key"], value_set=wanted),
-        )
-        outputs.append(part.filter(keep).drop_columns(["status"]))
+    """The succeeded catalog rows of the keys ``wanted``: request_key and OUTPUT_COLUMNS.
+
+    Two passes over the parts: the key and status columns of all parts first, matched
+    against ``wanted`` in one ``is_in`` (which hashes its value set on every call: once,
+    not once a part), then each part's output columns, filtered by its slice of the match.
+    """
     schema = pa.schema([SCHEMA.field(c) for c in ("request_key", *OUTPUT_COLUMNS)])
-    if not outputs:
+    keys = part_keys(store)
+    if not keys:
         return schema.empty_table()
+    first = [_read(store, key, ("request_key", "status")) for key in keys]
+    every = pa.concat_tables(first, promote_options="default")
+    sizes = [part.num_rows for part in first]
+    del first
+    keep = pc.and_(
+        pc.equal(every["status"], "succeeded"), pc.is_in(every["request_key"], value_set=wanted)
+    )
+    del every
+    outputs, start = [], 0
+    for key, size in zip(keys, sizes, strict=True):
+        part = _read(store, key, ("request_key", "status", *OUTPUT_COLUMNS))
+        if part.num_rows == size:
+            mask = keep.slice(start, size)
+        else:  # rewritten between the passes (a resumed shard): decide it again
+            mask = pc.and_(
+                pc.equal(part["status"], "succeeded"),
+                pc.is_in(part["request_key"], value_set=wanted),
+            )
+        outputs.append(part.filter(mask).drop_columns(["status"]))
+        start += size
     found = pa.concat_tables(outputs, promote_options="default").cast(schema)
     return found.set_column(
         found.schema.get_field_index("image_index"),
         "image_index",
         pc.fill_null(found["image_index"], 0),
     )
+
+
+def _read(store: ObjectStore, key: str, columns: Sequence[str]) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.get(key)), columns=list(columns))
 
 
 def _last_records(found: pa.Table) -> pa.Table:
