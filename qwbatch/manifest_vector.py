@@ -297,25 +297,28 @@ def _check(
     if not len(fast_rows):
         return Block(fast=_empty(), slow=slow, rows=None)
 
-    def take(array: pa.Array | None, kind: pa.DataType) -> pa.Array:
-        if array is None:
-            return pa.nulls(len(fast_rows), kind)
-        return pc.take(array, fast_rows)
+    every = len(fast_rows) == rows  # the usual batch: no row to leave out
 
-    combos = pc.take(index, fast_rows)
+    def pick(array: pa.Array) -> pa.Array:
+        return array if every else pc.take(array, fast_rows)
+
+    def take(array: pa.Array | None, kind: pa.DataType) -> pa.Array:
+        return pa.nulls(len(fast_rows), kind) if array is None else pick(array)
+
+    combos = pick(index)
     columns = {
         "row_number": pc.add(fast_rows.cast(pa.int64()), offset),
-        "row_id": pc.take(ids, fast_rows),
+        "row_id": pick(ids),
         "model": pc.take(pa.array([s.model if s else "" for s in settings]), combos),
         "mode": pc.take(pa.array([s.mode if s else "" for s in settings]), combos),
-        "prompt": pc.take(prompt, fast_rows),
+        "prompt": pick(prompt),
         "negative_prompt": take(negative, pa.string()),
         "size": pc.take(pa.array([s.size if s else None for s in settings], pa.string()), combos),
-        "n": pc.take(n_value, fast_rows),
+        "n": pick(n_value),
         "seed": take(seed, pa.int64()),
         "prompt_extend": take(extend, pa.bool_()),
         "watermark": pc.fill_null(take(watermark, pa.bool_()), False),
-        "tags": pc.take(tags, fast_rows),
+        "tags": pick(tags),
         "priority": take(priority, pa.int64()),
     }
     table = pa.table(columns)
@@ -358,7 +361,7 @@ def _check(
                 "prompt_extend": extend_json,
                 "watermark": columns["watermark"],
                 "priority": columns["priority"],
-                "tags": pc.take(tags_json, fast_rows),
+                "tags": pick(tags_json),
             }
         ),
     )
