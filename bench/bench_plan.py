@@ -103,29 +103,19 @@ def plan_once(manifest: Path, catalog: Path) -> dict[str, float]:
         settings = Settings(default_model="qwen-image-2.0")
         table = ModelTable.load()
         started, cpu = time.perf_counter(), time.process_time()
-        helper = _children_cpu()
         plan = plan_run(
             manifest, LocalStore(out), settings=settings, table=table, run_id="bench-plan"
         )
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-        helper = _children_cpu() - helper
     return {
         "seconds": seconds,
         "cpu_seconds": cpu,
-        "helper_cpu_seconds": helper,
         "rows_read": plan.rows_read,
         "deduplicated": plan.deduplicated,
         "requests": plan.requests,
         "shards": len(plan.shard_keys),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "helper_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
-
-
-def _children_cpu() -> float:
-    """CPU seconds of this process's finished children (the plan's shard-writing helper)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def read_table_once(manifest: Path) -> dict[str, float]:
@@ -196,10 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     result = measure(args.rows, args.cache)
     print(
         f"plan: {result['rows']:,} rows vs a {result['rows']:,}-row catalog: "
-        f"{result['seconds']:.2f} s (CPU {result['cpu_seconds']:.2f} s, helper process "
-        f"{result.get('helper_cpu_seconds', 0):.2f} s; goal <= 10 s), "
-        f"peak RSS {result['peak_rss_mib']:.0f} MiB (goal <= 1024; helper process "
-        f"{result.get('helper_peak_rss_mib', 0):.0f} MiB), "
+        f"{result['seconds']:.2f} s (CPU {result['cpu_seconds']:.2f} s; goal <= 10 s), "
+        f"peak RSS {result['peak_rss_mib']:.0f} MiB (goal <= 1024), "
         f"{result['ratio']:.1f}x pq.read_table ({result['read_table_s']:.2f} s); "
         f"{result['deduplicated']:,} deduplicated, {result['requests']:,} to render "
         f"in {result['shards']:,} shards; read_manifest alone {result['reader_s']:.2f} s "

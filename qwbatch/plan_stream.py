@@ -53,9 +53,6 @@ from qwbatch.registry import ModelTable
 from qwbatch.shard_writer import WRITERS, ShardWriter
 from qwbatch.storage import LocalStore, ObjectStore, deferred_sync
 
-#: Manifest rows from which a plan into a local store writes its shards from a helper
-#: process (``ShardWriter(process=True)``); below, starting it costs more than it saves.
-PROCESS_ROWS = 100_000
 _EMPTY_LIST = pa.list_(pa.string())
 _ENTRIES = pa.list_(
     pa.struct([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())])
@@ -372,7 +369,6 @@ def _stream_plan(
     dry_run: bool = False,
     resolve_input: InputResolver | None = None,
     batch_size: int = 65_536,
-    process_rows: int = PROCESS_ROWS,
 ) -> Plan:
     plan = Plan(run_id=run_id)
     present = catalog_keys.present_keys(store)
@@ -387,14 +383,8 @@ def _stream_plan(
         settings=settings,
         batch_size=batch_size,
     )
-    local = isinstance(writes, LocalStore)
-    writer = ShardWriter(
-        writes,
-        size,
-        lambda index: shard_key(run_id, index),
-        threads=0 if local else WRITERS,
-        process=local and reader.summary.total_rows >= process_rows,
-    )
+    threads = 0 if isinstance(writes, LocalStore) else WRITERS
+    writer = ShardWriter(writes, size, lambda index: shard_key(run_id, index), threads=threads)
     planner = _Planner(plan, present, writer)
     try:
         with deferred_sync(writes), writer:

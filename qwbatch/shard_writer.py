@@ -3,21 +3,18 @@
 A :class:`ShardWriter` takes the encoded lines of distinct requests in manifest order (the
 line format is ``qwbatch.plan``'s ``_encode_item``) and writes shard ``i`` as soon as it
 holds ``size`` lines, so memory holds one shard of lines, not the plan. Writes run on a few
-worker threads (an S3 put is a round trip), or in the calling thread (``threads=0``), or in
-one helper process (``process=True``: for a large plan into a local store, gzip and the file
-system calls then run beside the planning instead of inside it), at most ``WRITES_AHEAD``
-shards queued. Use as a context manager: leaving it writes the last shard and waits for
-every write, raising the first write's error. ``store`` None counts shards without writing
-(a dry run).
+worker threads (an S3 put is a round trip), at most ``WRITES_AHEAD`` shards queued, or in
+the calling thread (``threads=0``). Use as a context manager: leaving it writes the last
+shard and waits for every write, raising the first write's error. ``store`` None counts
+shards without writing (a dry run).
 """
 
 from __future__ import annotations
 
 import gzip
-import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
 from qwbatch.storage import ObjectStore
@@ -29,11 +26,6 @@ GZIP_LEVEL = 1
 def shard_bytes(lines: Iterable[str]) -> bytes:
     """A shard file's bytes from its JSON lines (without newlines)."""
     return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), GZIP_LEVEL)
-
-
-def put_shard(store: ObjectStore, key: str, lines: list[str]) -> None:
-    """Write one shard file (module level: a helper process runs it too)."""
-    store.put(key, shard_bytes(lines), content_type="application/gzip")
 
 
 #: Writer threads for a remote store (a put is a round trip; threads overlap them).
@@ -49,8 +41,6 @@ class ShardWriter:
     """
 
     WRITES_AHEAD = 8
-    #: The helper process takes a second or two to start: queue more meanwhile.
-    PROCESS_WRITES_AHEAD = 64
 
     def __init__(
         self,
@@ -59,25 +49,20 @@ class ShardWriter:
         key_of: Callable[[int], str],
         *,
         threads: int = WRITERS,
-        process: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError(f"shard size must be at least 1, got {size}")
         self._store = store
-        self._ahead = self.WRITES_AHEAD
         self._size = size
         self._key_of = key_of
         self._lines: list[str] = []
         self.shards = 0
         self.shard_keys: list[str] = []
-        self._pool: Executor | None = None
-        if store is not None and process:
-            # spawn, not fork: the planning process runs Arrow's threads.
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(1, mp_context=context)
-            self._ahead = self.PROCESS_WRITES_AHEAD
-        elif store is not None and threads > 0:
-            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="qwbatch-shards")
+        self._pool = (
+            ThreadPoolExecutor(threads, thread_name_prefix="qwbatch-shards")
+            if store is not None and threads > 0
+            else None
+        )
         self._writes: deque[Future[None]] = deque()
 
     @property
@@ -119,11 +104,14 @@ class ShardWriter:
         key = self._key_of(self.shards)
         self.shard_keys.append(key)
         if self._pool is not None:
-            assert self._store is not None  # a pool exists only to write to a store
-            while len(self._writes) >= self._ahead:
+            while len(self._writes) >= self.WRITES_AHEAD:
                 self._writes.popleft().result()
-            self._writes.append(self._pool.submit(put_shard, self._store, key, self._lines))
+            self._writes.append(self._pool.submit(self._put, key, self._lines))
         elif self._store is not None:
-            put_shard(self._store, key, self._lines)
+            self._put(key, self._lines)
         self.shards += 1
         self._lines = []
+
+    def _put(self, key: str, lines: list[str]) -> None:
+        assert self._store is not None
+        self._store.put(key, shard_bytes(lines), content_type="application/gzip")

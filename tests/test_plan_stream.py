@@ -3,7 +3,6 @@ plan (the budget path) plans: shards, aliases, deduplicated rows, rejects, estim
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from decimal import Decimal
@@ -252,21 +251,3 @@ def test_run_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     ) in text
     assert "estimated cost" in text
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
-
-
-def test_shards_written_from_a_helper_process_are_the_same(tmp_path: Path) -> None:
-    manifest = varied_manifest(tmp_path / "m.parquet", 60)
-    shards = {}
-    for name, process_rows in (("here", 10**9), ("helper", 0)):
-        store = LocalStore(tmp_path / name)
-        plan = stream_plan(
-            manifest,
-            store,
-            settings=_settings(tmp_path),
-            table=TABLE,
-            run_id="r1",
-            process_rows=process_rows,
-        )
-        shards[name] = [gzip.decompress(store.get(key)) for key in plan.shard_keys]
-    assert len(shards["here"]) > 5
-    assert shards["here"] == shards["helper"]
