@@ -57,6 +57,7 @@ from qwbatch.errors import (
     TransientError,
 )
 from qwbatch.imagemeta import image_metadata, request_doc_key
+from qwbatch.inputs import recorded_uri
 from qwbatch.journal import Finished, Journal
 from qwbatch.limits import LIMITERS, LimiterRegistry, LimitSpec, ModelLimiter
 from qwbatch.models import CatalogRecord, ProviderResult, RenderRequest, Status
@@ -271,7 +272,7 @@ class Engine:
             folded = self._alias_records(records, alias.row_id, dict(alias.tags))
             for record in folded if alias.input_images else ():
                 # The same input bytes, perhaps under other names: record the row's own.
-                record.input_images = list(alias.input_images)
+                record.input_images = [recorded_uri(uri) for uri in alias.input_images]
                 record.input_notes = list(alias.input_notes)
             records.extend(folded)
         self.journal.done(key, self._finished(records, call))
@@ -622,14 +623,16 @@ class Engine:
         async for attempt in self._retry(retryable):
             with attempt:
                 data = await self.provider.download(url)
-                info = images.verify_image(data)
+                # Decoding a 2048² output takes tens of ms: off the event loop, once for both
+                # the verification and the thumbnail.
+                checked = await asyncio.to_thread(images.check_output, data)
         key = output_key(request.request_key, index)
         metadata, doc = image_metadata(
             request,
             index=index,
-            sha256=info.sha256,
-            width=info.width,
-            height=info.height,
+            sha256=checked.info.sha256,
+            width=checked.info.width,
+            height=checked.info.height,
             run_id=self.run_id,
             unit_price=unit_price,
             currency=self.currency,
@@ -637,35 +640,47 @@ class Engine:
             request_id=result.request_id,
             created_at=time.time(),
         )
+        # Every write of this output in one worker-thread hop: handing work to a thread costs
+        # the event loop more than the small writes themselves.
+        info, uri = await self._store_call(
+            self._write_output, request, index, key, data, checked, metadata, doc
+        )
+        return data, info, uri
+
+    def _write_output(
+        self,
+        request: RenderRequest,
+        index: int,
+        key: str,
+        data: bytes,
+        checked: images.CheckedOutput,
+        metadata: dict[str, str],
+        doc: bytes | None,
+    ) -> tuple[images.ImageInfo, str]:
+        """Store a verified output, its prompt document and its thumbnail (on a worker thread;
+        idempotent, so a store outage retries it whole). The output's info and URI: those of
+        the object already stored under its content-addressed key, if there is one."""
+        info = checked.info
         if doc is not None:
             # The prompt did not fit the object metadata: it rides beside the images.
-            await self._store_call(
-                self.store.put,
+            self.store.put(
                 request_doc_key(request.request_key),
                 doc,
                 content_type="application/json",
                 if_none_match=True,
             )
-        put = await self._store_call(
-            self.store.put,
-            key,
-            data,
-            content_type=info.content_type,
-            metadata=metadata,
-            if_none_match=True,
+        put = self.store.put(
+            key, data, content_type=info.content_type, metadata=metadata, if_none_match=True
         )
-        await asyncio.to_thread(
-            thumbs.store_thumbnail, self.store, request.request_key, index, data
-        )
+        if checked.thumbnail is not None:
+            thumbs.put_thumbnail(self.store, request.request_key, index, checked.thumbnail)
         if not put.created:
             # Content-addressed: the object already there is the output of record, unless it
             # lost its metadata (a crash between a local file and its sidecar): then ours,
             # verified just now, replaces it whole.
-            existing = await self._store_call(self.store.head, key)
+            existing = self.store.head(key)
             if existing is None or not existing.metadata.get("sha256"):
-                put = await self._store_call(
-                    self.store.put, key, data, content_type=info.content_type, metadata=metadata
-                )
+                put = self.store.put(key, data, content_type=info.content_type, metadata=metadata)
             else:
                 info = images.ImageInfo(
                     format=info.format,
@@ -674,7 +689,7 @@ class Engine:
                     sha256=existing.metadata["sha256"],
                     bytes=existing.size,
                 )
-        return data, info, put.uri
+        return info, put.uri
 
     # -- records --------------------------------------------------------------------------
 
@@ -732,7 +747,7 @@ class Engine:
             started_at=started,
             finished_at=time.time(),
             tags=dict(request.tags),
-            input_images=list(request.input_images),
+            input_images=[recorded_uri(uri) for uri in request.input_images],
             input_sha256=list(request.input_sha256),
             input_notes=list(request.input_notes),
         )

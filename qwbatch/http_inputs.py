@@ -89,7 +89,14 @@ def non_public_kind(address: str) -> str | None:
 
 
 def display_url(url: str) -> str:
-    """``url`` fit for a message: no user info, and ``?…`` instead of the query."""
+    """``url`` fit for a message: no user info, ``?…`` instead of the query, 200 chars."""
+    shown = url_without_secrets(url)
+    return shown if len(shown) <= 200 else shown[:199] + "…"
+
+
+def url_without_secrets(url: str) -> str:
+    """``url`` without its user info and with ``?…`` for its query: a presigned URL's query
+    (``X-Amz-Signature``, ``OSSAccessKeyId``…) and user info are credentials."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -98,8 +105,7 @@ def display_url(url: str) -> str:
         return "<unparsable URL>"
     if ":" in host:
         host = f"[{host}]"
-    shown = f"{parts.scheme}://{host}{port}{parts.path}" + ("?…" if parts.query else "")
-    return shown if len(shown) <= 200 else shown[:199] + "…"
+    return f"{parts.scheme}://{host}{port}{parts.path}" + ("?…" if parts.query else "")
 
 
 class HttpInputs:

@@ -20,6 +20,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from qwbatch.inputs import recorded_uri
 from qwbatch.models import CatalogRecord, RenderRequest
 from qwbatch.storage import MAX_METADATA_BYTES, metadata_size
 
@@ -84,7 +85,11 @@ def _request_fields(request: RenderRequest) -> dict[str, str]:
         "prompt": request.prompt,
         "negative-prompt": request.negative_prompt or "",
         "tags": json.dumps(dict(request.tags), ensure_ascii=False) if request.tags else "",
-        "input-images": json.dumps(list(request.input_images)) if request.input_images else "",
+        "input-images": (
+            json.dumps([recorded_uri(uri) for uri in request.input_images])
+            if request.input_images
+            else ""
+        ),
     }
 
 

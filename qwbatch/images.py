@@ -100,11 +100,48 @@ def verify_image(
     ``max_pixels``; the file's structure verifies (PNG chunk CRCs, a complete stream); and
     every pixel decodes (a truncated download fails here).
     """
-    if not data:
-        raise ImageError("not an image: no bytes")
-    fmt, width, height = _open_and_load(data, max_pixels=max_pixels, formats=formats)
+    with _decoded(data, max_pixels=max_pixels, formats=formats) as image:
+        return _info(image, data)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedOutput:
+    """A verified output image and its WebP thumbnail (None when none could be made)."""
+
+    info: ImageInfo
+    thumbnail: bytes | None
+
+
+def check_output(
+    data: bytes,
+    *,
+    max_side: int = THUMBNAIL_MAX_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> CheckedOutput:
+    """:func:`verify_image` and :func:`thumbnail` from one decode of ``data``.
+
+    ImageError when the image is not sound; a thumbnail that cannot be made is None (it is a
+    convenience, never a reason to refuse an output). CPU-bound: Pillow releases the GIL
+    while it decodes, resizes and encodes, so callers run it on a worker thread.
+    """
+    with _decoded(data, max_pixels=max_pixels, formats=formats) as image:
+        info = _info(image, data)
+        try:
+            small = _thumbnail_of(image, max_side)
+        except _DECODE_ERRORS:
+            small = None
+    return CheckedOutput(info, small)
+
+
+def _info(image: Image.Image, data: bytes) -> ImageInfo:
+    width, height = image.size
     return ImageInfo(
-        format=fmt, width=width, height=height, sha256=sha256_hex(data), bytes=len(data)
+        format=str(image.format),
+        width=width,
+        height=height,
+        sha256=sha256_hex(data),
+        bytes=len(data),
     )
 
 
@@ -114,15 +151,22 @@ def expect_size(info: ImageInfo, width: int, height: int) -> None:
         raise ImageError(f"image is {info.width}*{info.height} pixels, expected {width}*{height}")
 
 
-def _open_and_load(data: bytes, *, max_pixels: int, formats: Sequence[str]) -> tuple[str, int, int]:
-    """(format, width, height) after a structural check and a full decode."""
+def _decoded(data: bytes, *, max_pixels: int, formats: Sequence[str]) -> Image.Image:
+    """The image of ``data``, every pixel decoded, after a structural check; the caller
+    closes it (it is a context manager). ImageError if the bytes are not a sound image."""
+    if not data:
+        raise ImageError("not an image: no bytes")
     try:
         with Image.open(io.BytesIO(data), formats=list(formats)) as image:
-            fmt, (width, height) = str(image.format), image.size
-            _check_pixels(width, height, max_pixels)
+            fmt = str(image.format)
+            _check_pixels(image.width, image.height, max_pixels)
             image.verify()  # structure and checksums; leaves the image unusable
-        with Image.open(io.BytesIO(data), formats=[fmt]) as image:
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        try:
             image.load()  # every pixel: catches truncation that verify() cannot see
+        except BaseException:
+            image.close()
+            raise
     except UnidentifiedImageError as exc:
         accepted = ", ".join(formats)
         raise ImageError(f"not an image (or not one of {accepted})") from exc
@@ -130,7 +174,7 @@ def _open_and_load(data: bytes, *, max_pixels: int, formats: Sequence[str]) -> t
         raise ImageError(f"image too large to decode safely: {exc}") from exc
     except _DECODE_ERRORS as exc:
         raise ImageError(f"truncated or corrupt image: {exc or type(exc).__name__}") from exc
-    return fmt, width, height
+    return image
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
@@ -159,19 +203,30 @@ def thumbnail(
             _check_pixels(image.width, image.height, max_pixels)
             # draft() lets JPEG decode at a reduced scale; other formats ignore it.
             image.draft("RGB", (max_side, max_side))
-            mode = "RGBA" if _has_alpha(image) else "RGB"
-            small = image if image.mode == mode else image.convert(mode)
-            # A box reduction to near the target first, then Lanczos over a few hundred pixels:
-            # faster than Lanczos from full size, and no visible difference at this size.
-            small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=1.5)
-            out = io.BytesIO()
-            # WebP method 2 (of 0–6) encodes several times faster than the default 4 at this
-            # size, for files a little larger (still a few kB). See bench/bench_thumbnails.py.
-            small.save(out, format="WEBP", quality=THUMBNAIL_QUALITY, method=2)
+            return _thumbnail_of(image, max_side)
     except UnidentifiedImageError as exc:
         raise ImageError("not an image: cannot make a thumbnail") from exc
     except _DECODE_ERRORS as exc:
         raise ImageError(f"cannot make a thumbnail: {exc or type(exc).__name__}") from exc
+
+
+def _thumbnail_of(image: Image.Image, max_side: int) -> bytes:
+    """WebP bytes of ``image`` shrunk to at most ``max_side`` pixels on its longer side."""
+    mode = "RGBA" if _has_alpha(image) else "RGB"
+    small = image if image.mode == mode else image.convert(mode)
+    # A box reduction by a whole factor first (cheap, and a fair average of the pixels it
+    # merges), then Lanczos over what remains: no visible difference at this size, and
+    # several times faster than Lanczos from the full image.
+    factor = max(small.size) // max_side
+    if factor >= 2:
+        small = small.reduce(factor)
+    elif small is image:
+        small = image.copy()  # thumbnail() works in place; never on the caller's image
+    small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=None)
+    out = io.BytesIO()
+    # WebP method 2 (of 0–6) encodes several times faster than the default 4 at this size,
+    # for files a little larger (still a few kB). See bench/bench_thumbnails.py.
+    small.save(out, format="WEBP", quality=THUMBNAIL_QUALITY, method=2)
     return out.getvalue()
 
 

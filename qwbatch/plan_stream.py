@@ -51,7 +51,7 @@ from qwbatch.models import RenderRequest
 from qwbatch.plan import Alias, Plan, PlanItem, decode_shard, encode_line, shard_key, write_shard
 from qwbatch.registry import ModelTable
 from qwbatch.shard_writer import WRITERS, ShardWriter
-from qwbatch.storage import LocalStore, ObjectStore, deferred_sync
+from qwbatch.storage import LocalStore, ObjectStore, make_durable
 
 _EMPTY_LIST = pa.list_(pa.string())
 _ENTRIES = pa.list_(
@@ -387,12 +387,13 @@ def _stream_plan(
     writer = ShardWriter(writes, size, lambda index: shard_key(run_id, index), threads=threads)
     planner = _Planner(plan, present, writer)
     try:
-        with deferred_sync(writes), writer:
+        with writer:
             for block in reader.blocks():
                 planner.take(block)
         del present, planner.present, planner.seen  # the key sets are done with
         if writes is not None and planner.aliases:
             _attach_aliases(writes, run_id, size, writer.shard_keys, planner.aliases)
+        make_durable(writes)
     except BaseException:
         if writes is not None:
             _delete(writes, writer.shard_keys)

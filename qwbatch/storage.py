@@ -122,8 +122,14 @@ class ObjectStore(Protocol):
         content_type: str = DEFAULT_CONTENT_TYPE,
         metadata: Mapping[str, str] | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> PutResult:
-        """Store ``data`` at ``key``; with ``if_none_match`` never replace an existing object."""
+        """Store ``data`` at ``key``; with ``if_none_match`` never replace an existing object.
+
+        ``durable=False`` is for objects that can be made again (thumbnails): a store may
+        then skip what only guards against a power failure or an OS crash (a folder's
+        fsyncs). A process crash loses nothing either way. S3 is durable on every put.
+        """
         ...
 
     def get(self, key: str) -> bytes:
@@ -297,11 +303,13 @@ class LocalStore:
     """Objects as plain files under ``root``, metadata in a hidden ``.<file>.qwmeta.json``.
 
     Writes are atomic: the bytes go to a temp file in the target's directory, are fsynced,
-    then renamed over (or, with ``if_none_match``, hard-linked to) the final name, so a reader
-    or a crash never sees half an object. The data file is the commit point; its sidecar is
-    written just after and records the data file's inode, size and mtime, so a sidecar that
-    does not describe the current file (a crash or a racing writer in between) is ignored and
-    ``head`` reports empty metadata rather than wrong metadata.
+    then renamed over (or, with ``if_none_match``, hard-linked to) the final name, and the
+    directory is fsynced, so a reader or a crash never sees half an object. The data file is
+    the commit point; its sidecar is written just after (not fsynced) and records the data
+    file's inode, size and mtime, so a sidecar that does not describe the current file (a
+    crash, a power failure or a racing writer in between) is ignored and ``head`` reports
+    empty metadata rather than wrong metadata. ``durable=False`` skips the fsyncs: the object
+    is still whole or absent after a process crash, but may be lost to a power failure.
 
     A key and a key below it (``a`` and ``a/b``) cannot both exist here, unlike in S3.
     """
@@ -309,22 +317,6 @@ class LocalStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root).expanduser().resolve()
         self.root_uri = self.root.as_uri()
-        #: Open ``deferred_sync`` scopes: while any is open, puts skip their fsyncs.
-        self._deferred = 0
-
-    @contextlib.contextmanager
-    def deferred_sync(self) -> Iterator[None]:
-        """Within: puts skip their fsyncs (three per object); leaving makes everything
-        written durable at once with one ``os.sync()``. For many small objects written
-        together whose use starts after the scope (a plan's shard files): a crash inside
-        the scope may lose them, so nothing may depend on them until it ends."""
-        self._deferred += 1
-        try:
-            yield
-        finally:
-            self._deferred -= 1
-            if not self._deferred:
-                os.sync()
 
     def __repr__(self) -> str:
         return f"LocalStore({str(self.root)!r})"
@@ -340,6 +332,7 @@ class LocalStore:
         content_type: str = DEFAULT_CONTENT_TYPE,
         metadata: Mapping[str, str] | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> PutResult:
         path = self._path(key)
         record: dict[str, Any] = {
@@ -349,17 +342,19 @@ class LocalStore:
         }
         with _local_errors("put", key):
             path.parent.mkdir(parents=True, exist_ok=True)
-            sync = not self._deferred
-            tmp, stat = _write_temp(path.parent, data, sync=sync)
+            tmp, stat = _write_temp(path.parent, data, fsync=durable)
             try:
                 if not _commit(tmp, path, replace=not if_none_match):
                     return PutResult(uri=path.as_uri(), created=False, etag=None)
             finally:
                 tmp.unlink(missing_ok=True)
             record.update(_identity(stat))
-            sidecar_tmp, _ = _write_temp(path.parent, json.dumps(record).encode(), sync=sync)
+            # The sidecar is not fsynced: one lost to a power failure no longer matches its
+            # data file's identity, so head reports no metadata, and the engine verifies the
+            # image and writes its metadata again (see Engine._restore_metadata).
+            sidecar_tmp, _ = _write_temp(path.parent, json.dumps(record).encode(), fsync=False)
             os.replace(sidecar_tmp, _sidecar(path))
-            if sync:
+            if durable:
                 _fsync_dir(path.parent)
         return PutResult(uri=path.as_uri(), created=True, etag=record["etag"])
 
@@ -426,15 +421,15 @@ def _identity(stat: os.stat_result) -> dict[str, int]:
     return {"inode": stat.st_ino, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _write_temp(folder: Path, data: bytes, *, sync: bool = True) -> tuple[Path, os.stat_result]:
-    """Write ``data`` to a new (fsynced) temp file in ``folder``; return its path and stat."""
+def _write_temp(folder: Path, data: bytes, *, fsync: bool) -> tuple[Path, os.stat_result]:
+    """Write ``data`` to a new temp file in ``folder`` (fsynced if asked); its path and stat."""
     tmp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            if sync:
+            if fsync:
                 os.fsync(fh.fileno())
             stat = os.fstat(fh.fileno())
     except BaseException:
@@ -600,6 +595,7 @@ class S3Store:
         content_type: str = DEFAULT_CONTENT_TYPE,
         metadata: Mapping[str, str] | None = None,
         if_none_match: bool = False,
+        durable: bool = True,  # every S3 put is durable once answered
     ) -> PutResult:
         args: dict[str, Any] = {
             "Bucket": self.bucket,
@@ -815,8 +811,9 @@ def open_store(uri: str, settings: Settings, *, s3_client: S3Client | None = Non
     raise ConfigError(f"unsupported store scheme {parts.scheme!r}: use s3://, file:// or a path")
 
 
-def deferred_sync(store: ObjectStore | None) -> contextlib.AbstractContextManager[None]:
-    """``LocalStore.deferred_sync`` for a local store; a no-op for others (S3 has no fsync)."""
+def make_durable(store: ObjectStore | None) -> None:
+    """Make durable what was put into ``store`` with ``durable=False``: one ``os.sync()``
+    for a local store (cheaper than three fsyncs for each of many small objects, such as a
+    plan's shard files); nothing for S3, durable on every put."""
     if isinstance(store, LocalStore):
-        return store.deferred_sync()
-    return contextlib.nullcontext()
+        os.sync()

@@ -29,15 +29,26 @@ def store_thumbnail(store: ObjectStore, request_key: str, index: int, data: byte
 
     Content-addressed like the output: an existing thumbnail is left as it is.
     """
-    key = thumb_key(request_key, index)
     try:
         small = images.thumbnail(data)
+    except QwBatchError as exc:
+        log.warning("no thumbnail for %s image %d: %s", request_key, index, exc.message)
+        return None
+    return put_thumbnail(store, request_key, index, small)
+
+
+def put_thumbnail(store: ObjectStore, request_key: str, index: int, small: bytes) -> str | None:
+    """Store a thumbnail already made (see :func:`qwbatch.images.check_output`); its URI, or
+    None when the store refused it (logged: a thumbnail is never worth failing a row)."""
+    key = thumb_key(request_key, index)
+    try:
         put = store.put(
             key,
             small,
             content_type="image/webp",
             metadata={"request-key": request_key, "image-index": str(index)},
             if_none_match=True,
+            durable=False,  # readers make a lost thumbnail again from the output
         )
     except QwBatchError as exc:
         log.warning("no thumbnail for %s image %d: %s", request_key, index, exc.message)

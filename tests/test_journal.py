@@ -60,13 +60,19 @@ class FlakyStore:
         content_type: str = DEFAULT_CONTENT_TYPE,
         metadata: Mapping[str, str] | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> PutResult:
         self.puts += 1
         if self.fail_puts > 0:
             self.fail_puts -= 1
             raise self.error
         return self.inner.put(
-            key, data, content_type=content_type, metadata=metadata, if_none_match=if_none_match
+            key,
+            data,
+            content_type=content_type,
+            metadata=metadata,
+            if_none_match=if_none_match,
+            durable=durable,
         )
 
     def get(self, key: str) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from qwbatch.storage import open_store
 
 KEY = "sk-staging-test-0123456789SECRET"
 EDIT_MODEL = "qwen-image-edit-plus"
+
+
+SIGNATURE = "5ecret5ignature0f4presignedurl"
 
 
 def picture(size: tuple[int, int], colour: tuple[int, int, int], fmt: str = "PNG") -> bytes:
@@ -169,7 +173,9 @@ def test_inputs_from_a_file_the_web_and_s3_into_an_s3_store(
     )
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "local.png").write_bytes(local)
-    url = web.route("/assets/remote.jpg", remote)
+    # A presigned URL: its query is a credential, kept out of the catalog and metadata.
+    bare = web.route("/assets/remote.jpg", remote)
+    url = f"{bare}?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature={SIGNATURE}"
     s3_client.put_object(Bucket=s3_bucket, Key="assets/bucketed.webp", Body=bucketed)
     manifest = write_manifest(
         tmp_path / "m" / "m.parquet",
@@ -204,6 +210,11 @@ def test_inputs_from_a_file_the_web_and_s3_into_an_s3_store(
     staged = [k for k in open_store(out, settings).list("inputs/")]
     assert len(staged) == 3
     assert web.hits["/assets/remote.jpg"] == 1
+    assert rows["from-web"]["input_images"] == [f"{bare}?…"]
+    assert SIGNATURE not in json.dumps(list(rows.values()), default=str)
+    for key in (r["output_uri"].removeprefix(f"s3://{s3_bucket}/") for r in rows.values()):
+        metadata = s3_client.head_object(Bucket=s3_bucket, Key=key)["Metadata"]
+        assert "X-Amz" not in json.dumps(metadata)
 
 
 # --------------------------------------------------------------------------- once, by content

@@ -11,6 +11,7 @@ from PIL import Image
 from render_helpers import engine_settings, make_request, render
 
 from qwbatch import images
+from qwbatch.catalog_view import load_thumbnail
 from qwbatch.engine import output_key
 from qwbatch.errors import ImageError, StorageError
 from qwbatch.plan import PlanItem
@@ -48,6 +49,32 @@ def test_thumbnail_of_garbage_is_an_image_error() -> None:
         images.thumbnail(b"\x89PNG\r\n\x1a\nnot really")
 
 
+@pytest.mark.parametrize(
+    ("size", "mode"), [((1664, 928), "RGB"), ((2048, 2048), "RGB"), ((512, 300), "RGBA")]
+)
+def test_check_output_verifies_and_thumbnails_from_one_decode(
+    size: tuple[int, int], mode: str
+) -> None:
+    data = png(*size, (30, 160, 90), mode=mode)
+    checked = images.check_output(data)
+    assert checked.info == images.verify_image(data)
+    assert checked.thumbnail is not None
+    with (
+        Image.open(io.BytesIO(checked.thumbnail)) as ours,
+        Image.open(io.BytesIO(images.thumbnail(data))) as alone,
+    ):
+        assert (ours.format, ours.size, ours.mode) == ("WEBP", alone.size, alone.mode)
+        assert max(ours.size) == images.THUMBNAIL_MAX_SIDE
+        r, g, b = ours.convert("RGB").getpixel((5, 5))  # type: ignore[misc]
+    assert abs(r - 30) + abs(g - 160) + abs(b - 90) < 12
+
+
+def test_check_output_refuses_a_truncated_image() -> None:
+    data = png(600, 400, (1, 2, 3))
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        images.check_output(data[: len(data) - 30])
+
+
 def test_engine_stores_a_thumbnail_beside_each_output(sim, tmp_path: Path) -> None:
     settings = engine_settings(sim)
     request = make_request("poster", "a lantern poster", n=2, size="1024*512")
@@ -68,6 +95,24 @@ def test_engine_stores_a_thumbnail_beside_each_output(sim, tmp_path: Path) -> No
         assert store.exists(output_key(request.request_key, index))
 
 
+def test_a_thumbnail_cut_short_is_made_again_from_the_output(sim, tmp_path: Path) -> None:
+    # Thumbnails are stored without fsync: after a power failure one may be empty.
+    request = make_request("lamp", "a desk lamp", size="1024*512")
+    (record,) = render([PlanItem(request)], engine_settings(sim), tmp_path)
+    assert record.status == "succeeded"
+    store = LocalStore(tmp_path)
+    row = {"request_key": request.request_key, "image_index": 0, "output_uri": "x"}
+    stored = load_thumbnail(store, row)
+    Path(tmp_path, thumb_key(request.request_key, 0)).write_bytes(b"")
+    remade = load_thumbnail(store, row)
+    assert stored is not None
+    assert stored[:4] == b"RIFF"
+    assert remade is not None
+    assert remade[:4] == b"RIFF"
+    with Image.open(io.BytesIO(remade)) as thumb:
+        assert thumb.size == (256, 128)
+
+
 class RefusesThumbnails(LocalStore):
     """A store whose thumbnail uploads fail (a full disk, a denied prefix)."""
 
@@ -79,6 +124,7 @@ class RefusesThumbnails(LocalStore):
         content_type: str = "application/octet-stream",
         metadata: Mapping[str, str] | None = None,
         if_none_match: bool = False,
+        durable: bool = True,
     ) -> PutResult:
         if key.startswith("thumbs/"):
             raise StorageError(f"access denied: {key}")
