@@ -607,9 +607,6 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-_gc_paused = gc_paused
-
-
 class ManifestReader:
     """Streams a manifest as ManifestBatch values; see ``read_manifest``.
 
@@ -721,7 +718,7 @@ class ManifestReader:
         requests: list[RenderRequest] = []
         rejects: list[Reject] = []
         check = self._checker.check
-        with _gc_paused():
+        with gc_paused():
             for row, values in zip(row_numbers, zip(*cells, strict=True), strict=True):
                 outcome = check(row, *values)
                 if isinstance(outcome, Reject):
