@@ -114,9 +114,38 @@ def write_part(
     """
     if not records:
         return None
+    return write_table(store, records_to_table(records), run_id=run_id, label=label, unique=unique)
+
+
+def write_table(
+    store: ObjectStore, table: pa.Table, *, run_id: str, label: str, unique: bool = True
+) -> str | None:
+    """``write_part`` for rows already in an Arrow table of :data:`SCHEMA`."""
+    return write_tables(store, [table], run_id=run_id, label=label, unique=unique)
+
+
+def write_tables(
+    store: ObjectStore,
+    tables: Iterable[pa.Table],
+    *,
+    run_id: str,
+    label: str,
+    unique: bool = True,
+) -> str | None:
+    """``write_table`` for rows arriving as several tables of :data:`SCHEMA`, encoded one
+    at a time into one part (memory: one table plus the part's compressed bytes)."""
+    sink = io.BytesIO()
+    rows = 0
+    with pq.ParquetWriter(sink, SCHEMA, compression="zstd") as writer:
+        for table in tables:
+            rows += table.num_rows
+            if table.num_rows:
+                writer.write_table(table)
+    if not rows:
+        return None
     suffix = f"-{uuid.uuid4().hex[:8]}" if unique else ""
     key = f"{CATALOG_PREFIX}part-{run_id}-{label}{suffix}.parquet"
-    store.put(key, _table_bytes(records_to_table(records)), content_type="application/x-parquet")
+    store.put(key, sink.getvalue(), content_type="application/x-parquet")
     return store.uri(key)
 
 

@@ -97,6 +97,7 @@ from qwbatch.manifest_source import (
     is_remote,
     manifest_files,
 )
+from qwbatch.manifest_vector import FastRows, Setting, check_block
 from qwbatch.models import Mode, RenderRequest
 from qwbatch.registry import ModelSpec, ModelTable, parse_size
 
@@ -195,6 +196,22 @@ class ManifestBatch:
 
     first_row: int
     num_rows: int
+    requests: list[RenderRequest]
+    rejects: list[Reject]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedBlock:
+    """One record batch read column-wise (``ManifestReader.blocks``): rows ``first_row`` …
+    ``first_row + num_rows - 1``. ``fast`` holds the accepted rows the vectorised checks
+    took (``qwbatch.manifest_vector.Block``), ``requests`` the accepted rows the row
+    checker took, ``rejects`` the refused ones."""
+
+    first_row: int
+    num_rows: int
+    fast: pa.Table
+    #: The same rows as ``fast``, as Python lists (None when there are none).
+    rows: FastRows | None
     requests: list[RenderRequest]
     rejects: list[Reject]
 
@@ -348,6 +365,34 @@ class _RowChecker:
         problem = spec.size_problem(size)
         return ("size", problem) if problem else _Setting(spec, mode, size)
 
+    @property
+    def candidates(self) -> frozenset[str]:
+        """Ids that occur more than once in the manifest."""
+        return self._candidates
+
+    def setting(
+        self, model_text: str | Bad | None, mode_text: str | Bad | None,
+        size_text: str | Bad | None,
+    ) -> _Setting | tuple[str, str]:
+        """What the three cells resolve to (cached), or ``(column, reason)`` refusing them."""
+        cells = (model_text, mode_text, size_text)
+        setting = self._settings.get(cells)
+        if setting is None:
+            if len(self._settings) >= _SETTINGS_CACHE_MAX:
+                self._settings.clear()
+            setting = self._settings[cells] = self._setting(model_text, mode_text, size_text)
+        return setting
+
+    def vector_setting(self, model_text: str, mode_text: str, size_text: str) -> Setting | None:
+        """The setting of a generate row for the column-wise path; None leaves the rows
+        to ``check`` (a reject, or an edit row that needs its inputs resolved)."""
+        setting = self.setting(model_text or None, mode_text or None, size_text or None)
+        if isinstance(setting, tuple) or setting.mode != "generate":
+            return None
+        spec = setting.spec
+        return Setting(spec.name, setting.mode, setting.size, spec.prompt_max_chars,
+                       spec.negative_prompt_max_chars, spec.n_max)
+
     def _input_sha256(self, uri: str) -> str | InputDigest | Bad:
         try:
             return self._inputs[uri]
@@ -399,12 +444,7 @@ class _RowChecker:
         if not prompt:
             return Reject(row, rid, "prompt", "prompt is empty")
 
-        cells = (model_text, mode_text, size_text)
-        setting = self._settings.get(cells)
-        if setting is None:
-            if len(self._settings) >= _SETTINGS_CACHE_MAX:
-                self._settings.clear()
-            setting = self._settings[cells] = self._setting(model_text, mode_text, size_text)
+        setting = self.setting(model_text, mode_text, size_text)
         if isinstance(setting, tuple):
             return Reject(row, rid, *setting)
         spec, mode = setting.spec, setting.mode
@@ -550,8 +590,8 @@ def _duplicate_candidates(files: list[ManifestFile]) -> frozenset[str]:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while one batch is checked.
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while one batch is checked (or a plan is made).
 
     Each row allocates a dozen container objects and none of them forms a cycle, yet every
     700 allocations start a collection that walks the young objects, and full collections
@@ -652,25 +692,19 @@ class ManifestReader:
         return requests, rejects
 
     def _read(self) -> Generator[ManifestBatch, None, None]:
-        offset = 0
-        for file, present in zip(self._files, self._columns, strict=True):
-            parquet = _open(file)
-            try:
-                batches = parquet.iter_batches(batch_size=self._batch_size, columns=present)
-                while True:
-                    try:
-                        record_batch = next(batches)
-                    except StopIteration:
-                        break
-                    except (OSError, pa.ArrowException) as exc:
-                        raise ManifestError(f"cannot read manifest {file}: {exc}") from exc
-                    batch = self._check_batch(record_batch, offset)
-                    offset += batch.num_rows
-                    yield batch
-            finally:
-                parquet.close()
+        for record_batch, offset in self._record_batches():
+            yield self._check_batch(record_batch, offset)
 
     def _check_batch(self, record_batch: pa.RecordBatch, offset: int) -> ManifestBatch:
+        rows = record_batch.num_rows
+        requests, rejects = self._check_rows(record_batch, range(offset, offset + rows))
+        self._count(rows, len(requests), rejects, offset)
+        return ManifestBatch(first_row=offset, num_rows=rows, requests=requests, rejects=rejects)
+
+    def _check_rows(
+        self, record_batch: pa.RecordBatch, row_numbers: Iterable[int]
+    ) -> tuple[list[RenderRequest], list[Reject]]:
+        """Check the rows of ``record_batch`` one by one (numbered ``row_numbers``)."""
         rows = record_batch.num_rows
         names = set(record_batch.schema.names)
         cells: list[Iterable[Any]] = [
@@ -684,16 +718,20 @@ class ManifestReader:
         requests: list[RenderRequest] = []
         rejects: list[Reject] = []
         check = self._checker.check
-        with _gc_paused():
-            for row, values in enumerate(zip(*cells, strict=True), start=offset):
+        with gc_paused():
+            for row, values in zip(row_numbers, zip(*cells, strict=True), strict=True):
                 outcome = check(row, *values)
                 if isinstance(outcome, Reject):
                     rejects.append(outcome)
                 else:
                     requests.append(outcome)
+        return requests, rejects
+
+    def _count(self, rows: int, accepted: int, rejects: list[Reject], offset: int) -> None:
+        """Count one batch in the summary; in strict mode, refuse it if it has rejects."""
         summary = self.summary
         summary.rows_read += rows
-        summary.accepted += len(requests)
+        summary.accepted += accepted
         summary.rejected += len(rejects)
         summary.batches += 1
         if self.strict and rejects:
@@ -704,7 +742,39 @@ class ManifestReader:
                 f"manifest {self.path} refused (strict): {len(rejects)} bad row(s) in rows "
                 f"{offset}–{offset + rows - 1}: {shown}"
             )
-        return ManifestBatch(first_row=offset, num_rows=rows, requests=requests, rejects=rejects)
+
+    def blocks(self) -> Iterator[CheckedBlock]:
+        """The manifest as CheckedBlock values: the column-wise path (``manifest_vector``)
+        for the common rows, the row checker for the rest. Use instead of iterating."""
+        candidates = pa.array(sorted(self._checker.candidates), pa.string())
+        for record_batch, offset in self._record_batches():
+            rows = record_batch.num_rows
+            block = check_block(record_batch, offset, self._checker.vector_setting, candidates)
+            requests: list[RenderRequest] = []
+            rejects: list[Reject] = []
+            if block.slow:
+                slow = record_batch.take(pa.array(block.slow, pa.int64()))
+                requests, rejects = self._check_rows(slow, (offset + i for i in block.slow))
+            self._count(rows, block.fast.num_rows + len(requests), rejects, offset)
+            yield CheckedBlock(offset, rows, block.fast, block.rows, requests, rejects)
+
+    def _record_batches(self) -> Generator[tuple[pa.RecordBatch, int], None, None]:
+        offset = 0
+        for file, present in zip(self._files, self._columns, strict=True):
+            parquet = _open(file)
+            try:
+                batches = parquet.iter_batches(batch_size=self._batch_size, columns=present)
+                while True:
+                    try:
+                        record_batch = next(batches)
+                    except StopIteration:
+                        break
+                    except (OSError, pa.ArrowException) as exc:
+                        raise ManifestError(f"cannot read manifest {file}: {exc}") from exc
+                    yield record_batch, offset
+                    offset += record_batch.num_rows
+            finally:
+                parquet.close()
 
 
 def read_manifest(

@@ -79,6 +79,8 @@ class Plan:
     #: The run's budget (with what this run id had spent before), and rows a trim skipped.
     budget: budgets.BudgetPolicy | None = None
     skipped_budget: int = 0
+    #: Shard files the plan cut (``len(shard_keys)``, and counted in a dry run too).
+    shards: int = 0
 
 
 def dedup_records(
@@ -147,6 +149,21 @@ def plan_run(
     """
     if store is None and not dry_run:
         raise ValueError("plan_run writes to a store unless dry_run")
+    if budget is None:
+        # Streams in bounded memory; imported here, as it builds on this module's types.
+        from qwbatch.plan_stream import stream_plan
+
+        return stream_plan(
+            manifest,
+            store,
+            settings=settings,
+            table=table,
+            run_id=run_id,
+            strict=strict,
+            shard_size=shard_size,
+            dry_run=dry_run,
+            resolve_input=resolve_input,
+        )
     plan = Plan(run_id=run_id)
     existing = catalog.existing_outputs(store) if store is not None else {}
     items: dict[str, PlanItem] = {}
@@ -211,6 +228,8 @@ def plan_run(
         plan.images += item.request.n
         model = item.request.model
         plan.images_by_model[model] = plan.images_by_model.get(model, 0) + item.request.n
+    size = shard_size or settings.shard_size
+    plan.shards = -(-len(ordered) // size)
     if store is None or dry_run:
         return plan
 
@@ -218,7 +237,6 @@ def plan_run(
     plan.dedup_part_uri = catalog.write_part(
         store, dedup, run_id=run_id, label="plan", unique=False
     )
-    size = shard_size or settings.shard_size
     for index, start in enumerate(range(0, len(ordered), size)):
         plan.shard_keys.append(write_shard(store, run_id, index, ordered[start : start + size]))
     return plan
@@ -249,12 +267,17 @@ def _decode_item(data: dict[str, Any]) -> PlanItem:
     return PlanItem(RenderRequest(**req), aliases)
 
 
+def encode_line(item: PlanItem) -> str:
+    """One shard file line (JSON, no newline) for ``item``."""
+    return json.dumps(_encode_item(item), ensure_ascii=False)
+
+
 def shard_key(run_id: str, index: int) -> str:
     return f"runs/{run_id}/shards/shard-{index:05d}.jsonl.gz"
 
 
 def write_shard(store: ObjectStore, run_id: str, index: int, items: Sequence[PlanItem]) -> str:
-    lines = "".join(json.dumps(_encode_item(i), ensure_ascii=False) + "\n" for i in items)
+    lines = "".join(encode_line(i) + "\n" for i in items)
     key = shard_key(run_id, index)
     store.put(key, gzip.compress(lines.encode("utf-8"), 5), content_type="application/gzip")
     return key

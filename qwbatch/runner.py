@@ -130,7 +130,14 @@ def _part_records(store: ObjectStore, key: str) -> list[CatalogRecord]:
     return records
 
 
-def estimate(manifest: str, out: str | None, *, settings: Settings, strict: bool = False) -> Plan:
+def estimate(
+    manifest: str,
+    out: str | None,
+    *,
+    settings: Settings,
+    strict: bool = False,
+    budget: budgets.BudgetPolicy | None = None,
+) -> Plan:
     """Plan ``manifest`` as a run into ``out`` would, writing nothing and calling no provider.
 
     The plan's ``estimate`` is the price; without ``out`` nothing counts as rendered already.
@@ -145,6 +152,7 @@ def estimate(manifest: str, out: str | None, *, settings: Settings, strict: bool
             table=model_table(settings),
             run_id="estimate",
             strict=strict,
+            budget=budget,
             dry_run=True,
             resolve_input=stage,
         )

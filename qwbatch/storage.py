@@ -809,3 +809,11 @@ def open_store(uri: str, settings: Settings, *, s3_client: S3Client | None = Non
     if parts.scheme == "":
         return LocalStore(Path(uri))
     raise ConfigError(f"unsupported store scheme {parts.scheme!r}: use s3://, file:// or a path")
+
+
+def make_durable(store: ObjectStore | None) -> None:
+    """Make durable what was put into ``store`` with ``durable=False``: one ``os.sync()``
+    for a local store (cheaper than three fsyncs for each of many small objects, such as a
+    plan's shard files); nothing for S3, durable on every put."""
+    if isinstance(store, LocalStore):
+        os.sync()

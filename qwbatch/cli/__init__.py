@@ -116,11 +116,23 @@ def run(
         Literal["refuse", "trim"],
         typer.Option(help="Over budget: refuse the run, or trim it (priority, then row order)"),
     ] = "refuse",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan and print the plan; no calls, no writes")
+    ] = False,
 ) -> None:
     """Render every new row of MANIFEST into OUT and record it in OUT/catalog/.
 
     An unfinished run of the same MANIFEST in OUT (crashed or stopped) is resumed.
     """
+    if dry_run:
+        from qwbatch.cli.dry_run import print_dry_run
+
+        raise typer.Exit(
+            print_dry_run(
+                manifest, out, model=model, strict=strict, shard_size=shard_size,
+                budget=budget, budget_mode=budget_mode,
+            )
+        )
     code = _run_flow(
         manifest,
         out,

@@ -1,0 +1,253 @@
+"""The streaming plan: column-wise keys equal keys.py's, and it plans what the in-memory
+plan (the budget path) plans: shards, aliases, deduplicated rows, rejects, estimate."""
+
+from __future__ import annotations
+
+import io
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from qwbatch import catalog
+from qwbatch.budget import BudgetPolicy
+from qwbatch.cli import app
+from qwbatch.config import Settings
+from qwbatch.errors import ManifestError
+from qwbatch.keys import SEED_MAX, key_and_seed
+from qwbatch.manifest import read_manifest
+from qwbatch.manifest_vector import key_rows, shard_lines
+from qwbatch.models import CatalogRecord
+from qwbatch.plan import PlanItem, encode_line, plan_run, read_shard
+from qwbatch.plan_stream import stream_plan
+from qwbatch.registry import ModelTable
+from qwbatch.storage import LocalStore
+
+TABLE = ModelTable.load()
+DEFAULT = "qwen-image-2.0"
+TAGS = pa.map_(pa.string(), pa.string())
+
+PROMPTS = [
+    "a red sneaker on a white background",
+    '一只猫坐在窗台上, "quoted" and back\\slash',
+    "emoji 🎨 and accents: café, naïve",
+    "tab\tinside and a newline\ninside",  # controls: the row checker's path
+    "  padded prompt  ",  # edge whitespace: the row checker strips it
+    "ends with a non-breaking space\u00a0",
+]
+NEGATIVES = [None, "blurry", 'no "text"', "", "水印"]
+SIZES = [None, "1024*1024", "1664x928", " 928 X 1664 ", "1328*1328"]
+SEEDS = [None, 0, 7, SEED_MAX, None, 123456789]
+MODELS = [None, "qwen-image-2.0-pro", "qwen-image-plus", None]
+TAG_ROWS = [
+    None,
+    [],
+    [("campaign", "spring")],
+    [("a", "1"), ("b", "")],
+    [("sku", 'x"y')],  # a quote in a tag value: the row checker's path
+    [("z", "last"), ("a", "first")],  # unsorted keys: the row checker sorts them
+]
+
+
+def varied_manifest(path: Path, rows: int) -> Path:
+    """Rows cycling through the variants above (every id distinct)."""
+    columns = {
+        "id": [f"row-{i}" for i in range(rows)],
+        "prompt": [PROMPTS[i % len(PROMPTS)] + f" #{i // 7}" for i in range(rows)],
+        "model": [MODELS[i % len(MODELS)] for i in range(rows)],
+        "negative_prompt": [NEGATIVES[i % len(NEGATIVES)] for i in range(rows)],
+        "size": [SIZES[i % len(SIZES)] for i in range(rows)],
+        "n": pa.array([(None, 1, 2)[i % 3] for i in range(rows)], pa.int32()),
+        "seed": pa.array([SEEDS[i % len(SEEDS)] for i in range(rows)], pa.int64()),
+        "prompt_extend": [(None, True, False)[i % 3] for i in range(rows)],
+        "watermark": [(None, False, True, False)[i % 4] for i in range(rows)],
+        "tags": pa.array([TAG_ROWS[i % len(TAG_ROWS)] for i in range(rows)], TAGS),
+        "priority": pa.array([(None, 3)[i % 2] for i in range(rows)], pa.int32()),
+    }
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def test_column_wise_keys_and_lines_equal_the_row_checkers(tmp_path: Path) -> None:
+    manifest = varied_manifest(tmp_path / "m.parquet", 600)
+    legacy = {
+        r.row_number: r
+        for batch in read_manifest(manifest, table=TABLE, default_model=DEFAULT, batch_size=128)
+        for r in batch.requests
+    }
+    fast_rows = slow_rows = 0
+    reader = read_manifest(manifest, table=TABLE, default_model=DEFAULT, batch_size=128)
+    for block in reader.blocks():
+        digests, seeds = key_rows(block.rows)
+        keys = [d.hex() for d in digests]
+        numbers = block.fast["row_number"].to_pylist()
+        lines = shard_lines(block.rows, range(len(keys)), keys, seeds) if block.rows else []
+        for number, key, seed, line in zip(numbers, keys, seeds, lines, strict=True):
+            request = legacy.pop(number)
+            assert (key, seed) == (request.request_key, request.seed)
+            assert (key, seed) == key_and_seed(
+                model=request.model,
+                mode=request.mode,
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                size=request.size,
+                n=request.n,
+                seed=None if request.row_number % len(SEEDS) in (0, 4) else request.seed,
+                prompt_extend=request.prompt_extend,
+                watermark=request.watermark,
+            )
+            assert line == encode_line(PlanItem(request))
+            assert json.loads(line)["request"]["row_number"] == number
+        for request in block.requests:
+            assert legacy.pop(request.row_number) == request
+        fast_rows += len(keys)
+        slow_rows += len(block.requests)
+    assert legacy == {}  # every accepted row came out of one path or the other
+    assert fast_rows > 150
+    assert slow_rows > 150
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(default_model=DEFAULT, shard_size=3, api_key="sk-test")
+
+
+def _existing_catalog(store: LocalStore, manifest: Path, *, all_images: bool = True) -> None:
+    """A catalog holding outputs for every fourth accepted request: each of its images, or
+    (``all_images`` False) its first image only."""
+    requests = [
+        r for b in read_manifest(manifest, table=TABLE, default_model=DEFAULT) for r in b.requests
+    ]
+    records = []
+    for request in requests[::4]:
+        for index in range(request.n if all_images else 1):
+            records.append(
+                CatalogRecord(
+                    run_id="earlier",
+                    row_id=request.row_id,
+                    request_key=request.request_key,
+                    mode=request.mode,
+                    model=request.model,
+                    prompt=request.prompt,
+                    size=request.size,
+                    seed=request.seed,
+                    status="succeeded",
+                    image_index=index,
+                    output_uri=f"file:///x/{request.request_key}-{index}",
+                    sha256="ab" * 32,
+                    bytes=10,
+                    width=8,
+                    height=8,
+                )
+            )
+    catalog.write_part(store, records, run_id="earlier", label="shard-00000")
+
+
+def _catalog_rows(store: LocalStore, uri: str | None) -> list[dict[str, object]]:
+    """The rows of the plan's catalog part, without their timestamps."""
+    assert uri == store.uri("catalog/part-r1-plan.parquet")
+    table = pq.read_table(io.BytesIO(store.get("catalog/part-r1-plan.parquet")))
+    return [
+        {k: v for k, v in row.items() if k not in ("started_at", "finished_at")}
+        for row in table.to_pylist()
+    ]
+
+
+@pytest.mark.parametrize("all_images", [True, False])
+def test_streaming_plan_equals_the_in_memory_plan(tmp_path: Path, all_images: bool) -> None:
+    manifest = tmp_path / "m.parquet"
+    base = varied_manifest(tmp_path / "base.parquet", 90)
+    table = pq.read_table(base)
+    # Rows repeating earlier requests under new ids: in the same shard and in later ones.
+    repeats = table.take([0, 1, 2, 40, 5, 0]).set_column(
+        0, "id", pa.array([f"again-{i}" for i in range(6)])
+    )
+    pq.write_table(pa.concat_tables([table, repeats]), manifest)
+    settings = _settings(tmp_path)
+    plans = {}
+    for name in ("stream", "memory"):
+        store = LocalStore(tmp_path / name)
+        _existing_catalog(store, manifest, all_images=all_images)
+        budget = BudgetPolicy(Decimal(10**9), "refuse") if name == "memory" else None
+        plan = plan_run(manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget)
+        shards = [[(i.request, i.aliases) for i in read_shard(store, k)] for k in plan.shard_keys]
+        rejects = pq.read_table(io.BytesIO(store.get("rejects/rejects-r1.parquet"))).to_pylist()
+        plans[name] = (plan, shards, _catalog_rows(store, plan.dedup_part_uri), rejects)
+    (stream, s_shards, s_dedup, s_rejects) = plans["stream"]
+    (memory, m_shards, m_dedup, m_rejects) = plans["memory"]
+    assert s_shards == m_shards
+    assert any(aliases for shard in s_shards for _, aliases in shard)
+    assert s_dedup == m_dedup
+    assert len(s_dedup) > 20
+    assert s_rejects == m_rejects
+    assert len(s_rejects) > 0
+    for field in (
+        "rows_read",
+        "rejected",
+        "deduplicated",
+        "folded",
+        "requests",
+        "images",
+        "shard_keys",
+        "images_by_model",
+        "estimate",
+        "shards",
+    ):
+        assert getattr(stream, field) == getattr(memory, field), field
+    assert stream.folded > 0
+
+
+def test_a_strict_plan_refused_late_leaves_no_shard_behind(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.parquet"
+    ids = [f"r{i}" for i in range(40)]
+    prompts = [f"prompt {i}" for i in range(40)]
+    prompts[37] = ""  # a reject in the last batch, after shards were written
+    pq.write_table(pa.table({"id": ids, "prompt": prompts}), manifest)
+    store = LocalStore(tmp_path / "out")
+    with pytest.raises(ManifestError, match="strict"):
+        stream_plan(
+            manifest,
+            store,
+            settings=_settings(tmp_path),
+            table=TABLE,
+            run_id="r1",
+            strict=True,
+            batch_size=8,
+        )
+    assert [k for k in store.list("runs/") if "shard" in k] == []
+
+
+def test_run_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
+    manifest = varied_manifest(tmp_path / "m.parquet", 60)
+    out = tmp_path / "out"
+    store = LocalStore(out)
+    _existing_catalog(store, manifest)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    result = CliRunner().invoke(
+        app, ["run", str(manifest), "--out", str(out), "--dry-run", "--shard-size", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    plan = plan_run(
+        manifest,
+        store,
+        settings=Settings(default_model=DEFAULT, shard_size=4),
+        table=TABLE,
+        run_id="x",
+        dry_run=True,
+    )
+    assert plan.deduplicated > 0
+    assert plan.rejected > 0
+    assert plan.shards > 1
+    text = " ".join(result.output.split())
+    assert (
+        f"rows read 60, rejected {plan.rejected}, deduplicated {plan.deduplicated} "
+        f"(already in the catalog), folded {plan.folded}"
+    ) in text
+    assert (
+        f"to render: {plan.requests} requests, {plan.images} images in {plan.shards} shards"
+    ) in text
+    assert "estimated cost" in text
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
