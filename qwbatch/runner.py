@@ -214,7 +214,7 @@ def prepare(
             spent = runs.spent_so_far(store, loaded.run_id, prices)
             loaded.budget = dataclasses.replace(loaded.budget, spent=spent)
         _tell_tracker(loaded, settings)
-        return Prepared(loaded, resumed=True)
+        return Prepared(loaded, resumed=runs.has_started(store, loaded.run_id))
     # A chosen run without a plan was cut short while planning: plan it again, same id.
     resumed = chosen is not None and runs.run_exists(store, chosen, fingerprint)
     new_id = chosen or new_run_id()

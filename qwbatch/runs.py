@@ -32,7 +32,7 @@ from qwbatch import budget as budgets
 from qwbatch.catalog import CATALOG_PREFIX
 from qwbatch.costs import ZERO, CostLine, Estimate, PriceTable
 from qwbatch.errors import ConfigError, ManifestError
-from qwbatch.journal import read_run_journal
+from qwbatch.journal import journal_prefix, read_run_journal
 from qwbatch.manifest_source import S3ManifestFile, is_remote, manifest_files
 from qwbatch.plan import Plan
 from qwbatch.storage import ObjectNotFoundError, ObjectStore
@@ -205,6 +205,12 @@ def is_finished(store: ObjectStore, run_id: str) -> bool:
     """Whether the run's last attempt finished with nothing left."""
     body = _load(store, summary_key(run_id))
     return body is not None and not body.get("left")
+
+
+def has_started(store: ObjectStore, run_id: str) -> bool:
+    """Whether the run sent anything yet (its journal has an entry): a run planned by one
+    process and rendered by the next is started there, not resumed."""
+    return next(iter(store.list(journal_prefix(run_id))), None) is not None
 
 
 def find_unfinished(store: ObjectStore, fingerprint: str) -> str | None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -92,3 +95,39 @@ def test_run_renders_and_strict_refuses(
     assert result.exit_code == 0, result.output
     assert "1 rejected" in result.output
     assert sim.ledger()["billed_images"] == 2
+
+
+_RUN_AND_SAY_IF_PREFECT = """
+import sys
+from qwbatch.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as exc:
+    print("exit", exc.code, "prefect imported:", "prefect" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_a_rerun_with_nothing_new_finishes_without_prefect(
+    prefect_server, sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
+    monkeypatch.setenv("DASHSCOPE_API_KEY", sim.api_key)
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["a cat", "a dog"]}), path)
+    out = tmp_path / "out"
+    first = runner.invoke(app, ["run", str(path), "--out", str(out), "--quiet"])
+    assert first.exit_code == 0, first.output
+    calls = sum(sim.ledger()["requests"].values())
+
+    rerun = subprocess.run(
+        [sys.executable, "-c", _RUN_AND_SAY_IF_PREFECT, "run", str(path), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert "exit 0 prefect imported: False" in rerun.stdout, rerun.stdout + rerun.stderr
+    assert "2 already rendered" in rerun.stdout or "deduplicated" in rerun.stdout, rerun.stdout
+    assert sum(sim.ledger()["requests"].values()) == calls  # not one provider call

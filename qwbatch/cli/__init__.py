@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from qwbatch.config import Settings
 from qwbatch.errors import QwBatchError
+
+if TYPE_CHECKING:
+    from qwbatch.budget import BudgetPolicy
+    from qwbatch.summary import RunSummary
 
 app = typer.Typer(
     name="qwbatch",
@@ -45,12 +50,8 @@ def _quiet_prefect() -> None:
 
 
 def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
-    _quiet_prefect()
-    from flows.render import render_manifest  # Prefect is imported only by commands that run
     from qwbatch.budget import BudgetPolicy
     from qwbatch.costs import money
-    from qwbatch.progress_display import watch_run
-    from qwbatch.runner import resolve_run_id
 
     budget = params.get("budget")
     policy = (
@@ -59,22 +60,36 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
         else None
     )
     try:
-        # Known before the flow starts (the progress display follows it): an unfinished run
-        # of this manifest in OUT is resumed, unless --new-run.
-        params["run_id"] = run_id = resolve_run_id(
-            manifest,
-            out,
-            settings=Settings(
-                **({"default_model": params["model"]} if params.get("model") else {})
-            ),
-            run_id=params.get("run_id"),
-            resume=params.get("resume"),
-            auto_resume=params.get("auto_resume", True),
-            strict=params.get("strict", False),
-            budget=policy,
-        )
-        with watch_run(run_id, quiet=quiet, budget=params.get("budget")):
-            summary = render_manifest(manifest=manifest, out=out, **params)
+        # Secrets in Prefect blocks need Prefect even to plan (S3 credentials).
+        done = None
+        if not os.environ.get("QWBATCH_SECRET_BLOCKS"):
+            if not quiet:
+                typer.echo(f"qwbatch: planning {manifest}…", err=True)
+            done = _plan_here(manifest, out, params, policy)
+        if done is not None:
+            summary = done
+        else:
+            _quiet_prefect()
+            from flows.render import render_manifest  # Prefect: only when there is work
+            from qwbatch.progress_display import watch_run
+            from qwbatch.runner import resolve_run_id
+
+            # Known before the flow starts (the progress display follows it): an unfinished
+            # run of this manifest in OUT is resumed, unless --new-run.
+            params["run_id"] = run_id = resolve_run_id(
+                manifest,
+                out,
+                settings=Settings(
+                    **({"default_model": params["model"]} if params.get("model") else {})
+                ),
+                run_id=params.get("run_id"),
+                resume=params.get("resume"),
+                auto_resume=params.get("auto_resume", True),
+                strict=params.get("strict", False),
+                budget=policy,
+            )
+            with watch_run(run_id, quiet=quiet, budget=params.get("budget")):
+                summary = render_manifest(manifest=manifest, out=out, **params)
     except QwBatchError as exc:
         _fail(str(exc))
         return 2
@@ -87,6 +102,39 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
     for line in summary.lines():
         typer.echo(line)
     return 1 if summary.failed else 0
+
+
+def _plan_here(
+    manifest: str, out: str, params: dict[str, Any], policy: BudgetPolicy | None
+) -> RunSummary | None:
+    """Plan the run in this process, before Prefect starts; when it leaves nothing to render
+    (every row already in the catalog: a nightly rerun with no new rows), finish it here
+    and return its summary, with no Prefect server started. Otherwise None: the plan is
+    saved under its run id, which ``params`` now names, and the flow renders that plan."""
+    from qwbatch import runner
+
+    began = time.monotonic()
+    overrides = {
+        "default_model": params.get("model"),
+        "shard_size": params.get("shard_size"),
+        "rps": params.get("rps"),
+        "max_in_flight": params.get("max_in_flight"),
+    }
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    prepared = runner.prepare(
+        manifest,
+        out,
+        settings=settings,
+        run_id=params.get("run_id"),
+        resume=params.get("resume"),
+        auto_resume=params.get("auto_resume", True),
+        strict=params.get("strict", False),
+        budget=policy,
+    )
+    if prepared.plan.shard_keys:
+        params["run_id"], params["resume"] = prepared.plan.run_id, None
+        return None
+    return runner.finish(prepared, [], out=out, settings=settings, began=began)
 
 
 @app.command()
@@ -129,8 +177,13 @@ def run(
 
         raise typer.Exit(
             print_dry_run(
-                manifest, out, model=model, strict=strict, shard_size=shard_size,
-                budget=budget, budget_mode=budget_mode,
+                manifest,
+                out,
+                model=model,
+                strict=strict,
+                shard_size=shard_size,
+                budget=budget,
+                budget_mode=budget_mode,
             )
         )
     code = _run_flow(
