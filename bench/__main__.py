@@ -59,7 +59,7 @@ def _overhead(smoke: bool) -> list[Row]:
          r["ratio"] >= 0.7),
         (f"no-op rerun ({rows:,} rows)", "provider calls", f"{int(r['rerun_calls'])}", "0",
          r["rerun_calls"] == 0),
-        (f"no-op rerun ({rows:,} rows)", "wall incl. Prefect start-up", f"{r['rerun_s']:.1f} s",
+        (f"no-op rerun ({rows:,} rows)", "wall, whole qwbatch run process", f"{r['rerun_s']:.1f} s",
          "<= 15 s", r["rerun_s"] <= 15),
         (f"overhead ({rows:,} images)", "Prefect warm-up (apart)",
          f"{r['prefect_warmup_s']:.1f} s", "", None),
