@@ -208,9 +208,12 @@ def is_finished(store: ObjectStore, run_id: str) -> bool:
 
 
 def has_started(store: ObjectStore, run_id: str) -> bool:
-    """Whether the run sent anything yet (its journal has an entry): a run planned by one
-    process and rendered by the next is started there, not resumed."""
-    return next(iter(store.list(journal_prefix(run_id))), None) is not None
+    """Whether the run has rendered anything yet: a shard in its journal, or one finished
+    (its result file beside its shard file). A run planned by one process and rendered by
+    the next is started there, not resumed."""
+    if next(iter(store.list(journal_prefix(run_id))), None) is not None:
+        return True
+    return any(key.endswith(".result.json") for key in store.list(f"runs/{run_id}/shards/"))
 
 
 def find_unfinished(store: ObjectStore, fingerprint: str) -> str | None:
