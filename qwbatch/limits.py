@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class ModelLimiter:
         self._last = self._started
         self._in_flight = 0
         self._paused_until = 0.0
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self.throttled = 0
 
     def current_rate(self) -> float:
@@ -58,8 +60,9 @@ class ModelLimiter:
             frac = 1.0
         return max(min(self._rate_cap, self.spec.rps * frac), self.spec.rps / 64)
 
-    def _try_take(self) -> float:
-        """Take a slot if one is free; else return how long to wait (seconds)."""
+    def _try_take(self) -> float | None:
+        """Take a slot if one is free (0.0); else how long to wait for a token (seconds), or
+        None while every in-flight slot is taken (wait for one to be given back)."""
         now = time.monotonic()
         if now < self._paused_until:
             return self._paused_until - now
@@ -68,7 +71,7 @@ class ModelLimiter:
         self._tokens = min(1.0, self._tokens + (now - self._last) * rate)
         self._last = now
         if self._in_flight >= self.spec.max_in_flight:
-            return 0.01
+            return None
         if self._tokens >= 1.0:
             self._tokens -= 1.0
             self._in_flight += 1
@@ -77,18 +80,52 @@ class ModelLimiter:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        """Hold one request slot for the duration of the block."""
+        """Hold one request slot for the duration of the block.
+
+        While every in-flight slot is taken, a caller sleeps until one is given back (woken
+        in turn, on whichever event loop it waits), rather than polling: hundreds of shard
+        tasks polling a full cap would keep the event loop busy doing nothing.
+        """
         while True:
+            waiter: asyncio.Future[None] | None = None
             with self._lock:
                 wait = self._try_take()
-            if wait == 0.0:
+                if wait is None:
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._waiters.append(waiter)
+            if waiter is not None:
+                await self._wait_for_slot(waiter)
+            elif wait:
+                await asyncio.sleep(wait)  # until the next token
+            else:
                 break
-            await asyncio.sleep(wait)
         try:
             yield
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self._wake_one()
+
+    async def _wait_for_slot(self, waiter: asyncio.Future[None]) -> None:
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                else:  # woken as it was cancelled: pass the free slot on
+                    self._wake_one()
+            raise
+
+    def _wake_one(self) -> None:
+        """Wake the longest waiter for an in-flight slot (call with the lock held)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            try:
+                waiter.get_loop().call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:  # its loop is closed: nobody waits there any more
+                continue
+            return
 
     def on_success(self) -> None:
         """Additive increase: creep back towards the ceiling."""
@@ -123,3 +160,8 @@ class LimiterRegistry:
 
 #: The process-wide registry: every shard of every run in this process shares it.
 LIMITERS = LimiterRegistry()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
