@@ -171,18 +171,12 @@ def skipped_records(
         rows = [(request.row_id, request.tags)] + [(a.row_id, a.tags) for a in item.aliases]
         for row_id, tags in rows:
             records.append(
-                CatalogRecord(
+                CatalogRecord.for_request(
+                    request,
                     run_id=run_id,
                     row_id=row_id,
-                    request_key=request.request_key,
-                    mode=request.mode,
-                    model=request.model,
-                    prompt=request.prompt,
-                    negative_prompt=request.negative_prompt,
-                    size=request.size,
-                    n=request.n,
-                    seed=request.seed,
                     status="skipped_budget",
+                    tags=tags,
                     error_code=BudgetExceededError.code,
                     error_message=message,
                     unit_price=prices.catalog_price(request.model),
@@ -190,9 +184,6 @@ def skipped_records(
                     cost=0.0,
                     started_at=now,
                     finished_at=now,
-                    tags=dict(tags),
-                    input_images=list(request.input_images),
-                    input_sha256=list(request.input_sha256),
                 )
             )
     return records

@@ -57,7 +57,6 @@ from qwbatch.errors import (
     TransientError,
 )
 from qwbatch.imagemeta import image_metadata, request_doc_key
-from qwbatch.inputs import recorded_uri
 from qwbatch.journal import Finished, Journal
 from qwbatch.limits import LIMITERS, LimiterRegistry, LimitSpec, ModelLimiter
 from qwbatch.models import CatalogRecord, ProviderResult, RenderRequest, Status
@@ -68,6 +67,7 @@ from qwbatch.recovery import KNOWN_TASKS, TaskFinder
 from qwbatch.registry import ModelSpec, ModelTable
 from qwbatch.stop import Guard, StopSignal, cancel_when_stopped
 from qwbatch.storage import ObjectInfo, ObjectStore
+from qwbatch.uris import recorded_uri
 
 T = TypeVar("T")
 
@@ -716,18 +716,12 @@ class Engine:
         if error is not None:
             error_code = error_code or error.code
             error_message = error_message or error.message
-        return CatalogRecord(
+        return CatalogRecord.for_request(
+            request,
             run_id=self.run_id,
             row_id=request.row_id,
-            request_key=request.request_key,
-            mode=request.mode,
-            model=request.model,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            size=request.size,
-            n=request.n,
-            seed=request.seed,
             status=status,
+            tags=request.tags,
             image_index=image_index,
             error_code=error_code,
             error_message=error_message,
@@ -746,10 +740,6 @@ class Engine:
             cost=cost,
             started_at=started,
             finished_at=time.time(),
-            tags=dict(request.tags),
-            input_images=[recorded_uri(uri) for uri in request.input_images],
-            input_sha256=list(request.input_sha256),
-            input_notes=list(request.input_notes),
         )
 
     def _failure(

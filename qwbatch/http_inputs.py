@@ -36,12 +36,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import urlsplit
 
 import httpx
 
 from qwbatch import __version__
 from qwbatch.errors import InputError, InputTransientError
+from qwbatch.uris import url_without_secrets
 
 #: ``(host, port) -> addresses``: the name resolution seam (tests hand in a fixed table).
 Resolver = Callable[[str, int], list[str]]
@@ -92,20 +92,6 @@ def display_url(url: str) -> str:
     """``url`` fit for a message: no user info, ``?…`` instead of the query, 200 chars."""
     shown = url_without_secrets(url)
     return shown if len(shown) <= 200 else shown[:199] + "…"
-
-
-def url_without_secrets(url: str) -> str:
-    """``url`` without its user info and with ``?…`` for its query: a presigned URL's query
-    (``X-Amz-Signature``, ``OSSAccessKeyId``…) and user info are credentials."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<unparsable URL>"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{parts.scheme}://{host}{port}{parts.path}" + ("?…" if parts.query else "")
 
 
 class HttpInputs:

@@ -20,9 +20,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from qwbatch.inputs import recorded_uri
 from qwbatch.models import CatalogRecord, RenderRequest
 from qwbatch.storage import MAX_METADATA_BYTES, metadata_size
+from qwbatch.uris import recorded_uri
 
 #: Name of the request document written beside the images when metadata cannot hold it.
 REQUEST_DOC = "request.json"

@@ -37,13 +37,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from qwbatch.errors import InputError, StorageError
-from qwbatch.http_inputs import (
-    DEFAULT_MAX_BYTES,
-    FetchLimits,
-    HttpInputs,
-    display_url,
-    url_without_secrets,
-)
+from qwbatch.http_inputs import DEFAULT_MAX_BYTES, FetchLimits, HttpInputs, display_url
 from qwbatch.lineage import CATALOG_REF, CatalogRefs
 from qwbatch.storage import ObjectNotFoundError, ObjectStore, S3Store, make_s3_client
 
@@ -69,15 +63,6 @@ def display_uri(uri: str) -> str:
     if uri[:8].lower().startswith(("https://", "http://")):
         return display_url(uri)
     return uri if len(uri) <= 200 else uri[:199] + "…"
-
-
-def recorded_uri(uri: str) -> str:
-    """``uri`` as the catalog and object metadata keep it: a URL without its query and user
-    info (credentials, in a presigned URL), any other URI as given. The input's sha256,
-    recorded beside it, is what identifies the bytes."""
-    if uri[:8].lower().startswith(("https://", "http://")):
-        return url_without_secrets(uri)
-    return uri
 
 
 class InputFetcher:

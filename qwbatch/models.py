@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
+
+from qwbatch.uris import recorded_uri
 
 Mode = Literal["generate", "edit"]
 
@@ -115,3 +117,37 @@ class CatalogRecord:
     input_images: list[str] = field(default_factory=list)
     input_sha256: list[str] = field(default_factory=list)
     input_notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def for_request(
+        cls,
+        request: RenderRequest,
+        *,
+        run_id: str,
+        row_id: str,
+        status: Status,
+        tags: tuple[tuple[str, str], ...],
+        **details: Any,
+    ) -> CatalogRecord:
+        """A row about ``request`` for manifest row ``row_id`` (the request's own, or a
+        folded duplicate's with its own ``tags``): the request's key, mode, model, prompt,
+        size, n, seed and inputs (URLs as :func:`qwbatch.uris.recorded_uri` keeps them),
+        then ``details`` (status-specific columns)."""
+        return cls(
+            run_id=run_id,
+            row_id=row_id,
+            request_key=request.request_key,
+            mode=request.mode,
+            model=request.model,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            size=request.size,
+            n=request.n,
+            seed=request.seed,
+            status=status,
+            tags=dict(tags),
+            input_images=[recorded_uri(uri) for uri in request.input_images],
+            input_sha256=list(request.input_sha256),
+            input_notes=list(request.input_notes),
+            **details,
+        )

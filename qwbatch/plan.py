@@ -95,18 +95,12 @@ def dedup_records(
     """Catalog rows for a request whose outputs already exist: no call, no cost."""
     now = time.time()
     return [
-        CatalogRecord(
+        CatalogRecord.for_request(
+            request,
             run_id=run_id,
             row_id=row_id,
-            request_key=request.request_key,
-            mode=request.mode,
-            model=request.model,
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            size=request.size,
-            n=request.n,
-            seed=request.seed,
             status="deduplicated",
+            tags=tags,
             image_index=image.image_index,
             output_uri=image.output_uri,
             sha256=image.sha256,
@@ -118,10 +112,6 @@ def dedup_records(
             cost=0.0,
             started_at=now,
             finished_at=now,
-            tags=dict(tags),
-            input_images=list(request.input_images),
-            input_sha256=list(request.input_sha256),
-            input_notes=list(request.input_notes),
         )
         for image in images
     ]

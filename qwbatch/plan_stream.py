@@ -52,6 +52,7 @@ from qwbatch.plan import Alias, Plan, PlanItem, decode_shard, encode_line, shard
 from qwbatch.registry import ModelTable
 from qwbatch.shard_writer import WRITERS, ShardWriter
 from qwbatch.storage import LocalStore, ObjectStore, make_durable
+from qwbatch.uris import recorded_uri
 
 _EMPTY_LIST = pa.list_(pa.string())
 _ENTRIES = pa.list_(
@@ -319,7 +320,7 @@ def _slow_dedup(requests: list[RenderRequest]) -> pa.Table:
             "n": [r.n for r in requests],
             "seed": [r.seed for r in requests],
             "tags": [list(r.tags) for r in requests],
-            "input_images": [list(r.input_images) for r in requests],
+            "input_images": [[recorded_uri(u) for u in r.input_images] for r in requests],
             "input_sha256": [list(r.input_sha256) for r in requests],
             "input_notes": [list(r.input_notes) for r in requests],
         },

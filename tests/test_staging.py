@@ -215,6 +215,11 @@ def test_inputs_from_a_file_the_web_and_s3_into_an_s3_store(
     for key in (r["output_uri"].removeprefix(f"s3://{s3_bucket}/") for r in rows.values()):
         metadata = s3_client.head_object(Bucket=s3_bucket, Key=key)["Metadata"]
         assert "X-Amz" not in json.dumps(metadata)
+    # Run again: every row deduplicated, and the rerun's rows keep no credential either.
+    run(manifest, out, settings)
+    again = catalog.read_catalog(open_store(out, settings)).to_pylist()
+    assert {r["status"] for r in again} == {"succeeded", "deduplicated"}
+    assert SIGNATURE not in json.dumps(again, default=str)
 
 
 # --------------------------------------------------------------------------- once, by content
