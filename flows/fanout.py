@@ -45,7 +45,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.secret_blocks import export_secret_blocks
 from qwbatch import runner
 from qwbatch.budget import BudgetSpec
-from qwbatch.config import Settings
+from qwbatch.config import Settings, settings_with
 from qwbatch.engine import ShardResult
 from qwbatch.errors import ShardRunError
 from qwbatch.shard_results import group_shards, read_shard_result, write_shard_result
@@ -59,8 +59,8 @@ _PAGE = 200
 
 
 def _settings(overrides: dict[str, Any] | None) -> Settings:
-    export_secret_blocks()
-    return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    export_secret_blocks()  # QWBATCH_SECRET_BLOCKS: secrets from Prefect Secret blocks
+    return settings_with(overrides)
 
 
 # --------------------------------------------------------------------------- the child flow

@@ -34,7 +34,7 @@ from flows.secret_blocks import export_secret_blocks
 from qwbatch import contact_sheet, runner
 from qwbatch import report as reports
 from qwbatch.budget import BudgetMode, BudgetPolicy, BudgetSpec
-from qwbatch.config import Settings
+from qwbatch.config import Settings, run_overrides, settings_with
 from qwbatch.costs import money
 from qwbatch.engine import ShardResult
 from qwbatch.errors import BudgetExceededError
@@ -46,7 +46,7 @@ from qwbatch.summary import RunSummary
 def load_settings(overrides: dict[str, Any] | None) -> Settings:
     """Settings from the environment, with the flow's explicit parameters on top."""
     export_secret_blocks()  # QWBATCH_SECRET_BLOCKS: secrets from Prefect Secret blocks
-    return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})
+    return settings_with(overrides)
 
 
 @task(name="plan", cache_policy=NO_CACHE, persist_result=False)
@@ -161,12 +161,9 @@ def _render(
 ) -> RunSummary:
     began = time.monotonic()
     logger = get_run_logger()
-    overrides: dict[str, Any] = {
-        "default_model": model,
-        "shard_size": shard_size,
-        "rps": rps,
-        "max_in_flight": max_in_flight,
-    }
+    overrides = run_overrides(
+        model=model, shard_size=shard_size, rps=rps, max_in_flight=max_in_flight
+    )
     settings = load_settings(overrides)
     policy = BudgetPolicy(money(budget), budget_mode) if budget is not None else None
     run_id = runner.resolve_run_id(

@@ -7,8 +7,9 @@ never held here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -127,3 +128,25 @@ class Settings(BaseSettings):
     def api_key(self) -> str:
         """The raw key, for the Authorization header only. Never log what this returns."""
         return self.dashscope_api_key.get_secret_value() if self.dashscope_api_key else ""
+
+
+def run_overrides(
+    *,
+    model: str | None = None,
+    shard_size: int | None = None,
+    rps: float | None = None,
+    max_in_flight: int | None = None,
+) -> dict[str, Any]:
+    """A run's options (``qwbatch run`` and the flows' parameters) as Settings fields; None
+    means not given."""
+    return {
+        "default_model": model,
+        "shard_size": shard_size,
+        "rps": rps,
+        "max_in_flight": max_in_flight,
+    }
+
+
+def settings_with(overrides: Mapping[str, Any] | None) -> Settings:
+    """Settings from the environment, with the given fields (those not None) on top."""
+    return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})

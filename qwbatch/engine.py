@@ -30,6 +30,7 @@ Three collaborators make a run survive crashes and stops (each optional, each a 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -70,6 +71,8 @@ from qwbatch.storage import ObjectInfo, ObjectStore
 from qwbatch.uris import recorded_uri
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: ``(uri, sha256 of its original bytes) -> what is sent`` for one edit input
 #: ("data:image/png;base64,…"); see ``qwbatch.staging.StagedInputs``.
@@ -403,7 +406,7 @@ class Engine:
         are not a valid image, which the harvest then replaces."""
         data = await self._store_call(self.store.get, key)
         try:
-            info = images.verify_image(data)
+            info = await asyncio.to_thread(images.verify_image, data)
         except ImageError:
             return None
         metadata, _ = image_metadata(
@@ -674,6 +677,8 @@ class Engine:
         )
         if checked.thumbnail is not None:
             thumbs.put_thumbnail(self.store, request.request_key, index, checked.thumbnail)
+        else:
+            log.warning("no thumbnail for %s image %d: Pillow could not make one", key, index)
         if not put.created:
             # Content-addressed: the object already there is the output of record, unless it
             # lost its metadata (a crash between a local file and its sidecar): then ours,

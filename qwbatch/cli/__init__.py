@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from qwbatch.config import Settings
+from qwbatch.config import Settings, run_overrides, settings_with
 from qwbatch.errors import QwBatchError
 
 if TYPE_CHECKING:
@@ -114,13 +114,14 @@ def _plan_here(
     from qwbatch import runner
 
     began = time.monotonic()
-    overrides = {
-        "default_model": params.get("model"),
-        "shard_size": params.get("shard_size"),
-        "rps": params.get("rps"),
-        "max_in_flight": params.get("max_in_flight"),
-    }
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = settings_with(
+        run_overrides(
+            model=params.get("model"),
+            shard_size=params.get("shard_size"),
+            rps=params.get("rps"),
+            max_in_flight=params.get("max_in_flight"),
+        )
+    )
     prepared = runner.prepare(
         manifest,
         out,
