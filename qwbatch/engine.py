@@ -21,7 +21,8 @@ Three collaborators make a run survive crashes and stops (each optional, each a 
   finished requests, harvests journaled answers, polls known task ids instead of
   resubmitting, counts calls a crash cut off as ambiguous, and does first what is paid for.
 - ``finder`` (:mod:`qwbatch.recovery`): looks for the task behind an async submission whose
-  answer was lost (dropped connection, or a crash before the task id was journaled).
+  answer was lost (dropped connection, or a crash before the task id was journaled); after a
+  crash, a submission its listing proves never accepted is sent again, not counted as billed.
 - ``stop`` (:mod:`qwbatch.stop`): once set, no new request starts; calls under way and
   harvests finish; requests that are only waiting are abandoned to the journal and counted
   as ``left``.
@@ -64,7 +65,7 @@ from qwbatch.models import CatalogRecord, ProviderResult, RenderRequest, Status
 from qwbatch.plan import PlanItem, decode_shard
 from qwbatch.providers.base import Provider
 from qwbatch.providers.dashscope import TaskDeadlineError
-from qwbatch.recovery import KNOWN_TASKS, TaskFinder
+from qwbatch.recovery import ABSENT, KNOWN_TASKS, Absent, TaskFinder
 from qwbatch.registry import ModelSpec, ModelTable
 from qwbatch.stop import Guard, StopSignal, cancel_when_stopped
 from qwbatch.storage import ObjectInfo, ObjectStore
@@ -442,13 +443,17 @@ class Engine:
             sent = list(await asyncio.gather(*(self.input_loader(u, s) for u, s in pairs)))
         if call.task_id is None and call.orphan_since is not None:
             # A resume: an async submission went out but its task id never reached the journal.
-            found = await self._find_task(request, call, call.orphan_since)
-            if found is not None:
+            found = await self._find_task(request, call, call.orphan_since, prove_absent=True)
+            if isinstance(found, ProviderResult):
                 self._answered(request, call, found)
                 return found
-            call.ambiguous += 1
-            self._count_ambiguous(request, spec, call)
-            self.journal.ambiguous(request)  # so later resumes count it once, as ambiguous
+            if found is ABSENT:
+                # The listing proves it created no task: unbilled, sent again, not counted.
+                self.journal.absent(request)
+            else:
+                call.ambiguous += 1
+                self._count_ambiguous(request, spec, call)
+                self.journal.ambiguous(request)  # so later resumes count it once, as ambiguous
         if call.task_id is None and call.ambiguous > retry_budget:
             raise ProviderAmbiguousError(
                 f"{call.ambiguous} calls may have been billed without an answer (crash or lost "
@@ -505,7 +510,7 @@ class Engine:
             except AmbiguousError:
                 # The task may exist: find it rather than pay for a second one.
                 found = await self._find_task(request, call, sent_at)
-                if found is None:
+                if not isinstance(found, ProviderResult):
                     raise
                 return found
             KNOWN_TASKS.add(call.task_id)
@@ -525,15 +530,16 @@ class Engine:
             raise
 
     async def _find_task(
-        self, request: RenderRequest, call: _Call, sent_at: float
-    ) -> ProviderResult | None:
-        """Look for the task a lost submission created; journal it and return its result."""
+        self, request: RenderRequest, call: _Call, sent_at: float, *, prove_absent: bool = False
+    ) -> ProviderResult | Absent | None:
+        """Look for the task a lost submission created; journal it and return its result.
+        ``ABSENT`` when ``prove_absent`` and the provider's listing proves there is none."""
         if self.finder is None:
             return None
-        found = await self.finder.find(request, sent_at)
-        if found is None:
-            return None
-        task_id, result = found
+        search = await self.finder.search(request, sent_at, prove_absent=prove_absent)
+        if search.found is None:
+            return ABSENT if search.absent else None
+        task_id, result = search.found
         call.task_id = task_id
         call.recovered += 1
         self.recovered_tasks += 1

@@ -14,6 +14,8 @@ Each object holds JSON lines, one entry each (``t`` is POSIX seconds):
   as soon as it arrives, so a crash while downloading harvests those URLs, not a new call;
 - ``ambiguous``: the last call's answer was lost after it was sent: it may be billed;
 - ``failed``: the last call was answered with an error (throttled, 5xx, refused): not billed.
+- ``absent``: the last call, an async submission cut by a crash, created no task (the
+  provider's task listing proves it, see :mod:`qwbatch.recovery`): not billed.
 - ``done``: the request's final catalog records and its billing counters. Not waited for:
   if a crash loses it, the resume finds the request's images in the store (or its journaled
   answer) and records them again without a call; only a request that ended without an image
@@ -47,7 +49,7 @@ from qwbatch.models import CatalogRecord, ProviderImage, ProviderResult, RenderR
 from qwbatch.storage import ObjectStore
 
 Endpoint = Literal["sync", "async"]
-CallState = Literal["sent", "accepted", "answered", "ambiguous", "failed"]
+CallState = Literal["sent", "accepted", "answered", "ambiguous", "failed", "absent"]
 
 #: Parallel GETs when a shard's journal is read back.
 _READ_WORKERS = 16
@@ -131,6 +133,8 @@ class JournalState:
             state.calls[-1].state = "ambiguous"
         elif kind == "failed" and state.calls and state.calls[-1].state == "sent":
             state.calls[-1].state = "failed"
+        elif kind == "absent" and state.calls and state.calls[-1].state == "sent":
+            state.calls[-1].state = "absent"
         elif kind == "done":
             state.finished = Finished(
                 records=[CatalogRecord(**r) for r in entry["records"]],
@@ -220,6 +224,10 @@ class Journal:
     def failed(self, request: RenderRequest) -> None:
         """Record that the last call was answered with an error (flushed with the next batch)."""
 
+    def absent(self, request: RenderRequest) -> None:
+        """Record that the last call, an async submission a crash cut, is proven to have
+        created no task (flushed with the next batch, so before the call that follows it)."""
+
     def done(self, key: str, finished: Finished) -> None:
         """Record a request's final records and counters (flushed with the next batch)."""
 
@@ -286,6 +294,9 @@ class StoreJournal(Journal):
 
     def failed(self, request: RenderRequest) -> None:
         self._append_nowait({"kind": "failed", "key": request.request_key})
+
+    def absent(self, request: RenderRequest) -> None:
+        self._append_nowait({"kind": "absent", "key": request.request_key})
 
     def done(self, key: str, finished: Finished) -> None:
         entry = {

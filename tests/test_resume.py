@@ -19,6 +19,7 @@ from qwbatch.keys import request_key
 from qwbatch.models import CatalogRecord, RenderRequest
 from qwbatch.plan import PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
+from qwbatch.recovery import TaskFinder
 from qwbatch.registry import ModelTable
 from qwbatch.stop import StopSignal
 from qwbatch.storage import LocalStore
@@ -73,15 +74,36 @@ def settings(sim) -> Settings:
     )
 
 
+class Killed(Exception):
+    """The process 'dies' here (not a QwBatchError: nothing in the engine handles it)."""
+
+
+class DiesBeforeSubmitting(DashScopeProvider):
+    """A provider whose process is SIGKILLed once a submission is journaled, before its POST
+    leaves: the state a kill leaves in the window between the two."""
+
+    async def submit_task(self, request: RenderRequest) -> str:
+        raise Killed(request.prompt)
+
+
 def run_engine(
-    items: list[PlanItem], settings: Settings, out: Path, stop: StopSignal | None = None
+    items: list[PlanItem],
+    settings: Settings,
+    out: Path,
+    stop: StopSignal | None = None,
+    provider_type: type[DashScopeProvider] = DashScopeProvider,
 ) -> tuple[list[CatalogRecord], Engine]:
-    """A fresh engine on the shard's replayed journal, as a resumed process builds it."""
+    """A fresh engine on the shard's replayed journal, as a resumed process builds it.
+
+    Its task finder waits no settle time before proving a lost submission absent: the
+    staged 'crashed' process has ended and sent everything it will ever send.
+    """
     store = LocalStore(out)
 
     async def go() -> tuple[list[CatalogRecord], Engine]:
         journal = StoreJournal.open(store, RUN, SHARD)
-        async with DashScopeProvider.from_settings(settings) as provider:
+        async with provider_type.from_settings(settings) as provider:
+            finder = TaskFinder(provider, journal_tasks=journal.known_tasks, settle_s=0.0)
             engine = Engine(
                 provider=provider,
                 store=store,
@@ -89,6 +111,7 @@ def run_engine(
                 settings=settings,
                 run_id=RUN,
                 journal=journal,
+                finder=finder,
                 stop=stop,
             )
             return await engine.run_items(items), engine
@@ -163,10 +186,90 @@ def test_an_orphan_that_never_reached_the_provider_is_sent_again(sim, settings, 
     records, engine = run_engine([PlanItem(request)], settings, tmp_path)
     assert [r.status for r in records] == ["succeeded"]
     assert records[0].attempts == 2
-    # Not found, so it may have been billed: counted as possible spend, within the budget.
-    assert records[0].ambiguous_calls == 1
+    # The listing proves it created no task: nothing billed, so no possible spend, and the
+    # ambiguous-retry budget is left whole.
+    assert (records[0].ambiguous_calls, records[0].possible_cost) == (0, 0.0)
+    assert (engine.ambiguous_calls, engine.possible_extra_images) == (0, 0)
+    assert engine.finder is not None
+    assert engine.finder.absent == 1
+    ledger = sim.ledger()
+    assert (ledger["requests"]["image-synthesis"], ledger["billed_images"]) == (1, 1)
+    calls = read_journal(LocalStore(tmp_path), RUN, SHARD).get(request.request_key).calls
+    assert [call.state for call in calls] == ["absent", "answered"]
+
+
+def test_an_orphan_cut_by_two_crashes_before_reaching_the_provider_is_paid_once(
+    sim, settings, tmp_path
+) -> None:
+    # The flaky kill test's hole: a submission cut by a kill before its POST reached the
+    # provider, then its resubmission cut the same way by the next kill. Each was counted as
+    # possibly billed, the second spent the ambiguous-retry budget (1), and the request
+    # ended 'ambiguous', never rendered, though the provider had billed nothing.
+    request = make_request("a harbour at dawn")
+
+    async def crashed(journal, provider) -> None:
+        await journal.intent(request, "async", 1)  # killed before the POST left
+
+    stage(tmp_path, settings, crashed)
+    with pytest.raises(Killed):  # the first resume is killed before its POST leaves too
+        run_engine([PlanItem(request)], settings, tmp_path, provider_type=DiesBeforeSubmitting)
+    journal = read_journal(LocalStore(tmp_path), RUN, SHARD)
+    assert [call.state for call in journal.get(request.request_key).calls] == ["absent", "sent"]
+    assert journal.prior_ambiguous(request.request_key) == 0
+    assert sim.ledger()["requests"].get("image-synthesis", 0) == 0
+
+    records, engine = run_engine([PlanItem(request)], settings, tmp_path)
+    assert [r.status for r in records] == ["succeeded"]
+    assert (records[0].attempts, records[0].ambiguous_calls) == (3, 0)
+    assert (engine.ambiguous_calls, engine.possible_extra_images) == (0, 0)
+    ledger = sim.ledger()
+    assert (ledger["requests"]["image-synthesis"], ledger["billed_images"]) == (1, 1)
+    assert [e["task_id"] for e in ledger["entries"]] == [records[0].provider_task_id]
+
+
+def test_a_journal_left_by_two_such_cuts_before_the_fix_resumes_within_budget(
+    sim, settings, tmp_path
+) -> None:
+    # The journal the kill test's run left: the first cut submission journaled as ambiguous
+    # by the old resume, the second cut before its POST. Resumed now, only the first counts.
+    request = make_request("a harbour at dusk")
+
+    async def crashed(journal, provider) -> None:
+        await journal.intent(request, "async", 1)
+        journal.ambiguous(request)
+        await journal.intent(request, "async", 2)
+
+    stage(tmp_path, settings, crashed)
+    records, engine = run_engine([PlanItem(request)], settings, tmp_path)
+    assert [r.status for r in records] == ["succeeded"]
+    assert (records[0].attempts, records[0].ambiguous_calls) == (3, 1)
     assert engine.possible_extra_images == 1
-    assert sim.ledger()["requests"]["image-synthesis"] == 1
+    ledger = sim.ledger()
+    assert (ledger["requests"]["image-synthesis"], ledger["billed_images"]) == (1, 1)
+
+
+def test_an_orphan_the_listing_cannot_rule_out_counts_as_possibly_billed(
+    sim, settings, tmp_path
+) -> None:
+    # Someone's task is still queued when the resume lists tasks: it could be the lost
+    # submission's, so nothing is proven; the resubmission counts the lost call as ambiguous.
+    request = make_request("a copper weathervane")
+    sim.configure(queue_s=30.0)
+
+    async def crashed(journal, provider) -> None:
+        await journal.intent(request, "async", 1)
+        await provider.submit_task(make_request("a queued stranger"))
+
+    stage(tmp_path, settings, crashed)
+    sim.configure(queue_s=0.0)
+    records, engine = run_engine(
+        [PlanItem(request)], settings.model_copy(update={"task_deadline_s": 0.5}), tmp_path
+    )
+    assert [r.status for r in records] == ["succeeded"]
+    assert (records[0].attempts, records[0].ambiguous_calls) == (2, 1)
+    assert (engine.ambiguous_calls, engine.possible_extra_images) == (1, 1)
+    assert engine.finder is not None
+    assert engine.finder.absent == 0
 
 
 def test_a_sync_call_cut_by_a_crash_counts_as_ambiguous(sim, settings, tmp_path) -> None:

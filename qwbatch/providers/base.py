@@ -8,7 +8,7 @@ request may have been billed but the answer was lost, ``ProviderError`` / ``Mode
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +22,15 @@ class TaskInfo:
     task_id: str
     status: str | None = None
     submitted_at: float | None = None
+
+
+class TaskListing(list[TaskInfo]):
+    """The rows of a task listing. ``complete`` is False when reading stopped before the
+    listing's end (a page cap): a task missing from it may still exist."""
+
+    def __init__(self, tasks: Iterable[TaskInfo] = (), *, complete: bool = True) -> None:
+        super().__init__(tasks)
+        self.complete = complete
 
 
 class Provider(Protocol):
@@ -41,8 +50,9 @@ class Provider(Protocol):
         """Poll ``GET /tasks/{id}`` until the task ends; its result, or an error."""
         ...
 
-    async def list_tasks(self, model: str, start: float, end: float) -> list[TaskInfo]:
-        """Tasks of ``model`` submitted between ``start`` and ``end`` (POSIX seconds).
+    async def list_tasks(self, model: str, start: float, end: float) -> TaskListing:
+        """Tasks of ``model`` submitted between ``start`` and ``end`` (POSIX seconds), and
+        whether that is all of them.
 
         Used to find a task whose creation answer was lost (see :mod:`qwbatch.recovery`).
         """

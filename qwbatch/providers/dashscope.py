@@ -43,7 +43,7 @@ from qwbatch.errors import (
     ThrottledError,
 )
 from qwbatch.models import ProviderImage, ProviderResult, RenderRequest
-from qwbatch.providers.base import TaskInfo
+from qwbatch.providers.base import TaskInfo, TaskListing
 from qwbatch.registry import parse_size
 
 if TYPE_CHECKING:
@@ -319,13 +319,14 @@ class DashScopeProvider:
             await self._sleep(min(delay, remaining))
             interval = min(interval * 2, self._poll_max_interval_s)
 
-    async def list_tasks(self, model: str, start: float, end: float) -> list[TaskInfo]:
+    async def list_tasks(self, model: str, start: float, end: float) -> TaskListing:
         """Tasks of ``model`` submitted between ``start`` and ``end`` (POSIX seconds).
 
         ``GET /tasks`` takes ``start_time``/``end_time`` as ``YYYYMMDDhhmmss`` in a time zone
         the docs do not name (⚠️), so the window sent is widened by 14 h each side and the
         rows are filtered here by their ``gmt_create`` (POSIX milliseconds) when they carry
-        one. At most ``LIST_MAX_PAGES`` pages of ``LIST_PAGE_SIZE`` rows are read.
+        one. At most ``LIST_MAX_PAGES`` pages of ``LIST_PAGE_SIZE`` rows are read; a listing
+        with more is returned marked incomplete.
         """
         skew = 14 * 3600.0
         params = {
@@ -350,8 +351,8 @@ class DashScopeProvider:
                 status = _str(row.get("task_status")) or _str(row.get("status"))
                 found.append(TaskInfo(task_id=task_id, status=status, submitted_at=submitted))
             if len(rows) < LIST_PAGE_SIZE:
-                break
-        return found
+                return TaskListing(found)
+        return TaskListing(found, complete=False)
 
     async def download(self, url: str) -> bytes:
         """The bytes of a result URL; :class:`ResultExpiredError` once the signature expired."""

@@ -1,0 +1,139 @@
+"""TaskFinder against the simulator over HTTP: when a task listing proves that a lost async
+submission created no task (so sending it again cannot pay twice), and when it proves
+nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+
+from qwbatch.keys import request_key
+from qwbatch.models import RenderRequest
+from qwbatch.providers.base import TaskListing
+from qwbatch.providers.dashscope import DashScopeProvider
+from qwbatch.recovery import KnownTasks, TaskFinder, TaskSearch
+
+KEY = "sk-recovery-test-key"
+MODEL = "qwen-image-plus"
+
+
+def request(prompt: str) -> RenderRequest:
+    key = request_key(
+        model=MODEL,
+        mode="generate",
+        prompt=prompt,
+        negative_prompt=None,
+        size=None,
+        n=1,
+        seed=1,
+        prompt_extend=None,
+        watermark=False,
+        input_sha256=(),
+    )
+    return RenderRequest(
+        row_id="r", row_number=0, request_key=key, model=MODEL, mode="generate", prompt=prompt
+    )
+
+
+class CutShortListing(DashScopeProvider):
+    """A provider whose listings stop at a page cap before their end."""
+
+    async def list_tasks(self, model: str, start: float, end: float) -> TaskListing:
+        return TaskListing(await super().list_tasks(model, start, end), complete=False)
+
+
+def provider(sim, cls: type[DashScopeProvider] = DashScopeProvider, **options) -> DashScopeProvider:
+    return cls(
+        client=httpx.AsyncClient(timeout=10),
+        base_url=sim.base_url,
+        api_key=KEY,
+        poll_interval_s=0.02,
+        poll_max_interval_s=0.05,
+        **options,
+    )
+
+
+async def search(
+    p: DashScopeProvider, lost: RenderRequest, sent_at: float, **options
+) -> TaskSearch:
+    """One search for ``lost`` by a finder made now, proving absence when it can."""
+    finder = TaskFinder(p, journal_tasks=set(), known=KnownTasks(), settle_s=0.0, **options)
+    return await finder.search(lost, sent_at, prove_absent=True)
+
+
+def test_a_listing_of_other_prompts_proves_the_submission_absent(sim) -> None:
+    sim.configure(api_key=KEY, fast=True)
+    lost = request("my lost lighthouse")
+
+    async def go() -> None:
+        async with provider(sim) as p:
+            sent_at = time.time()
+            await p.submit_task(request("someone else's lighthouse"))
+            sim.configure(task_failure_rate=1.0)
+            await p.submit_task(request("someone else's failed lighthouse"))
+            assert await search(p, lost, sent_at) == TaskSearch(absent=True)
+            # A search that only looks never claims absence.
+            finder = TaskFinder(p, journal_tasks=set(), known=KnownTasks())
+            assert await finder.search(lost, sent_at) == TaskSearch()
+
+    asyncio.run(go())
+
+
+def test_the_lost_submissions_task_is_found_not_proven_absent(sim) -> None:
+    sim.configure(api_key=KEY, fast=True)
+    lost = request("my lost lighthouse")
+
+    async def go() -> None:
+        async with provider(sim) as p:
+            sent_at = time.time()
+            task_id = await p.submit_task(lost)
+            found = await search(p, lost, sent_at)
+            assert found.found is not None
+            assert found.found[0] == task_id
+            assert not found.absent
+
+    asyncio.run(go())
+
+
+def test_a_task_whose_outcome_is_unknown_or_a_cut_listing_proves_nothing(sim) -> None:
+    sim.configure(api_key=KEY, fast=True)
+    lost = request("my lost lighthouse")
+
+    async def go() -> None:
+        async with provider(sim, CutShortListing) as cut, provider(sim) as p:
+            sent_at = time.time()
+            assert await search(cut, lost, sent_at) == TaskSearch()
+            await p.submit_task(request("a stranger"))
+            # More unknown tasks than a proof may inspect.
+            assert await search(p, lost, sent_at, max_proof_candidates=0) == TaskSearch()
+            sim.configure(queue_s=30.0)
+            await p.submit_task(request("a stranger still queued"))
+        # Still queued when the finder stops waiting on it: it could be the lost one.
+        async with provider(sim, task_deadline_s=0.2) as impatient:
+            assert await search(impatient, lost, sent_at) == TaskSearch()
+
+    asyncio.run(go())
+
+
+def test_a_proof_waits_until_the_dead_senders_requests_have_landed(sim) -> None:
+    sim.configure(api_key=KEY, fast=True)
+    lost = request("my lost lighthouse")
+    now = time.time()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def go() -> None:
+        async with provider(sim) as p:
+            finder = TaskFinder(
+                p, journal_tasks=set(), known=KnownTasks(), clock=lambda: now, sleep=sleep
+            )
+            assert await finder.search(lost, now - 1.0) == TaskSearch()
+            assert slept == []  # only a proof waits
+            assert (await finder.search(lost, now - 1.0, prove_absent=True)).absent
+            assert slept == [finder.settle_s]
+
+    asyncio.run(go())
