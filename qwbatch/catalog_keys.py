@@ -93,8 +93,10 @@ def dedup_rows(
     if len(pc.unique(found_keys)) == found.num_rows:
         # One image a key (the usual case): look each request up, no join, no sort.
         got = pc.index_in(asked["request_key"], value_set=found_keys).combine_chunks()
-        ask = pc.indices_nonzero(pc.is_valid(got))
+        found_at = pc.indices_nonzero(pc.is_valid(got))
         got = pc.drop_null(got)
+        # Every request found (the usual case): slices of ``asked`` need no take.
+        ask: pa.Array | None = None if len(found_at) == asked.num_rows else found_at
     else:
         found = _last_records(found)
         pairs = (
@@ -111,12 +113,13 @@ def dedup_rows(
             .sort_by([("order", "ascending"), ("image_index", "ascending")])
         )
         ask, got = pairs["ask"].combine_chunks(), pairs["got"].combine_chunks()
+    found = found.combine_chunks()  # one chunk per column: a take per slice stays cheap
     now = int(time.time() * 1000)
-    for start in range(0, len(ask), slice_rows):
+    for start in range(0, len(got), slice_rows):
         yield _dedup_slice(
-            asked,
+            asked.slice(start, slice_rows) if ask is None else asked,
             found,
-            ask.slice(start, slice_rows),
+            None if ask is None else ask.slice(start, slice_rows),
             got.slice(start, slice_rows),
             run_id=run_id,
             currency=currency,
@@ -179,17 +182,21 @@ def _last_records(found: pa.Table) -> pa.Table:
 def _dedup_slice(
     asked: pa.Table,
     found: pa.Table,
-    ask: pa.Array,
+    ask: pa.Array | None,
     got: pa.Array,
     *,
     run_id: str,
     currency: str,
     now_ms: int,
 ) -> pa.Table:
-    rows = len(ask)
+    """Catalog rows for the requests ``asked`` at ``ask`` (None: every row of ``asked``)
+    and the outputs ``found`` at ``got``."""
+    rows = len(got)
     now = pa.array([now_ms] * rows, SCHEMA.field("started_at").type)
     columns: dict[str, pa.ChunkedArray | pa.Array] = {
-        name: asked[name].take(ask) for name in REQUEST_SCHEMA.names if name != "order"
+        name: asked[name] if ask is None else asked[name].take(ask)
+        for name in REQUEST_SCHEMA.names
+        if name != "order"
     }
     columns.update({name: found[name].take(got) for name in OUTPUT_COLUMNS})
     columns.update(

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from qwbatch import catalog
+from qwbatch import catalog, catalog_keys
 from qwbatch.budget import BudgetPolicy
 from qwbatch.cli import app
 from qwbatch.config import Settings
@@ -251,3 +251,45 @@ def test_run_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     ) in text
     assert "estimated cost" in text
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+@pytest.mark.parametrize("absent", [False, True])
+def test_dedup_rows_join_each_request_to_its_stored_output(tmp_path: Path, absent: bool) -> None:
+    """The one-image-a-key path: every request found (slices of the requests, no take), or
+    one whose key has no stored output (dropped; the others keep their order)."""
+    manifest = varied_manifest(tmp_path / "m.parquet", 40)
+    store = LocalStore(tmp_path / "out")
+    _existing_catalog(store, manifest, all_images=False)
+    stored = pq.read_table(io.BytesIO(store.get(catalog.part_keys(store)[0])))
+    keys = stored["request_key"].to_pylist()[:5]
+    asked_keys = [*keys[:2], "0" * 64, *keys[2:]] if absent else keys
+    count = len(asked_keys)
+    requests = pa.table(
+        {
+            "order": range(count),
+            "row_id": [f"row-{i}" for i in range(count)],
+            "request_key": asked_keys,
+            "mode": ["generate"] * count,
+            "model": [DEFAULT] * count,
+            "prompt": [f"prompt {i}" for i in range(count)],
+            "negative_prompt": [None] * count,
+            "size": [None] * count,
+            "n": [1] * count,
+            "seed": range(count),
+            **{
+                name: [[]] * count
+                for name in ("tags", "input_images", "input_sha256", "input_notes")
+            },
+        },
+        schema=catalog_keys.REQUEST_SCHEMA,
+    )
+    halves = [requests.slice(0, 3), requests.slice(3)]  # as the plan hands them: by block
+    slices = list(catalog_keys.dedup_rows(store, halves, run_id="r2", currency="CNY", slice_rows=2))
+    rows = pa.concat_tables(slices).to_pylist()
+    expected_ids = [f"row-{i}" for i, key in enumerate(asked_keys) if key in keys]
+    assert [r["row_id"] for r in rows] == expected_ids
+    assert [r["request_key"] for r in rows] == keys
+    assert [r["output_uri"] for r in rows] == [f"file:///x/{k}-0" for k in keys]
+    assert [r["prompt"] for r in rows] == [f"prompt {int(i[4:])}" for i in expected_ids]
+    assert {r["status"] for r in rows} == {"deduplicated"}
+    assert {r["cost"] for r in rows} == {0.0}

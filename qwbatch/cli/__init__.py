@@ -233,15 +233,17 @@ def validate(
         good, bad = 0, []
         store = open_store(out, settings) if out else None
         with input_stage(str(manifest), settings, store, stage=False) as check_only:
-            for batch in read_manifest(
+            reader = read_manifest(
                 manifest,
                 table=table,
                 default_model=settings.default_model,
                 resolve_input=check_only,
                 settings=settings,
-            ):
-                good += len(batch.requests)
-                bad.extend(batch.rejects)
+            )
+            # Column-wise checks for the common rows, as the plan does: no object per row.
+            for block in reader.blocks():
+                good += block.fast.num_rows + len(block.requests)
+                bad.extend(block.rejects)
     except QwBatchError as exc:
         _fail(str(exc))
         return
