@@ -49,6 +49,7 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
     from flows.render import render_manifest  # Prefect is imported only by commands that run
     from qwbatch.budget import BudgetPolicy
     from qwbatch.costs import money
+    from qwbatch.limits import reporting
     from qwbatch.progress_display import watch_run
     from qwbatch.runner import resolve_run_id
 
@@ -73,7 +74,12 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
             strict=params.get("strict", False),
             budget=policy,
         )
-        with watch_run(run_id, quiet=quiet, budget=params.get("budget")):
+        # Each model's rate, limit, in flight and 429s/min on stderr while the run goes.
+        limit_lines = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
+        with (
+            watch_run(run_id, quiet=quiet, budget=params.get("budget")),
+            reporting(limit_lines, Settings().limits_status_s),
+        ):
             summary = render_manifest(manifest=manifest, out=out, **params)
     except QwBatchError as exc:
         _fail(str(exc))
