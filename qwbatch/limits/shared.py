@@ -408,9 +408,11 @@ class PrefectBudget:
                 return
             now = time.monotonic()
             recent.append((now, self._demand()))
-            while now - recent[0][0] > IDLE_RELEASE_S:
+            # Keep the newest sample at least IDLE_RELEASE_S old, so the window is whole
+            # however the ticks fall (a window cut at the tick before could stay short).
+            while len(recent) > 1 and now - recent[1][0] >= IDLE_RELEASE_S:
                 recent.popleft()
-            if now - recent[0][0] >= IDLE_RELEASE_S * 0.9:
+            if now - recent[0][0] >= IDLE_RELEASE_S:
                 await self._release_idle(client, gate, max(need for _, need in recent))
             await self._renew(client)
 
