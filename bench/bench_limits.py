@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -103,45 +102,17 @@ def _env(api_url: str) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(timeout_s: float = 180.0) -> Iterator[str]:
-    """A ``prefect server start`` on a free loopback port with a temporary SQLite home."""
-    import httpx
+def prefect_server() -> Iterator[str]:
+    """A real Prefect server on loopback (Prefect's test harness, as ``bench_kill`` uses),
+    with a temporary SQLite home; its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
 
-    home = Path(tempfile.mkdtemp(prefix="qwbatch-bench-prefect-"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
-    env.pop("PREFECT_API_URL", None)
-    prefect = Path(sys.executable).with_name("prefect")
-    command = [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
-    with open(home / "server.log", "wb") as log:
-        server = subprocess.Popen([*command, "--no-ui"], env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not start; see {home / 'server.log'}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        shutil.rmtree(home, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="qwbatch-bench-prefect-") as home:
+        os.environ["PREFECT_HOME"] = home
+        os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+        with prefect_test_harness(server_startup_timeout=120):
+            yield str(PREFECT_API_URL.value())
 
 
 def run_workers(
