@@ -8,8 +8,8 @@ starts on loopback with a temporary SQLite home unless ``--prefect-api-url`` nam
 
 Two limiters run side by side, case by case, in the same run:
 
-- ``qwbatch``: qwbatch's limiter (paced sends, in-flight slots and rate tokens leased in
-  batches from Prefect global concurrency limits);
+- ``qwbatch``: qwbatch's limiter (paced sends, a per-process in-flight cap, rate tokens
+  leased in batches from a Prefect global concurrency limit);
 - ``prefect-1``: Prefect's ``rate_limit()`` taking one slot per request, plus the same local
   in-flight cap (the baseline).
 
@@ -247,9 +247,9 @@ def _baseline_registry(scope: str, rps: float, max_in_flight: int) -> Any:
     from prefect.exceptions import ObjectAlreadyExists
 
     from qwbatch.limits.registry import LimiterRegistry
-    from qwbatch.limits.shared import limit_names
+    from qwbatch.limits.shared import limit_name
 
-    name = limit_names(scope, MODEL)[0]
+    name = limit_name(scope, MODEL)
 
     async def create() -> None:
         async with get_client() as client:

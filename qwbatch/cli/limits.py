@@ -69,7 +69,7 @@ def limits_command(
         if state is not None:
             line += (
                 f"; server: {state.in_bucket:.1f}/{state.bucket:g} requests in the bucket at "
-                f"{state.rps:g} req/s, {state.in_flight}/{state.max_in_flight} in flight"
+                f"{state.rps:g} req/s (the in-flight cap is per worker process)"
             )
         elif reason is None:
             line += "; server: no limits yet (the first run creates them)"

@@ -5,9 +5,9 @@
     registry.py   which limits apply (settings > run flags > model table); one limiter per
                   (account, model) in the process: LIMITERS.for_model(spec, settings)
     local.py      ModelLimiter: in-flight gate, paced sends, ramp-up, AIMD on 429s
-    shared.py     PrefectBudget: the same limits shared by every worker through Prefect
-                  global concurrency limits (rate tokens leased in batches, in-flight slots
-                  leased while needed), or local only, said in the log, when no server
+    shared.py     PrefectBudget: the request rate shared by every worker through a Prefect
+                  global concurrency limit (rate tokens leased in batches; the in-flight
+                  cap stays per process), or local only, said in the log, when no server
     gate.py       Gate and TokenPool: first-come-first-served waiting across event loops
     status.py     status lines (rate, limit, in flight, 429s/min) for the log and the CLI
 

@@ -5,7 +5,8 @@ second, burst protection ("Request rate increased too quickly") and requests in 
 :class:`ModelLimiter` keeps this process under them:
 
 - **in flight**: a :class:`~qwbatch.limits.gate.Gate` of ``max_in_flight`` slots, held from
-  before the send until the answer (for async tasks, until the task ends);
+  before the send until the answer (for async tasks, until the task ends). This cap is per
+  process, also when the rate is shared (see :mod:`qwbatch.limits.shared` for why);
 - **pacing**: each request reserves the next send time, ``1 / rate`` seconds after the one
   before (never a burst of more than one), so waiters sleep once, to their own time;
 - **ramp**: after a start or an idle spell the rate climbs from ``ramp_start × rps`` to
@@ -14,9 +15,9 @@ second, burst protection ("Request rate increased too quickly") and requests in 
   come back) and pauses sending for ``Retry-After`` when the server gave one; each success
   adds back 5 % of the ceiling, never above it.
 
-With a :class:`SharedBudget` (see :mod:`qwbatch.limits.shared`) the in-flight slots and the
-rate tokens are also leased from limits that every worker of the account shares, and a 429
-drops the rate tokens this process holds (they would go out late, into the same crowd).
+With a :class:`SharedBudget` (see :mod:`qwbatch.limits.shared`) the rate tokens are also
+leased from a limit that every worker of the account shares, and a 429 drops the rate
+tokens this process holds (they would go out late, into the same crowd).
 """
 
 from __future__ import annotations
@@ -57,8 +58,6 @@ class SharedBudget(Protocol):
 
     #: Rate tokens leased from the shared limit; opened when there is none.
     pool: TokenPool
-    #: In-flight slots leased from the shared limit.
-    gate: Gate
 
     def start(self, rate: Callable[[], float]) -> None:
         """Begin leasing; ``rate()`` is the limiter's current rate (leases are sized to it)."""
@@ -94,8 +93,7 @@ class ModelLimiter:
         self.local_reason = local_reason
         self._clock = clock
         self._lock = threading.Lock()
-        self._gate = Gate(spec.max_in_flight)  # this process's requests past the queue
-        self._turnstile = Gate(1)  # one request at a time takes shared slot and token
+        self._gate = Gate(spec.max_in_flight)  # this process's requests in flight
         self._rate_cap = spec.rps  # lowered by throttling, raised by success
         self._ramp_from: float | None = None
         self._next_send = 0.0
@@ -116,11 +114,6 @@ class ModelLimiter:
     def in_flight(self) -> int:
         """Requests sent and not yet answered."""
         return self._sending
-
-    @property
-    def slots_held(self) -> int:
-        """In-flight slots this process may use now (``max_in_flight`` unless shared)."""
-        return self.shared.gate.capacity if self.shared is not None else self._gate.capacity
 
     def describe_sharing(self) -> str:
         """How this limiter's limits are shared, for the status line."""
@@ -164,51 +157,24 @@ class ModelLimiter:
         """Hold one request slot for the block; the send happens at the block's start.
 
         In order: a place among this process's ``max_in_flight``; the paced send time (ramp,
-        cut, ``Retry-After``); then, with shared limits, one request at a time takes a
-        shared in-flight slot and a rate token. The token comes last so that it is spent as
-        soon as it is granted: every worker's sends then follow the shared limit's grants,
-        which keeps them, together, inside the provider's own bucket. One at a time, so that
-        a process holds a shared slot it does not use for at most one request.
+        cut, ``Retry-After``); then, with a shared rate, a rate token, waited for until its
+        turn (a lease drips at the shared limit's pace). The token comes last so that it is
+        spent as soon as it is granted: every worker's sends then follow the shared limit's
+        grants, which keeps them, together, inside the provider's own bucket.
         """
-        shared = self.shared
         await self._gate.acquire()
         try:
             await self._pace()
-            if shared is not None:
-                await self._take_shared(shared)
+            if self.shared is not None:
+                await self.shared.pool.take()
+            await self._sit_out_pause()  # a 429 may have come while we waited
             try:
-                await self._sit_out_pause()  # a 429 may have come while we waited
-                try:
-                    yield
-                finally:
-                    with self._lock:
-                        self._sending -= 1
+                yield
             finally:
-                if shared is not None:
-                    shared.gate.release()
+                with self._lock:
+                    self._sending -= 1
         finally:
             self._gate.release()
-
-    async def _take_shared(self, shared: SharedBudget) -> None:
-        """A shared in-flight slot, then a rate token, one request of this process at a time;
-        then wait for the token's turn (a lease drips at the shared limit's pace)."""
-        await self._turnstile.acquire()
-        try:
-            await shared.gate.acquire()
-            try:
-                spend_at = await shared.pool.reserve()
-            except BaseException:
-                shared.gate.release()
-                raise
-        finally:
-            self._turnstile.release()
-        wait = spend_at - time.monotonic()
-        if wait > 0:
-            try:
-                await asyncio.sleep(wait)
-            except BaseException:
-                shared.gate.release()
-                raise
 
     async def _pace(self) -> None:
         """Wait for this request's send time: ``1 / rate`` after the one before it."""
@@ -272,7 +238,7 @@ class ModelLimiter:
             self.shared.pool.drain()
 
     def close(self) -> None:
-        """Give back shared slots and stop leasing (the limiter is being replaced)."""
+        """Stop leasing shared rate tokens (the limiter is being replaced)."""
         if self.shared is not None:
             self.shared.close()
 

@@ -1,19 +1,24 @@
-"""Limits shared by every worker of an account, held in Prefect global concurrency limits.
+"""The request rate shared by every worker of an account, held in a Prefect global
+concurrency limit.
 
-Two limits per (account scope, model), created by the run that first needs them:
-
-- ``qwbatch-rps:{model}@{scope}``: a rate limit (``slot_decay_per_second`` = rps). Each
-  acquisition is an HTTP round trip, and Prefect's ``rate_limit()`` taking one slot per
+One limit per (account scope, model), created by the run that first needs it:
+``qwbatch-rps:{model}@{scope}``, a rate limit (``slot_decay_per_second`` = rps). Each
+acquisition is an HTTP round trip, and Prefect's ``rate_limit()`` taking one slot per
   request reached well under the limit in the benchmark, so :class:`PrefectBudget` leases
   a quarter second of traffic at a time (:func:`lease_size`). The limit holds one lease and half
-  of another (:func:`bucket_slots`), so leases are granted one after another at the rate;
-  each lease *drips* into the worker's pool, one token every ``1 / rate`` from its grant,
-  and expires unspent after twice that. Every worker's sends thus follow the shared limit's
-  grants, and together they fit the provider's own bucket (about a second of traffic).
-- ``qwbatch-inflight:{model}@{scope}``: a concurrency limit of ``max_in_flight`` slots. A
-  process leases slots (60 s leases, renewed) while its requests wait for one, doubling what
-  it holds as a run grows, and gives back those unused for :data:`IDLE_RELEASE_S`; a crashed
-  worker's leases expire.
+of another (:func:`bucket_slots`), so leases are granted one after another at the rate;
+each lease *drips* into the worker's pool, one token every ``1 / rate`` from its grant,
+and expires unspent after twice that. Every worker's sends thus follow the shared limit's
+grants, and together they fit the provider's own bucket (about a second of traffic).
+
+**The in-flight cap is not shared: it applies per worker process** (the local
+:class:`~qwbatch.limits.gate.Gate` of :class:`~qwbatch.limits.local.ModelLimiter`). Slots
+held on the server would outlive a worker that crashes (SIGKILL, OOM) until their lease
+expired — Prefect's renewable leases last 60 s at least — and every other worker of the
+account would stall on them. A rate limit cannot leak that way: its slots decay by
+themselves, so a dead worker's share is free again within a lease (a quarter second). Give
+each worker ``max_in_flight`` = the account's cap divided by the number of workers when the
+provider's in-flight cap is tight.
 
 Acquisitions are strict, as ``rate_limit(..., strict=True)`` is: by default Prefect only warns
 about a limit that does not exist, and limits nothing. Rate tokens are acquired with the
@@ -40,16 +45,14 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
-from uuid import UUID
 
 import httpx
 
-from qwbatch.limits.gate import Gate, TokenPool
+from qwbatch.limits.gate import TokenPool
 from qwbatch.limits.local import LimitSpec
 
 if TYPE_CHECKING:
@@ -69,14 +72,6 @@ BUCKET_SLACK = 0.5
 #: to one slot of decay: with one slot per request that cost 17 % of 2 req/s here. With 100
 #: slots per request the loss is under 1 %.
 SLOTS_PER_REQUEST = 100
-#: Seconds an in-flight slot may sit unused before it goes back to the shared pool.
-IDLE_RELEASE_S = 2.0
-#: Lease on an in-flight slot (Prefect's minimum for renewable leases), renewed every third.
-SLOT_LEASE_S = 60.0
-#: Seconds between two tries for in-flight slots while the shared limit is full.
-SLOT_RETRY_S = 0.5
-#: Seconds between checks of in-flight demand.
-TICK_S = 0.25
 #: Seconds allowed to create the limits before falling back to local limiting.
 SETUP_TIMEOUT_S = 15.0
 
@@ -93,10 +88,10 @@ def bucket_slots(rps: float) -> int:
     return math.ceil(lease_size(rps) * (1 + BUCKET_SLACK) * SLOTS_PER_REQUEST)
 
 
-def limit_names(scope: str, model: str) -> tuple[str, str]:
-    """(rate limit name, in-flight limit name) for ``model`` on account ``scope``."""
+def limit_name(scope: str, model: str) -> str:
+    """The name of the shared rate limit of ``model`` on account ``scope``."""
     clean = scope.translate({ord(c): "_" for c in "/%&><"})
-    return f"qwbatch-rps:{model}@{clean}", f"qwbatch-inflight:{model}@{clean}"
+    return f"qwbatch-rps:{model}@{clean}"
 
 
 def default_scope(base_url: str) -> str:
@@ -115,27 +110,23 @@ def prefect_api_url() -> str | None:
 @dataclass(frozen=True, slots=True)
 class SharedState:
     """What a Prefect server holds for one model: requests in the rate limit's bucket (of
-    its size) and its rate; in-flight slots leased (of the limit)."""
+    its size) and its rate, requests per second."""
 
     rate_name: str
     in_bucket: float
     bucket: float
     rps: float
-    in_flight_name: str
-    in_flight: int
-    max_in_flight: int
 
 
 async def read_shared_state(scope: str, model: str) -> SharedState | None:
-    """The shared limits of ``model`` on account ``scope``; None when none were created."""
+    """The shared rate limit of ``model`` on account ``scope``; None until one is created."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
-    rate_name, in_flight_name = limit_names(scope, model)
+    rate_name = limit_name(scope, model)
     async with get_client() as client:
         try:
             rate = await client.read_global_concurrency_limit_by_name(rate_name)
-            in_flight = await client.read_global_concurrency_limit_by_name(in_flight_name)
         except ObjectNotFound:
             return None
     return SharedState(
@@ -143,9 +134,6 @@ async def read_shared_state(scope: str, model: str) -> SharedState | None:
         in_bucket=rate.active_slots / SLOTS_PER_REQUEST,
         bucket=rate.limit / SLOTS_PER_REQUEST,
         rps=rate.slot_decay_per_second / SLOTS_PER_REQUEST,
-        in_flight_name=in_flight_name,
-        in_flight=in_flight.active_slots,
-        max_in_flight=in_flight.limit,
     )
 
 
@@ -185,23 +173,20 @@ LOOP = _LoopThread()
 
 
 class PrefectBudget:
-    """One model's share of the account's limits, leased from Prefect global limits.
+    """One model's share of the account's request rate, leased from a Prefect global limit.
 
     Give it to a :class:`~qwbatch.limits.local.ModelLimiter`, which takes a rate token from
-    :attr:`pool` and then an in-flight slot from :attr:`gate` for each send. Setup starts at
+    :attr:`pool` for each send (its in-flight cap stays local to the process). Setup starts at
     once on the background loop; until it is done requests wait (a few hundred ms).
     """
 
     def __init__(self, *, scope: str, model: str, spec: LimitSpec) -> None:
         self.spec = spec
-        self.rate_name, self.inflight_name = limit_names(scope, model)
+        self.rate_name = limit_name(scope, model)
         self.lease = lease_size(spec.rps)
         self.pool = TokenPool()
         self.pool.low_water = self.lease
         self.pool.on_low = self._want_tokens
-        #: In-flight slots leased from the shared limit; none until requests wait for one.
-        self.gate = Gate(0)
-        self.gate.on_wait = self._want_slots
         self._rate: Callable[[], float] = lambda: spec.rps
         self.state: State = "starting"
         self.reason = ""
@@ -210,9 +195,6 @@ class PrefectBudget:
         self._context = contextvars.copy_context()  # Prefect settings of the creating thread
         self._loop = LOOP.loop()
         self._rate_wanted = asyncio.Event()
-        self._slots_wanted = asyncio.Event()
-        self._held: list[tuple[UUID, int]] = []  # in-flight leases: (lease id, slots)
-        self._renewed_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._client: PrefectClient | None = None
         _OPEN_BUDGETS.add(self)
@@ -220,7 +202,7 @@ class PrefectBudget:
     # -- SharedBudget ----------------------------------------------------------------------
 
     def start(self, rate: Callable[[], float]) -> None:
-        """Create the limits and start leasing, on the background loop.
+        """Create the limit and start leasing, on the background loop.
 
         ``rate()`` is the limiter's current rate (ramp and cuts applied): leases are sized
         to it, so a slowed-down worker does not sit on tokens the others could spend.
@@ -236,7 +218,8 @@ class PrefectBudget:
         return "starting shared limits"
 
     def close(self) -> None:
-        """Stop leasing and give back every in-flight slot (waits up to 5 s)."""
+        """Stop leasing and close the Prefect client (waits up to 5 s). Tokens leased and
+        not spent decay on the server by themselves."""
         if self._closed:
             return
         self._closed = True
@@ -247,15 +230,12 @@ class PrefectBudget:
         try:
             done.result(timeout=5.0)
         except (concurrent.futures.TimeoutError, RuntimeError, httpx.HTTPError):
-            log.debug("in-flight leases of %s left to expire", self.inflight_name)
+            log.debug("the Prefect client of %s was left to the process exit", self.rate_name)
 
     # -- signals from other threads -----------------------------------------------------------
 
     def _want_tokens(self) -> None:
         self._loop.call_soon_threadsafe(self._rate_wanted.set)
-
-    def _want_slots(self) -> None:
-        self._loop.call_soon_threadsafe(self._slots_wanted.set)
 
     # -- on the background loop -------------------------------------------------------------
 
@@ -269,22 +249,14 @@ class PrefectBudget:
             self._fall_back(_reason(exc))
             return
         self.state = "shared"
-        log.info(
-            "limits for %s: %s; in flight via %r",
-            self.rate_name,
-            self.describe(),
-            self.inflight_name,
-        )
-        self._tasks = [
-            asyncio.create_task(self._lease_tokens(client)),
-            asyncio.create_task(self._manage_slots(client)),
-        ]
+        log.info("limits for %s: %s", self.rate_name, self.describe())
+        self._tasks = [asyncio.create_task(self._lease_tokens(client))]
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         """A leasing task that dies of an unforeseen error must not leave requests waiting
-        for tokens or slots forever: fall back to local limits, and say why."""
+        for tokens forever: fall back to local limits, and say why."""
         if task.cancelled() or task.exception() is None or self.state != "shared":
             return
         exc = task.exception()
@@ -297,21 +269,17 @@ class PrefectBudget:
         await client.__aenter__()
         self._client = client
         spec = self.spec
-        limits = (
-            (self.rate_name, bucket_slots(spec.rps), spec.rps * SLOTS_PER_REQUEST),
-            (self.inflight_name, spec.max_in_flight, 0.0),
-        )
-        for name, limit, decay in limits:
-            # ObjectAlreadyExists: another worker created it between our read and our create.
-            with contextlib.suppress(ObjectAlreadyExists):
-                await client.upsert_global_concurrency_limit_by_name(
-                    name, limit=limit, slot_decay_per_second=decay
-                )
+        # ObjectAlreadyExists: another worker created it between our read and our create.
+        with contextlib.suppress(ObjectAlreadyExists):
+            await client.upsert_global_concurrency_limit_by_name(
+                self.rate_name,
+                limit=bucket_slots(spec.rps),
+                slot_decay_per_second=spec.rps * SLOTS_PER_REQUEST,
+            )
 
     def _fall_back(self, reason: str) -> None:
         self.state, self.reason = "local", reason
         self.pool.open()
-        self.gate.resize(self.spec.max_in_flight)
         log.warning(
             "limits for %s are local to this process: %s. Other workers are not counted; "
             "set PREFECT_API_URL to a Prefect server to share them",
@@ -337,9 +305,8 @@ class PrefectBudget:
                     return
 
     def _ahead(self) -> int:
-        """Tokens left in the pool at which the next lease is asked for; none while requests
-        wait for in-flight slots (tokens leased then could expire unspent)."""
-        return 0 if self.gate.waiting else math.floor(self.lease * BUCKET_SLACK)
+        """Tokens left in the pool at which the next lease is asked for."""
+        return math.floor(self.lease * BUCKET_SLACK)
 
     async def _lease_once(self, client: PrefectClient) -> bool:
         """One lease into the pool; False when leasing failed and the budget fell back."""
@@ -353,13 +320,11 @@ class PrefectBudget:
         else:
             if granted:
                 self.leases_taken += 1
-                self._slots_wanted.set()  # the tokens will want in-flight slots
                 self.pool.put(
                     lease, interval=1 / rate, expires_at=time.monotonic() + 2 * lease / rate
                 )
                 return True
             self._fall_back(f"the limit {self.rate_name!r} does not exist")
-        await self._give_back_slots()
         return False
 
     async def _acquire_tokens(self, client: PrefectClient, tokens: int) -> bool:
@@ -386,116 +351,11 @@ class PrefectBudget:
                 continue
             return bool(response.json())
 
-    async def _manage_slots(self, client: PrefectClient) -> None:
-        """Lease in-flight slots as requests and tokens need them; give back idle ones."""
-        gate = self.gate
-        recent: deque[tuple[float, int]] = deque()
-        self._renewed_at = time.monotonic()
-        while not self._closed and self.state == "shared":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slots_wanted.wait(), TICK_S)
-            self._slots_wanted.clear()
-            while (short := self._demand() - gate.capacity) > 0 and (
-                room := self.spec.max_in_flight - gate.capacity
-            ) > 0:
-                # Half again what is held (at least what is short), in one lease: one slot
-                # per round trip would hold a ramping run back. If the shared limit has no
-                # room for all of them, ask for fewer.
-                wanted = min(room, max(short, gate.capacity // 2))
-                if not await self._grow(client, gate, wanted):
-                    break
-            if self.state != "shared":
-                return
-            now = time.monotonic()
-            recent.append((now, self._demand()))
-            # Keep the newest sample at least IDLE_RELEASE_S old, so the window is whole
-            # however the ticks fall (a window cut at the tick before could stay short).
-            while len(recent) > 1 and now - recent[1][0] >= IDLE_RELEASE_S:
-                recent.popleft()
-            if now - recent[0][0] >= IDLE_RELEASE_S:
-                await self._release_idle(client, gate, max(need for _, need in recent))
-            await self._renew(client)
-
-    def _demand(self) -> int:
-        """In-flight slots wanted now: those in use, those waited for, and one for each rate
-        token in hand (a token not spent within its lease's life is lost)."""
-        return self.gate.in_use + self.gate.waiting + self.pool.tokens
-
-    async def _grow(self, client: PrefectClient, gate: Gate, wanted: int) -> bool:
-        """Lease ``wanted`` slots, or half as many while the shared limit has no room for
-        them; False (after a pause) when it has none at all, or leasing failed."""
-        while not await self._lease_slots(client, gate, wanted):
-            if self.state != "shared":
-                return False
-            if wanted == 1:
-                await asyncio.sleep(SLOT_RETRY_S)
-                return False
-            wanted //= 2
-        return True
-
-    async def _lease_slots(self, client: PrefectClient, gate: Gate, slots: int) -> bool:
-        """Lease ``slots`` more in-flight slots; False when the shared limit has no room."""
-        try:
-            response = await client.increment_concurrency_slots_with_lease(
-                names=[self.inflight_name],
-                slots=slots,
-                mode="concurrency",
-                lease_duration=SLOT_LEASE_S,
-            )
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code == 423:  # full: other workers hold the slots
-                return False
-            self._fall_back(f"leasing from {self.inflight_name!r} failed: {_reason(exc)}")
-            return False
-        except (httpx.HTTPError, OSError) as exc:
-            self._fall_back(f"leasing from {self.inflight_name!r} failed: {_reason(exc)}")
-            return False
-        body = response.json()
-        if not body.get("limits"):  # what strict=True guards against: nothing was limited
-            self._fall_back(f"the limit {self.inflight_name!r} does not exist")
-            return False
-        self._held.append((UUID(body["lease_id"]), slots))
-        gate.grow(slots)
-        return True
-
-    async def _release_idle(self, client: PrefectClient, gate: Gate, needed: int) -> None:
-        """Give back leases not needed lately (``needed``: the most in use or waiting)."""
-        surplus = gate.capacity - needed
-        for lease in sorted(self._held, key=lambda held: -held[1]):
-            if lease[1] <= surplus and gate.shrink_idle(lease[1]):
-                self._held.remove(lease)
-                surplus -= lease[1]
-                await self._release(client, lease[0])
-
-    async def _renew(self, client: PrefectClient) -> None:
-        now = time.monotonic()
-        if now - self._renewed_at < SLOT_LEASE_S / 3:
-            return
-        self._renewed_at = now
-        for lease_id, _ in list(self._held):
-            try:
-                await client.renew_concurrency_lease(lease_id, SLOT_LEASE_S)
-            except (httpx.HTTPError, OSError) as exc:
-                log.warning("could not renew an in-flight lease on %s: %s", self.inflight_name, exc)
-
-    async def _release(self, client: PrefectClient, lease_id: UUID) -> None:
-        try:
-            await client.release_concurrency_slots_with_lease(lease_id)
-        except (httpx.HTTPError, OSError) as exc:
-            log.warning("could not give back an in-flight slot of %s: %s", self.inflight_name, exc)
-
-    async def _give_back_slots(self) -> None:
-        if self._client is None:
-            return
-        while self._held:
-            await self._release(self._client, self._held.pop()[0])
-
     async def _shutdown(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._client is not None:
-            await self._give_back_slots()
             await self._client.__aexit__(None, None, None)
             self._client = None
 
@@ -522,6 +382,6 @@ _OPEN_BUDGETS: set[PrefectBudget] = set()
 
 @atexit.register
 def _close_all() -> None:
-    """Give back in-flight slots at exit instead of leaving them to expire."""
+    """Stop leasing and close the Prefect clients at exit."""
     for budget in list(_OPEN_BUDGETS):
         budget.close()
