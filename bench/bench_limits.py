@@ -350,7 +350,11 @@ def worker(args: argparse.Namespace) -> None:
         limiter_now = LIMITERS.for_model(table.get(MODEL), settings)
         if limiter_now.shared is not None:
             pool = limiter_now.shared.pool
-            summary.update(tokens_dropped=pool.dropped + pool.tokens)
+            summary.update(
+                tokens_dropped=pool.dropped + pool.tokens,
+                leases=getattr(limiter_now.shared, "leases_taken", None),
+                denied=getattr(limiter_now.shared, "leases_denied", None),
+            )
         summary.update(
             sent=limiter_now.sent,
             throttled=limiter_now.throttled,

@@ -198,6 +198,8 @@ class PrefectBudget:
         self.state: State = "starting"
         self.reason = ""
         self.leases_taken = 0
+        #: Lease requests the server denied (HTTP 423: another worker took the room first).
+        self.leases_denied = 0
         self._closed = False
         self._context = contextvars.copy_context()  # Prefect settings of the creating thread
         self._loop = LOOP.loop()
@@ -366,6 +368,7 @@ class PrefectBudget:
             except httpx.HTTPStatusError as exc:
                 if exc.response.status_code != 423:
                     raise
+                self.leases_denied += 1
                 continue  # another worker took the room just before us: read again
             return bool(response.json())
 
