@@ -22,11 +22,11 @@ provider's in-flight cap is tight.
 
 Acquisitions are strict, as ``rate_limit(..., strict=True)`` is: by default Prefect only warns
 about a limit that does not exist, and limits nothing. Rate tokens are acquired with the
-client's ``increment_concurrency_slots`` rather than ``rate_limit()`` itself so that a
-worker reads the limit first and asks only when it has room, sleeping until then: on this
-server every denied request (HTTP 423) stamps the limit as updated without decaying it, so
-the decay since the last grant is lost, and Prefect's ``Retry-After`` grows with every
-denial besides (:meth:`PrefectBudget._acquire_tokens`).
+client's ``increment_concurrency_slots`` rather than ``rate_limit()`` itself so that, while
+the limit is full (HTTP 423), a worker can read how full it is and ask again just in time
+(Prefect's ``Retry-After`` grows with every denial). Known cost: on this server every denied
+request stamps the limit as updated without decaying it, so the decay since the last grant
+is lost; with four workers that is a large part of the rate (see README, Limits).
 
 When no shared limit can be had — no Prefect server configured (the ephemeral server serves
 one process only), the server unreachable, the limit gone — the budget *opens*: the local
@@ -45,7 +45,6 @@ import contextlib
 import contextvars
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -75,10 +74,6 @@ BUCKET_SLACK = 0.5
 #: to one slot of decay: with one slot per request that cost 17 % of 2 req/s here. With 100
 #: slots per request the loss is under 1 %.
 SLOTS_PER_REQUEST = 100
-#: Jitter added to a worker's wait for room in the shared limit, as a fraction of the slack's
-#: time (the bucket absorbs that much lateness for free): workers woken together spread out,
-#: and the first to ask usually gets the room without the others being denied.
-JITTER = 0.3
 #: Seconds allowed to create the limits before falling back to local limiting.
 SETUP_TIMEOUT_S = 15.0
 
@@ -339,28 +334,16 @@ class PrefectBudget:
     async def _acquire_tokens(self, client: PrefectClient, tokens: int) -> bool:
         """``rate_limit(name, occupy=tokens, strict=True)``, on our client and our schedule.
 
-        False when the limit does not exist (what ``strict=True`` refuses). Read the limit
-        first and ask only when it has room; while it has none, sleep until it will (plus a
-        little jitter, so workers woken together do not all ask at once). A denied request
-        is not free on this server: every HTTP 423 stamps the limit as updated without
-        decaying its slots, so the decay since the last grant is lost — with four workers
-        asking blindly, a third of the rate was. A lease that arrives late costs nothing as
-        long as the bucket is not empty: the :data:`BUCKET_SLACK` absorbs the round trips.
+        False when the limit does not exist (what ``strict=True`` refuses). While the limit is
+        full (HTTP 423) read how full it is and wait just until there is room: the server's
+        ``Retry-After`` grows with every denial and would leave the pool dry. (Reading first
+        and asking only when there is room lost no decay to denials and reached more of the
+        rate, but let leases bunch into the bucket's slack: tests/test_scale.py saw 429s from
+        a provider bucket of one request. Not shipped.)
         """
-        from prefect.exceptions import ObjectNotFound
-
         slots = tokens * SLOTS_PER_REQUEST
         decay = self.spec.rps * SLOTS_PER_REQUEST
-        jitter = JITTER * BUCKET_SLACK * tokens / self.spec.rps
         while True:
-            try:
-                limit = await client.read_global_concurrency_limit_by_name(self.rate_name)
-            except ObjectNotFound:
-                return False
-            missing = limit.active_slots + slots - limit.limit
-            if missing > 0:
-                await asyncio.sleep(missing / decay + random.uniform(0, jitter))
-                continue
             try:
                 response = await client.increment_concurrency_slots(
                     names=[self.rate_name], slots=slots, mode="rate_limit"
@@ -369,7 +352,11 @@ class PrefectBudget:
                 if exc.response.status_code != 423:
                     raise
                 self.leases_denied += 1
-                continue  # another worker took the room just before us: read again
+                limit = await client.read_global_concurrency_limit_by_name(self.rate_name)
+                missing = limit.active_slots + slots - limit.limit
+                # Another worker may take the room first; then we read and wait again.
+                await asyncio.sleep(min(max(missing, 1) / decay, tokens / self.spec.rps))
+                continue
             return bool(response.json())
 
     async def _shutdown(self) -> None:
