@@ -336,10 +336,7 @@ class PrefectBudget:
 
         False when the limit does not exist (what ``strict=True`` refuses). While the limit is
         full (HTTP 423) read how full it is and wait just until there is room: the server's
-        ``Retry-After`` grows with every denial and would leave the pool dry. (Reading first
-        and asking only when there is room lost no decay to denials and reached more of the
-        rate, but let leases bunch into the bucket's slack: tests/test_scale.py saw 429s from
-        a provider bucket of one request. Not shipped.)
+        ``Retry-After`` grows with every denial and would leave the pool dry.
         """
         slots = tokens * SLOTS_PER_REQUEST
         decay = self.spec.rps * SLOTS_PER_REQUEST
