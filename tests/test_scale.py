@@ -2,13 +2,10 @@
 workers sharing one run's shards, the manifest and the outputs on S3 (moto over HTTP), and
 the DashScope simulator as the account whose rate limit they share.
 
-What the rate assertion checks: the simulator admitted at most RATE (+5 %) submissions per
-second over every WINDOW_S window. Each shard process limits itself to RATE locally, so
-several shards at once offer more than RATE; the simulator's own bucket answers the excess
-with 429 and the engine's retries bring it back, so what the account *accepts* stays at the
-limit, and the catalog must still be complete. The test prints the offered peak as well.
-Once shards share one limiter through the Prefect server, the offered rate itself must stay
-under the limit: then assert ``peak_rate(offered_at) <= RATE * 1.05`` and no 429s too.
+What the rate assertions check: the shard processes on both workers share one limit through
+the Prefect server (``qwbatch.limits.shared``), so what they *offered* the account, not only
+what it accepted, stayed at RATE (+5 %) submissions per second over every WINDOW_S window,
+with few 429s; and the catalog is complete.
 """
 
 from __future__ import annotations
@@ -134,8 +131,6 @@ def test_render_manifest_deployment_spreads_shards_over_two_workers(
             "QWBATCH_S3_REGION": REGION,
             "QWBATCH_S3_ADDRESSING_STYLE": "path",
             "QWBATCH_DASHSCOPE_BASE_URL": sim.base_url,
-            # Without a shared limiter, retries absorb the 429s of shards running at once.
-            "QWBATCH_MAX_ATTEMPTS": "40",
             "QWBATCH_BACKOFF_BASE_S": "0.2",
             "QWBATCH_BACKOFF_MAX_S": "2",
             "PREFECT_WORKER_QUERY_SECONDS": "1",
@@ -222,8 +217,12 @@ def test_render_manifest_deployment_spreads_shards_over_two_workers(
     assert by_worker == workers
     assert all(c["parent_task_run_id"] for c in children)  # linked to the parent as subflows
 
-    # The account's rate: what it accepted never exceeded the limit (+5 %).
+    # The account's rate: what the shards offered it, together, never exceeded the limit
+    # (+5 %), so it had next to nothing to refuse (a 429 or two where a lease's grant and
+    # the simulator's one-token bucket fall out of step).
+    assert offered <= RATE * 1.05, (offered, RATE)
     assert admitted <= RATE * 1.05, (admitted, RATE)
+    assert ledger["throttled"] <= ROWS * 0.05, ledger["throttled"]
     assert ledger["billed_images"] == ROWS  # each image paid once, however many 429s
 
     # The catalog is complete: every row once, succeeded, its image in the bucket.
