@@ -288,13 +288,14 @@ class PrefectBudget:
 
     def _fall_back(self, reason: str) -> None:
         self.state, self.reason = "local", reason
-        self.pool.open()
+        # Said before the waiting requests go: whatever they do next comes after the line.
         log.warning(
             "limits for %s are local to this process: %s. Other workers are not counted; "
             "set PREFECT_API_URL to a Prefect server to share them",
             self.rate_name,
             reason,
         )
+        self.pool.open()
 
     async def _lease_tokens(self, client: PrefectClient) -> None:
         """Lease rate tokens for the requests that wait for one, a little ahead.
