@@ -43,7 +43,7 @@ from prefect.states import Cancelling
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.secret_blocks import export_secret_blocks
-from qwbatch import runner
+from qwbatch import limits, runner
 from qwbatch.budget import BudgetSpec
 from qwbatch.config import Settings, settings_with
 from qwbatch.engine import ShardResult
@@ -108,8 +108,13 @@ def render_shards(
     ``budget`` is the run's :class:`~qwbatch.budget.BudgetSpec` as plain values; with the
     ``prefect`` backend every worker spends from the one counter on the server.
     """
-    # A worker's SIGTERM (a cancel) stops the shards cleanly: journal, parts, results.
-    with STOP.handling(signal.SIGINT, signal.SIGTERM):
+    # A worker's SIGTERM (a cancel) stops the shards cleanly: journal, parts, results;
+    # and the status of each model's limiter (rate, limit, in flight, 429s/min) in its log.
+    status_every = _settings(overrides).limits_status_s
+    with (
+        STOP.handling(signal.SIGINT, signal.SIGTERM),
+        limits.reporting(get_run_logger().info, status_every),
+    ):
         futures = render_recorded_shard.map(
             shard_keys,
             out=unmapped(out),

@@ -31,7 +31,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import artifacts
 from flows.fanout import fan_out
 from flows.secret_blocks import export_secret_blocks
-from qwbatch import contact_sheet, runner
+from qwbatch import contact_sheet, limits, runner
 from qwbatch import report as reports
 from qwbatch.budget import BudgetMode, BudgetPolicy, BudgetSpec
 from qwbatch.config import Settings, run_overrides, settings_with
@@ -217,18 +217,20 @@ def _render(
                 budget=spec,
             )
         else:
-            futures = render_shard_task.map(
-                plan.shard_keys,
-                out=unmapped(out),
-                run_id=unmapped(run_id),
-                manifest_dir=unmapped(manifest_dir),
-                overrides=unmapped(overrides),
-                budget=unmapped(spec),
-            )
-            shards = []
-            for future in as_completed(list(futures)):
-                shards.append(future.result())
-                progress.shard_finished()
+            # Rate, limit, in-flight count and 429s per minute of each model, in the run log.
+            with limits.reporting(logger.info, settings.limits_status_s):
+                futures = render_shard_task.map(
+                    plan.shard_keys,
+                    out=unmapped(out),
+                    run_id=unmapped(run_id),
+                    manifest_dir=unmapped(manifest_dir),
+                    overrides=unmapped(overrides),
+                    budget=unmapped(spec),
+                )
+                shards = []
+                for future in as_completed(list(futures)):
+                    shards.append(future.result())
+                    progress.shard_finished()
     finally:
         if spec is not None:
             runner.close_budget(spec)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Region name → DashScope base URL (../shared/dashscope-api.md §2.1).
@@ -23,6 +23,17 @@ REGION_BASE_URLS: dict[str, str] = {
 
 #: Region name → the currency its prices are quoted in.
 REGION_CURRENCY: dict[str, str] = {"singapore": "USD", "beijing": "CNY", "virginia": "USD"}
+
+
+class ModelLimits(BaseModel):
+    """One model's limits set in settings; a field left out keeps the model table's value."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Requests per second for the whole account.
+    rps: float | None = Field(default=None, gt=0)
+    #: Requests in flight for the whole account.
+    max_in_flight: int | None = Field(default=None, gt=0)
 
 
 class Settings(BaseSettings):
@@ -64,6 +75,8 @@ class Settings(BaseSettings):
     backoff_base_s: float = 2.0
     backoff_max_s: float = 60.0
     ambiguous_retries: int = 1
+    #: Seconds from a request's first send after which it is not retried again.
+    max_request_s: float = Field(default=900.0, gt=0)
     #: Seconds to keep retrying a store (and the journal) that is unreachable before giving
     #: up; images already generated wait in memory meanwhile, and nothing new is sent.
     store_retry_s: float = 3600.0
@@ -76,6 +89,16 @@ class Settings(BaseSettings):
     #: Overrides of the model table's per-model limits for this run.
     rps: float | None = None
     max_in_flight: int | None = None
+    #: Per-model limits, e.g. ``{"qwen-image-2.0-pro": {"rps": 0.5}}``; they win over ``rps``
+    #: and ``max_in_flight`` above (the more specific setting wins).
+    model_limits: dict[str, ModelLimits] = Field(default_factory=dict)
+    #: "auto": share limits across workers through Prefect global concurrency limits when a
+    #: Prefect server is configured (PREFECT_API_URL); "off": limit each process on its own.
+    shared_limits: Literal["auto", "off"] = "auto"
+    #: Names the account in shared limit names; default: the provider host (and port).
+    limit_scope: str | None = None
+    #: Seconds between limit status lines (rate, limit, in flight, 429s) while a run goes.
+    limits_status_s: float = Field(default=15.0, gt=0)
 
     # Prices and budgets (qwbatch.costs, qwbatch.budget)
     #: A TOML file of negotiated prices: ``[singapore] "qwen-image-2.0" = 0.03``.

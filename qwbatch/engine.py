@@ -52,6 +52,7 @@ from qwbatch.errors import (
     ModerationError,
     PermanentError,
     ProviderAmbiguousError,
+    ProviderTransientError,
     QwBatchError,
     ResultExpiredError,
     StorageTransientError,
@@ -60,13 +61,14 @@ from qwbatch.errors import (
 )
 from qwbatch.imagemeta import image_metadata, request_doc_key
 from qwbatch.journal import Finished, Journal
-from qwbatch.limits import LIMITERS, LimiterRegistry, LimitSpec, ModelLimiter
+from qwbatch.limits import LIMITERS, Limiter, LimiterRegistry
 from qwbatch.models import CatalogRecord, ProviderResult, RenderRequest, Status
 from qwbatch.plan import PlanItem, decode_shard
 from qwbatch.providers.base import Provider
 from qwbatch.providers.dashscope import TaskDeadlineError
 from qwbatch.recovery import ABSENT, KNOWN_TASKS, Absent, TaskFinder
 from qwbatch.registry import ModelSpec, ModelTable
+from qwbatch.retries import RetryPolicy
 from qwbatch.stop import Guard, StopSignal, cancel_when_stopped
 from qwbatch.storage import ObjectInfo, ObjectStore
 from qwbatch.uris import recorded_uri
@@ -166,7 +168,6 @@ class Engine:
         self.on_records = on_records
         self.region = settings.region
         self.currency = settings.currency()
-        self._scope = settings.base_url()
         #: Images the provider billed (its usage counts), and images that ambiguous calls
         #: may have billed without our seeing them; summed over everything this engine ran.
         self.billed_images = 0
@@ -180,15 +181,15 @@ class Engine:
         if finder is None and settings.recover_tasks:
             self.finder = TaskFinder(provider, journal_tasks=self.journal.known_tasks)
         self.stop = stop if stop is not None else StopSignal()
+        #: Waits and stops for provider-call retries (full jitter, caps, time per request).
+        self.retry_policy = RetryPolicy.from_settings(settings)
 
     # -- limits ---------------------------------------------------------------------------
 
-    def limiter(self, spec: ModelSpec) -> ModelLimiter:
-        limit = LimitSpec(
-            rps=self.settings.rps or spec.rps,
-            max_in_flight=self.settings.max_in_flight or spec.max_in_flight,
-        )
-        return self.limiters.get(self._scope, spec.name, limit)
+    def limiter(self, spec: ModelSpec) -> Limiter:
+        """The model's limiter: shared by every shard in the process (and, with a Prefect
+        server, by every worker of the account); limits from :func:`qwbatch.limits.limit_spec`."""
+        return self.limiters.for_model(spec, self.settings)
 
     def _retry(
         self, on: Callable[[Exception], bool | float]
@@ -460,14 +461,23 @@ class Engine:
                 f"connection); not sent again (QWBATCH_AMBIGUOUS_RETRIES={retry_budget})"
             )
 
+        first_sent: float | None = None  # the request's time budget starts at its first send
+        tries = 0
+
         def retryable(exc: Exception) -> bool | float:
-            if isinstance(exc, ThrottledError):
-                return exc.retry_after if exc.retry_after else True
+            """Whether to retry, as the wait (full jitter, Retry-After a floor): qwbatch.retries."""
             if isinstance(exc, AmbiguousError):
-                return call.ambiguous <= retry_budget
-            return isinstance(exc, TransientError)
+                if call.ambiguous > retry_budget:
+                    return False
+            elif not isinstance(exc, TransientError):
+                return False
+            elapsed = time.monotonic() - (first_sent or time.monotonic())
+            retry_after = exc.retry_after if isinstance(exc, ProviderTransientError) else None
+            wait = self.retry_policy.next_wait(tries, elapsed, retry_after)
+            return False if wait is None else wait
 
         async for attempt in self._retry(retryable):
+            tries += 1
             with attempt:
                 if call.task_id is not None:
                     # The provider accepted a task: poll it again, never resubmit.
@@ -477,6 +487,7 @@ class Engine:
                 call.attempts += 1
                 try:
                     async with limiter.slot():
+                        first_sent = first_sent or time.monotonic()
                         if use_task:
                             result = await self._submit_and_wait(request, call)
                         else:

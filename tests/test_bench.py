@@ -75,3 +75,13 @@ def test_overhead_smoke_reruns_without_a_provider_call() -> None:
     output = _smoke("overhead")
     assert _row(output, "no-op rerun", "provider calls")[2:5] == ["0", "0", "yes"]
     assert "qwbatch ÷ floor img/s" in output
+
+
+@pytest.mark.slow
+def test_limits_smoke_prints_both_limiters() -> None:
+    # bench_limits in the registry's smoke form: R=2 with one shard, 5 s a row, its own
+    # Prefect server; both limiters side by side in one table (too short to judge the goal).
+    output = _smoke("limits")
+    assert _row(output, "limits", "exit status")[2:5] == ["0", "0", "yes"]
+    rows = [line for line in output.splitlines() if line.startswith("[limits] | 2 | 1 |")]
+    assert [row.split("|")[3].strip() for row in rows] == ["qwbatch", "prefect-1"]

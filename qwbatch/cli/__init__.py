@@ -71,6 +71,7 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
         else:
             _quiet_prefect()
             from flows.render import render_manifest  # Prefect: only when there is work
+            from qwbatch.limits import reporting
             from qwbatch.progress_display import watch_run
             from qwbatch.runner import resolve_run_id
 
@@ -88,7 +89,14 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
                 strict=params.get("strict", False),
                 budget=policy,
             )
-            with watch_run(run_id, quiet=quiet, budget=params.get("budget")):
+            # Each model's rate, limit, in flight and 429s/min on stderr while the run goes.
+            limit_lines = (
+                (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
+            )
+            with (
+                watch_run(run_id, quiet=quiet, budget=params.get("budget")),
+                reporting(limit_lines, Settings().limits_status_s),
+            ):
                 summary = render_manifest(manifest=manifest, out=out, **params)
     except QwBatchError as exc:
         _fail(str(exc))

@@ -2,8 +2,9 @@
 
 Everything here follows ``shared/dashscope-api.md``: the sync multimodal-generation call
 (§3.1, §3.3, §4.1), the async text2image task and its polling (§3.2, §4.2, §4.3) and the
-error table (§5). Every failure leaves as an error from :mod:`qwbatch.errors`; which one
-depends on whether a retry can help and whether the provider may already have billed us.
+error table (§5, in :mod:`qwbatch.providers.dashscope_errors`). Every failure leaves as an
+error from :mod:`qwbatch.errors`; which one depends on whether a retry can help and whether
+the provider may already have billed us.
 
 The API key travels only in the ``Authorization`` header of calls to ``base_url``. Error
 messages are built here from the method, the URL path and the provider's code and message;
@@ -35,15 +36,14 @@ from httpx import USE_CLIENT_DEFAULT
 from qwbatch import __version__
 from qwbatch.config import Settings
 from qwbatch.errors import (
-    ModerationError,
     ProviderAmbiguousError,
     ProviderError,
     ProviderTransientError,
     ResultExpiredError,
-    ThrottledError,
 )
 from qwbatch.models import ProviderImage, ProviderResult, RenderRequest
 from qwbatch.providers.base import TaskInfo, TaskListing
+from qwbatch.providers.dashscope_errors import classify_error
 from qwbatch.registry import parse_size
 
 if TYPE_CHECKING:
@@ -62,17 +62,6 @@ LIST_MAX_PAGES: Final = 20
 
 #: Failures raised before a single byte of the request left: always safe to retry.
 _BEFORE_SEND: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-#: Error codes the provider will repeat on every retry (§5), matched as prefixes.
-_PERMANENT_CODES: Final = (
-    "InvalidParameter",
-    "BadRequest",
-    "InvalidURL",
-    "Arrearage",
-    "InvalidApiKey",
-    "AccessDenied",
-    "Model.AccessDenied",
-    "AllocationQuota",
-)
 #: Task states that end polling; anything else (PENDING, RUNNING, SUSPENDED…) is polled again.
 _FINAL_STATES: Final = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
 _EXPIRED_STATUSES: Final = frozenset({403, 404, 410})
@@ -105,53 +94,6 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
             when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
     return max(seconds, 0.0) if math.isfinite(seconds) else None
-
-
-def classify_error(
-    status_code: int | None,
-    code: str | None,
-    message: str | None,
-    *,
-    request_id: str | None = None,
-    retry_after: float | None = None,
-    context: str = "DashScope",
-) -> ProviderTransientError | ProviderError:
-    """The error for a provider answer (§5): by ``code`` when it is known, else by HTTP status.
-
-    ``status_code`` is None for failures reported inside a body (a FAILED task). An unknown
-    code with a 4xx (or no) status is permanent; with 408 or 5xx it is transient.
-    """
-    code = code or None
-    status = f"HTTP {status_code} " if status_code is not None else ""
-    text = f"{context}: {status}{code or ''}".rstrip() + (f": {message}" if message else "")
-    fallback = code or (f"HTTP{status_code}" if status_code is not None else None)
-
-    def transient(cls: type[ProviderTransientError]) -> ProviderTransientError:
-        return cls(
-            text,
-            code=fallback,
-            status_code=status_code,
-            request_id=request_id,
-            retry_after=retry_after,
-        )
-
-    def permanent(cls: type[ProviderError]) -> ProviderError:
-        return cls(text, code=fallback, status_code=status_code, request_id=request_id)
-
-    name = code or ""
-    if name.startswith("DataInspectionFailed"):
-        return permanent(ModerationError)
-    if name.startswith("Throttling"):
-        return transient(ThrottledError)
-    if name.startswith("InternalError"):
-        return transient(ProviderTransientError)
-    if name.startswith(_PERMANENT_CODES):
-        return permanent(ProviderError)
-    if status_code == 429:
-        return transient(ThrottledError)
-    if status_code is not None and (status_code == 408 or status_code >= 500):
-        return transient(ProviderTransientError)
-    return permanent(ProviderError)
 
 
 class DashScopeProvider:

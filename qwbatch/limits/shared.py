@@ -1,0 +1,403 @@
+"""The request rate shared by every worker of an account, held in a Prefect global
+concurrency limit.
+
+One limit per (account scope, model), created by the run that first needs it:
+``qwbatch-rps:{model}@{scope}``, a rate limit (``slot_decay_per_second`` = rps). Each
+acquisition is an HTTP round trip, and Prefect's ``rate_limit()`` taking one slot per
+  request reached well under the limit in the benchmark, so :class:`PrefectBudget` leases
+  a quarter second of traffic at a time (:func:`lease_size`). The limit holds one lease and half
+of another (:func:`bucket_slots`), so leases are granted one after another at the rate;
+each lease *drips* into the worker's pool, one token every ``1 / rate`` from its grant,
+and expires unspent after twice that. Every worker's sends thus follow the shared limit's
+grants, and together they fit the provider's own bucket (about a second of traffic).
+
+**The in-flight cap is not shared: it applies per worker process** (the local
+:class:`~qwbatch.limits.gate.Gate` of :class:`~qwbatch.limits.local.ModelLimiter`). Slots
+held on the server would outlive a worker that crashes (SIGKILL, OOM) until their lease
+expired — Prefect's renewable leases last 60 s at least — and every other worker of the
+account would stall on them. A rate limit cannot leak that way: its slots decay by
+themselves, so a dead worker's share is free again within a lease (a quarter second). Give
+each worker ``max_in_flight`` = the account's cap divided by the number of workers when the
+provider's in-flight cap is tight.
+
+Acquisitions are strict, as ``rate_limit(..., strict=True)`` is: by default Prefect only warns
+about a limit that does not exist, and limits nothing. Rate tokens are acquired with the
+client's ``increment_concurrency_slots`` rather than ``rate_limit()`` itself, after reading
+the limit, and only when it has room: on Prefect's server a denied request (HTTP 423)
+stamps the limit as updated without decaying it, so the decay since the last grant is lost.
+Asking blindly cost a single worker about 7 % of 20 req/s that way; read first, it loses
+nothing alone, and with four workers only the rare race between two reads of the same room.
+
+When no shared limit can be had — no Prefect server configured (the ephemeral server serves
+one process only), the server unreachable, the limit gone — the budget *opens*: the local
+limiter alone paces the process, and a log line says so.
+
+All Prefect I/O runs on one daemon thread with its own event loop (:class:`_LoopThread`):
+shards come and go on other threads' loops, but the leasing must outlive them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import contextvars
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+
+from qwbatch.limits.gate import TokenPool
+from qwbatch.limits.local import LimitSpec
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import PrefectClient
+
+log = logging.getLogger("qwbatch.limits")
+
+#: Seconds of traffic one rate lease covers (20 req/s → 5 tokens a lease).
+LEASE_S = 0.25
+#: Room the shared rate limit has beyond one lease, as a fraction of a lease. The limit lets
+#: a lease out only when the one before has (almost) decayed, so leases — each spent at the
+#: limiter's pace — follow one another instead of piling up; the slack forgives a worker
+#: that asks a little late.
+BUCKET_SLACK = 0.5
+#: Slots of the shared rate limit per request. The server decays ``active_slots`` by
+#: ``floor(decay × seconds)`` and restarts the clock at every grant, so each grant loses up
+#: to one slot of decay: with one slot per request that cost 17 % of 2 req/s here. With 100
+#: slots per request the loss is under 1 %.
+SLOTS_PER_REQUEST = 100
+#: Seconds of random delay added to a wait for room in the shared limit, so that workers
+#: waiting for the same room do not ask at the same instant. Well inside the slack
+#: (``LEASE_S × BUCKET_SLACK`` = 125 ms): asking this much late costs no rate.
+ASK_JITTER_S = 0.03
+#: Seconds allowed to create the limits before falling back to local limiting.
+SETUP_TIMEOUT_S = 15.0
+
+State = Literal["starting", "shared", "local"]
+
+
+def lease_size(rps: float) -> int:
+    """Rate tokens leased per acquisition: :data:`LEASE_S` seconds of traffic, at least 1."""
+    return max(1, math.floor(rps * LEASE_S))
+
+
+def bucket_slots(rps: float) -> int:
+    """The shared rate limit's ``limit``, in slots: one lease and :data:`BUCKET_SLACK` more."""
+    return math.ceil(lease_size(rps) * (1 + BUCKET_SLACK) * SLOTS_PER_REQUEST)
+
+
+def limit_name(scope: str, model: str) -> str:
+    """The name of the shared rate limit of ``model`` on account ``scope``."""
+    clean = scope.translate({ord(c): "_" for c in "/%&><"})
+    return f"qwbatch-rps:{model}@{clean}"
+
+
+def default_scope(base_url: str) -> str:
+    """The account scope of a provider base URL: its host and port."""
+    return urlsplit(base_url).netloc or base_url
+
+
+def prefect_api_url() -> str | None:
+    """The Prefect API this process talks to; None when it would start an ephemeral one."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """What a Prefect server holds for one model: requests in the rate limit's bucket (of
+    its size) and its rate, requests per second."""
+
+    rate_name: str
+    in_bucket: float
+    bucket: float
+    rps: float
+
+
+async def read_shared_state(scope: str, model: str) -> SharedState | None:
+    """The shared rate limit of ``model`` on account ``scope``; None until one is created."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    rate_name = limit_name(scope, model)
+    async with get_client() as client:
+        try:
+            rate = await client.read_global_concurrency_limit_by_name(rate_name)
+        except ObjectNotFound:
+            return None
+    return SharedState(
+        rate_name=rate_name,
+        in_bucket=rate.active_slots / SLOTS_PER_REQUEST,
+        bucket=rate.limit / SLOTS_PER_REQUEST,
+        rps=rate.slot_decay_per_second / SLOTS_PER_REQUEST,
+    )
+
+
+class _LoopThread:
+    """A daemon thread running an event loop for the process's Prefect I/O."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._loop.is_closed():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="qwbatch-shared-limits", daemon=True
+                )
+                thread.start()
+                self._loop = loop
+            return self._loop
+
+    def spawn(
+        self, coro: Coroutine[Any, Any, None], context: contextvars.Context
+    ) -> concurrent.futures.Future[asyncio.Task[None]]:
+        """Start ``coro`` as a task on the loop, inside ``context``; a future of the task."""
+        loop = self.loop()
+        made: concurrent.futures.Future[asyncio.Task[None]] = concurrent.futures.Future()
+
+        def create() -> None:
+            made.set_result(loop.create_task(coro, context=context))
+
+        loop.call_soon_threadsafe(create)
+        return made
+
+
+LOOP = _LoopThread()
+
+
+class PrefectBudget:
+    """One model's share of the account's request rate, leased from a Prefect global limit.
+
+    Give it to a :class:`~qwbatch.limits.local.ModelLimiter`, which takes a rate token from
+    :attr:`pool` for each send (its in-flight cap stays local to the process). Setup starts at
+    once on the background loop; until it is done requests wait (a few hundred ms).
+    """
+
+    def __init__(self, *, scope: str, model: str, spec: LimitSpec) -> None:
+        self.spec = spec
+        self.rate_name = limit_name(scope, model)
+        self.lease = lease_size(spec.rps)
+        self.pool = TokenPool()
+        self.pool.low_water = self.lease
+        self.pool.on_low = self._want_tokens
+        self._rate: Callable[[], float] = lambda: spec.rps
+        self.state: State = "starting"
+        self.reason = ""
+        self.leases_taken = 0
+        #: Lease requests the server denied (HTTP 423: another worker took the room first).
+        self.leases_denied = 0
+        self._closed = False
+        self._context = contextvars.copy_context()  # Prefect settings of the creating thread
+        self._loop = LOOP.loop()
+        self._rate_wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: PrefectClient | None = None
+        _OPEN_BUDGETS.add(self)
+
+    # -- SharedBudget ----------------------------------------------------------------------
+
+    def start(self, rate: Callable[[], float]) -> None:
+        """Create the limit and start leasing, on the background loop.
+
+        ``rate()`` is the limiter's current rate (ramp and cuts applied): leases are sized
+        to it, so a slowed-down worker does not sit on tokens the others could spend.
+        """
+        self._rate = rate
+        LOOP.spawn(self._run(), self._context)
+
+    def describe(self) -> str:
+        if self.state == "shared":
+            return f"shared via Prefect limit {self.rate_name!r} (leases of {self.lease})"
+        if self.state == "local":
+            return f"local to this process ({self.reason})"
+        return "starting shared limits"
+
+    def close(self) -> None:
+        """Stop leasing and close the Prefect client (waits up to 5 s). Tokens leased and
+        not spent decay on the server by themselves."""
+        if self._closed:
+            return
+        self._closed = True
+        _OPEN_BUDGETS.discard(self)
+        if self._loop.is_closed():
+            return
+        done = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        try:
+            done.result(timeout=5.0)
+        except (concurrent.futures.TimeoutError, RuntimeError, httpx.HTTPError):
+            log.debug("the Prefect client of %s was left to the process exit", self.rate_name)
+
+    # -- signals from other threads -----------------------------------------------------------
+
+    def _want_tokens(self) -> None:
+        self._loop.call_soon_threadsafe(self._rate_wanted.set)
+
+    # -- on the background loop -------------------------------------------------------------
+
+    async def _run(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        client = get_client()
+        try:
+            await asyncio.wait_for(self._setup(client), SETUP_TIMEOUT_S)
+        except (TimeoutError, httpx.HTTPError, OSError) as exc:
+            self._fall_back(_reason(exc))
+            return
+        self.state = "shared"
+        log.info("limits for %s: %s", self.rate_name, self.describe())
+        self._tasks = [asyncio.create_task(self._lease_tokens(client))]
+        for task in self._tasks:
+            task.add_done_callback(self._on_task_done)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        """A leasing task that dies of an unforeseen error must not leave requests waiting
+        for tokens forever: fall back to local limits, and say why."""
+        if task.cancelled() or task.exception() is None or self.state != "shared":
+            return
+        exc = task.exception()
+        log.error("shared limits for %s failed", self.rate_name, exc_info=exc)
+        self._fall_back(f"leasing failed: {type(exc).__name__}: {exc}")
+
+    async def _setup(self, client: PrefectClient) -> None:
+        from prefect.exceptions import ObjectAlreadyExists
+
+        await client.__aenter__()
+        self._client = client
+        spec = self.spec
+        # ObjectAlreadyExists: another worker created it between our read and our create.
+        with contextlib.suppress(ObjectAlreadyExists):
+            await client.upsert_global_concurrency_limit_by_name(
+                self.rate_name,
+                limit=bucket_slots(spec.rps),
+                slot_decay_per_second=spec.rps * SLOTS_PER_REQUEST,
+            )
+
+    def _fall_back(self, reason: str) -> None:
+        self.state, self.reason = "local", reason
+        # Said before the waiting requests go: whatever they do next comes after the line.
+        log.warning(
+            "limits for %s are local to this process: %s. Other workers are not counted; "
+            "set PREFECT_API_URL to a Prefect server to share them",
+            self.rate_name,
+            reason,
+        )
+        self.pool.open()
+
+    async def _lease_tokens(self, client: PrefectClient) -> None:
+        """Lease rate tokens for the requests that wait for one, a little ahead.
+
+        The next lease is asked for when :data:`BUCKET_SLACK` of the current one is left —
+        just when the shared limit can grant it — so it arrives as the last tokens go. More
+        ahead would leave tokens waiting in the pool, to go out late, bunched with other
+        workers' sends; for the same reason a lease expires, unspent, after twice the time
+        it takes to spend.
+        """
+        pool = self.pool
+        while not self._closed and self.state == "shared":
+            await self._rate_wanted.wait()
+            self._rate_wanted.clear()
+            while not self._closed and pool.waiting + self._ahead() > pool.tokens:
+                if not await self._lease_once(client):
+                    return
+
+    def _ahead(self) -> int:
+        """Tokens left in the pool at which the next lease is asked for."""
+        return math.floor(self.lease * BUCKET_SLACK)
+
+    async def _lease_once(self, client: PrefectClient) -> bool:
+        """One lease into the pool; False when leasing failed and the budget fell back."""
+        rate = self._rate()
+        lease = self.lease = lease_size(rate)
+        self.pool.low_water = lease
+        try:
+            granted = await self._acquire_tokens(client, lease)
+        except (httpx.HTTPError, OSError) as exc:
+            self._fall_back(f"leasing from {self.rate_name!r} failed: {_reason(exc)}")
+        else:
+            if granted:
+                self.leases_taken += 1
+                self.pool.put(
+                    lease, interval=1 / rate, expires_at=time.monotonic() + 2 * lease / rate
+                )
+                return True
+            self._fall_back(f"the limit {self.rate_name!r} does not exist")
+        return False
+
+    async def _acquire_tokens(self, client: PrefectClient, tokens: int) -> bool:
+        """``rate_limit(name, occupy=tokens, strict=True)``, on our client and our schedule.
+
+        False when the limit does not exist (what ``strict=True`` refuses). The limit is read
+        first and asked only when it has room: on Prefect's server a denied request (HTTP
+        423) stamps the limit as updated without decaying it, so every denial throws away
+        the decay since the last grant, and a worker asking blindly, early, lost up to a
+        tenth of the rate that way. While there is no room the worker sleeps until the decay
+        makes some, plus a random part of :data:`ASK_JITTER_S`, so that workers waiting for
+        the same room read one after another: the first takes it, the others read that it is
+        gone. A denial then needs two workers to read within one round trip of each other,
+        and costs only the decay since the grant that beat it (milliseconds).
+        """
+        from prefect.exceptions import ObjectNotFound
+
+        slots = tokens * SLOTS_PER_REQUEST
+        decay = self.spec.rps * SLOTS_PER_REQUEST
+        while True:
+            try:
+                limit = await client.read_global_concurrency_limit_by_name(self.rate_name)
+            except ObjectNotFound:
+                return False
+            missing = limit.active_slots + slots - limit.limit
+            if missing > 0:
+                await asyncio.sleep(missing / decay + random.uniform(0.0, ASK_JITTER_S))
+                continue
+            try:
+                response = await client.increment_concurrency_slots(
+                    names=[self.rate_name], slots=slots, mode="rate_limit"
+                )
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 423:
+                    raise
+                self.leases_denied += 1  # another worker read the same room and asked first
+                continue
+            return bool(response.json())
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+            self._client = None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer from the Prefect server within {SETUP_TIMEOUT_S:g} s"
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__
+    if cause is not None and str(cause):
+        text = f"{text} ({cause})"
+    return text
+
+
+_OPEN_BUDGETS: set[PrefectBudget] = set()
+
+
+@atexit.register
+def _close_all() -> None:
+    """Stop leasing and close the Prefect clients at exit."""
+    for budget in list(_OPEN_BUDGETS):
+        budget.close()

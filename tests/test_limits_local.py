@@ -1,0 +1,200 @@
+"""The local limiter (pacing, in-flight cap, ramp, AIMD, Retry-After), which limits apply, and
+the status lines."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from pydantic import ValidationError
+
+from qwbatch.config import Settings
+from qwbatch.limits import LimiterRegistry, LimitSpec, ModelLimiter, limit_spec, status_of
+from qwbatch.limits.registry import local_reason
+from qwbatch.limits.status import lines, reporting
+from qwbatch.registry import ModelTable
+
+TABLE = ModelTable.load()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def hold(limiter: ModelLimiter, seconds: float = 0.0) -> None:
+    async with limiter.slot():
+        await asyncio.sleep(seconds)
+
+
+@pytest.mark.anyio
+async def test_sends_are_spaced_by_one_over_the_rate() -> None:
+    limiter = ModelLimiter(LimitSpec(rps=50, max_in_flight=50, ramp_s=0))
+    await asyncio.gather(*(hold(limiter) for _ in range(15)))
+    times = limiter.send_times()
+    assert len(times) == 15
+    # Send k goes out no earlier than k / rate after the first (a waiter woken late does not
+    # let the next one go early); asyncio may wake a clock tick early, never a millisecond.
+    for k, sent in enumerate(times):
+        assert sent - times[0] >= k / 50 - 0.001
+
+
+@pytest.mark.anyio
+async def test_requests_in_flight_never_exceed_the_cap() -> None:
+    limiter = ModelLimiter(LimitSpec(rps=1000, max_in_flight=3, ramp_s=0))
+    inside = peak = 0
+
+    async def one() -> None:
+        nonlocal inside, peak
+        async with limiter.slot():
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.005)
+            inside -= 1
+
+    await asyncio.gather(*(one() for _ in range(20)))
+    assert peak == 3
+    assert limiter.in_flight == 0
+
+
+@pytest.mark.anyio
+async def test_the_ramp_starts_at_a_quarter_and_reaches_the_ceiling() -> None:
+    clock = FakeClock()
+    limiter = ModelLimiter(LimitSpec(rps=8, max_in_flight=4, ramp_s=4), clock=clock)
+    await hold(limiter)  # the first send starts the ramp
+    assert limiter.current_rate() == pytest.approx(2.0)
+    clock.now = 2.0
+    assert limiter.current_rate() == pytest.approx(5.0)
+    clock.now = 4.0
+    assert limiter.current_rate() == pytest.approx(8.0)
+    clock.now = 100.0
+    assert limiter.current_rate() == pytest.approx(8.0)
+    await hold(limiter)  # after a long idle spell the ramp starts over
+    assert limiter.current_rate() == pytest.approx(2.0)
+
+
+def test_a_burst_of_429s_halves_the_rate_once_and_successes_creep_back() -> None:
+    clock = FakeClock()
+    limiter = ModelLimiter(LimitSpec(rps=10, max_in_flight=4, ramp_s=0), clock=clock)
+    for _ in range(6):  # the answers of one burst arrive together
+        limiter.on_throttle()
+    assert limiter.current_rate() == pytest.approx(5.0)
+    assert limiter.throttled == 6
+    clock.now = 1.5
+    limiter.on_throttle()
+    assert limiter.current_rate() == pytest.approx(2.5)
+    limiter.on_success()
+    assert limiter.current_rate() == pytest.approx(3.0)  # + 5 % of the ceiling
+    for _ in range(100):
+        limiter.on_success()
+    assert limiter.current_rate() == pytest.approx(10.0)  # never above the ceiling
+    assert len(limiter.throttle_times()) == 7
+
+
+def test_the_rate_never_falls_below_a_64th_of_the_ceiling() -> None:
+    clock = FakeClock()
+    limiter = ModelLimiter(LimitSpec(rps=64, max_in_flight=4, ramp_s=0), clock=clock)
+    for step in range(20):
+        clock.now = step * 2.0
+        limiter.on_throttle()
+    assert limiter.current_rate() == pytest.approx(1.0)
+
+
+@pytest.mark.anyio
+async def test_retry_after_holds_every_send_until_it_has_passed() -> None:
+    limiter = ModelLimiter(LimitSpec(rps=100, max_in_flight=10, ramp_s=0))
+    await hold(limiter)
+    limiter.on_throttle(retry_after=0.3)
+    resume = limiter.paused_until()
+    await asyncio.gather(*(hold(limiter) for _ in range(5)))
+    after = limiter.send_times()[1:]
+    assert len(after) == 5
+    assert min(after) >= resume
+
+
+def test_limits_come_from_model_settings_then_run_flags_then_the_table() -> None:
+    plain, pro = TABLE.get("qwen-image-2.0"), TABLE.get("qwen-image-2.0-pro")
+    assert limit_spec(plain, Settings()) == LimitSpec(rps=plain.rps, max_in_flight=4)
+    run_wide = Settings(rps=5.0, max_in_flight=7)
+    assert limit_spec(plain, run_wide) == LimitSpec(rps=5.0, max_in_flight=7)
+    per_model = Settings(
+        rps=5.0, max_in_flight=7, model_limits={"qwen-image-2.0-pro": {"rps": 0.5}}
+    )
+    assert limit_spec(pro, per_model) == LimitSpec(rps=0.5, max_in_flight=7)
+    assert limit_spec(plain, per_model) == LimitSpec(rps=5.0, max_in_flight=7)
+
+
+def test_per_model_limits_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWBATCH_MODEL_LIMITS", '{"qwen-image-max": {"max_in_flight": 1}}')
+    spec = limit_spec(TABLE.get("qwen-image-max"), Settings())
+    assert spec == LimitSpec(rps=TABLE.get("qwen-image-max").rps, max_in_flight=1)
+    monkeypatch.setenv("QWBATCH_MODEL_LIMITS", '{"qwen-image-max": {"rps": 0}}')
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_limits_are_local_without_a_prefect_server_or_when_sharing_is_off() -> None:
+    assert local_reason(Settings(shared_limits="off")) == "shared_limits is off"
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        reason = local_reason(Settings())
+    assert reason is not None
+    assert "PREFECT_API_URL" in reason
+
+
+def test_the_registry_keeps_one_limiter_per_model_and_rebuilds_it_when_limits_change() -> None:
+    registry = LimiterRegistry()
+    settings = Settings(dashscope_base_url="http://127.0.0.1:9/api/v1", shared_limits="off")
+    model = TABLE.get("qwen-image-2.0")
+    first = registry.for_model(model, settings)
+    assert registry.for_model(model, settings) is first
+    faster = registry.for_model(model, settings.model_copy(update={"rps": 9.0}))
+    assert faster is not first
+    assert faster.spec.rps == 9.0
+    assert registry.limiters() == [faster]
+    assert "local to this process (shared_limits is off)" in faster.describe_sharing()
+
+
+@pytest.mark.anyio
+async def test_status_line_shows_rate_limit_in_flight_and_429s() -> None:
+    registry = LimiterRegistry()
+    settings = Settings(dashscope_base_url="http://127.0.0.1:9/api/v1", shared_limits="off")
+    limiter = registry.for_model(TABLE.get("qwen-image-2.0"), settings)
+    await hold(limiter)
+    limiter.on_throttle()
+    async with limiter.slot():
+        status = status_of(limiter)
+        text = lines(registry)
+    assert status.in_flight == 1
+    assert status.throttled_per_min == 1
+    assert status.ceiling == 2.0
+    assert status.limit == pytest.approx(limiter.current_rate(), rel=0.01)
+    assert text == [status.line()]
+    assert text[0].startswith("limits qwen-image-2.0: ")
+    assert "in flight 1/4, 429s 1/min" in text[0]
+    assert "local to this process" in text[0]
+
+
+@pytest.mark.anyio
+async def test_reporting_sends_lines_while_the_block_runs_and_at_its_end() -> None:
+    registry = LimiterRegistry()
+    settings = Settings(dashscope_base_url="http://127.0.0.1:9/api/v1", shared_limits="off")
+    limiter = registry.for_model(
+        TABLE.get("qwen-image-2.0"), settings.model_copy(update={"rps": 200.0})
+    )
+    seen: list[str] = []
+    with reporting(seen.append, every_s=0.05, registry=registry):
+        for _ in range(500):  # keep sending, as a run does, until a periodic line came
+            await hold(limiter)
+            if seen:
+                break
+    assert len(seen) >= 2  # at least one periodic line, and the last one
+    assert all(line.startswith("limits qwen-image-2.0: ") for line in seen)
