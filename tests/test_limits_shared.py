@@ -19,6 +19,7 @@ from qwbatch.limits.shared import (
     SLOTS_PER_REQUEST,
     PrefectBudget,
     bucket_slots,
+    ensure_rate_limit,
     lease_size,
     limit_name,
 )
@@ -172,3 +173,26 @@ async def test_an_unreachable_server_falls_back_to_local_with_a_log_line(
         assert any("are local to this process" in m and "PREFECT_API_URL" in m for m in messages)
     finally:
         limiter.close()
+
+
+def test_a_limit_set_to_a_lower_rate_keeps_no_slots_leased_at_the_higher_one(
+    prefect_server, scope: str
+) -> None:
+    """A run at 1,000 req/s fills the limit; a later run at 2 req/s sets it to its own rate
+    and must not inherit tens of thousands of undecayed slots (minutes of waiting)."""
+    name = limit_name(scope, "qwen-image-2.0")
+
+    async def scenario() -> tuple[int, int, float]:
+        async with get_client() as client:
+            await ensure_rate_limit(client, name, 1000)
+            await client.increment_concurrency_slots(
+                names=[name], slots=bucket_slots(1000) - 10, mode="rate_limit"
+            )
+            await ensure_rate_limit(client, name, 2)
+            limit = await client.read_global_concurrency_limit_by_name(name)
+            await client.delete_global_concurrency_limit_by_name(name)
+            return limit.active_slots, limit.limit, limit.slot_decay_per_second
+
+    held, size, decay = asyncio.run(scenario())
+    assert (size, decay) == (bucket_slots(2), 2 * SLOTS_PER_REQUEST)
+    assert held <= size  # at most one bucket of the new rate to wait for (0.75 s)

@@ -277,14 +277,9 @@ class PrefectBudget:
 
         await client.__aenter__()
         self._client = client
-        spec = self.spec
         # ObjectAlreadyExists: another worker created it between our read and our create.
         with contextlib.suppress(ObjectAlreadyExists):
-            await client.upsert_global_concurrency_limit_by_name(
-                self.rate_name,
-                limit=bucket_slots(spec.rps),
-                slot_decay_per_second=spec.rps * SLOTS_PER_REQUEST,
-            )
+            await ensure_rate_limit(client, self.rate_name, self.spec.rps)
 
     def _fall_back(self, reason: str) -> None:
         self.state, self.reason = "local", reason
@@ -381,6 +376,43 @@ class PrefectBudget:
         if self._client is not None:
             await self._client.__aexit__(None, None, None)
             self._client = None
+
+
+async def ensure_rate_limit(client: PrefectClient, name: str, rps: float) -> None:
+    """Create the shared rate limit ``name`` for ``rps`` requests per second, or set an
+    existing one to it.
+
+    Not Prefect's ``upsert_global_concurrency_limit_by_name``: its update writes the new size
+    and decay over slots the server has not yet decayed, so slots leased at a high rate
+    (tens of thousands at 1,000 req/s) would then drain at the new, low rate — measured, a
+    limit changed from 1,000 to 2 req/s two seconds after a full lease still held 37,000
+    slots, three minutes of waiting. The update here also writes the slots the server reads
+    as held now (decayed), capped at the new size.
+    """
+    from prefect.client.schemas.actions import (
+        GlobalConcurrencyLimitCreate,
+        GlobalConcurrencyLimitUpdate,
+    )
+    from prefect.exceptions import ObjectNotFound
+
+    size, decay = bucket_slots(rps), rps * SLOTS_PER_REQUEST
+    try:
+        existing = await client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=name, limit=size, slot_decay_per_second=decay)
+        )
+        return
+    if existing.limit == size and existing.slot_decay_per_second == decay:
+        return
+    await client.update_global_concurrency_limit(
+        name,
+        GlobalConcurrencyLimitUpdate(
+            limit=size,
+            slot_decay_per_second=decay,
+            active_slots=min(existing.active_slots, size),
+        ),
+    )
 
 
 def _reason(exc: BaseException) -> str:
