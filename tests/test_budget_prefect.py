@@ -112,7 +112,10 @@ def test_two_worker_processes_share_one_budget(prefect_server, sim, tmp_path: Pa
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
         "QWBATCH_DASHSCOPE_BASE_URL": sim.base_url,
         "DASHSCOPE_API_KEY": KEY,
-        "QWBATCH_RPS": "500",
+        # Leases of a quarter second of traffic: at 20 req/s five requests, so both workers
+        # get tokens early (at 500 req/s one lease covered a whole shard, and one worker
+        # could spend the budget before the other held a token).
+        "QWBATCH_RPS": "20",
         "QWBATCH_MAX_IN_FLIGHT": "8",
         "QWBATCH_BACKOFF_BASE_S": "0.01",
         "QWBATCH_BACKOFF_MAX_S": "0.02",
