@@ -26,7 +26,7 @@ def make_request(
     prompt: str,
     *,
     n: int = 1,
-    size: str = "512*512",
+    size: str | None = "512*512",
     seed: int = 1,
     model: str = "qwen-image-2.0",
     tags: tuple[tuple[str, str], ...] = (),

@@ -8,8 +8,8 @@ import asyncio
 import time
 
 import httpx
+from render_helpers import make_request
 
-from qwbatch.keys import request_key
 from qwbatch.models import RenderRequest
 from qwbatch.providers.base import TaskListing
 from qwbatch.providers.dashscope import DashScopeProvider
@@ -20,21 +20,7 @@ MODEL = "qwen-image-plus"
 
 
 def request(prompt: str) -> RenderRequest:
-    key = request_key(
-        model=MODEL,
-        mode="generate",
-        prompt=prompt,
-        negative_prompt=None,
-        size=None,
-        n=1,
-        seed=1,
-        prompt_extend=None,
-        watermark=False,
-        input_sha256=(),
-    )
-    return RenderRequest(
-        row_id="r", row_number=0, request_key=key, model=MODEL, mode="generate", prompt=prompt
-    )
+    return make_request("r", prompt, model=MODEL, size=None)
 
 
 class CutShortListing(DashScopeProvider):

@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
+from render_helpers import make_request
 
 from qwbatch.errors import ResultExpiredError
-from qwbatch.keys import request_key
 from qwbatch.models import RenderRequest
 from qwbatch.providers.dashscope import DashScopeProvider
 
@@ -19,27 +19,7 @@ KEY = "sk-task-listing-key"
 
 
 def request(prompt: str, model: str = "qwen-image-plus") -> RenderRequest:
-    key = request_key(
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        negative_prompt=None,
-        size=None,
-        n=1,
-        seed=1,
-        prompt_extend=None,
-        watermark=False,
-        input_sha256=(),
-    )
-    return RenderRequest(
-        row_id="r",
-        row_number=0,
-        request_key=key,
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        seed=1,
-    )
+    return make_request("r", prompt, model=model, size=None)
 
 
 def provider(sim) -> DashScopeProvider:
