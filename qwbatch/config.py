@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 300.0
     download_timeout_s: float = 120.0
+    #: What sends the provider's HTTP under httpx: "aiohttp" (half the CPU per request; see
+    #: ``qwbatch.providers.aiohttp_transport``) or httpx's own "httpcore".
+    http_transport: Literal["aiohttp", "httpcore"] = "aiohttp"
     poll_interval_s: float = 2.0
     poll_max_interval_s: float = 10.0
     task_deadline_s: float = 900.0

@@ -10,6 +10,7 @@ import pytest
 
 from qwbatch.errors import ModerationError, ProviderError, ResultExpiredError
 from qwbatch.models import RenderRequest
+from qwbatch.providers.aiohttp_transport import AiohttpTransport
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.simulator import SimulatorConfig, SimulatorHandle, running
 
@@ -31,9 +32,12 @@ def sim() -> Iterator[SimulatorHandle]:
         yield handle
 
 
-@pytest.fixture
-async def provider(sim: SimulatorHandle) -> AsyncIterator[DashScopeProvider]:
-    async with httpx.AsyncClient(timeout=30.0) as client:
+@pytest.fixture(params=["aiohttp", "httpcore"])
+async def provider(
+    sim: SimulatorHandle, request: pytest.FixtureRequest
+) -> AsyncIterator[DashScopeProvider]:
+    transport = AiohttpTransport() if request.param == "aiohttp" else None
+    async with httpx.AsyncClient(timeout=30.0, transport=transport) as client:
         yield DashScopeProvider(
             client=client,
             base_url=sim.base_url,

@@ -42,6 +42,7 @@ from qwbatch.errors import (
     ResultExpiredError,
 )
 from qwbatch.models import ProviderImage, ProviderResult, RenderRequest
+from qwbatch.providers.aiohttp_transport import AiohttpTransport
 from qwbatch.providers.base import TaskInfo, TaskListing
 from qwbatch.providers.dashscope_errors import classify_error
 from qwbatch.registry import parse_size
@@ -153,7 +154,10 @@ class DashScopeProvider:
             limits = httpx.Limits(
                 max_connections=connections, max_keepalive_connections=connections
             )
-            client = httpx.AsyncClient(timeout=timeout, limits=limits)
+            transport = (
+                AiohttpTransport(limits=limits) if settings.http_transport == "aiohttp" else None
+            )
+            client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)
         provider = cls(
             client=client,
             base_url=settings.base_url(),
