@@ -186,15 +186,13 @@ async def test_waiting_for_a_pooled_connection_times_out_before_send(transport: 
         await asyncio.sleep(5)
 
     async with Server(stall) as base_url:
-        provider = DashScopeProvider.from_settings(settings(transport, read=3.0))
-        provider._base_url = base_url
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         timeout = httpx.Timeout(3.0, pool=0.3, connect=0.3)
-        client_transport = AiohttpTransport(limits=limits) if transport == "aiohttp" else None
-        async with httpx.AsyncClient(
-            timeout=timeout, limits=limits, transport=client_transport
-        ) as client:
-            provider._client = client
+        direct = AiohttpTransport(limits=limits) if transport == "aiohttp" else None
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, transport=direct) as client:
+            provider = DashScopeProvider(
+                client=client, base_url=base_url, api_key=KEY, direct=direct
+            )
             held = asyncio.create_task(provider.generate(request()))
             await arrived.wait()
             with pytest.raises(ProviderTransientError, match="before the request was sent"):

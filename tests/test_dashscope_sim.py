@@ -32,11 +32,13 @@ def sim() -> Iterator[SimulatorHandle]:
         yield handle
 
 
-@pytest.fixture(params=["aiohttp", "httpcore"])
+@pytest.fixture(params=["direct", "aiohttp", "httpcore"])
 async def provider(
     sim: SimulatorHandle, request: pytest.FixtureRequest
 ) -> AsyncIterator[DashScopeProvider]:
-    transport = AiohttpTransport() if request.param == "aiohttp" else None
+    """Calls straight to aiohttp (as runs make them), through httpx onto aiohttp, or httpx's
+    own transport."""
+    transport = AiohttpTransport() if request.param != "httpcore" else None
     async with httpx.AsyncClient(timeout=30.0, transport=transport) as client:
         yield DashScopeProvider(
             client=client,
@@ -45,6 +47,7 @@ async def provider(
             poll_interval_s=0.05,
             poll_max_interval_s=0.2,
             task_deadline_s=30.0,
+            direct=transport if request.param == "direct" else None,
         )
 
 

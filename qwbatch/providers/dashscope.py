@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import math
 import time
@@ -28,7 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 from httpx import USE_CLIENT_DEFAULT
@@ -118,6 +119,7 @@ class DashScopeProvider:
         workspace_id: str | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        direct: AiohttpTransport | None = None,
     ) -> None:
         if not 0 < poll_interval_s <= poll_max_interval_s or task_deadline_s <= 0:
             raise ValueError("need 0 < poll_interval_s <= poll_max_interval_s and a deadline > 0")
@@ -132,6 +134,9 @@ class DashScopeProvider:
         self._workspace_id = workspace_id
         self._sleep = sleep
         self._clock = clock
+        #: ``client``'s transport when calls may skip the client (nothing set on it that
+        #: they need: no default headers, cookies, auth or hooks), with its timeouts.
+        self._direct = None if direct is None else (direct, client.timeout)
 
     @classmethod
     def from_settings(
@@ -139,6 +144,7 @@ class DashScopeProvider:
     ) -> DashScopeProvider:
         """A provider for ``settings``' region; it owns (and closes) the client it creates."""
         owned = client is None
+        direct: AiohttpTransport | None = None
         if client is None:
             timeout = httpx.Timeout(
                 connect=settings.connect_timeout_s,
@@ -158,6 +164,7 @@ class DashScopeProvider:
                 AiohttpTransport(limits=limits) if settings.http_transport == "aiohttp" else None
             )
             client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)
+            direct = transport
         provider = cls(
             client=client,
             base_url=settings.base_url(),
@@ -167,6 +174,7 @@ class DashScopeProvider:
             task_deadline_s=settings.task_deadline_s,
             download_timeout_s=settings.download_timeout_s,
             workspace_id=settings.dashscope_workspace_id,
+            direct=direct,  # our own client: calls may skip it
         )
         provider._owns_client = owned
         return provider
@@ -309,7 +317,7 @@ class DashScopeProvider:
             billable=False,
             timeout_s=self._download_timeout_s,
         )
-        what = f"GET {response.request.url.path}"  # the query is the signature: keep it out
+        what = f"GET {urlsplit(url).path}"  # the query is the signature: keep it out
         if response.is_success:
             return response.content
         snippet = _snippet(response.text)
@@ -357,7 +365,7 @@ class DashScopeProvider:
             headers["X-DashScope-Async"] = "enable"
         url = self._base_url + path
         response = await self._send(method, url, headers=headers, billable=billable, body=body)
-        what = f"{method} {response.request.url.path}"
+        what = f"{method} {urlsplit(url).path}"
         data = _json_object(response)
         if response.is_success and data is not None:
             # DashScope may report an error inside a 200: a ``code`` and no ``output`` (§4.1).
@@ -395,18 +403,20 @@ class DashScopeProvider:
         ``billable`` marks a POST that creates images: once its body may have left, a lost
         answer is ambiguous rather than transient. ``timeout_s`` overrides the client's.
         """
+        what = f"{method} {urlsplit(url).path}"  # never the query: a result URL's signature
         try:
-            request = self._client.build_request(
-                method, url, headers=headers, json=body, timeout=timeout_s or USE_CLIENT_DEFAULT
-            )
-        except httpx.InvalidURL as exc:
-            raise ProviderError(f"{method}: not a valid URL", code="InvalidURL") from exc
-        if "Authorization" not in headers:
-            # Another host (a signed OSS URL): never hand it our key, even via client defaults.
-            request.headers.pop("Authorization", None)
-        what = f"{method} {request.url.path}"
-        try:
-            return await self._client.send(request)
+            if self._direct is not None:
+                transport, timeout = self._direct
+                if body is not None:
+                    headers = {**headers, "Content-Type": "application/json"}
+                return await transport.fetch(
+                    method,
+                    url,
+                    headers={**headers, "Accept-Encoding": "gzip, deflate"},
+                    content=None if body is None else _json_bytes(body),
+                    timeouts=httpx.Timeout(timeout_s) if timeout_s else timeout,
+                )
+            return await self._client.send(self._request(method, url, headers, body, timeout_s))
         except _BEFORE_SEND as exc:
             name = type(exc).__name__
             raise ProviderTransientError(
@@ -424,6 +434,26 @@ class DashScopeProvider:
                     code=name,
                 ) from exc
             raise ProviderTransientError(f"{what}: {name}", code=name) from exc
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: dict[str, Any] | None,
+        timeout_s: float | None,
+    ) -> httpx.Request:
+        """The request for httpx's client (any client given to the provider)."""
+        try:
+            request = self._client.build_request(
+                method, url, headers=headers, json=body, timeout=timeout_s or USE_CLIENT_DEFAULT
+            )
+        except httpx.InvalidURL as exc:
+            raise ProviderError(f"{method}: not a valid URL", code="InvalidURL") from exc
+        if "Authorization" not in headers:
+            # Another host (a signed OSS URL): never hand it our key, even via client defaults.
+            request.headers.pop("Authorization", None)
+        return request
 
     def _task_result(self, task_id: str, status: str, data: dict[str, Any]) -> ProviderResult:
         """The result of a task in a final state, or its error."""
@@ -512,6 +542,11 @@ def _usage(data: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
         pick("height", "output_height"),
         pick("image_count", "output_image_count"),
     )
+
+
+def _json_bytes(body: dict[str, Any]) -> bytes:
+    """A JSON body as httpx encodes ``json=``: compact, UTF-8, no NaN."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:
