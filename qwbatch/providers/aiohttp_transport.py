@@ -28,6 +28,13 @@ any other ``ClientError`` (``ClientOSError``, ``ClientPayloadError``…)  ``Read
 (``httpx_aiohttp`` on PyPI maps every ``ClientConnectionError``, a server's disconnect
 included, to ``ConnectTimeout``: for us that would resend a POST that may have been billed.)
 
+One difference remains: httpcore polls a pooled connection's socket before reusing it, so a
+connection the server closed a moment ago is seldom picked; aiohttp knows of the close only
+once its event loop has seen it. A POST sent on such a connection fails as a disconnect,
+which counts as possibly billed. Idle connections are dropped here after httpx's
+``keepalive_expiry`` (5 s), well before servers close idle connections, and a server that
+closes after an answer says so in it (``Connection: close``), so the window is small.
+
 Messages carry aiohttp's text only for errors whose text holds no URL (a result URL's
 query is its signature); the others get their class name, and no chained cause. Cookies
 stay httpx's business (the session's jar is a dummy), redirects too (never followed here),
