@@ -30,6 +30,7 @@ def make_request(
     seed: int = 1,
     model: str = "qwen-image-2.0",
     tags: tuple[tuple[str, str], ...] = (),
+    row_number: int = 0,
 ) -> RenderRequest:
     key = request_key(
         model=model,
@@ -45,7 +46,7 @@ def make_request(
     )
     return RenderRequest(
         row_id=row_id,
-        row_number=0,
+        row_number=row_number,
         request_key=key,
         model=model,
         mode="generate",

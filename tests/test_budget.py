@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import render_helpers
 
 from qwbatch import runner
 from qwbatch.budget import BUDGETS, BudgetSpec, LocalBudget
@@ -20,7 +21,6 @@ from qwbatch.config import Settings
 from qwbatch.costs import PriceTable
 from qwbatch.engine import Engine, ShardResult
 from qwbatch.errors import BudgetExceededError
-from qwbatch.keys import request_key
 from qwbatch.models import CatalogRecord, RenderRequest
 from qwbatch.plan import PlanItem, plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
@@ -39,29 +39,7 @@ def make_request(
     n: int = 1,
     size: str | None = "512*512",
 ) -> RenderRequest:
-    key = request_key(
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        negative_prompt=None,
-        size=size,
-        n=n,
-        seed=1,
-        prompt_extend=None,
-        watermark=False,
-        input_sha256=(),
-    )
-    return RenderRequest(
-        row_id=prompt,
-        row_number=0,
-        request_key=key,
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        size=size,
-        n=n,
-        seed=1,
-    )
+    return render_helpers.make_request(prompt, prompt, model=model, n=n, size=size)
 
 
 def billed(sim) -> Decimal:

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
+import render_helpers
 from PIL import Image
 from render_helpers import render
+from store_helpers import FlakyStore
 
 from qwbatch.config import Settings
 from qwbatch.engine import Engine, output_key
 from qwbatch.errors import StorageTransientError
-from qwbatch.keys import request_key
 from qwbatch.models import CatalogRecord, RenderRequest
 from qwbatch.plan import Alias, PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.registry import ModelTable
-from qwbatch.storage import LocalStore, PutResult, open_store
+from qwbatch.storage import open_store
 
 KEY = "sk-engine-test-key-0123456789abcdef"
 TABLE = ModelTable.load()
@@ -33,29 +33,7 @@ def make_request(
     seed: int = 1,
     row_id: str = "r1",
 ) -> RenderRequest:
-    key = request_key(
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        negative_prompt=None,
-        size=size,
-        n=n,
-        seed=seed,
-        prompt_extend=None,
-        watermark=False,
-        input_sha256=(),
-    )
-    return RenderRequest(
-        row_id=row_id,
-        row_number=0,
-        request_key=key,
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        size=size,
-        n=n,
-        seed=seed,
-    )
+    return render_helpers.make_request(row_id, prompt, model=model, n=n, size=size, seed=seed)
 
 
 @pytest.fixture
@@ -204,29 +182,15 @@ def test_throttling_honours_retry_after_and_recovers(sim, settings, tmp_path) ->
     assert ledger["billed_images"] == 6
 
 
-class OutageStore(LocalStore):
-    """A local folder whose first ``failures`` puts of outputs fail as an unreachable store."""
-
-    def __init__(self, root: Path, failures: int) -> None:
-        super().__init__(root)
-        self.failures = failures
-
-    def put(self, key: str, data: bytes, **kwargs: Any) -> PutResult:
-        if key.startswith("images/") and self.failures > 0:
-            self.failures -= 1
-            raise StorageTransientError(f"local put {key}: the store is down (test)")
-        return super().put(key, data, **kwargs)
-
-
 def test_a_store_outage_retries_the_writes_not_the_download(sim, settings, tmp_path) -> None:
     """The writes share the verification's worker-thread hop; when they fail, they alone are
     retried: the image is downloaded once and generated once."""
-    store = OutageStore(tmp_path, failures=3)
+    store = FlakyStore(tmp_path, StorageTransientError("local put: the store is down"), 3)
     settings = settings.model_copy(update={"store_retry_s": 30.0})
     request = make_request()
     records = render([PlanItem(request)], settings, tmp_path, store=store, write_part=False)
     assert [r.status for r in records] == ["succeeded"]
-    assert store.failures == 0
+    assert store.fail_puts == 0
     assert store.head(output_key(request.request_key, 0)) is not None
     ledger = sim.ledger()
     assert ledger["billed_images"] == 1

@@ -3,92 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import render_helpers
+from store_helpers import FlakyStore
 
 from qwbatch.errors import JournalError, StorageError, StorageTransientError
 from qwbatch.journal import Finished, StoreJournal, journal_prefix, read_journal
-from qwbatch.keys import request_key
 from qwbatch.models import CatalogRecord, RenderRequest
-from qwbatch.storage import DEFAULT_CONTENT_TYPE, LocalStore, ObjectInfo, PutResult
+from qwbatch.storage import LocalStore
 
 
 def make_request(i: int) -> RenderRequest:
-    key = request_key(
-        model="qwen-image-plus",
-        mode="generate",
-        prompt=f"prompt {i}",
-        negative_prompt=None,
-        size=None,
-        n=1,
-        seed=i,
-        prompt_extend=None,
-        watermark=False,
-        input_sha256=(),
+    return render_helpers.make_request(
+        f"r{i}", f"prompt {i}", model="qwen-image-plus", size=None, seed=i, row_number=i
     )
-    return RenderRequest(
-        row_id=f"r{i}",
-        row_number=i,
-        request_key=key,
-        model="qwen-image-plus",
-        mode="generate",
-        prompt=f"prompt {i}",
-        seed=i,
-    )
-
-
-class FlakyStore:
-    """A LocalStore whose next ``fail_puts`` puts raise ``error``: the store seam for outages."""
-
-    def __init__(self, root: Path, error: Exception, fail_puts: int) -> None:
-        self.inner = LocalStore(root)
-        self.root_uri = self.inner.root_uri
-        self.error = error
-        self.fail_puts = fail_puts
-        self.puts = 0
-
-    def uri(self, key: str) -> str:
-        return self.inner.uri(key)
-
-    def put(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        content_type: str = DEFAULT_CONTENT_TYPE,
-        metadata: Mapping[str, str] | None = None,
-        if_none_match: bool = False,
-        durable: bool = True,
-    ) -> PutResult:
-        self.puts += 1
-        if self.fail_puts > 0:
-            self.fail_puts -= 1
-            raise self.error
-        return self.inner.put(
-            key,
-            data,
-            content_type=content_type,
-            metadata=metadata,
-            if_none_match=if_none_match,
-            durable=durable,
-        )
-
-    def get(self, key: str) -> bytes:
-        return self.inner.get(key)
-
-    def head(self, key: str) -> ObjectInfo | None:
-        return self.inner.head(key)
-
-    def exists(self, key: str) -> bool:
-        return self.inner.exists(key)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
 
 
 def test_concurrent_appends_share_writes_and_are_durable_on_return(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ import asyncio
 import time
 
 import httpx
+import pytest
 from render_helpers import make_request
 
+from qwbatch.errors import QwBatchError
 from qwbatch.models import RenderRequest
 from qwbatch.providers.base import TaskListing
 from qwbatch.providers.dashscope import DashScopeProvider
@@ -58,7 +60,11 @@ def test_a_listing_of_other_prompts_proves_the_submission_absent(sim) -> None:
             sent_at = time.time()
             await p.submit_task(request("someone else's lighthouse"))
             sim.configure(task_failure_rate=1.0)
-            await p.submit_task(request("someone else's failed lighthouse"))
+            failed = await p.submit_task(request("someone else's failed lighthouse"))
+            # Listed once it has failed (a task listed while still running, that fails
+            # before it is inspected, proves nothing: the search must not depend on which).
+            with pytest.raises(QwBatchError):
+                await p.wait_task(failed)
             assert await search(p, lost, sent_at) == TaskSearch(absent=True)
             # A search that only looks never claims absence.
             finder = TaskFinder(p, journal_tasks=set(), known=KnownTasks())

@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
+import render_helpers
 
 from qwbatch.config import Settings
 from qwbatch.engine import Engine, output_key
 from qwbatch.journal import Finished, StoreJournal, read_journal
-from qwbatch.keys import request_key
 from qwbatch.models import CatalogRecord, RenderRequest
 from qwbatch.plan import PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
@@ -34,28 +34,8 @@ def make_request(
     prompt: str, *, model: str = "qwen-image-plus", seed: int = 1, n: int = 1
 ) -> RenderRequest:
     size = "1328*1328" if model == "qwen-image-plus" else "512*512"
-    key = request_key(
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        negative_prompt=None,
-        size=size,
-        n=n,
-        seed=seed,
-        prompt_extend=None,
-        watermark=False,
-        input_sha256=(),
-    )
-    return RenderRequest(
-        row_id=f"row-{prompt}",
-        row_number=0,
-        request_key=key,
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        size=size,
-        n=n,
-        seed=seed,
+    return render_helpers.make_request(
+        f"row-{prompt}", prompt, model=model, seed=seed, n=n, size=size
     )
 
 

@@ -1,0 +1,60 @@
+"""Stores for tests: a local folder that fails on cue, the seam for store outages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from qwbatch.storage import DEFAULT_CONTENT_TYPE, LocalStore, ObjectInfo, PutResult
+
+
+class FlakyStore:
+    """A LocalStore whose next ``fail_puts`` puts raise ``error``: the store seam for outages."""
+
+    def __init__(self, root: Path, error: Exception, fail_puts: int) -> None:
+        self.inner = LocalStore(root)
+        self.root_uri = self.inner.root_uri
+        self.error = error
+        self.fail_puts = fail_puts
+        self.puts = 0
+
+    def uri(self, key: str) -> str:
+        return self.inner.uri(key)
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = DEFAULT_CONTENT_TYPE,
+        metadata: Mapping[str, str] | None = None,
+        if_none_match: bool = False,
+        durable: bool = True,
+    ) -> PutResult:
+        self.puts += 1
+        if self.fail_puts > 0:
+            self.fail_puts -= 1
+            raise self.error
+        return self.inner.put(
+            key,
+            data,
+            content_type=content_type,
+            metadata=metadata,
+            if_none_match=if_none_match,
+            durable=durable,
+        )
+
+    def get(self, key: str) -> bytes:
+        return self.inner.get(key)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        return self.inner.head(key)
+
+    def exists(self, key: str) -> bool:
+        return self.inner.exists(key)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        return self.inner.list(prefix)
+
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
