@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from qwbatch.config import Settings
-from qwbatch.errors import ProviderAmbiguousError, ProviderTransientError
+from qwbatch.errors import ProviderAmbiguousError, ProviderError, ProviderTransientError
 from qwbatch.models import RenderRequest
 from qwbatch.providers.aiohttp_transport import AiohttpTransport, translate
 from qwbatch.providers.dashscope import DashScopeProvider
@@ -242,3 +242,16 @@ def test_errors_that_may_name_a_url_keep_only_their_class() -> None:
     dropped = translate(aiohttp.ServerDisconnectedError())
     assert isinstance(dropped, httpx.RemoteProtocolError)
     assert "Server disconnected" in str(dropped)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1/a.png?Signature=sig-SECRET", "ftp://example.com/a.png", "not a url"]
+)
+async def test_a_url_that_cannot_be_fetched_is_refused_not_retried(
+    transport: str, url: str
+) -> None:
+    async with provider_for(transport, "http://127.0.0.1:9") as provider:
+        with pytest.raises(ProviderError) as caught:
+            await provider.download(url)
+    assert not isinstance(caught.value, ProviderTransientError)
+    assert "SECRET" not in str(caught.value)

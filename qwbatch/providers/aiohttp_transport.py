@@ -21,7 +21,7 @@ aiohttp                                        httpx
 ``SocketTimeoutError``, ``ServerTimeoutError``  ``ReadTimeout``
 ``ServerDisconnectedError``                   ``RemoteProtocolError``
 ``ClientResponseError`` (a malformed answer)  ``RemoteProtocolError``
-``InvalidURL``                                ``UnsupportedProtocol``
+``InvalidURL``, ``NonHttpUrlClientError``     ``UnsupportedProtocol``
 any other ``ClientError`` (``ClientOSError``, ``ClientPayloadError``…)  ``ReadError``
 ============================================  =================================
 
@@ -63,6 +63,7 @@ _ERRORS: tuple[tuple[type[BaseException], type[httpx.HTTPError]], ...] = (
     (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
     (aiohttp.ClientResponseError, httpx.RemoteProtocolError),
     (aiohttp.InvalidURL, httpx.UnsupportedProtocol),
+    (aiohttp.NonHttpUrlClientError, httpx.UnsupportedProtocol),
     (aiohttp.ClientError, httpx.ReadError),
 )
 

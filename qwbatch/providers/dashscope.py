@@ -317,7 +317,7 @@ class DashScopeProvider:
             billable=False,
             timeout_s=self._download_timeout_s,
         )
-        what = f"GET {urlsplit(url).path}"  # the query is the signature: keep it out
+        what = f"GET {_path(url)}"  # the query is the signature: keep it out
         if response.is_success:
             return response.content
         snippet = _snippet(response.text)
@@ -365,7 +365,7 @@ class DashScopeProvider:
             headers["X-DashScope-Async"] = "enable"
         url = self._base_url + path
         response = await self._send(method, url, headers=headers, billable=billable, body=body)
-        what = f"{method} {urlsplit(url).path}"
+        what = f"{method} {_path(url)}"
         data = _json_object(response)
         if response.is_success and data is not None:
             # DashScope may report an error inside a 200: a ``code`` and no ``output`` (§4.1).
@@ -403,7 +403,7 @@ class DashScopeProvider:
         ``billable`` marks a POST that creates images: once its body may have left, a lost
         answer is ambiguous rather than transient. ``timeout_s`` overrides the client's.
         """
-        what = f"{method} {urlsplit(url).path}"  # never the query: a result URL's signature
+        what = f"{method} {_path(url)}"  # never the query: a result URL's signature
         try:
             if self._direct is not None:
                 transport, timeout = self._direct
@@ -542,6 +542,14 @@ def _usage(data: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
         pick("height", "output_height"),
         pick("image_count", "output_image_count"),
     )
+
+
+def _path(url: str) -> str:
+    """The path of ``url`` for messages: never its query (a result URL's signature)."""
+    try:
+        return urlsplit(url).path
+    except ValueError:  # a malformed host; sending it fails with a message of its own
+        return "(not a valid URL)"
 
 
 def _json_bytes(body: dict[str, Any]) -> bytes:
