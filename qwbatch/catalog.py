@@ -131,12 +131,17 @@ def write_tables(
     run_id: str,
     label: str,
     unique: bool = True,
+    use_dictionary: bool | Sequence[str] = True,
 ) -> str | None:
     """``write_table`` for rows arriving as several tables of :data:`SCHEMA`, encoded one
-    at a time into one part (memory: one table plus the part's compressed bytes)."""
+    at a time into one part (memory: one table plus the part's compressed bytes).
+    ``use_dictionary`` names the columns to dictionary-encode (all by default): a column
+    whose values are nearly all distinct only pays for a dictionary it then drops."""
     sink = io.BytesIO()
     rows = 0
-    with pq.ParquetWriter(sink, SCHEMA, compression="zstd") as writer:
+    with pq.ParquetWriter(
+        sink, SCHEMA, compression="zstd", use_dictionary=use_dictionary
+    ) as writer:
         for table in tables:
             rows += table.num_rows
             if table.num_rows:

@@ -18,11 +18,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from qwbatch.arrow_text import text_of
 from qwbatch.catalog import SCHEMA, iter_parts, part_keys
 from qwbatch.storage import ObjectStore
 
 #: Catalog columns an existing output gives a deduplicated row.
 OUTPUT_COLUMNS = ("image_index", "output_uri", "sha256", "bytes", "width", "height")
+#: Columns of deduplicated rows nearly always distinct row to row (ids, keys, prompts,
+#: seeds, outputs): not dictionary-encoded in the plan's catalog part (the rest are).
+DISTINCT_COLUMNS = ("row_id", "request_key", "prompt", "seed", "output_uri", "sha256")
+DICTIONARY_COLUMNS = tuple(f.name for f in SCHEMA if f.name not in DISTINCT_COLUMNS)
 #: Columns of the deduplicated manifest rows handed to :func:`dedup_rows` (``order`` sorts
 #: them back into manifest order).
 REQUEST_SCHEMA = pa.schema(
@@ -61,9 +66,28 @@ def present_keys(store: ObjectStore | None) -> set[bytes]:
         if not pc.all(succeeded).as_py():
             part = part.filter(succeeded)
         for chunk in pc.utf8_slice_codeunits(part["request_key"], 0, 32).chunks:
-            found.update(map(fromhex, chunk.to_pylist()))
+            shorts = _shorts(chunk)
+            found.update(map(fromhex, chunk.to_pylist()) if shorts is None else shorts)
     pa.default_memory_pool().release_unused()
     return found
+
+
+def _shorts(prefixes: pa.Array) -> list[bytes] | None:
+    """The short keys of 32-character hex prefixes, decoded in one call over their
+    contiguous text (None when a cell is null, shorter, or not hex: decode one by one)."""
+    count = len(prefixes)
+    if count == 0 or prefixes.null_count:
+        return None
+    text = text_of(prefixes)
+    if text.size != 32 * count:
+        return None
+    try:
+        raw = bytes.fromhex(text.to_pybytes().decode("ascii"))
+    except ValueError:  # not hex (or not ASCII): one by one, raising as before
+        return None
+    if len(raw) != 16 * count:  # fromhex skips spaces between digit pairs
+        return None
+    return [raw[i : i + 16] for i in range(0, 16 * count, 16)]
 
 
 def dedup_rows(

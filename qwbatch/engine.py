@@ -934,5 +934,5 @@ async def run_shard(engine: Engine, shard_key: str) -> ShardResult:
 
 
 def shard_label(shard_key: str) -> str:
-    """``runs/<run>/shards/shard-00003.jsonl.gz`` → ``shard-00003``."""
+    """``runs/<run>/shards/shard-00003.jsonl.zst`` → ``shard-00003``."""
     return shard_key.rsplit("/", 1)[-1].split(".", 1)[0]

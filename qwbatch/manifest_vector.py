@@ -350,7 +350,7 @@ def _check(
         settings=quoted,
         prefixes=pc.cast(prefixes, pa.binary()).to_pylist(),
         seeds=_pylist(seed, columns["seed"]),
-        lines=pa.table(
+        lines=pa.record_batch(
             {
                 "combo": combos,
                 "row_id": _escaped(columns["row_id"]),
@@ -414,13 +414,13 @@ class FastRows:
     """What keying and shard lines need of the fast rows: the canonical prefixes (UTF-8,
     up to the seed) and seeds as Python lists, the rest of a shard line as Arrow columns
     (text as JSON: escaped contents of ``row_id`` and ``prompt``, a JSON value for
-    ``negative_prompt``, ``prompt_extend`` and ``tags``), converted only for the rows whose
+    ``negative_prompt``, ``prompt_extend`` and ``tags``), joined only for the rows whose
     lines are written."""
 
     settings: list[_SettingText]
     prefixes: list[bytes]
     seeds: list[int | None]
-    lines: pa.Table
+    lines: pa.RecordBatch
 
 
 _EMPTY_SCHEMA: Final = pa.schema(
@@ -468,28 +468,58 @@ def key_rows(rows: FastRows | None) -> tuple[list[bytes], list[int]]:
     return digests, seeds
 
 
-def shard_lines(
-    rows: FastRows, chosen: Sequence[int], keys: Sequence[str], seeds: Sequence[int]
-) -> list[str]:
-    """The shard lines (``plan.encode_line``'s JSON) of the fast rows at ``chosen``, whose
-    keys and seeds are ``keys[i]`` and ``seeds[i]`` for each ``i`` in ``chosen``."""
+def hex_keys(digests: Sequence[bytes]) -> pa.Array:
+    """The sha256 digests as lowercase hex (request keys): one string array, hexed at once."""
+    width = 64
+    count = len(digests)
+    text = pa.py_buffer(b"".join(digests).hex().encode("ascii"))
+    offsets = pa.array(range(0, width * count + 1, width), pa.int32()).buffers()[1]
+    return pa.StringArray.from_buffers(count, offsets, text)
+
+
+def shard_lines(rows: FastRows, chosen: pa.Array, keys: pa.Array, seeds: pa.Array) -> pa.Array:
+    """The shard lines (``plan.encode_line``'s JSON, then a newline) of the fast rows at
+    ``chosen`` (int64 indices), joined in Arrow into one string array, no Python string per
+    line. ``keys`` (hex) and ``seeds`` are per fast row."""
     texts = rows.settings
-    picked = rows.lines.take(pa.array(chosen, pa.int64()))
-    columns = [picked[name].to_pylist() for name in picked.column_names]
-    lines: list[str] = []
-    append = lines.append
-    for i, combo, rid, number, prompt, negative, n, extend, mark, priority, tags in zip(
-        chosen, *columns, strict=True
-    ):
-        text = texts[combo]
-        append(
-            f'{{"request": {{"row_id": "{rid}", "row_number": {number}, '
-            f'"request_key": "{keys[i]}", "model": {text.model}, "mode": {text.mode}, '
-            f'"prompt": "{prompt}", "negative_prompt": {negative}, '
-            f'"size": {text.size}, "n": {n}, "seed": {seeds[i]}, '
-            f'"prompt_extend": {extend}, "watermark": {"true" if mark else "false"}, '
-            '"input_images": [], "input_sha256": [], "input_notes": [], '
-            f'"tags": {tags}, "priority": {"null" if priority is None else priority}}}, '
-            '"aliases": []}'
-        )
-    return lines
+    picked = rows.lines.take(chosen)
+    combos = picked["combo"]
+
+    def per_combo(values: list[str]) -> pa.Array:
+        return pc.take(pa.array(values, pa.string()), combos)
+
+    def text(numbers: pa.Array) -> pa.Array:
+        return pc.cast(numbers, pa.string())
+
+    return pc.binary_join_element_wise(
+        '{"request": {"row_id": "',
+        picked["row_id"],
+        '", "row_number": ',
+        text(picked["row_number"]),
+        ', "request_key": "',
+        keys.take(chosen),
+        '", "model": ',
+        per_combo([t.model for t in texts]),
+        ', "mode": ',
+        per_combo([t.mode for t in texts]),
+        ', "prompt": "',
+        picked["prompt"],
+        '", "negative_prompt": ',
+        picked["negative_prompt"],
+        ', "size": ',
+        per_combo([t.size for t in texts]),
+        ', "n": ',
+        text(picked["n"]),
+        ', "seed": ',
+        text(seeds.take(chosen)),
+        ', "prompt_extend": ',
+        picked["prompt_extend"],
+        ', "watermark": ',
+        pc.if_else(picked["watermark"], "true", "false"),
+        ', "input_images": [], "input_sha256": [], "input_notes": [], "tags": ',
+        picked["tags"],
+        ', "priority": ',
+        pc.fill_null(text(picked["priority"]), "null"),
+        '}, "aliases": []}\n',
+        "",
+    )

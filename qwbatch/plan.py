@@ -13,7 +13,6 @@ the writing: ``qwbatch estimate`` is a plan that writes nothing and calls no pro
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import secrets
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qwbatch import budget as budgets
-from qwbatch import catalog
+from qwbatch import catalog, shard_codec
 from qwbatch.catalog import ExistingImage
 from qwbatch.config import Settings
 from qwbatch.costs import Estimate, PriceTable, estimate
@@ -232,7 +231,8 @@ def plan_run(
     return plan
 
 
-# Shard files: gzip'd JSON lines, one PlanItem a line. Internal to a run; never edited by hand.
+# Shard files: zstd'd JSON lines (qwbatch.shard_codec), one PlanItem a line. Internal to a run;
+# never edited by hand.
 
 
 def _encode_item(item: PlanItem) -> dict[str, Any]:
@@ -263,13 +263,14 @@ def encode_line(item: PlanItem) -> str:
 
 
 def shard_key(run_id: str, index: int) -> str:
-    return f"runs/{run_id}/shards/shard-{index:05d}.jsonl.gz"
+    return f"runs/{run_id}/shards/shard-{index:05d}{shard_codec.SUFFIX}"
 
 
 def write_shard(store: ObjectStore, run_id: str, index: int, items: Sequence[PlanItem]) -> str:
     lines = "".join(encode_line(i) + "\n" for i in items)
     key = shard_key(run_id, index)
-    store.put(key, gzip.compress(lines.encode("utf-8"), 5), content_type="application/gzip")
+    data = shard_codec.compress(lines.encode("utf-8"))
+    store.put(key, data, content_type=shard_codec.CONTENT_TYPE)
     return key
 
 
@@ -278,7 +279,7 @@ def read_shard(store: ObjectStore, key: str) -> Iterator[PlanItem]:
 
 
 def decode_shard(data: bytes) -> Iterator[PlanItem]:
-    """The items of a shard file's bytes."""
-    for line in gzip.decompress(data).decode("utf-8").splitlines():
+    """The items of a shard file's bytes (zstd, or gzip as written before)."""
+    for line in shard_codec.decompress(data).decode("utf-8").splitlines():
         if line:
             yield _decode_item(json.loads(line))

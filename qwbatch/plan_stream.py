@@ -46,7 +46,7 @@ from qwbatch.manifest import (
     read_manifest,
     rejects_table,
 )
-from qwbatch.manifest_vector import key_rows, shard_lines
+from qwbatch.manifest_vector import hex_keys, key_rows, shard_lines
 from qwbatch.models import RenderRequest
 from qwbatch.plan import Alias, Plan, PlanItem, decode_shard, encode_line, shard_key, write_shard
 from qwbatch.registry import ModelTable
@@ -208,10 +208,10 @@ class _Planner:
         for request in slow[next_slow:]:
             self._take_slow(request, new, slow_dedup)
 
-        keys = [d.hex() for d in digests]
-        self._add_new(block, keys, seeds, new)
+        keys, seed_array = hex_keys(digests), pa.array(seeds, pa.int64())
+        self._add_new(block, keys, seed_array, new)
         if dedup_fast:
-            self.dedup.append(_fast_dedup(fast, keys, seeds, dedup_fast))
+            self.dedup.append(_fast_dedup(fast, keys, seed_array, dedup_fast))
         if slow_dedup:
             self.dedup.append(_slow_dedup(slow_dedup))
         self.plan.deduplicated += len(dedup_fast) + len(slow_dedup)
@@ -243,15 +243,15 @@ class _Planner:
     def _add_new(
         self,
         block: CheckedBlock,
-        keys: list[str],
-        seeds: list[int],
+        keys: pa.Array,
+        seeds: pa.Array,
         new: list[int | RenderRequest],
     ) -> None:
         fast_new = [i for i in new if isinstance(i, int)]
-        lines: list[str] = []
+        lines = pa.array([], pa.string())
         if fast_new and block.rows is not None:
-            lines = shard_lines(block.rows, fast_new, keys, seeds)
             chosen = pa.array(fast_new, pa.int64())
+            lines = shard_lines(block.rows, chosen, keys, seeds)
             taken = block.fast.select(["model", "n", "tags"]).take(chosen).combine_chunks()
             self.tally.add_columns(
                 taken["model"].chunk(0), taken["n"].chunk(0), taken["tags"].chunk(0)
@@ -259,15 +259,21 @@ class _Planner:
         if len(fast_new) == len(new):
             self.writer.add(lines)
             return
-        fast_lines = iter(lines)
-        ordered: list[str] = []
+        # Rows of the row checker among them: their lines after the fast ones, then all
+        # put back in manifest order.
+        slow_lines: list[str] = []
+        order: list[int] = []
+        fast_at = 0
         for entry in new:
             if isinstance(entry, int):
-                ordered.append(next(fast_lines))
+                order.append(fast_at)
+                fast_at += 1
             else:
                 self.tally.add_request(entry)
-                ordered.append(encode_line(PlanItem(entry)))
-        self.writer.add(ordered)
+                order.append(len(fast_new) + len(slow_lines))
+                slow_lines.append(encode_line(PlanItem(entry)) + "\n")
+        every = pa.concat_arrays([lines, pa.array(slow_lines, pa.string())])
+        self.writer.add(every.take(pa.array(order, pa.int64())))
 
     def _alias_fast(self, fast: pa.Table, digests: list[bytes], rows: list[int]) -> None:
         picked = fast.select(["row_id", "row_number", "tags", "priority"]).take(
@@ -280,7 +286,7 @@ class _Planner:
             self.plan.folded += 1
 
 
-def _fast_dedup(fast: pa.Table, keys: list[str], seeds: list[int], rows: list[int]) -> pa.Table:
+def _fast_dedup(fast: pa.Table, keys: pa.Array, seeds: pa.Array, rows: list[int]) -> pa.Table:
     chosen = pa.array(rows, pa.int64())
     picked = fast.take(chosen)
     count = len(rows)
@@ -289,14 +295,14 @@ def _fast_dedup(fast: pa.Table, keys: list[str], seeds: list[int], rows: list[in
         {
             "order": picked["row_number"],
             "row_id": picked["row_id"],
-            "request_key": pa.array([keys[i] for i in rows], pa.string()),
+            "request_key": keys.take(chosen),
             "mode": picked["mode"],
             "model": picked["model"],
             "prompt": picked["prompt"],
             "negative_prompt": picked["negative_prompt"],
             "size": picked["size"],
             "n": picked["n"],
-            "seed": pa.array([seeds[i] for i in rows], pa.int64()),
+            "seed": seeds.take(chosen),
             "tags": picked["tags"],
             "input_images": empty,
             "input_sha256": empty,
@@ -415,7 +421,12 @@ def _stream_plan(
     )
     planner.dedup = []
     plan.dedup_part_uri = catalog.write_tables(
-        writes, rows, run_id=run_id, label="plan", unique=False
+        writes,
+        rows,
+        run_id=run_id,
+        label="plan",
+        unique=False,
+        use_dictionary=list(catalog_keys.DICTIONARY_COLUMNS),
     )
     return plan
 

@@ -5,7 +5,7 @@ machines, the run's flow cannot receive their :class:`~qwbatch.engine.ShardResul
 and Prefect result persistence would need storage shared by every worker. So each shard writes
 its small result beside its shard file, in the run's own store::
 
-    runs/<run_id>/shards/shard-00003.jsonl.gz        the requests (written by the plan)
+    runs/<run_id>/shards/shard-00003.jsonl.zst       the requests (written by the plan)
     runs/<run_id>/shards/shard-00003.result.json     the outcome (written after the shard)
 
 The run's flow reads them once the shard flow runs have ended. A result only summarises; the
@@ -19,17 +19,20 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import fields
 
+from qwbatch import shard_codec
 from qwbatch.engine import ShardResult
 from qwbatch.errors import StorageError
 from qwbatch.storage import ObjectNotFoundError, ObjectStore
 
-_SHARD_SUFFIX = ".jsonl.gz"
 _RESULT_SUFFIX = ".result.json"
 
 
 def result_key(shard_key: str) -> str:
     """The key of a shard's result file: beside the shard file, ``….result.json``."""
-    return shard_key.removesuffix(_SHARD_SUFFIX) + _RESULT_SUFFIX
+    for suffix in shard_codec.SUFFIXES:  # .jsonl.zst, or .jsonl.gz in a run planned before
+        if shard_key.endswith(suffix):
+            return shard_key.removesuffix(suffix) + _RESULT_SUFFIX
+    return shard_key + _RESULT_SUFFIX
 
 
 def write_shard_result(store: ObjectStore, result: ShardResult) -> str:

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from flows.render import render_manifest
+from qwbatch import shard_codec
 
 DEMO = Path(__file__).parent.parent / "manifests" / "demo.parquet"
 API_KEY = "sk-test-0123456789abcdefSECRET"
@@ -100,10 +101,8 @@ def test_demo_manifest_renders_end_to_end_and_rerun_pays_nothing(
     for path in out.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
-            if path.suffix == ".gz":
-                import gzip
-
-                data = gzip.decompress(data)
+            if path.suffix in (".gz", ".zst"):  # shard files
+                data = shard_codec.decompress(data)
             assert API_KEY.encode() not in data, path
 
 

@@ -3,7 +3,6 @@ against the simulator over HTTP, chained onto an earlier generation run."""
 
 from __future__ import annotations
 
-import gzip
 import logging
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.render import render_manifest
+from qwbatch import shard_codec
 from qwbatch.config import Settings
 from qwbatch.lineage import trace
 from qwbatch.storage import open_store
@@ -84,5 +84,5 @@ def test_edit_demo_renders_chains_and_reruns_for_free(
     for path in out.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
-            data = gzip.decompress(data) if path.suffix == ".gz" else data
+            data = shard_codec.decompress(data) if path.suffix in (".gz", ".zst") else data
             assert API_KEY.encode() not in data, path

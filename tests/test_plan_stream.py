@@ -20,7 +20,7 @@ from qwbatch.config import Settings
 from qwbatch.errors import ManifestError
 from qwbatch.keys import SEED_MAX, key_and_seed
 from qwbatch.manifest import read_manifest
-from qwbatch.manifest_vector import key_rows, shard_lines
+from qwbatch.manifest_vector import hex_keys, key_rows, shard_lines
 from qwbatch.models import CatalogRecord
 from qwbatch.plan import PlanItem, encode_line, plan_run, read_shard
 from qwbatch.plan_stream import stream_plan
@@ -83,9 +83,15 @@ def test_column_wise_keys_and_lines_equal_the_row_checkers(tmp_path: Path) -> No
     reader = read_manifest(manifest, table=TABLE, default_model=DEFAULT, batch_size=128)
     for block in reader.blocks():
         digests, seeds = key_rows(block.rows)
-        keys = [d.hex() for d in digests]
+        keys = hex_keys(digests).to_pylist()
+        assert keys == [d.hex() for d in digests]
         numbers = block.fast["row_number"].to_pylist()
-        lines = shard_lines(block.rows, range(len(keys)), keys, seeds) if block.rows else []
+        every = pa.array(range(len(keys)), pa.int64())
+        lines = (
+            shard_lines(block.rows, every, hex_keys(digests), pa.array(seeds)).to_pylist()
+            if block.rows
+            else []
+        )
         for number, key, seed, line in zip(numbers, keys, seeds, lines, strict=True):
             request = legacy.pop(number)
             assert (key, seed) == (request.request_key, request.seed)
@@ -100,7 +106,7 @@ def test_column_wise_keys_and_lines_equal_the_row_checkers(tmp_path: Path) -> No
                 prompt_extend=request.prompt_extend,
                 watermark=request.watermark,
             )
-            assert line == encode_line(PlanItem(request))
+            assert line == encode_line(PlanItem(request)) + "\n"
             assert json.loads(line)["request"]["row_number"] == number
         for request in block.requests:
             assert legacy.pop(request.row_number) == request
