@@ -137,6 +137,17 @@ def write_tables(
     at a time into one part (memory: one table plus the part's compressed bytes).
     ``use_dictionary`` names the columns to dictionary-encode (all by default): a column
     whose values are nearly all distinct only pays for a dictionary it then drops."""
+    data = encode_tables(tables, use_dictionary=use_dictionary)
+    if data is None:
+        return None
+    return put_part(store, data, run_id=run_id, label=label, unique=unique)
+
+
+def encode_tables(
+    tables: Iterable[pa.Table], *, use_dictionary: bool | Sequence[str] = True
+) -> bytes | None:
+    """Rows of :data:`SCHEMA` as the bytes of one part (see :func:`write_tables`); None
+    when there are none."""
     sink = io.BytesIO()
     rows = 0
     with pq.ParquetWriter(
@@ -146,11 +157,16 @@ def write_tables(
             rows += table.num_rows
             if table.num_rows:
                 writer.write_table(table)
-    if not rows:
-        return None
+    return sink.getvalue() if rows else None
+
+
+def put_part(
+    store: ObjectStore, data: bytes, *, run_id: str, label: str, unique: bool = True
+) -> str:
+    """Store a part's bytes (:func:`encode_tables`) under its name (see :func:`write_part`)."""
     suffix = f"-{uuid.uuid4().hex[:8]}" if unique else ""
     key = f"{CATALOG_PREFIX}part-{run_id}-{label}{suffix}.parquet"
-    store.put(key, sink.getvalue(), content_type="application/x-parquet")
+    store.put(key, data, content_type="application/x-parquet")
     return store.uri(key)
 
 

@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     input_fetch_timeout_s: float = 30.0
     #: Inputs fetched and checked at once while planning.
     input_fetch_concurrency: int = 8
+    #: Manifests of at least this many rows are planned in two processes (0: always one).
+    plan_split_rows: int = 200_000
 
     def base_url(self) -> str:
         """The DashScope base URL: an explicit one wins, else the region's."""

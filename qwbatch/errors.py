@@ -180,3 +180,9 @@ class JournalError(StorageError):
     """
 
     code = "JournalError"
+
+
+class PlanHelperError(QwBatchError):
+    """The second process of a plan made in two (a large manifest) failed or vanished."""
+
+    code = "PlanHelper"

@@ -231,6 +231,16 @@ class ManifestSummary:
     batches: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class DuplicateIds:
+    """Ids that occur more than once in a manifest (``candidates``) and, when known, the row
+    each occurs at first (``first_rows``): what a reader of a later part of the manifest
+    needs to refuse a repeat of an id first seen before its part, as a whole read does."""
+
+    candidates: frozenset[str] = frozenset()
+    first_rows: dict[str, int] = field(default_factory=dict)
+
+
 def rejects_table(rejects: Iterable[Reject]) -> pa.Table:
     """The rejects as an Arrow table (``REJECTS_SCHEMA``), ready for ``pyarrow.parquet``."""
     rows = list(rejects)
@@ -315,13 +325,15 @@ class _RowChecker:
         table: ModelTable,
         default_model: str,
         resolve_input: InputResolver,
-        duplicate_candidates: frozenset[str],
+        duplicates: DuplicateIds,
     ) -> None:
         self._table = table
         self._default = table.get(default_model)
         self._resolve = resolve_input
-        self._candidates = duplicate_candidates
-        self._first_seen: dict[str, int] = {}
+        self._candidates = duplicates.candidates
+        #: Repeated id → the row it was first seen at (known up front when the reader reads
+        #: a later part of the manifest only; otherwise set as rows are checked).
+        self._first_seen: dict[str, int] = dict(duplicates.first_rows)
         # (model, mode, size) cells → setting, or (column, reason) refusing them. Manifests
         # repeat a handful of combinations, so one lookup replaces a dozen checks per row.
         self._settings: dict[tuple[object, object, object], _Setting | tuple[str, str]] = {}
@@ -586,6 +598,57 @@ def _duplicate_candidates(files: list[ManifestFile]) -> frozenset[str]:
     return found
 
 
+def manifest_rows(
+    path: str | os.PathLike[str], *, settings: Settings | None = None
+) -> list[int]:
+    """The rows of each of the manifest's files, from their footers alone (ManifestError
+    when a file cannot be opened)."""
+    rows: list[int] = []
+    for file in manifest_files(path, settings=settings):
+        parquet = _open(file)
+        try:
+            rows.append(parquet.metadata.num_rows)
+        finally:
+            parquet.close()
+    return rows
+
+
+def batch_starts(file_rows: list[int], batch_size: int) -> list[int]:
+    """The rows a reader's record batches start at, for files of ``file_rows`` rows read
+    in batches of ``batch_size`` (each file's batches start at its first row)."""
+    starts: list[int] = []
+    offset = 0
+    for rows in file_rows:
+        starts.extend(range(offset, offset + rows, batch_size))
+        offset += rows
+    return starts
+
+
+def _first_rows(files: list[ManifestFile], candidates: frozenset[str]) -> dict[str, int]:
+    """The row each of ``candidates`` first occurs at (a second pass over the ``id`` column;
+    none when there is no repeated id)."""
+    first: dict[str, int] = {}
+    if not candidates:
+        return first
+    wanted = pa.array(sorted(candidates), pa.string()).cast(pa.large_binary())
+    offset = 0
+    for path in files:
+        parquet = _open(path)
+        try:
+            column = parquet.read(columns=["id"]).column("id")
+        except (OSError, pa.ArrowException) as exc:
+            raise ManifestError(f"cannot read manifest {path}: {exc}") from exc
+        finally:
+            parquet.close()
+        for chunk in column.chunks:
+            ids = _id_bytes(chunk)
+            for at in pc.indices_nonzero(pc.is_in(ids, value_set=wanted)).to_pylist():
+                rid = ids[at].as_py().decode("utf-8", "replace")
+                first.setdefault(rid, offset + at)
+            offset += len(chunk)
+    return first
+
+
 # --------------------------------------------------------------------------- the reader
 
 
@@ -625,6 +688,7 @@ class ManifestReader:
         strict: bool = False,
         resolve_input: InputResolver | None = None,
         settings: Settings | None = None,
+        duplicates: DuplicateIds | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -636,12 +700,15 @@ class ManifestReader:
         self._batch_size = batch_size
         self._files = manifest_files(path, settings=settings)
         self._columns: list[list[str]] = []
+        #: Rows of each file, from its footer.
+        self.file_rows: list[int] = []
         warnings: list[str] = []
         total = 0
         for file in self._files:
             parquet = _open(file)
             try:
                 present, file_warnings = _check_schema(parquet.schema_arrow, file)
+                self.file_rows.append(parquet.metadata.num_rows)
                 total += parquet.metadata.num_rows
             finally:
                 parquet.close()
@@ -651,15 +718,29 @@ class ManifestReader:
         self._resolver = resolve_input or (
             RemoteManifestInputs(str(path)) if remote else LocalInputResolver(Path(path).parent)
         )
-        self._checker = _RowChecker(
-            table, default_model, self._resolver, _duplicate_candidates(self._files)
-        )
+        if duplicates is None:
+            duplicates = DuplicateIds(_duplicate_candidates(self._files))
+        self._checker = _RowChecker(table, default_model, self._resolver, duplicates)
         self._batches = self._read()
 
     @property
     def warnings(self) -> list[str]:
         """Manifest-level remarks, such as ignored unknown columns."""
         return self.summary.warnings
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    def duplicates(self) -> DuplicateIds:
+        """The repeated ids and the row each is first seen at (reads the ids again when
+        there are any): hand them to a reader of a later part of the manifest."""
+        candidates = self._checker.candidates
+        return DuplicateIds(candidates, _first_rows(self._files, candidates))
+
+    def batch_starts(self) -> list[int]:
+        """The rows a record batch starts at: where :meth:`blocks` may start or stop."""
+        return batch_starts(self.file_rows, self._batch_size)
 
     def __iter__(self) -> ManifestReader:
         return self
@@ -743,11 +824,14 @@ class ManifestReader:
                 f"{offset}–{offset + rows - 1}: {shown}"
             )
 
-    def blocks(self) -> Iterator[CheckedBlock]:
+    def blocks(self, start: int = 0, stop: int | None = None) -> Iterator[CheckedBlock]:
         """The manifest as CheckedBlock values: the column-wise path (``manifest_vector``)
-        for the common rows, the row checker for the rest. Use instead of iterating."""
+        for the common rows, the row checker for the rest. Use instead of iterating.
+
+        ``start`` and ``stop`` (rows; each one of :meth:`batch_starts`, or ``stop`` None for
+        the end) read a part of the manifest in the same batches as a whole read."""
         candidates = pa.array(sorted(self._checker.candidates), pa.string())
-        for record_batch, offset in self._record_batches():
+        for record_batch, offset in self._record_batches(start, stop):
             rows = record_batch.num_rows
             block = check_block(record_batch, offset, self._checker.vector_setting, candidates)
             requests: list[RenderRequest] = []
@@ -758,13 +842,29 @@ class ManifestReader:
             self._count(rows, block.fast.num_rows + len(requests), rejects, offset)
             yield CheckedBlock(offset, rows, block.fast, block.rows, requests, rejects)
 
-    def _record_batches(self) -> Generator[tuple[pa.RecordBatch, int], None, None]:
-        offset = 0
-        for file, present in zip(self._files, self._columns, strict=True):
+    def _record_batches(
+        self, start: int = 0, stop: int | None = None
+    ) -> Generator[tuple[pa.RecordBatch, int], None, None]:
+        """Record batches and the row each starts at, from row ``start`` to ``stop``."""
+        if start or stop is not None:
+            starts = self.batch_starts()
+            for bound in (start, stop):
+                if bound is not None and bound not in starts and bound != self.summary.total_rows:
+                    raise ValueError(f"row {bound} is not where a batch starts")
+        first_row = 0
+        for file, present, rows in zip(self._files, self._columns, self.file_rows, strict=True):
+            if first_row + rows <= start:  # wholly before the part asked for
+                first_row += rows
+                continue
+            if stop is not None and first_row >= stop:
+                return
+            offset = max(first_row, start)
             parquet = _open(file)
             try:
-                batches = parquet.iter_batches(batch_size=self._batch_size, columns=present)
+                batches = _batches_from(parquet, offset - first_row, self._batch_size, present)
                 while True:
+                    if stop is not None and offset >= stop:
+                        return
                     try:
                         record_batch = next(batches)
                     except StopIteration:
@@ -775,6 +875,47 @@ class ManifestReader:
                     offset += record_batch.num_rows
             finally:
                 parquet.close()
+            first_row += rows
+
+
+def _batches_from(
+    parquet: pq.ParquetFile, row: int, size: int, columns: list[str]
+) -> Iterator[pa.RecordBatch]:
+    """``parquet``'s record batches of ``size`` rows from ``row`` (a multiple of ``size``):
+    the batches a read from its first row gives from there on."""
+    if row == 0:
+        whole: Iterator[pa.RecordBatch] = parquet.iter_batches(batch_size=size, columns=columns)
+        return whole
+    group, group_row = 0, 0
+    meta = parquet.metadata
+    while group_row + meta.row_group(group).num_rows <= row:
+        group_row += meta.row_group(group).num_rows
+        group += 1
+    groups = range(group, meta.num_row_groups)
+    batches = parquet.iter_batches(batch_size=size, row_groups=groups, columns=columns)
+    skip = row - group_row
+    return batches if skip == 0 else _rebatched(batches, skip, size)
+
+
+def _rebatched(batches: Iterable[pa.RecordBatch], skip: int, size: int) -> Iterator[pa.RecordBatch]:
+    """``batches`` without their first ``skip`` rows, cut again into batches of ``size``."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        if skip:
+            if batch.num_rows <= skip:
+                skip -= batch.num_rows
+                continue
+            batch, skip = batch.slice(skip), 0
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= size:
+            whole = pa.Table.from_batches(pending).combine_chunks()
+            yield from whole.slice(0, size).to_batches()
+            rest = whole.slice(size)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield from pa.Table.from_batches(pending).combine_chunks().to_batches()
 
 
 def read_manifest(
@@ -786,6 +927,7 @@ def read_manifest(
     strict: bool = False,
     resolve_input: InputResolver | None = None,
     settings: Settings | None = None,
+    duplicates: DuplicateIds | None = None,
 ) -> ManifestReader:
     """Read, validate and normalise a manifest, ``batch_size`` rows at a time.
 
@@ -819,4 +961,5 @@ def read_manifest(
         strict=strict,
         resolve_input=resolve_input,
         settings=settings,
+        duplicates=duplicates,
     )

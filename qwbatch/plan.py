@@ -72,6 +72,8 @@ class Plan:
     shard_keys: list[str] = field(default_factory=list)
     rejects_uri: str | None = None
     dedup_part_uri: str | None = None
+    #: Every catalog part of deduplicated rows written (two when planned in two processes).
+    dedup_part_uris: list[str] = field(default_factory=list)
     images_by_model: dict[str, int] = field(default_factory=dict)
     #: What the requests to render cost if every image is made (after any budget trim).
     estimate: Estimate | None = None
@@ -226,6 +228,7 @@ def plan_run(
     plan.dedup_part_uri = catalog.write_part(
         store, dedup, run_id=run_id, label="plan", unique=False
     )
+    plan.dedup_part_uris = [plan.dedup_part_uri] if plan.dedup_part_uri else []
     for index, start in enumerate(range(0, len(ordered), size)):
         plan.shard_keys.append(write_shard(store, run_id, index, ordered[start : start + size]))
     return plan

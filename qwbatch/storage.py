@@ -584,6 +584,14 @@ class S3Store:
     def __repr__(self) -> str:
         return f"S3Store({self.root_uri!r})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as what opens the same store in another process (a large manifest's
+        second planning process): a new client aimed where this one is (endpoint, region,
+        configuration). Credentials come from the AWS chain there, never from the pickle."""
+        meta = self.client.meta
+        where = (meta.endpoint_url, meta.region_name, meta.config)
+        return (_reopen_s3, (where, self.bucket, self.prefix, self.list_page_size))
+
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._full_key(key)}"
 
@@ -729,6 +737,14 @@ class S3Store:
         except BotoCoreError as exc:
             endpoint = _safe_endpoint(self.client.meta.endpoint_url)
             raise _translate_botocore_error(op, uri, exc, endpoint) from exc
+
+
+def _reopen_s3(where: tuple[str, str, Config], bucket: str, prefix: str, page: int) -> S3Store:
+    endpoint_url, region, config = where
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=endpoint_url, region_name=region, config=config
+    )
+    return S3Store(client, bucket, prefix, list_page_size=page)
 
 
 def _etag(value: str | None) -> str | None:

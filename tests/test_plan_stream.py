@@ -289,8 +289,10 @@ def test_dedup_rows_join_each_request_to_its_stored_output(tmp_path: Path, absen
         },
         schema=catalog_keys.REQUEST_SCHEMA,
     )
-    halves = [requests.slice(0, 3), requests.slice(3)]  # as the plan hands them: by block
-    slices = list(catalog_keys.dedup_rows(store, halves, run_id="r2", currency="CNY", slice_rows=2))
+    kept = catalog_keys.DedupRows()
+    for block in (requests.slice(0, 3), requests.slice(3)):  # as the plan hands them: by block
+        kept.add(block)
+    slices = list(catalog_keys.dedup_rows(store, kept, run_id="r2", currency="CNY", slice_rows=2))
     rows = pa.concat_tables(slices).to_pylist()
     expected_ids = [f"row-{i}" for i, key in enumerate(asked_keys) if key in keys]
     assert [r["row_id"] for r in rows] == expected_ids
