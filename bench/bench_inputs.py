@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from qwbatch import runner
-from qwbatch.config import Settings
-from qwbatch.plan import new_run_id
+from qwbatch.core.settings import Settings
+from qwbatch.plan.planner import new_run_id
+from qwbatch.run import runner
 
 
 def serve(images: dict[str, bytes], latency_s: float) -> ThreadingHTTPServer:

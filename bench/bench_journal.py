@@ -27,15 +27,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.common import BENCH_KEY, simulator_process
-    from qwbatch.config import Settings
-    from qwbatch.engine import Engine
-    from qwbatch.journal import Journal, StoreJournal
-    from qwbatch.keys import request_key
-    from qwbatch.models import RenderRequest
-    from qwbatch.plan import PlanItem
+    from qwbatch.core.keys import request_key
+    from qwbatch.core.model_table import ModelTable
+    from qwbatch.core.settings import Settings
+    from qwbatch.core.types import RenderRequest
+    from qwbatch.plan.planner import PlanItem
     from qwbatch.providers.dashscope import DashScopeProvider
-    from qwbatch.registry import ModelTable
-    from qwbatch.storage import LocalStore
+    from qwbatch.render.engine import Engine
+    from qwbatch.render.journal import Journal, StoreJournal
+    from qwbatch.storage.stores import LocalStore
 
     table = ModelTable.load()
 

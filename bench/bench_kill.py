@@ -184,8 +184,8 @@ def kill_and_resume(
     The delay is uniform up to ``max_delay_s`` (default: scaled to the manifest, 2 s for
     500 rows). A child that finishes before its kill ends the loop: nothing is left.
     """
-    from qwbatch.journal import read_run_journal
-    from qwbatch.storage import LocalStore
+    from qwbatch.render.journal import read_run_journal
+    from qwbatch.storage.stores import LocalStore
 
     rows = pq.read_metadata(manifest).num_rows
     report = KillReport(rows=rows)
@@ -235,8 +235,8 @@ def account(report: KillReport, out: Path, ledger: dict) -> KillReport:
     """Fill in the ledger's and the catalog's half of the report."""
     import json
 
-    from qwbatch.catalog import read_catalog
-    from qwbatch.storage import LocalStore
+    from qwbatch.catalog.table import read_catalog
+    from qwbatch.storage.stores import LocalStore
 
     store = LocalStore(out)
     rows = [r for r in read_catalog(store).to_pylist() if r["run_id"] == RUN_ID]

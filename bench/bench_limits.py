@@ -282,15 +282,15 @@ def _baseline_registry(scope: str, rps: float, max_in_flight: int) -> Any:
 
 def worker(args: argparse.Namespace) -> None:
     """One shard: render unique requests until ``--duration`` seconds have passed."""
-    from qwbatch.config import Settings
-    from qwbatch.engine import Engine
-    from qwbatch.keys import request_key
+    from qwbatch.core.keys import request_key
+    from qwbatch.core.model_table import ModelTable
+    from qwbatch.core.settings import Settings
+    from qwbatch.core.types import RenderRequest
     from qwbatch.limits import LIMITERS
-    from qwbatch.models import RenderRequest
-    from qwbatch.plan import PlanItem
+    from qwbatch.plan.planner import PlanItem
     from qwbatch.providers.dashscope import DashScopeProvider
-    from qwbatch.registry import ModelTable
-    from qwbatch.storage import open_store
+    from qwbatch.render.engine import Engine
+    from qwbatch.storage.stores import open_store
 
     # Room for R × 1 s of latency, and then some, unless the caller sets the cap.
     max_in_flight = args.max_in_flight or max(4, int(args.rps * 1.6))

@@ -68,8 +68,8 @@ def write_manifest(path: Path, rows: int, seed: int = 7) -> None:
 
 def read_once(path: Path, batch_size: int) -> dict[str, float]:
     """Read the manifest once; wall time (s), counts and peak RSS (MiB) of this process."""
-    from qwbatch.manifest import read_manifest
-    from qwbatch.registry import ModelTable
+    from qwbatch.core.model_table import ModelTable
+    from qwbatch.manifest.reader import read_manifest
 
     table = ModelTable.load()
     start, cpu_start = time.perf_counter(), time.process_time()

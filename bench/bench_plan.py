@@ -8,7 +8,7 @@ fresh child process (so its peak RSS is the plan's alone) on a fresh output fold
 catalog parts are hard links to the cached ones. Beside it, another child times a plain
 ``pyarrow.parquet.read_table`` of the same manifest: the ratio is plan ÷ read_table.
 
-A manifest this large is planned in two processes (``qwbatch.plan_split``). CPU is both
+A manifest this large is planned in two processes (``qwbatch.plan.split``). CPU is both
 processes' (the plan's own and its finished children's), and the peak RSS reported is the
 plan process's peak plus its children's (``RUSAGE_CHILDREN``: the largest child's peak):
 an upper bound of the two processes' peak together, as both peaks need not come at once.
@@ -45,7 +45,7 @@ DEFAULT_CACHE = Path.home() / ".cache" / "qwbatch-bench"
 
 
 def _catalog_part(keys: list[str], index: int) -> pa.Table:
-    from qwbatch.catalog import SCHEMA
+    from qwbatch.catalog.table import SCHEMA
 
     rows = len(keys)
     columns: dict[str, pa.Array] = {}
@@ -71,8 +71,8 @@ def prepare(cache: Path, rows: int) -> tuple[Path, Path]:
     """(manifest path, catalog folder) for ``rows`` rows, generated once under ``cache``."""
     import hashlib
 
-    from qwbatch.manifest import read_manifest
-    from qwbatch.registry import ModelTable
+    from qwbatch.core.model_table import ModelTable
+    from qwbatch.manifest.reader import read_manifest
 
     folder = cache / f"plan-{rows}"
     manifest, catalog = folder / "manifest.parquet", folder / "catalog"
@@ -99,10 +99,10 @@ def prepare(cache: Path, rows: int) -> tuple[Path, Path]:
 
 def plan_once(manifest: Path, catalog: Path) -> dict[str, float]:
     """Plan into a fresh folder (catalog parts hard-linked); wall seconds, counts, peak RSS."""
-    from qwbatch.config import Settings
-    from qwbatch.plan import plan_run
-    from qwbatch.registry import ModelTable
-    from qwbatch.storage import LocalStore
+    from qwbatch.core.model_table import ModelTable
+    from qwbatch.core.settings import Settings
+    from qwbatch.plan.planner import plan_run
+    from qwbatch.storage.stores import LocalStore
 
     with tempfile.TemporaryDirectory(dir=manifest.parent) as tmp:
         out = Path(tmp) / "out"
@@ -147,8 +147,8 @@ def read_table_once(manifest: Path) -> dict[str, float]:
 
 def read_manifest_once(manifest: Path) -> dict[str, float]:
     """The validating reader alone (no catalog, no shards): the plan's own floor."""
-    from qwbatch.manifest import read_manifest
-    from qwbatch.registry import ModelTable
+    from qwbatch.core.model_table import ModelTable
+    from qwbatch.manifest.reader import read_manifest
 
     started, cpu = time.perf_counter(), time.process_time()
     for _ in read_manifest(manifest, table=ModelTable.load(), default_model="qwen-image-2.0"):

@@ -15,7 +15,7 @@ import argparse
 import statistics
 import time
 
-from qwbatch import images
+from qwbatch.core import images
 from qwbatch.simulator.render import Recipe, render
 
 SIZES = [(1024, 1024), (1664, 928), (2048, 2048)]

@@ -1,6 +1,6 @@
 """The Prefect artifacts of a render run: progress as shards finish, then cost and a summary.
 
-The figures come from :mod:`qwbatch.report` (read back from the run's catalog rows, the
+The figures come from :mod:`qwbatch.report.numbers` (read back from the run's catalog rows, the
 source of truth); this module only hands them to Prefect. Keys are stable across runs, so
 the UI's Artifacts page shows each one's history; every artifact is also linked to its run.
 """
@@ -17,9 +17,9 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from qwbatch.report import Report, cost_table, run_markdown
-from qwbatch.run_markdown import sheet_markdown
-from qwbatch.summary import RunSummary
+from qwbatch.report.markdown import sheet_markdown
+from qwbatch.report.numbers import Report, cost_table, run_markdown
+from qwbatch.run.summary import RunSummary
 
 COST_KEY = "qwbatch-cost"
 SUMMARY_KEY = "render-summary"

@@ -43,14 +43,15 @@ from prefect.states import Cancelling
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.secret_blocks import export_secret_blocks
-from qwbatch import limits, runner
-from qwbatch.budget import BudgetSpec
-from qwbatch.config import Settings, settings_with
-from qwbatch.engine import ShardResult
-from qwbatch.errors import ShardRunError
-from qwbatch.shard_results import group_shards, read_shard_result, write_shard_result
-from qwbatch.stop import STOP
-from qwbatch.storage import open_store
+from qwbatch import limits
+from qwbatch.budget.policy import BudgetSpec
+from qwbatch.core.errors import ShardRunError
+from qwbatch.core.settings import Settings, settings_with
+from qwbatch.core.stop import STOP
+from qwbatch.render.engine import ShardResult
+from qwbatch.render.shard_results import group_shards, read_shard_result, write_shard_result
+from qwbatch.run import runner
+from qwbatch.storage.stores import open_store
 
 #: Seconds between two looks at the child flow runs' states.
 POLL_INTERVAL_S = 2.0
@@ -105,7 +106,7 @@ def render_shards(
 ) -> int:
     """Render some shards of run ``run_id`` (planned by render-manifest); how many.
 
-    ``budget`` is the run's :class:`~qwbatch.budget.BudgetSpec` as plain values; with the
+    ``budget`` is the run's :class:`~qwbatch.budget.policy.BudgetSpec` as plain values; with the
     ``prefect`` backend every worker spends from the one counter on the server.
     """
     # A worker's SIGTERM (a cancel) stops the shards cleanly: journal, parts, results;

@@ -7,10 +7,10 @@ Markdown summary.
 
 A run survives crashes and stops: an unfinished run of the same manifest in ``out`` is
 resumed (``resume`` names one, ``auto_resume=False`` starts afresh), and SIGINT/SIGTERM stop
-it cleanly (:mod:`qwbatch.stop`): in-flight work ends or is journaled, catalog parts are
+it cleanly (:mod:`qwbatch.core.stop`): in-flight work ends or is journaled, catalog parts are
 written, and the summary counts what is ``left``.
 
-The flow is orchestration only: every step is one call into :mod:`qwbatch.runner`. Shards,
+The flow is orchestration only: every step is one call into :mod:`qwbatch.run.runner`. Shards,
 not images, are Prefect tasks (a task costs about 10 ms of overhead; a shard holds a few
 hundred requests), and each task builds its own clients from settings, so any worker can run
 any shard.
@@ -31,16 +31,18 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import artifacts
 from flows.fanout import fan_out
 from flows.secret_blocks import export_secret_blocks
-from qwbatch import contact_sheet, limits, runner
-from qwbatch import report as reports
-from qwbatch.budget import BudgetMode, BudgetPolicy, BudgetSpec
-from qwbatch.config import Settings, run_overrides, settings_with
-from qwbatch.costs import money
-from qwbatch.engine import ShardResult
-from qwbatch.errors import BudgetExceededError
-from qwbatch.stop import STOP
-from qwbatch.storage import open_store
-from qwbatch.summary import RunSummary
+from qwbatch import limits
+from qwbatch.budget.policy import BudgetMode, BudgetPolicy, BudgetSpec
+from qwbatch.core.costs import money
+from qwbatch.core.errors import BudgetExceededError
+from qwbatch.core.settings import Settings, run_overrides, settings_with
+from qwbatch.core.stop import STOP
+from qwbatch.render.engine import ShardResult
+from qwbatch.report import contact_sheet
+from qwbatch.report import numbers as reports
+from qwbatch.run import runner
+from qwbatch.run.summary import RunSummary
+from qwbatch.storage.stores import open_store
 
 
 def load_settings(overrides: dict[str, Any] | None) -> Settings:

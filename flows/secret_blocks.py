@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, MutableMapping
 from typing import Any, cast
 
-from qwbatch.errors import ConfigError
+from qwbatch.core.errors import ConfigError
 
 #: The environment variable holding the JSON map ``{"ENV_NAME": "secret-block-name"}``.
 SECRET_BLOCKS_ENV = "QWBATCH_SECRET_BLOCKS"  # noqa: S105  # a variable's name, not a secret

@@ -1,3 +1,5 @@
 """qwbatch: batch image generation and editing with Qwen-Image, at scale, without paying twice."""
 
-__version__ = "0.1.0"
+from qwbatch.core.version import __version__
+
+__all__ = ["__version__"]

@@ -33,8 +33,8 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.s3.models import s3_backends
 from moto.server import ThreadedMotoServer
 
-from qwbatch.config import Settings
-from qwbatch.storage import make_s3_client
+from qwbatch.core.settings import Settings
+from qwbatch.storage.stores import make_s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

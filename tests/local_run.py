@@ -10,11 +10,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from qwbatch import runner
-from qwbatch.config import Settings
-from qwbatch.stop import StopSignal
-from qwbatch.storage import ObjectStore
-from qwbatch.summary import RunSummary
+from qwbatch.core.settings import Settings
+from qwbatch.core.stop import StopSignal
+from qwbatch.run import runner
+from qwbatch.run.summary import RunSummary
+from qwbatch.storage.stores import ObjectStore
 
 
 def render_all(

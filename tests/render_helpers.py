@@ -7,15 +7,15 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-from qwbatch import catalog
-from qwbatch.config import Settings
-from qwbatch.engine import Engine, RecordsCallback
-from qwbatch.keys import request_key
-from qwbatch.models import CatalogRecord, RenderRequest
-from qwbatch.plan import PlanItem
+from qwbatch.catalog import table as catalog
+from qwbatch.core.keys import request_key
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import CatalogRecord, RenderRequest
+from qwbatch.plan.planner import PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
-from qwbatch.registry import ModelTable
-from qwbatch.storage import ObjectStore, open_store
+from qwbatch.render.engine import Engine, RecordsCallback
+from qwbatch.storage.stores import ObjectStore, open_store
 
 KEY = "sk-views-test-key-0123456789abcdef"
 TABLE = ModelTable.load()

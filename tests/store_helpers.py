@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from qwbatch.storage import DEFAULT_CONTENT_TYPE, LocalStore, ObjectInfo, PutResult
+from qwbatch.storage.stores import DEFAULT_CONTENT_TYPE, LocalStore, ObjectInfo, PutResult
 
 
 class FlakyStore:

@@ -16,9 +16,9 @@ import aiohttp
 import httpx
 import pytest
 
-from qwbatch.config import Settings
-from qwbatch.errors import ProviderAmbiguousError, ProviderError, ProviderTransientError
-from qwbatch.models import RenderRequest
+from qwbatch.core.errors import ProviderAmbiguousError, ProviderError, ProviderTransientError
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import RenderRequest
 from qwbatch.providers.aiohttp_transport import AiohttpTransport, translate
 from qwbatch.providers.dashscope import DashScopeProvider
 

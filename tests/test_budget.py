@@ -15,17 +15,17 @@ import pyarrow.parquet as pq
 import pytest
 import render_helpers
 
-from qwbatch import runner
-from qwbatch.budget import BUDGETS, BudgetSpec, LocalBudget
-from qwbatch.config import Settings
-from qwbatch.costs import PriceTable
-from qwbatch.engine import Engine, ShardResult
-from qwbatch.errors import BudgetExceededError
-from qwbatch.models import CatalogRecord, RenderRequest
-from qwbatch.plan import PlanItem, plan_run
+from qwbatch.budget.policy import BUDGETS, BudgetSpec, LocalBudget
+from qwbatch.core.costs import PriceTable
+from qwbatch.core.errors import BudgetExceededError
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import CatalogRecord, RenderRequest
+from qwbatch.plan.planner import PlanItem, plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
-from qwbatch.registry import ModelTable
-from qwbatch.storage import open_store
+from qwbatch.render.engine import Engine, ShardResult
+from qwbatch.run import runner
+from qwbatch.storage.stores import open_store
 
 KEY = "sk-budget-test-key-0123456789abcdef"
 TABLE = ModelTable.load()

@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qwbatch.budget import BudgetSpec, open_run_budget
-from qwbatch.budget_prefect import PrefectBudget, create_counter, delete_counter, read_counter
-from qwbatch.config import Settings
-from qwbatch.costs import PriceTable
-from qwbatch.plan import plan_run
-from qwbatch.registry import ModelTable
-from qwbatch.storage import open_store
+from qwbatch.budget.policy import BudgetSpec, open_run_budget
+from qwbatch.budget.shared import PrefectBudget, create_counter, delete_counter, read_counter
+from qwbatch.core.costs import PriceTable
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
+from qwbatch.plan.planner import plan_run
+from qwbatch.storage.stores import open_store
 
 ROOT = Path(__file__).parent.parent
 KEY = "sk-budget-prefect-test-key-0123456789"
@@ -32,9 +32,9 @@ PRICES = PriceTable.load(Settings(), TABLE)
 WORKER = """
 import json, sys, time
 from pathlib import Path
-from qwbatch import runner
-from qwbatch.budget import BudgetSpec
-from qwbatch.config import Settings
+from qwbatch.run import runner
+from qwbatch.budget.policy import BudgetSpec
+from qwbatch.core.settings import Settings
 
 shard, out, folder, spec = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])
 settings = Settings()

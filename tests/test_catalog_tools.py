@@ -13,12 +13,12 @@ import pytest
 from local_run import fast_settings, render_all
 from typer.testing import CliRunner
 
-from qwbatch import catalog
+from qwbatch.catalog import table as catalog
+from qwbatch.catalog.rebuild import rebuild
 from qwbatch.cli import app
-from qwbatch.compaction import compact, write_merged
-from qwbatch.imagemeta import REQUEST_DOC
-from qwbatch.rebuild import rebuild
-from qwbatch.storage import LocalStore, open_store
+from qwbatch.run.compaction import compact, write_merged
+from qwbatch.storage.metadata import REQUEST_DOC
+from qwbatch.storage.stores import LocalStore, open_store
 
 KEY = "sk-catalog-tools-key"
 #: Columns a rebuild restores exactly from object metadata.
@@ -181,7 +181,7 @@ def test_an_interrupted_compaction_never_shows_rows_twice_and_is_finished_later(
 
 
 def test_compact_leaves_parts_of_unfinished_runs_alone(sim, tmp_path) -> None:
-    from qwbatch import runner
+    from qwbatch.run import runner
 
     sim.configure(api_key=KEY, fast=True)
     settings = fast_settings(sim, KEY, shard_size=2)

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 from PIL import Image
 from typer.testing import CliRunner
 
-from qwbatch import catalog
+from qwbatch.catalog import table as catalog
 from qwbatch.cli import app
-from qwbatch.models import CatalogRecord
-from qwbatch.storage import LocalStore
+from qwbatch.core.types import CatalogRecord
+from qwbatch.storage.stores import LocalStore
 
 ROOT = Path(__file__).parent.parent
 EDIT_DEMO = ROOT / "manifests" / "edit-demo.parquet"

@@ -10,16 +10,16 @@ from PIL import Image, ImageChops, ImageDraw
 from render_helpers import engine_settings, make_request, render
 from typer.testing import CliRunner
 
-from qwbatch import catalog
-from qwbatch.catalog_view import RowFilter, parse_filters, select_rows
+from qwbatch.catalog import table as catalog
+from qwbatch.catalog.view import RowFilter, parse_filters, select_rows
 from qwbatch.cli import app
-from qwbatch.contact_sheet import Layout, fit_lines, make_contact_sheet
-from qwbatch.errors import ConfigError
-from qwbatch.fonts import caption_font, find_caption_font
-from qwbatch.models import CatalogRecord
-from qwbatch.plan import PlanItem
+from qwbatch.core.errors import ConfigError
+from qwbatch.core.fonts import caption_font, find_caption_font
+from qwbatch.core.types import CatalogRecord
+from qwbatch.plan.planner import PlanItem
+from qwbatch.report.contact_sheet import Layout, fit_lines, make_contact_sheet
 from qwbatch.simulator.render import colour
-from qwbatch.storage import LocalStore
+from qwbatch.storage.stores import LocalStore
 
 runner = CliRunner()
 RUN_1 = "20260101T000000Z-aaaaaa"

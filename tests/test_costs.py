@@ -9,16 +9,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qwbatch.budget import BudgetPolicy, apply, rank
-from qwbatch.config import Settings
-from qwbatch.costs import UNTAGGED, PriceTable, estimate, money
-from qwbatch.errors import BudgetExceededError, ConfigError
-from qwbatch.keys import request_key
-from qwbatch.manifest import read_manifest
-from qwbatch.models import RenderRequest
-from qwbatch.plan import PlanItem, plan_run
-from qwbatch.registry import ModelTable
-from qwbatch.storage import open_store
+from qwbatch.budget.policy import BudgetPolicy, apply, rank
+from qwbatch.core.costs import UNTAGGED, PriceTable, estimate, money
+from qwbatch.core.errors import BudgetExceededError, ConfigError
+from qwbatch.core.keys import request_key
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import RenderRequest
+from qwbatch.manifest.reader import read_manifest
+from qwbatch.plan.planner import PlanItem, plan_run
+from qwbatch.storage.stores import open_store
 
 TABLE = ModelTable.load()
 

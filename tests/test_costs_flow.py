@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.render import render_manifest
-from qwbatch.budget import resolve_backend
+from qwbatch.budget.policy import resolve_backend
 from qwbatch.cli import app
-from qwbatch.config import Settings
-from qwbatch.costs import PriceTable
-from qwbatch.registry import ModelTable
+from qwbatch.core.costs import PriceTable
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
 
 DEMO = Path(__file__).parent.parent / "manifests" / "demo.parquet"
 API_KEY = "sk-costs-flow-test-0123456789abcdef"

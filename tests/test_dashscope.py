@@ -18,8 +18,7 @@ import pytest
 from pydantic import SecretStr
 
 from qwbatch import __version__
-from qwbatch.config import Settings
-from qwbatch.errors import (
+from qwbatch.core.errors import (
     AmbiguousError,
     ModerationError,
     PermanentError,
@@ -31,7 +30,8 @@ from qwbatch.errors import (
     ThrottledError,
     TransientError,
 )
-from qwbatch.models import ProviderImage, RenderRequest
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import ProviderImage, RenderRequest
 from qwbatch.providers.dashscope import (
     DashScopeProvider,
     TaskDeadlineError,

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from qwbatch.errors import ModerationError, ProviderError, ResultExpiredError
-from qwbatch.models import RenderRequest
+from qwbatch.core.errors import ModerationError, ProviderError, ResultExpiredError
+from qwbatch.core.types import RenderRequest
 from qwbatch.providers.aiohttp_transport import AiohttpTransport
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.simulator import SimulatorConfig, SimulatorHandle, running

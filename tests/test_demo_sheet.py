@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from qwbatch import runner
-from qwbatch.config import Settings
-from qwbatch.contact_sheet import make_contact_sheet
-from qwbatch.storage import LocalStore
+from qwbatch.core.settings import Settings
+from qwbatch.report.contact_sheet import make_contact_sheet
+from qwbatch.run import runner
+from qwbatch.storage.stores import LocalStore
 
 ROOT = Path(__file__).parent.parent
 DOCS_SHEET = ROOT / "docs" / "contact-sheet.png"

@@ -11,14 +11,15 @@ from PIL import Image
 from render_helpers import render
 from store_helpers import FlakyStore
 
-from qwbatch.config import Settings
-from qwbatch.engine import Engine, output_key
-from qwbatch.errors import StorageTransientError
-from qwbatch.models import CatalogRecord, RenderRequest
-from qwbatch.plan import Alias, PlanItem
+from qwbatch.core.errors import StorageTransientError
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import CatalogRecord, RenderRequest
+from qwbatch.plan.planner import Alias, PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
-from qwbatch.registry import ModelTable
-from qwbatch.storage import open_store
+from qwbatch.render.engine import Engine
+from qwbatch.storage.layout import output_key
+from qwbatch.storage.stores import open_store
 
 KEY = "sk-engine-test-key-0123456789abcdef"
 TABLE = ModelTable.load()

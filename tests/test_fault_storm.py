@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from local_run import fast_settings, render_all
 
-from qwbatch.catalog import read_catalog
-from qwbatch.storage import LocalStore
+from qwbatch.catalog.table import read_catalog
+from qwbatch.storage.stores import LocalStore
 
 KEY = "sk-fault-storm-key"
 ROWS = 200

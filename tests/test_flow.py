@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from flows.render import render_manifest
-from qwbatch import shard_codec
+from qwbatch.plan import shard_codec
 
 DEMO = Path(__file__).parent.parent / "manifests" / "demo.parquet"
 API_KEY = "sk-test-0123456789abcdefSECRET"

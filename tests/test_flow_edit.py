@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.render import render_manifest
-from qwbatch import shard_codec
-from qwbatch.config import Settings
-from qwbatch.lineage import trace
-from qwbatch.storage import open_store
+from qwbatch.core.settings import Settings
+from qwbatch.inputs.lineage import trace
+from qwbatch.plan import shard_codec
+from qwbatch.storage.stores import open_store
 
 EDIT_DEMO = Path(__file__).parent.parent / "manifests" / "edit-demo.parquet"
 API_KEY = "sk-test-edit-0123456789SECRET"

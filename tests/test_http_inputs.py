@@ -12,8 +12,8 @@ import httpx
 import pytest
 from fixtures_web import TLS_HOST, WebServer
 
-from qwbatch.errors import InputError, InputTransientError
-from qwbatch.http_inputs import FetchLimits, HttpInputs, display_url, non_public_kind
+from qwbatch.core.errors import InputError, InputTransientError
+from qwbatch.inputs.http import FetchLimits, HttpInputs, display_url, non_public_kind
 
 PNG_ISH = b"\x89PNG\r\n\x1a\n" + b"x" * 1000
 

@@ -1,4 +1,4 @@
-"""Edit-input checks and normalisation (qwbatch.images, the edit-inputs section).
+"""Edit-input checks and normalisation (qwbatch.core.images, the edit-inputs section).
 
 Every path: sent as is, converted, first frame, resized up and down, re-encoded to fit, turned
 upright; and every refusal: no bytes, not an image, truncated, corrupt, decompression bomb,
@@ -16,8 +16,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from qwbatch.errors import ImageError
-from qwbatch.images import (
+from qwbatch.core.errors import ImageError
+from qwbatch.core.images import (
     InputLimits,
     data_uri,
     fit_sides,

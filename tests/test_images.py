@@ -10,8 +10,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from qwbatch.errors import ImageError
-from qwbatch.images import ImageInfo, expect_size, sha256_hex, verify_image
+from qwbatch.core.errors import ImageError
+from qwbatch.core.images import ImageInfo, expect_size, sha256_hex, verify_image
 
 
 def _encode(fmt: str, size: tuple[int, int] = (64, 32), mode: str = "RGB") -> bytes:

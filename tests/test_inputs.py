@@ -1,5 +1,5 @@
-"""Input sources (qwbatch.inputs): files and roots, S3 over moto's server, the output store,
-``catalog:`` refs (qwbatch.lineage), and what each refuses."""
+"""Input sources (qwbatch.inputs.fetch): files and roots, S3 over moto's server, the output store,
+``catalog:`` refs (qwbatch.inputs.lineage), and what each refuses."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from qwbatch import catalog
-from qwbatch.config import Settings
-from qwbatch.errors import InputError
-from qwbatch.http_inputs import HttpInputs
-from qwbatch.inputs import InputFetcher, display_uri
-from qwbatch.lineage import CatalogRefs, parse_ref
-from qwbatch.models import CatalogRecord
-from qwbatch.storage import LocalStore, ObjectStore, make_s3_client, open_store
+from qwbatch.catalog import table as catalog
+from qwbatch.core.errors import InputError
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import CatalogRecord
+from qwbatch.inputs.fetch import InputFetcher, display_uri
+from qwbatch.inputs.http import HttpInputs
+from qwbatch.inputs.lineage import CatalogRefs, parse_ref
+from qwbatch.storage.stores import LocalStore, ObjectStore, make_s3_client, open_store
 
 MUG = b"\x89PNG fake mug bytes"
 

@@ -9,10 +9,10 @@ import pytest
 import render_helpers
 from store_helpers import FlakyStore
 
-from qwbatch.errors import JournalError, StorageError, StorageTransientError
-from qwbatch.journal import Finished, StoreJournal, journal_prefix, read_journal
-from qwbatch.models import CatalogRecord, RenderRequest
-from qwbatch.storage import LocalStore
+from qwbatch.core.errors import JournalError, StorageError, StorageTransientError
+from qwbatch.core.types import CatalogRecord, RenderRequest
+from qwbatch.render.journal import Finished, StoreJournal, journal_prefix, read_journal
+from qwbatch.storage.stores import LocalStore
 
 
 def make_request(i: int) -> RenderRequest:

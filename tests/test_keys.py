@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from qwbatch.keys import (
+from qwbatch.core.keys import (
     KEY_VERSION,
     SEED_MAX,
     canonical_request,
@@ -17,7 +17,7 @@ from qwbatch.keys import (
     key_of,
     request_key,
 )
-from qwbatch.models import RenderRequest
+from qwbatch.core.types import RenderRequest
 
 SHA_A = "a" * 64
 SHA_B = "b" * 64

@@ -9,11 +9,11 @@ import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from pydantic import ValidationError
 
-from qwbatch.config import Settings
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
 from qwbatch.limits import LimiterRegistry, LimitSpec, ModelLimiter, limit_spec, status_of
 from qwbatch.limits.registry import local_reason
 from qwbatch.limits.status import lines, reporting
-from qwbatch.registry import ModelTable
 
 TABLE = ModelTable.load()
 

@@ -20,13 +20,13 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 from test_engine import KEY, TABLE, make_request
 
-from qwbatch.config import Settings
-from qwbatch.engine import Engine
+from qwbatch.core.settings import Settings
 from qwbatch.limits import LimiterRegistry
-from qwbatch.plan import PlanItem
+from qwbatch.plan.planner import PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
+from qwbatch.render.engine import Engine
 from qwbatch.simulator.state import peak_rate
-from qwbatch.storage import open_store
+from qwbatch.storage.stores import open_store
 
 
 def _load_bench():

@@ -14,9 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qwbatch.errors import ConfigError, ManifestError, PermanentError, StorageError
-from qwbatch.keys import SEED_MAX, key_of
-from qwbatch.manifest import (
+from qwbatch.core.errors import ConfigError, ManifestError, PermanentError, StorageError
+from qwbatch.core.keys import SEED_MAX, key_of
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.types import RenderRequest
+from qwbatch.manifest.columns import COERCE
+from qwbatch.manifest.reader import (
     MANIFEST_SCHEMA,
     MAX_ID_CHARS,
     REJECTS_SCHEMA,
@@ -27,9 +30,6 @@ from qwbatch.manifest import (
     read_manifest,
     rejects_table,
 )
-from qwbatch.manifest_columns import COERCE
-from qwbatch.models import RenderRequest
-from qwbatch.registry import ModelTable
 
 TABLE = ModelTable.load()
 DEFAULT = "qwen-image-2.0"

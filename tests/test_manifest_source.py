@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from qwbatch.cli import app
-from qwbatch.errors import ManifestError, StorageError
-from qwbatch.manifest import read_manifest
-from qwbatch.manifest_source import S3_READ_BUFFER_BYTES, manifest_files
-from qwbatch.registry import ModelTable
+from qwbatch.core.errors import ManifestError, StorageError
+from qwbatch.core.model_table import ModelTable
+from qwbatch.manifest.files import S3_READ_BUFFER_BYTES, manifest_files
+from qwbatch.manifest.reader import read_manifest
 
 DEMO = Path(__file__).parent.parent / "manifests" / "demo.parquet"
 TABLE = ModelTable.load()

@@ -13,12 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from qwbatch.cli import app
-from qwbatch.errors import ManifestError
-from qwbatch.manifest import MANIFEST_SCHEMA, read_manifest
-from qwbatch.manifest_columns import COLUMN_TYPES
-from qwbatch.manifest_sources import convert, read_csv, read_jsonl
-from qwbatch.manifest_template import COLUMNS, EXAMPLES
-from qwbatch.registry import ModelTable
+from qwbatch.core.errors import ManifestError
+from qwbatch.core.model_table import ModelTable
+from qwbatch.manifest.columns import COLUMN_TYPES
+from qwbatch.manifest.converters import convert, read_csv, read_jsonl
+from qwbatch.manifest.reader import MANIFEST_SCHEMA, read_manifest
+from qwbatch.manifest.template import COLUMNS, EXAMPLES
 
 ROOT = Path(__file__).parent.parent
 TABLE = ModelTable.load()

@@ -15,15 +15,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qwbatch import catalog, plan_split
-from qwbatch.config import Settings
-from qwbatch.errors import ManifestError, PlanHelperError
-from qwbatch.manifest import LocalInputResolver, read_manifest
-from qwbatch.models import CatalogRecord
-from qwbatch.plan import Plan, read_shard
-from qwbatch.plan_stream import stream_plan
-from qwbatch.registry import ModelTable
-from qwbatch.storage import LocalStore, ObjectStore, S3Store
+from qwbatch.catalog import table as catalog
+from qwbatch.core.errors import ManifestError, PlanHelperError
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import CatalogRecord
+from qwbatch.manifest.reader import LocalInputResolver, read_manifest
+from qwbatch.plan import split as plan_split
+from qwbatch.plan.planner import Plan, read_shard
+from qwbatch.plan.stream import stream_plan
+from qwbatch.storage.stores import LocalStore, ObjectStore, S3Store
 
 TABLE = ModelTable.load()
 DEFAULT = "qwen-image-2.0"
@@ -313,7 +314,7 @@ def _children() -> list[int]:
             except OSError:
                 continue
             parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == os.getpid() and b"qwbatch.plan_split" in cmdline:
+            if parent == os.getpid() and b"qwbatch.plan.split" in cmdline:
                 found.append(int(entry))
     return found
 

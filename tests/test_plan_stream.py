@@ -13,19 +13,20 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from qwbatch import catalog, catalog_keys
-from qwbatch.budget import BudgetPolicy
+from qwbatch.budget.policy import BudgetPolicy
+from qwbatch.catalog import key_set as catalog_keys
+from qwbatch.catalog import table as catalog
 from qwbatch.cli import app
-from qwbatch.config import Settings
-from qwbatch.errors import ManifestError
-from qwbatch.keys import SEED_MAX, key_and_seed
-from qwbatch.manifest import read_manifest
-from qwbatch.manifest_vector import hex_keys, key_rows, shard_lines
-from qwbatch.models import CatalogRecord
-from qwbatch.plan import PlanItem, encode_line, plan_run, read_shard
-from qwbatch.plan_stream import stream_plan
-from qwbatch.registry import ModelTable
-from qwbatch.storage import LocalStore
+from qwbatch.core.errors import ManifestError
+from qwbatch.core.keys import SEED_MAX, key_and_seed
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import CatalogRecord
+from qwbatch.manifest.reader import read_manifest
+from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
+from qwbatch.plan.planner import PlanItem, encode_line, plan_run, read_shard
+from qwbatch.plan.stream import stream_plan
+from qwbatch.storage.stores import LocalStore
 
 TABLE = ModelTable.load()
 DEFAULT = "qwen-image-2.0"

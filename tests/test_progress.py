@@ -9,10 +9,10 @@ import pytest
 from render_helpers import engine_settings, make_request, render
 from rich.console import Console
 
-from qwbatch.models import CatalogRecord
-from qwbatch.plan import Alias, Plan, PlanItem
-from qwbatch.progress import ProgressTracker, format_duration, tracker_for, watching
-from qwbatch.progress_display import LogLines, render_snapshot, show_progress, watch_run
+from qwbatch.core.types import CatalogRecord
+from qwbatch.plan.planner import Alias, Plan, PlanItem
+from qwbatch.run.progress import ProgressTracker, format_duration, tracker_for, watching
+from qwbatch.run.progress_display import LogLines, render_snapshot, show_progress, watch_run
 
 
 class Clock:

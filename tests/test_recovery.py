@@ -11,11 +11,11 @@ import httpx
 import pytest
 from render_helpers import make_request
 
-from qwbatch.errors import QwBatchError
-from qwbatch.models import RenderRequest
+from qwbatch.core.errors import QwBatchError
+from qwbatch.core.types import RenderRequest
 from qwbatch.providers.base import TaskListing
 from qwbatch.providers.dashscope import DashScopeProvider
-from qwbatch.recovery import KnownTasks, TaskFinder, TaskSearch
+from qwbatch.render.recovery import KnownTasks, TaskFinder, TaskSearch
 
 KEY = "sk-recovery-test-key"
 MODEL = "qwen-image-plus"

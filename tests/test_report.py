@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from qwbatch import runner
 from qwbatch.cli import app
-from qwbatch.config import Settings
-from qwbatch.plan import plan_run
-from qwbatch.registry import ModelTable
-from qwbatch.storage import open_store
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
+from qwbatch.plan.planner import plan_run
+from qwbatch.run import runner
+from qwbatch.storage.stores import open_store
 
 KEY = "sk-report-test-key-0123456789abcdef"
 cli = CliRunner()

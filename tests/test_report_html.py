@@ -12,14 +12,14 @@ from PIL import Image
 from render_helpers import engine_settings, make_request, render
 from typer.testing import CliRunner
 
-from qwbatch import catalog
+from qwbatch.catalog import table as catalog
 from qwbatch.cli import app
-from qwbatch.manifest import Reject, rejects_table
-from qwbatch.models import CatalogRecord
-from qwbatch.plan import PlanItem
-from qwbatch.report_html import render_html_report
+from qwbatch.core.types import CatalogRecord
+from qwbatch.manifest.reader import Reject, rejects_table
+from qwbatch.plan.planner import PlanItem
+from qwbatch.report.html import render_html_report
 from qwbatch.simulator.render import colour
-from qwbatch.storage import LocalStore
+from qwbatch.storage.stores import LocalStore
 
 runner = CliRunner()
 RUN = "20260301T000000Z-cccccc"

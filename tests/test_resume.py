@@ -13,16 +13,17 @@ from pathlib import Path
 import pytest
 import render_helpers
 
-from qwbatch.config import Settings
-from qwbatch.engine import Engine, output_key
-from qwbatch.journal import Finished, StoreJournal, read_journal
-from qwbatch.models import CatalogRecord, RenderRequest
-from qwbatch.plan import PlanItem
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
+from qwbatch.core.stop import StopSignal
+from qwbatch.core.types import CatalogRecord, RenderRequest
+from qwbatch.plan.planner import PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
-from qwbatch.recovery import TaskFinder
-from qwbatch.registry import ModelTable
-from qwbatch.stop import StopSignal
-from qwbatch.storage import LocalStore
+from qwbatch.render.engine import Engine
+from qwbatch.render.journal import Finished, StoreJournal, read_journal
+from qwbatch.render.recovery import TaskFinder
+from qwbatch.storage.layout import output_key
+from qwbatch.storage.stores import LocalStore
 
 KEY = "sk-resume-test-key"
 TABLE = ModelTable.load()

@@ -11,22 +11,22 @@ import httpx
 import pytest
 from test_engine import KEY, TABLE, make_request
 
-from qwbatch.config import Settings
-from qwbatch.engine import Engine
-from qwbatch.errors import (
+from qwbatch.core.errors import (
     ModerationError,
     ProviderError,
     ProviderTransientError,
     ThrottledError,
     TransientError,
 )
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import CatalogRecord
 from qwbatch.limits import LimiterRegistry
-from qwbatch.models import CatalogRecord
-from qwbatch.plan import PlanItem
+from qwbatch.plan.planner import PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.providers.dashscope_errors import ERROR_TABLE, classify_error, error_kind
-from qwbatch.retries import RetryPolicy
-from qwbatch.storage import open_store
+from qwbatch.render.engine import Engine
+from qwbatch.render.retries import RetryPolicy
+from qwbatch.storage.stores import open_store
 
 # (HTTP status, code, message, kind, row of ERROR_TABLE that decides; None: no row, the default)
 EXAMPLES = [

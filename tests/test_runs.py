@@ -13,16 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 from local_run import fast_settings, render_all
 
-from qwbatch import progress, runner, runs
-from qwbatch.budget import BudgetPolicy
-from qwbatch.catalog import read_catalog
-from qwbatch.costs import Estimate, PriceTable, money
-from qwbatch.errors import ConfigError
-from qwbatch.journal import journal_prefix
-from qwbatch.registry import ModelTable
-from qwbatch.shard_results import result_key
-from qwbatch.stop import StopSignal
-from qwbatch.storage import LocalStore
+from qwbatch.budget.policy import BudgetPolicy
+from qwbatch.catalog.table import read_catalog
+from qwbatch.core.costs import Estimate, PriceTable, money
+from qwbatch.core.errors import ConfigError
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.stop import StopSignal
+from qwbatch.render.journal import journal_prefix
+from qwbatch.render.shard_results import result_key
+from qwbatch.run import progress, runner
+from qwbatch.run import records as runs
+from qwbatch.storage.stores import LocalStore
 
 KEY = "sk-runs-test-key"
 TABLE = ModelTable.load()

@@ -8,7 +8,7 @@ import secrets
 import pytest
 
 from flows.secret_blocks import SECRET_BLOCKS_ENV, export_secret_blocks
-from qwbatch.errors import ConfigError
+from qwbatch.core.errors import ConfigError
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from qwbatch import shard_codec
-from qwbatch.models import RenderRequest
-from qwbatch.plan import Alias, PlanItem, decode_shard, encode_line, read_shard, write_shard
-from qwbatch.shard_results import result_key
-from qwbatch.shard_writer import ShardWriter
-from qwbatch.storage import LocalStore
+from qwbatch.core.types import RenderRequest
+from qwbatch.plan import shard_codec
+from qwbatch.plan.planner import Alias, PlanItem, decode_shard, encode_line, read_shard, write_shard
+from qwbatch.plan.shard_writer import ShardWriter
+from qwbatch.render.shard_results import result_key
+from qwbatch.storage.stores import LocalStore
 
 
 def _item(number: int, aliases: int = 0) -> PlanItem:

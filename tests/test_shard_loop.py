@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from qwbatch import shard_loop
+from qwbatch.render import shard_loop
 
 
 async def where(delay: float) -> tuple[int, str]:

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from qwbatch.engine import ShardResult
-from qwbatch.errors import StorageError
-from qwbatch.shard_results import group_shards, read_shard_result, result_key, write_shard_result
-from qwbatch.storage import LocalStore
+from qwbatch.core.errors import StorageError
+from qwbatch.render.engine import ShardResult
+from qwbatch.render.shard_results import (
+    group_shards,
+    read_shard_result,
+    result_key,
+    write_shard_result,
+)
+from qwbatch.storage.stores import LocalStore
 
 SHARD = "runs/r1/shards/shard-00003.jsonl.gz"
 

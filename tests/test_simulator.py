@@ -19,7 +19,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from qwbatch.registry import ModelTable, parse_size
+from qwbatch.core.model_table import ModelTable, parse_size
 from qwbatch.simulator import SimulatorHandle
 from qwbatch.simulator.__main__ import build_parser, config_from_args
 from qwbatch.simulator.state import peak_rate

@@ -17,13 +17,14 @@ import pytest
 from fixtures_web import WebServer
 from PIL import Image, ImageDraw
 
-from qwbatch import catalog, runner
-from qwbatch.config import Settings
-from qwbatch.engine import ShardResult
-from qwbatch.lineage import trace
-from qwbatch.plan import Plan, new_run_id
-from qwbatch.staging import NORMALISER, staged_key
-from qwbatch.storage import open_store
+from qwbatch.catalog import table as catalog
+from qwbatch.core.settings import Settings
+from qwbatch.inputs.lineage import trace
+from qwbatch.inputs.staging import NORMALISER, staged_key
+from qwbatch.plan.planner import Plan, new_run_id
+from qwbatch.render.engine import ShardResult
+from qwbatch.run import runner
+from qwbatch.storage.stores import open_store
 
 KEY = "sk-staging-test-0123456789SECRET"
 EDIT_MODEL = "qwen-image-edit-plus"

@@ -16,9 +16,9 @@ import pytest
 from prefect.settings import PREFECT_API_URL
 
 from bench.bench_kill import RUN_ID, child_env, write_manifest
-from qwbatch.catalog import read_catalog
-from qwbatch.journal import read_run_journal
-from qwbatch.storage import LocalStore
+from qwbatch.catalog.table import read_catalog
+from qwbatch.render.journal import read_run_journal
+from qwbatch.storage.stores import LocalStore
 
 ROWS = 80
 

@@ -25,9 +25,9 @@ from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from fixtures_s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, seed_objects
 
-from qwbatch.config import Settings
-from qwbatch.errors import ConfigError, QwBatchError, StorageError, StorageTransientError
-from qwbatch.storage import (
+from qwbatch.core.errors import ConfigError, QwBatchError, StorageError, StorageTransientError
+from qwbatch.core.settings import Settings
+from qwbatch.storage.stores import (
     SIDECAR_SUFFIX,
     TEMP_PREFIX,
     LocalStore,
@@ -318,8 +318,8 @@ def test_local_key_below_a_file_is_a_storage_error(tmp_path: Path) -> None:
 _CHILD_PUT = textwrap.dedent(
     """
     import json, resource, signal, sys
-    from qwbatch.errors import StorageError
-    from qwbatch.storage import LocalStore
+    from qwbatch.core.errors import StorageError
+    from qwbatch.storage.stores import LocalStore
 
     root, mode = sys.argv[1], sys.argv[2]
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))

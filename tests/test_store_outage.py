@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from local_run import fast_settings, render_all
 
-from qwbatch.catalog import read_catalog
-from qwbatch.journal import journal_prefix
-from qwbatch.storage import open_store
+from qwbatch.catalog.table import read_catalog
+from qwbatch.render.journal import journal_prefix
+from qwbatch.storage.stores import open_store
 
 KEY = "sk-store-outage-key"
 ROWS = 48

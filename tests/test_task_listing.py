@@ -11,8 +11,8 @@ import httpx
 import pytest
 from render_helpers import make_request
 
-from qwbatch.errors import ResultExpiredError
-from qwbatch.models import RenderRequest
+from qwbatch.core.errors import ResultExpiredError
+from qwbatch.core.types import RenderRequest
 from qwbatch.providers.dashscope import DashScopeProvider
 
 KEY = "sk-task-listing-key"

@@ -10,14 +10,14 @@ import pytest
 from PIL import Image
 from render_helpers import engine_settings, make_request, render
 
-from qwbatch import images
-from qwbatch.catalog_view import load_thumbnail
-from qwbatch.engine import output_key
-from qwbatch.errors import ImageError, StorageError
-from qwbatch.plan import PlanItem
+from qwbatch.catalog.view import load_thumbnail
+from qwbatch.core import images
+from qwbatch.core.errors import ImageError, StorageError
+from qwbatch.plan.planner import PlanItem
 from qwbatch.simulator.render import colour
-from qwbatch.storage import LocalStore, PutResult
-from qwbatch.thumbs import thumb_key
+from qwbatch.storage.layout import output_key
+from qwbatch.storage.stores import LocalStore, PutResult
+from qwbatch.storage.thumbs import thumb_key
 
 
 def png(width: int, height: int, rgb: tuple[int, int, int], mode: str = "RGB") -> bytes:

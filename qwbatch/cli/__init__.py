@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from qwbatch.config import Settings, run_overrides, settings_with
-from qwbatch.errors import QwBatchError
+from qwbatch.core.errors import QwBatchError
+from qwbatch.core.settings import Settings, run_overrides, settings_with
 
 if TYPE_CHECKING:
-    from qwbatch.budget import BudgetPolicy
-    from qwbatch.summary import RunSummary
+    from qwbatch.budget.policy import BudgetPolicy
+    from qwbatch.run.summary import RunSummary
 
 app = typer.Typer(
     name="qwbatch",
@@ -50,8 +50,8 @@ def _quiet_prefect() -> None:
 
 
 def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
-    from qwbatch.budget import BudgetPolicy
-    from qwbatch.costs import money
+    from qwbatch.budget.policy import BudgetPolicy
+    from qwbatch.core.costs import money
 
     budget = params.get("budget")
     policy = (
@@ -72,8 +72,8 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
             _quiet_prefect()
             from flows.render import render_manifest  # Prefect: only when there is work
             from qwbatch.limits import reporting
-            from qwbatch.progress_display import watch_run
-            from qwbatch.runner import resolve_run_id
+            from qwbatch.run.progress_display import watch_run
+            from qwbatch.run.runner import resolve_run_id
 
             # Known before the flow starts (the progress display follows it): an unfinished
             # run of this manifest in OUT is resumed, unless --new-run.
@@ -103,7 +103,7 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
         return 2
     if summary.left:
         # Stopped by a signal: one line of what is left, and the signal's exit code.
-        from qwbatch.stop import STOP
+        from qwbatch.core.stop import STOP
 
         typer.echo(f"qwbatch: {summary.left_line()}", err=True)
         return STOP.exit_code() if STOP.is_set() else 1
@@ -119,7 +119,7 @@ def _plan_here(
     (every row already in the catalog: a nightly rerun with no new rows), finish it here
     and return its summary, with no Prefect server started. Otherwise None: the plan is
     saved under its run id, which ``params`` now names, and the flow renders that plan."""
-    from qwbatch import runner
+    from qwbatch.run import runner
 
     began = time.monotonic()
     settings = settings_with(
@@ -231,9 +231,9 @@ def validate(
     """
     import pyarrow.parquet as pq
 
-    from qwbatch.manifest import read_manifest, rejects_table
-    from qwbatch.runner import input_stage, model_table
-    from qwbatch.storage import open_store
+    from qwbatch.manifest.reader import read_manifest, rejects_table
+    from qwbatch.run.runner import input_stage, model_table
+    from qwbatch.storage.stores import open_store
 
     settings = Settings(default_model=model) if model else Settings()
     try:

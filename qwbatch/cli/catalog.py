@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 
 from qwbatch.cli import app
-from qwbatch.config import Settings
-from qwbatch.errors import QwBatchError
-from qwbatch.storage import open_store
+from qwbatch.core.errors import QwBatchError
+from qwbatch.core.settings import Settings
+from qwbatch.storage.stores import open_store
 
 catalog_app = typer.Typer(
     name="catalog",
@@ -29,7 +29,7 @@ def _fail(exc: QwBatchError) -> None:
 @catalog_app.command()
 def rebuild(dest: Dest) -> None:
     """Give every stored image a catalog row again, from its object metadata."""
-    from qwbatch.rebuild import rebuild as rebuild_catalog
+    from qwbatch.catalog.rebuild import rebuild as rebuild_catalog
 
     try:
         result = rebuild_catalog(open_store(dest, Settings()))
@@ -53,7 +53,7 @@ def compact(
     max_rows: Annotated[int, typer.Option(help="Rows per merged part")] = 1_000_000,
 ) -> None:
     """Merge the catalog's small parts (of finished runs) into a few large ones."""
-    from qwbatch.compaction import compact as compact_catalog
+    from qwbatch.run.compaction import compact as compact_catalog
 
     try:
         result = compact_catalog(open_store(dest, Settings()), max_rows=max_rows)

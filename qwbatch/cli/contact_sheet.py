@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from qwbatch.cli import _fail, app
-from qwbatch.config import Settings
-from qwbatch.errors import QwBatchError
+from qwbatch.core.errors import QwBatchError
+from qwbatch.core.settings import Settings
 
 
 @app.command("contact-sheet")
@@ -33,9 +33,9 @@ def contact_sheet(
     title: Annotated[str | None, typer.Option(help="Heading (default: DEST and run)")] = None,
 ) -> None:
     """Draw DEST's images on one PNG grid, each with its id and a short prompt."""
-    from qwbatch.catalog_view import parse_filters
-    from qwbatch.contact_sheet import Layout, make_contact_sheet
-    from qwbatch.storage import open_store
+    from qwbatch.catalog.view import parse_filters
+    from qwbatch.report.contact_sheet import Layout, make_contact_sheet
+    from qwbatch.storage.stores import open_store
 
     try:
         store = open_store(dest, Settings())

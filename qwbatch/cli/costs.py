@@ -1,7 +1,7 @@
 """``qwbatch estimate`` and ``qwbatch report``: the bill before a run, and after it.
 
-Both are thin: ``estimate`` is :func:`qwbatch.runner.estimate` (a plan that writes nothing),
-``report`` is :func:`qwbatch.report.report` (aggregates over the catalog); here they are only
+Both are thin: ``estimate`` is :func:`qwbatch.run.runner.estimate` (a plan that writes nothing),
+``report`` is :func:`qwbatch.report.numbers.report` (aggregates over the catalog); here they are only
 printed, as rich tables or as JSON.
 """
 
@@ -16,11 +16,11 @@ from rich.console import Console
 from rich.table import Table
 
 from qwbatch.cli import _fail, app
-from qwbatch.config import Settings
-from qwbatch.costs import format_money
-from qwbatch.errors import QwBatchError
-from qwbatch.plan import Plan
-from qwbatch.report import Report
+from qwbatch.core.costs import format_money
+from qwbatch.core.errors import QwBatchError
+from qwbatch.core.settings import Settings
+from qwbatch.plan.planner import Plan
+from qwbatch.report.numbers import Report
 
 
 @app.command("estimate")
@@ -37,7 +37,7 @@ def estimate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
 ) -> None:
     """What rendering MANIFEST into OUT would cost, by model and tag; nothing is sent."""
-    from qwbatch.runner import estimate
+    from qwbatch.run.runner import estimate
 
     settings = Settings(default_model=model) if model else Settings()
     try:
@@ -120,8 +120,8 @@ def report_command(
     ] = 1000,
 ) -> None:
     """Counts, images, spend by model/tag/run, retries, failures and speed, from DEST's catalog."""
-    from qwbatch.report import report
-    from qwbatch.storage import open_store
+    from qwbatch.report.numbers import report
+    from qwbatch.storage.stores import open_store
 
     settings = Settings()
     if html is not None:
@@ -141,9 +141,9 @@ def report_command(
 def _write_html(
     dest: str, html: Path, *, run: str | None, filters: list[str], max_images: int
 ) -> None:
-    from qwbatch.catalog_view import parse_filters
-    from qwbatch.report_html import render_html_report
-    from qwbatch.storage import open_store
+    from qwbatch.catalog.view import parse_filters
+    from qwbatch.report.html import render_html_report
+    from qwbatch.storage.stores import open_store
 
     try:
         store = open_store(dest, Settings())

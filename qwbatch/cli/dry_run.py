@@ -4,7 +4,7 @@ The manifest is read, validated and keyed, deduplicated against DEST's catalog, 
 cut into shards (counted, not written) and priced, as a run would (edit inputs are fetched
 and checked so their keys agree, not staged); a ``--budget`` refuses or trims as it would.
 No provider is called and nothing is written to DEST. A thin layer over
-:func:`qwbatch.runner.estimate`.
+:func:`qwbatch.run.runner.estimate`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any, Literal
 from rich.console import Console
 from rich.table import Table
 
-from qwbatch.config import Settings
-from qwbatch.costs import format_money
-from qwbatch.errors import QwBatchError
-from qwbatch.plan import Plan
+from qwbatch.core.costs import format_money
+from qwbatch.core.errors import QwBatchError
+from qwbatch.core.settings import Settings
+from qwbatch.plan.planner import Plan
 
 #: Tag lines printed (largest cost first); the rest are counted.
 TAGS_SHOWN = 10
@@ -34,9 +34,9 @@ def print_dry_run(
     budget_mode: Literal["refuse", "trim"] = "refuse",
 ) -> int:
     """Plan ``manifest`` as a run into ``out`` would and print the plan; the exit code."""
-    from qwbatch.budget import BudgetPolicy
-    from qwbatch.costs import money
-    from qwbatch.runner import estimate
+    from qwbatch.budget.policy import BudgetPolicy
+    from qwbatch.core.costs import money
+    from qwbatch.run.runner import estimate
 
     overrides: dict[str, Any] = {"default_model": model, "shard_size": shard_size}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from qwbatch.cli import _fail, app
-from qwbatch.config import Settings
-from qwbatch.errors import QwBatchError
+from qwbatch.core.errors import QwBatchError
+from qwbatch.core.settings import Settings
 
 
 @app.command()
@@ -18,8 +18,8 @@ def lineage(
     image: Annotated[int, typer.Option(help="Which of the row's images (0-based)")] = 0,
 ) -> None:
     """Trace ROW_ID's output back through the edits that made it to the original inputs."""
-    from qwbatch.lineage import trace
-    from qwbatch.storage import open_store
+    from qwbatch.inputs.lineage import trace
+    from qwbatch.storage.stores import open_store
 
     try:
         node = trace(open_store(out, Settings()), row_id, image_index=image)

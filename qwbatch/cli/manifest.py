@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from qwbatch.cli import _fail, app
-from qwbatch.config import Settings
-from qwbatch.errors import QwBatchError
+from qwbatch.core.errors import QwBatchError
+from qwbatch.core.settings import Settings
 
 manifest_app = typer.Typer(
     name="manifest",
@@ -37,9 +37,9 @@ def _convert(
 ) -> None:
     import pyarrow.parquet as pq
 
-    from qwbatch.manifest import rejects_table
-    from qwbatch.manifest_sources import convert, read_csv, read_jsonl
-    from qwbatch.runner import model_table
+    from qwbatch.manifest.converters import convert, read_csv, read_jsonl
+    from qwbatch.manifest.reader import rejects_table
+    from qwbatch.run.runner import model_table
 
     settings = Settings(default_model=model) if model else Settings()
     try:
@@ -101,7 +101,7 @@ def template(
     fmt: Annotated[str, typer.Option("--format", help="csv or jsonl")] = "csv",
 ) -> None:
     """Write an annotated example manifest (every column explained) to start from."""
-    from qwbatch.manifest_template import template_text
+    from qwbatch.manifest.template import template_text
 
     if fmt not in ("csv", "jsonl"):
         _fail(f"--format must be csv or jsonl, not {fmt!r}")

@@ -13,10 +13,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from qwbatch.config import Settings
+from qwbatch.core.model_table import ModelSpec, ModelTable
+from qwbatch.core.settings import Settings
 from qwbatch.limits.local import LimitSpec, ModelLimiter
 from qwbatch.limits.shared import PrefectBudget, default_scope, prefect_api_url
-from qwbatch.registry import ModelSpec, ModelTable
 
 log = logging.getLogger("qwbatch.limits")
 

@@ -1,6 +1,6 @@
 """The provider protocol: the one seam between the engine and an image API.
 
-Every method raises only errors from :mod:`qwbatch.errors`: ``ProviderTransientError`` (and
+Every method raises only errors from :mod:`qwbatch.core.errors`: ``ProviderTransientError`` (and
 ``ThrottledError``) when the same call may succeed later, ``ProviderAmbiguousError`` when the
 request may have been billed but the answer was lost, ``ProviderError`` / ``ModerationError``
 / ``ResultExpiredError`` when retrying cannot help.
@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from qwbatch.models import ProviderResult, RenderRequest
+from qwbatch.core.types import ProviderResult, RenderRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +54,7 @@ class Provider(Protocol):
         """Tasks of ``model`` submitted between ``start`` and ``end`` (POSIX seconds), and
         whether that is all of them.
 
-        Used to find a task whose creation answer was lost (see :mod:`qwbatch.recovery`).
+        Used to find a task whose creation answer was lost (see :mod:`qwbatch.render.recovery`).
         """
         ...
 

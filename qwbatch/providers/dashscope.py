@@ -3,7 +3,7 @@
 Everything here follows ``shared/dashscope-api.md``: the sync multimodal-generation call
 (§3.1, §3.3, §4.1), the async text2image task and its polling (§3.2, §4.2, §4.3) and the
 error table (§5, in :mod:`qwbatch.providers.dashscope_errors`). Every failure leaves as an
-error from :mod:`qwbatch.errors`; which one depends on whether a retry can help and whether
+error from :mod:`qwbatch.core.errors`; which one depends on whether a retry can help and whether
 the provider may already have billed us.
 
 The API key travels only in the ``Authorization`` header of calls to ``base_url``. Error
@@ -34,19 +34,19 @@ from urllib.parse import quote, urlencode, urlsplit
 import httpx
 from httpx import USE_CLIENT_DEFAULT
 
-from qwbatch import __version__
-from qwbatch.config import Settings
-from qwbatch.errors import (
+from qwbatch.core.errors import (
     ProviderAmbiguousError,
     ProviderError,
     ProviderTransientError,
     ResultExpiredError,
 )
-from qwbatch.models import ProviderImage, ProviderResult, RenderRequest
+from qwbatch.core.model_table import parse_size
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import ProviderImage, ProviderResult, RenderRequest
+from qwbatch.core.version import __version__
 from qwbatch.providers.aiohttp_transport import AiohttpTransport
 from qwbatch.providers.base import TaskInfo, TaskListing
 from qwbatch.providers.dashscope_errors import classify_error
-from qwbatch.registry import parse_size
 
 if TYPE_CHECKING:
     from qwbatch.providers.base import Provider

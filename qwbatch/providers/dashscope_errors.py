@@ -21,7 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from qwbatch.errors import ModerationError, ProviderError, ProviderTransientError, ThrottledError
+from qwbatch.core.errors import (
+    ModerationError,
+    ProviderError,
+    ProviderTransientError,
+    ThrottledError,
+)
 
 Kind = Literal["throttled", "transient", "moderated", "permanent"]
 

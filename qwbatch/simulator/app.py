@@ -28,8 +28,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from qwbatch.errors import ConfigError
-from qwbatch.registry import ModelTable
+from qwbatch.core.errors import ConfigError
+from qwbatch.core.model_table import ModelTable
 from qwbatch.simulator.config import SimulatorConfig
 from qwbatch.simulator.core import Reply, Simulator
 from qwbatch.simulator.protocol import error_body, new_request_id

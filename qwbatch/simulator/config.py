@@ -32,7 +32,7 @@ class SimulatorConfig(BaseModel):
     #: The only accepted ``Authorization: Bearer`` key; None accepts any non-empty key.
     api_key: str | None = None
 
-    # Model table (qwbatch.registry.ModelTable.load arguments)
+    # Model table (qwbatch.core.model_table.ModelTable.load arguments)
     models_file: Path | None = None
     declared_models: tuple[str, ...] = ()
 

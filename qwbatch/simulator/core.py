@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import anyio.to_thread
 
-from qwbatch.registry import ModelSpec, ModelTable
+from qwbatch.core.model_table import ModelSpec, ModelTable
 from qwbatch.simulator import render
 from qwbatch.simulator.config import SimulatorConfig
 from qwbatch.simulator.limits import InFlight, RateLimiter

@@ -1,7 +1,7 @@
 """The DashScope wire protocol: request bodies in, validated jobs out, error bodies back.
 
 Parsing is pure (no I/O) and checks every model rule against the model table
-(:class:`qwbatch.registry.ModelSpec`); :func:`load_images` is the one step that may fetch.
+(:class:`qwbatch.core.model_table.ModelSpec`); :func:`load_images` is the one step that may fetch.
 Shapes follow ../shared/dashscope-api.md §3 (requests) and §4 (responses).
 """
 
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from qwbatch.registry import ModelSpec, ModelTable, parse_size
+from qwbatch.core.model_table import ModelSpec, ModelTable, parse_size
 from qwbatch.simulator import render
 
 #: Largest seed the API accepts (inclusive).

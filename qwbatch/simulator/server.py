@@ -22,7 +22,7 @@ import uvicorn
 from starlette.applications import Starlette
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from qwbatch.registry import ModelTable
+from qwbatch.core.model_table import ModelTable
 from qwbatch.simulator.app import TRANSPORT_STATE_KEY, create_app
 from qwbatch.simulator.config import SimulatorConfig
 

@@ -1,0 +1,228 @@
+"""The price table and cost arithmetic: what one image costs, and what a set of requests will.
+
+Qwen-Image is billed per successfully generated output image, at one price per model and
+region whatever the resolution; input images and failed requests are free
+(``../shared/dashscope-api.md`` §7). Beijing prices are in CNY, Singapore prices in USD.
+
+**One source of truth.** The default prices are the model table's ``price_<region>`` fields
+(``qwbatch/data/models.toml``, taken from §7), so a new model brings its price in its one row.
+:class:`PriceTable` is the only reader of those fields: the engine (catalog ``unit_price`` and
+``cost``), the estimate, the budget and the report all price through it. Negotiated prices
+override the defaults, most specific last:
+
+1. the model table (and ``QWBATCH_MODELS_FILE`` rows, which may carry ``price_<region>``);
+2. a TOML file named by ``QWBATCH_PRICES_FILE``, one table per region::
+
+       [singapore]
+       "qwen-image-2.0" = 0.03
+       [beijing]
+       "qwen-image-2.0-pro" = 0.45
+
+3. ``QWBATCH_PRICES='{"qwen-image-2.0": 0.03}'``: prices for the run's own region.
+
+Money is :class:`~decimal.Decimal` here, so sums are exact (0.035 × 3 is 0.105, not
+0.10500000000000001); a catalog row holds it as a float, rounded at that boundary.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from qwbatch.core.errors import ConfigError
+from qwbatch.core.model_table import ModelTable
+from qwbatch.core.settings import Settings
+from qwbatch.core.types import RenderRequest
+
+#: Money is rounded to this many decimal places where it leaves Decimal (JSON, floats).
+MONEY_PLACES = 6
+#: The by-tag line of requests that carry no tag at all.
+UNTAGGED = "(untagged)"
+
+ZERO = Decimal(0)
+
+
+def money(value: float | int | str | Decimal) -> Decimal:
+    """An amount as Decimal, read from its shortest text (so ``0.035`` stays 0.035)."""
+    if isinstance(value, Decimal):
+        return value
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        raise ConfigError(f"not an amount of money: {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ConfigError(f"an amount of money must be a finite number >= 0, got {value!r}")
+    return amount
+
+
+def as_float(amount: Decimal) -> float:
+    """An amount for a float column or JSON: rounded to :data:`MONEY_PLACES` places."""
+    return float(round(amount, MONEY_PLACES))
+
+
+def tag_label(key: str, value: str) -> str:
+    """How a tag is named in cost lines: ``key=value``, or ``key`` for a plain label."""
+    return f"{key}={value}" if value else key
+
+
+def tag_labels(tags: Iterable[tuple[str, str]]) -> list[str]:
+    """The cost-line names of a request's tags; :data:`UNTAGGED` when it has none."""
+    labels = [tag_label(key, value) for key, value in tags]
+    return labels or [UNTAGGED]
+
+
+class PriceTable:
+    """Unit prices (per output image) for one region, in that region's currency."""
+
+    def __init__(self, region: str, currency: str, prices: Mapping[str, Decimal]) -> None:
+        self.region = region
+        self.currency = currency
+        self._prices = dict(prices)
+
+    @classmethod
+    def load(cls, settings: Settings, table: ModelTable) -> PriceTable:
+        """The run's prices: model table, then ``prices_file``, then ``prices`` (see above)."""
+        region = settings.region
+        prices: dict[str, Decimal] = {}
+        for name in table.names():
+            price = table.get(name).price(region)
+            if price is not None:
+                prices[name] = money(price)
+        if settings.prices_file is not None:
+            prices.update(read_prices_file(settings.prices_file).get(region, {}))
+        prices.update({name: money(price) for name, price in settings.prices.items()})
+        return cls(region, settings.currency(), prices)
+
+    def unit_price(self, model: str) -> Decimal | None:
+        """Price of one image of ``model``; None when no table or override names one."""
+        return self._prices.get(model)
+
+    def catalog_price(self, model: str) -> float:
+        """The unit price as a catalog float (0.0 for an unpriced model: see the estimate)."""
+        price = self._prices.get(model)
+        return as_float(price) if price is not None else 0.0
+
+    def cost(self, model: str, images: int) -> Decimal:
+        """What ``images`` images of ``model`` cost (zero for an unpriced model)."""
+        return images * (self._prices.get(model) or ZERO)
+
+    def request_cost(self, request: RenderRequest) -> Decimal:
+        """The most a request can cost: all of its ``n`` images billed."""
+        return self.cost(request.model, request.n)
+
+    def models(self) -> dict[str, Decimal]:
+        return dict(sorted(self._prices.items()))
+
+
+def read_prices_file(path: Path) -> dict[str, dict[str, Decimal]]:
+    """A prices file: ``{region: {model: unit price}}`` (ConfigError when unreadable)."""
+    try:
+        data: dict[str, Any] = tomllib.loads(Path(path).read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read prices file {path}: {exc}") from exc
+    out: dict[str, dict[str, Decimal]] = {}
+    for region, rows in data.items():
+        if not isinstance(rows, dict):
+            raise ConfigError(
+                f"prices file {path}: {region!r} must be a table of model = price, "
+                'such as [singapore] "qwen-image-2.0" = 0.03'
+            )
+        out[region] = {}
+        for model, price in rows.items():
+            if isinstance(price, bool) or not isinstance(price, int | float):
+                raise ConfigError(f"prices file {path}: [{region}] {model!r} is not a number")
+            out[region][model] = money(price)
+    return out
+
+
+# --------------------------------------------------------------------------- estimates
+
+
+@dataclass(slots=True)
+class CostLine:
+    """Requests, images and their cost under one heading (a model, a tag)."""
+
+    requests: int = 0
+    images: int = 0
+    cost: Decimal = ZERO
+
+    def add(self, images: int, cost: Decimal) -> None:
+        self.requests += 1
+        self.images += images
+        self.cost += cost
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "images": self.images, "cost": as_float(self.cost)}
+
+
+@dataclass(slots=True)
+class Estimate:
+    """What a set of requests will cost if every image is generated (and so billed).
+
+    Each request counts under its model and under each of its tags (a request with two tags
+    is in two tag lines, so tag lines may add up to more than ``total``); a folded duplicate
+    row costs nothing, as in the catalog. ``unpriced`` counts images of models no price
+    names: they are in ``images`` but not in any cost.
+    """
+
+    region: str
+    currency: str
+    requests: int = 0
+    images: int = 0
+    total: Decimal = ZERO
+    by_model: dict[str, CostLine] = field(default_factory=dict)
+    by_tag: dict[str, CostLine] = field(default_factory=dict)
+    unit_prices: dict[str, Decimal] = field(default_factory=dict)
+    unpriced: dict[str, int] = field(default_factory=dict)
+
+    def add(self, request: RenderRequest, prices: PriceTable) -> Decimal:
+        """Count one request; what it costs."""
+        price = prices.unit_price(request.model)
+        if price is None:
+            self.unpriced[request.model] = self.unpriced.get(request.model, 0) + request.n
+        else:
+            self.unit_prices[request.model] = price
+        cost = request.n * (price or ZERO)
+        self.requests += 1
+        self.images += request.n
+        self.total += cost
+        self.by_model.setdefault(request.model, CostLine()).add(request.n, cost)
+        for label in tag_labels(request.tags):
+            self.by_tag.setdefault(label, CostLine()).add(request.n, cost)
+        return cost
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``total``, ``currency``, ``images``, ``by_model``, ``by_tag`` …"""
+        by_model = {}
+        for model, line in sorted(self.by_model.items()):
+            price = self.unit_prices.get(model)
+            entry = line.to_dict()
+            entry["unit_price"] = as_float(price) if price is not None else None
+            by_model[model] = entry
+        return {
+            "total": as_float(self.total),
+            "currency": self.currency,
+            "region": self.region,
+            "requests": self.requests,
+            "images": self.images,
+            "by_model": by_model,
+            "by_tag": {tag: line.to_dict() for tag, line in sorted(self.by_tag.items())},
+            "unpriced": dict(sorted(self.unpriced.items())),
+        }
+
+
+def estimate(requests: Iterable[RenderRequest], prices: PriceTable) -> Estimate:
+    """The estimate of ``requests`` at ``prices`` (see :class:`Estimate`)."""
+    result = Estimate(region=prices.region, currency=prices.currency)
+    for request in requests:
+        result.add(request, prices)
+    return result
+
+
+def format_money(amount: Decimal | float, currency: str) -> str:
+    """``1.2345 USD``: four places, which shows every price in the table exactly."""
+    return f"{Decimal(str(amount)).quantize(Decimal('0.0001'))} {currency}"

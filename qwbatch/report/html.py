@@ -1,0 +1,263 @@
+"""The HTML report: one self-contained page that opens from disk, for a person to judge a run.
+
+It holds totals (by status, by model, by tag), failures with their reasons, the manifest rows
+the run rejected, and a gallery of every image with its id, status, model, size, seed, cost,
+prompt and tags. Thumbnails are inlined as ``data:`` URIs and the styles as one ``<style>``
+block; the page loads nothing else (its Content-Security-Policy forbids it) and runs no
+script. Every catalog value is HTML-escaped. Money is in the catalog's currency.
+
+The selection of rows is :mod:`qwbatch.catalog.view`'s::
+
+    html = render_html_report(store, run="latest")
+    Path("report.html").write_text(html, encoding="utf-8")
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from html import escape
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from qwbatch.catalog import view as catalog_view
+from qwbatch.catalog.table import REJECTS_PREFIX
+from qwbatch.catalog.view import RowFilter
+from qwbatch.core.errors import StorageError, StorageTransientError
+from qwbatch.run.progress import GOOD_STATUSES
+from qwbatch.storage.stores import ObjectStore
+
+#: Images inlined at most by default; the page says how many more there were.
+DEFAULT_MAX_IMAGES = 1000
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Counts for one group of rows (a model, a tag, everything)."""
+
+    rows: int = 0
+    images: int = 0
+    failed: int = 0
+    cost: float = 0.0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows += 1
+        self.cost += row.get("cost") or 0.0
+        if row["status"] in GOOD_STATUSES:
+            self.images += 1 if catalog_view.has_image(row) else 0
+        else:
+            self.failed += 1
+
+
+def render_html_report(
+    store: ObjectStore,
+    run: str | None = None,
+    *,
+    filters: Sequence[RowFilter] = (),
+    max_images: int = DEFAULT_MAX_IMAGES,
+    generated_at: dt.datetime | None = None,
+) -> str:
+    """The report page for ``store`` (one run, ``"latest"``, or the latest of every row)."""
+    rows = catalog_view.select_rows(store, run=run, filters=filters)
+    runs = sorted({row["run_id"] for row in rows})
+    rejects_run = run if run not in (None, "latest") else (runs[-1] if runs else None)
+    currency = next((row["currency"] for row in rows if row.get("currency")), "USD")
+    when = (generated_at or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M UTC")
+    scope = "latest of every row" if run is None else f"run {rejects_run}"
+    body = "\n".join(
+        [
+            f"<h1>qwbatch report</h1><p class=meta>{escape(store.root_uri)} · {escape(scope)}"
+            f" · {len(runs)} run(s) · generated {when}</p>",
+            _totals(rows, currency),
+            _failures(rows),
+            _rejects(store, rejects_run),
+            _gallery(store, rows, max_images, currency),
+            _by_tag(rows, currency),
+        ]
+    )
+    return _PAGE.format(title=escape(f"qwbatch report · {scope}"), style=_STYLE, body=body)
+
+
+# ------------------------------------------------------------------------------ sections
+
+
+def _totals(rows: Sequence[dict[str, Any]], currency: str) -> str:
+    total = _Tally()
+    for row in rows:
+        total.add(row)
+    statuses = Counter(row["status"] for row in rows)
+    cards = [
+        ("rows", str(total.rows)),
+        ("images", str(total.images)),
+        ("failed", str(total.failed)),
+        (f"cost ({currency})", f"{total.cost:.4f}"),
+    ]
+    html = "<section class=cards>" + "".join(
+        f"<div class=card><b>{escape(value)}</b><span>{escape(label)}</span></div>"
+        for label, value in cards
+    )
+    html += "</section>"
+    status_rows = [[status, str(count)] for status, count in sorted(statuses.items())]
+    by_model: dict[str, _Tally] = defaultdict(_Tally)
+    for row in rows:
+        by_model[row["model"]].add(row)
+    models = [[name, *_cells(t)] for name, t in sorted(by_model.items())]
+    return (
+        html
+        + "<div class=row><div>"
+        + _table("By status", ["status", "rows"], status_rows, numeric={1})
+        + "</div><div>"
+        + _table("By model", ["model", *_head(currency)], models, numeric={1, 2, 3, 4})
+        + "</div></div>"
+    )
+
+
+def _by_tag(rows: Sequence[dict[str, Any]], currency: str) -> str:
+    by_tag: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
+    for row in rows:
+        for key, value in row["tags"].items():
+            by_tag[(key, value)].add(row)
+    tags = [[f"{k}={v}" if v else k, *_cells(t)] for (k, v), t in sorted(by_tag.items())]
+    head = ["tag", *_head(currency)]
+    return _table("By tag", head, tags, numeric={1, 2, 3, 4}, empty="no tags")
+
+
+def _head(currency: str) -> list[str]:
+    return ["rows", "images", "failed", f"cost ({currency})"]
+
+
+def _cells(t: _Tally) -> list[str]:
+    return [str(t.rows), str(t.images), str(t.failed), f"{t.cost:.4f}"]
+
+
+def _failures(rows: Sequence[dict[str, Any]]) -> str:
+    bad = [row for row in rows if row["status"] not in GOOD_STATUSES]
+    body = [
+        [
+            row["row_id"],
+            row["model"],
+            row["status"],
+            row.get("error_code") or "",
+            row.get("error_message") or "",
+            str(row.get("attempts") or 0),
+        ]
+        for row in bad
+    ]
+    head = ["id", "model", "status", "error", "reason", "attempts"]
+    return _table(f"Failures ({len(bad)})", head, body, numeric={5}, empty="no failures")
+
+
+def _rejects(store: ObjectStore, run: str | None) -> str:
+    if run is None:
+        return ""
+    try:
+        data = store.get(f"{REJECTS_PREFIX}rejects-{run}.parquet")
+    except (StorageError, StorageTransientError):
+        data = None  # no rejects file: the run rejected nothing (or it is unreadable)
+    rejects = pq.read_table(io.BytesIO(data)).to_pylist() if data else []
+    body = [[str(r["row_number"]), r.get("id") or "", r["column"], r["reason"]] for r in rejects]
+    title = f"Rejected manifest rows ({len(rejects)}, run {run})"
+    return _table(title, ["row", "id", "column", "reason"], body, numeric={0}, empty="none")
+
+
+def _gallery(
+    store: ObjectStore, rows: Sequence[dict[str, Any]], max_images: int, currency: str
+) -> str:
+    shown = rows[:max_images]
+    figures = [_figure(store, row, currency) for row in shown]
+    more = len(rows) - len(shown)
+    tail = f"<p class=meta>… and {more} more rows not shown</p>" if more > 0 else ""
+    return f"<h2>Images ({len(rows)})</h2><section class=grid>{''.join(figures)}</section>{tail}"
+
+
+def _figure(store: ObjectStore, row: dict[str, Any], currency: str) -> str:
+    thumb = catalog_view.load_thumbnail(store, row)
+    label = row["row_id"]
+    if (row.get("n") or 1) > 1 and row.get("image_index") is not None:
+        label += f" #{row['image_index'] + 1}"
+    if thumb is not None:
+        uri = "data:image/webp;base64," + base64.b64encode(thumb).decode("ascii")
+        picture = f'<img src="{uri}" alt="{escape(label)}">'
+    else:
+        reason = row.get("error_message") or row.get("error_code") or "no image"
+        picture = f"<div class=noimg>{escape(row['status'])}<small>{escape(reason)}</small></div>"
+    facts = " · ".join(
+        escape(str(x))
+        for x in (row["model"], row.get("size") or "default size", f"seed {row['seed']}")
+    )
+    cost = f"{(row.get('cost') or 0.0):.4f} {escape(row.get('currency') or currency)}"
+    tags = "".join(
+        f"<span class=tag>{escape(f'{k}={v}' if v else k)}</span>"
+        for k, v in sorted(row["tags"].items())
+    )
+    status = escape(row["status"])
+    return (
+        f"<figure>{picture}<figcaption><b>{escape(label)}</b>"
+        f" <span class='st {status}'>{status}</span><br><small>{facts} · {cost}</small>"
+        f"<p>{escape(row['prompt'])}</p>{tags}</figcaption></figure>"
+    )
+
+
+def _table(
+    title: str,
+    head: Sequence[str],
+    body: Iterable[Sequence[str]],
+    *,
+    numeric: set[int] | frozenset[int] = frozenset(),
+    empty: str = "nothing",
+) -> str:
+    rows = list(body)
+    if not rows:
+        return f"<h2>{escape(title)}</h2><p class=meta>{escape(empty)}</p>"
+
+    def cell(tag: str, i: int, text: str) -> str:
+        cls = " class=num" if i in numeric else ""
+        return f"<{tag}{cls}>{escape(text)}</{tag}>"
+
+    thead = "".join(cell("th", i, h) for i, h in enumerate(head))
+    tbody = "".join(
+        "<tr>" + "".join(cell("td", i, c) for i, c in enumerate(r)) + "</tr>" for r in rows
+    )
+    return f"<h2>{escape(title)}</h2><table><tr>{thead}</tr>{tbody}</table>"
+
+
+_PAGE = """<!doctype html>
+<html lang=en><head><meta charset=utf-8>
+<meta http-equiv="Content-Security-Policy"
+ content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<meta name=viewport content="width=device-width, initial-scale=1">
+<title>{title}</title><style>{style}</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+_STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans","Noto Sans CJK SC",
+"PingFang SC","Microsoft YaHei",sans-serif;margin:24px;background:#f6f5f2;color:#222}
+h1{margin:0 0 4px}.row{display:flex;gap:32px;flex-wrap:wrap}
+h2{margin:28px 0 8px;font-size:18px}.meta{color:#666;margin:0}
+.cards{display:flex;gap:12px;margin-top:16px;flex-wrap:wrap}
+.card{background:#fff;border:1px solid #e2e0db;border-radius:8px;padding:10px 16px;min-width:110px}
+.card b{display:block;font-size:22px}.card span{color:#666}
+table{border-collapse:collapse;background:#fff;border:1px solid #e2e0db}
+th,td{padding:4px 10px;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+th{background:#efede8}.num{text-align:right;font-variant-numeric:tabular-nums}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:14px}
+figure{margin:0;background:#fff;border:1px solid #e2e0db;border-radius:8px;overflow:hidden}
+figure img{display:block;width:100%;height:220px;object-fit:contain;background:#fafafa}
+.noimg{height:220px;display:flex;flex-direction:column;justify-content:center;
+align-items:center;background:#ece9e6;color:#b02828;font-weight:600;padding:0 12px;
+text-align:center}.noimg small{font-weight:400;color:#444;margin-top:6px}
+figcaption{padding:8px 10px}figcaption p{margin:6px 0;color:#444}
+.st{font-size:12px;padding:1px 6px;border-radius:4px;background:#e6f0e6;color:#225522}
+.st.failed,.st.moderated,.st.ambiguous,.st.expired,.st.skipped_budget{background:#f6e0e0;
+color:#a02020}.st.deduplicated{background:#e8ecf4;color:#2a3f66}
+.tag{display:inline-block;font-size:12px;background:#f0eee9;border-radius:4px;
+padding:0 6px;margin:0 4px 4px 0;color:#555}
+"""
