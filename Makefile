@@ -32,9 +32,16 @@ docs: demo
 test: $(STAMP)
 	$(BIN)/pytest
 
+LINTED := qwbatch flows tests bench manifests tools
+
+# What a reviewer checks: style, formatting, types, and the house's layers (pyproject's
+# [tool.importlinter]) with no import cycle anywhere, deferred imports included.
 lint: $(STAMP)
-	$(BIN)/ruff check qwbatch flows tests bench manifests
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python tools/import_cycles.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -30,8 +30,7 @@ def main() -> None:
     from qwbatch.core.keys import request_key
     from qwbatch.core.model_table import ModelTable
     from qwbatch.core.settings import Settings
-    from qwbatch.core.types import RenderRequest
-    from qwbatch.plan.planner import PlanItem
+    from qwbatch.core.types import PlanItem, RenderRequest
     from qwbatch.providers.dashscope import DashScopeProvider
     from qwbatch.render.engine import Engine
     from qwbatch.render.journal import Journal, StoreJournal

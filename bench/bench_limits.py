@@ -285,9 +285,8 @@ def worker(args: argparse.Namespace) -> None:
     from qwbatch.core.keys import request_key
     from qwbatch.core.model_table import ModelTable
     from qwbatch.core.settings import Settings
-    from qwbatch.core.types import RenderRequest
+    from qwbatch.core.types import PlanItem, RenderRequest
     from qwbatch.limits import LIMITERS
-    from qwbatch.plan.planner import PlanItem
     from qwbatch.providers.dashscope import DashScopeProvider
     from qwbatch.render.engine import Engine
     from qwbatch.storage.stores import open_store

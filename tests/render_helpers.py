@@ -11,8 +11,7 @@ from qwbatch.catalog import table as catalog
 from qwbatch.core.keys import request_key
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import CatalogRecord, RenderRequest
-from qwbatch.plan.planner import PlanItem
+from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render.engine import Engine, RecordsCallback
 from qwbatch.storage.stores import ObjectStore, open_store

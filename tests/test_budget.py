@@ -20,8 +20,8 @@ from qwbatch.core.costs import PriceTable
 from qwbatch.core.errors import BudgetExceededError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import CatalogRecord, RenderRequest
-from qwbatch.plan.planner import PlanItem, plan_run
+from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest
+from qwbatch.plan.planner import plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render.engine import Engine, ShardResult
 from qwbatch.run import runner

@@ -81,8 +81,13 @@ def test_run_renders_and_strict_refuses(
     monkeypatch.setenv("DASHSCOPE_API_KEY", sim.api_key)
     path = tmp_path / "m.parquet"
     pq.write_table(
-        pa.table({"id": ["a", "b", "bad"], "prompt": ["a cat", "a dog", ""],
-                  "size": ["512*512", "512*512", None]}),
+        pa.table(
+            {
+                "id": ["a", "b", "bad"],
+                "prompt": ["a cat", "a dog", ""],
+                "size": ["512*512", "512*512", None],
+            }
+        ),
         path,
     )
     out = tmp_path / "out"

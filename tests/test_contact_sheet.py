@@ -15,8 +15,7 @@ from qwbatch.catalog.view import RowFilter, parse_filters, select_rows
 from qwbatch.cli import app
 from qwbatch.core.errors import ConfigError
 from qwbatch.core.fonts import caption_font, find_caption_font
-from qwbatch.core.types import CatalogRecord
-from qwbatch.plan.planner import PlanItem
+from qwbatch.core.types import CatalogRecord, PlanItem
 from qwbatch.report.contact_sheet import Layout, fit_lines, make_contact_sheet
 from qwbatch.simulator.render import colour
 from qwbatch.storage.stores import LocalStore

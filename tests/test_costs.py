@@ -15,9 +15,9 @@ from qwbatch.core.errors import BudgetExceededError, ConfigError
 from qwbatch.core.keys import request_key
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import RenderRequest
+from qwbatch.core.types import PlanItem, RenderRequest
 from qwbatch.manifest.reader import read_manifest
-from qwbatch.plan.planner import PlanItem, plan_run
+from qwbatch.plan.planner import plan_run
 from qwbatch.storage.stores import open_store
 
 TABLE = ModelTable.load()

@@ -14,8 +14,7 @@ from store_helpers import FlakyStore
 from qwbatch.core.errors import StorageTransientError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import CatalogRecord, RenderRequest
-from qwbatch.plan.planner import Alias, PlanItem
+from qwbatch.core.types import Alias, CatalogRecord, PlanItem, RenderRequest
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render.engine import Engine
 from qwbatch.storage.layout import output_key

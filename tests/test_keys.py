@@ -38,10 +38,14 @@ BASE: dict[str, Any] = {
 
 def test_golden_canonical_form_and_key() -> None:
     # Pinned once: a change here changes every key in every catalog. Bump KEY_VERSION instead.
-    assert canonical_request(**BASE) == (
-        '["qwbatch/1","qwen-image-2.0","edit","Put the mug on a marble counter, 「早安」 in neon",'
-        f'"blurry","1024*1024",2,false,false,["{SHA_A}","{SHA_B}"],42]'
-    ).encode()
+    assert (
+        canonical_request(**BASE)
+        == (
+            '["qwbatch/1","qwen-image-2.0","edit",'
+            '"Put the mug on a marble counter, 「早安」 in neon",'
+            f'"blurry","1024*1024",2,false,false,["{SHA_A}","{SHA_B}"],42]'
+        ).encode()
+    )
     assert request_key(**BASE) == (
         "6fbe85d0501fea4c27ede4bee09b718f7a6c58af25cff758cd256ac81dda1c7e"
     )
@@ -71,8 +75,19 @@ def test_key_and_seed_follow_the_documented_formulas() -> None:
 )
 def test_canonical_form_is_compact_json(prompt: str) -> None:
     fields = {**BASE, "prompt": prompt, "negative_prompt": None, "prompt_extend": None}
-    expected = [KEY_VERSION, fields["model"], fields["mode"], prompt, None, fields["size"],
-                fields["n"], None, fields["watermark"], list(fields["input_sha256"]), 42]
+    expected = [
+        KEY_VERSION,
+        fields["model"],
+        fields["mode"],
+        prompt,
+        None,
+        fields["size"],
+        fields["n"],
+        None,
+        fields["watermark"],
+        list(fields["input_sha256"]),
+        42,
+    ]
     encoded = json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
     assert canonical_request(**fields) == encoded
     assert json.loads(canonical_request(**fields)) == expected

@@ -21,8 +21,8 @@ from prefect.settings import PREFECT_API_URL
 from test_engine import KEY, TABLE, make_request
 
 from qwbatch.core.settings import Settings
+from qwbatch.core.types import PlanItem
 from qwbatch.limits import LimiterRegistry
-from qwbatch.plan.planner import PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render.engine import Engine
 from qwbatch.simulator.state import peak_rate

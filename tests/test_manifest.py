@@ -103,18 +103,28 @@ def test_a_full_row_is_normalised(tmp_path: Path, images: dict[str, str]) -> Non
             "prompt_extend": [True],
             "watermark": [None],
             "input_images": [["inputs/a.png", " inputs/b.png "]],
-            "tags": pa.array([[("sku", "123"), ("campaign", "spring")]],
-                             pa.map_(pa.string(), pa.string())),
+            "tags": pa.array(
+                [[("sku", "123"), ("campaign", "spring")]], pa.map_(pa.string(), pa.string())
+            ),
         },
     )
     requests, rejects, _ = read_all(path)
     assert rejects == []
     [request] = requests
     expected = RenderRequest(
-        row_id="sku-1", row_number=0, request_key=request.request_key,
-        model="qwen-image-edit-plus", mode="edit", prompt="Put the mug on a marble counter",
-        negative_prompt=None, size="1024*768", n=2, seed=7, prompt_extend=True,
-        watermark=False, input_images=("inputs/a.png", "inputs/b.png"),
+        row_id="sku-1",
+        row_number=0,
+        request_key=request.request_key,
+        model="qwen-image-edit-plus",
+        mode="edit",
+        prompt="Put the mug on a marble counter",
+        negative_prompt=None,
+        size="1024*768",
+        n=2,
+        seed=7,
+        prompt_extend=True,
+        watermark=False,
+        input_images=("inputs/a.png", "inputs/b.png"),
         input_sha256=(images["inputs/a.png"], images["inputs/b.png"]),
         tags=(("campaign", "spring"), ("sku", "123")),
     )
@@ -124,10 +134,12 @@ def test_a_full_row_is_normalised(tmp_path: Path, images: dict[str, str]) -> Non
 
 def test_defaults_for_a_minimal_row(tmp_path: Path) -> None:
     request = accepted(tmp_path)
-    assert (request.model, request.mode, request.n, request.size) == (
-        DEFAULT, "generate", 1, None)
+    assert (request.model, request.mode, request.n, request.size) == (DEFAULT, "generate", 1, None)
     assert (request.prompt_extend, request.watermark, request.negative_prompt) == (
-        None, False, None)
+        None,
+        False,
+        None,
+    )
     assert 0 <= request.seed <= SEED_MAX
     assert request.request_key == key_of(request)
 
@@ -138,11 +150,14 @@ def test_size_forms_are_normalised(tmp_path: Path, size: str) -> None:
 
 
 def test_identical_requests_with_different_ids_share_a_key(tmp_path: Path) -> None:
-    path = write(tmp_path / "m.parquet", {
-        "id": ["a", "b", "c"],
-        "prompt": ["a red apple", " a red apple ", "a green apple"],
-        "tags": [["x"], ["y=1"], None],
-    })
+    path = write(
+        tmp_path / "m.parquet",
+        {
+            "id": ["a", "b", "c"],
+            "prompt": ["a red apple", " a red apple ", "a green apple"],
+            "tags": [["x"], ["y=1"], None],
+        },
+    )
     requests, rejects, _ = read_all(path)
     assert rejects == []
     assert requests[0].request_key == requests[1].request_key != requests[2].request_key
@@ -178,19 +193,32 @@ PLAIN: dict[str, Any] = {
 @pytest.mark.parametrize(
     "variant",
     [
-        {"n": pa.array([1, None, 3], pa.int32()), "seed": pa.array([5, None, 2147483647],
-                                                                   pa.uint32())},
+        {
+            "n": pa.array([1, None, 3], pa.int32()),
+            "seed": pa.array([5, None, 2147483647], pa.uint32()),
+        },
         {"n": pa.array([1, None, 3], pa.int8()), "seed": pa.array([5.0, None, 2147483647.0])},
-        {"id": pa.array(["a", "b", "c"], pa.large_string()),
-         "prompt": pa.array(["one cat", "two dogs", "three birds"], pa.large_string())},
-        {"model": pa.array(["qwen-image-2.0", None, "qwen-image-2.0-pro"]).dictionary_encode(),
-         "size": pa.array(["1024*1024", None, "2048x2048"]).dictionary_encode()},
+        {
+            "id": pa.array(["a", "b", "c"], pa.large_string()),
+            "prompt": pa.array(["one cat", "two dogs", "three birds"], pa.large_string()),
+        },
+        {
+            "model": pa.array(["qwen-image-2.0", None, "qwen-image-2.0-pro"]).dictionary_encode(),
+            "size": pa.array(["1024*1024", None, "2048x2048"]).dictionary_encode(),
+        },
         {"prompt": pa.array([b"one cat", b"two dogs", b"three birds"], pa.binary())},
         {"n": ["1", None, " 3 "], "watermark": ["TRUE", None, "0"]},
         {"watermark": pa.array([1, None, 0], pa.int8())},
     ],
-    ids=["int32-uint32", "int8-float64", "large_string", "dictionary", "binary", "text",
-         "int-bool"],
+    ids=[
+        "int32-uint32",
+        "int8-float64",
+        "large_string",
+        "dictionary",
+        "binary",
+        "text",
+        "int-bool",
+    ],
 )
 def test_type_variants_give_the_same_requests(tmp_path: Path, variant: dict[str, Any]) -> None:
     expected = _flavour_rows(tmp_path, PLAIN)
@@ -203,35 +231,58 @@ def test_integer_ids_become_text(tmp_path: Path) -> None:
 
 
 def test_all_null_optional_columns(tmp_path: Path) -> None:
-    nulls = {name: pa.nulls(3) for name in ("mode", "model", "negative_prompt", "size", "n",
-                                              "seed", "prompt_extend", "watermark",
-                                              "input_images", "tags")}
-    requests = _flavour_rows(tmp_path, {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"],
-                                        **nulls})
+    nulls = {
+        name: pa.nulls(3)
+        for name in (
+            "mode",
+            "model",
+            "negative_prompt",
+            "size",
+            "n",
+            "seed",
+            "prompt_extend",
+            "watermark",
+            "input_images",
+            "tags",
+        )
+    }
+    requests = _flavour_rows(tmp_path, {"id": ["a", "b", "c"], "prompt": ["x", "y", "z"], **nulls})
     assert [(r.mode, r.model, r.n, r.watermark) for r in requests] == [
-        ("generate", DEFAULT, 1, False)] * 3
+        ("generate", DEFAULT, 1, False)
+    ] * 3
 
 
 @pytest.mark.parametrize(
     "column",
     [
         pa.array([["inputs/a.png", "inputs/b.png"], ["inputs/c.png"]], pa.list_(pa.string())),
-        pa.array([["inputs/a.png", "inputs/b.png"], ["inputs/c.png"]],
-                 pa.large_list(pa.large_string())),
+        pa.array(
+            [["inputs/a.png", "inputs/b.png"], ["inputs/c.png"]], pa.large_list(pa.large_string())
+        ),
         pa.array([json.dumps(["inputs/a.png", "inputs/b.png"]), "inputs/c.png"]),
-        pa.array([["inputs/a.png", "inputs/b.png"], ["inputs/c.png"]],
-                 pa.list_(pa.dictionary(pa.int32(), pa.string()))),
+        pa.array(
+            [["inputs/a.png", "inputs/b.png"], ["inputs/c.png"]],
+            pa.list_(pa.dictionary(pa.int32(), pa.string())),
+        ),
     ],
     ids=["list", "large_list", "json-and-single-string", "list-of-dictionary"],
 )
 def test_input_image_forms(tmp_path: Path, images: dict[str, str], column: pa.Array) -> None:
-    path = write(tmp_path / "m.parquet", {
-        "id": ["a", "b"], "prompt": ["x", "y"], "mode": ["edit", "edit"], "input_images": column,
-    })
+    path = write(
+        tmp_path / "m.parquet",
+        {
+            "id": ["a", "b"],
+            "prompt": ["x", "y"],
+            "mode": ["edit", "edit"],
+            "input_images": column,
+        },
+    )
     requests, rejects, _ = read_all(path)
     assert rejects == []
-    assert [r.input_images for r in requests] == [("inputs/a.png", "inputs/b.png"),
-                                                  ("inputs/c.png",)]
+    assert [r.input_images for r in requests] == [
+        ("inputs/a.png", "inputs/b.png"),
+        ("inputs/c.png",),
+    ]
     assert requests[0].input_sha256 == (images["inputs/a.png"], images["inputs/b.png"])
     assert requests[1].input_sha256 == (images["inputs/c.png"],)
 
@@ -242,32 +293,58 @@ TAGS = (("campaign", "spring"), ("sale", ""), ("sku", "123"))
 @pytest.mark.parametrize(
     "column",
     [
-        pa.array([[("sku", "123"), ("campaign", "spring"), ("sale", "")]],
-                 pa.map_(pa.string(), pa.string())),
-        pa.array([[("sku", "123"), ("campaign", " spring "), ("sale", ""), ("gone", None)]],
-                 pa.map_(pa.large_string(), pa.string())),
+        pa.array(
+            [[("sku", "123"), ("campaign", "spring"), ("sale", "")]],
+            pa.map_(pa.string(), pa.string()),
+        ),
+        pa.array(
+            [[("sku", "123"), ("campaign", " spring "), ("sale", ""), ("gone", None)]],
+            pa.map_(pa.large_string(), pa.string()),
+        ),
         pa.array([["sku=123", "campaign=spring", "sale"]], pa.list_(pa.string())),
-        pa.array([{"sku": 123, "campaign": "spring", "sale": "", "gone": None}],
-                 pa.struct([("sku", pa.int32()), ("campaign", pa.string()),
-                            ("sale", pa.string()), ("gone", pa.string())])),
+        pa.array(
+            [{"sku": 123, "campaign": "spring", "sale": "", "gone": None}],
+            pa.struct(
+                [
+                    ("sku", pa.int32()),
+                    ("campaign", pa.string()),
+                    ("sale", pa.string()),
+                    ("gone", pa.string()),
+                ]
+            ),
+        ),
         pa.array([json.dumps({"sku": "123", "campaign": "spring", "sale": ""})]),
         pa.array([json.dumps(["sku=123", "campaign=spring", "sale"])]),
         pa.array(["sku=123, campaign=spring, sale"]),
-        pa.array([[("sku", "1"), ("campaign", "spring"), ("sku", "123"), ("sale", "")]],
-                 pa.map_(pa.string(), pa.string())),
+        pa.array(
+            [[("sku", "1"), ("campaign", "spring"), ("sku", "123"), ("sale", "")]],
+            pa.map_(pa.string(), pa.string()),
+        ),
     ],
-    ids=["map", "map-large-null-value", "list", "struct", "json-object", "json-array",
-         "comma-text", "map-repeated-key"],
+    ids=[
+        "map",
+        "map-large-null-value",
+        "list",
+        "struct",
+        "json-object",
+        "json-array",
+        "comma-text",
+        "map-repeated-key",
+    ],
 )
 def test_tag_forms(tmp_path: Path, column: pa.Array) -> None:
     assert accepted(tmp_path, tags=column).tags == TAGS
 
 
 def test_tags_with_nulls_and_empties(tmp_path: Path) -> None:
-    path = write(tmp_path / "m.parquet", {
-        "id": ["a", "b", "c"], "prompt": ["x", "y", "z"],
-        "tags": pa.array([None, [], [("k", "v")]], pa.map_(pa.string(), pa.string())),
-    })
+    path = write(
+        tmp_path / "m.parquet",
+        {
+            "id": ["a", "b", "c"],
+            "prompt": ["x", "y", "z"],
+            "tags": pa.array([None, [], [("k", "v")]], pa.map_(pa.string(), pa.string())),
+        },
+    )
     requests, _, _ = read_all(path)
     assert [r.tags for r in requests] == [(), (), (("k", "v"),)]
 
@@ -275,10 +352,22 @@ def test_tags_with_nulls_and_empties(tmp_path: Path) -> None:
 def test_map_tags_sorted_or_not_and_sliced() -> None:
     # Map tags take a column-wise path (with a shortcut when every row is already sorted);
     # batches can be slices of a larger array, whose offsets index the whole child arrays.
-    rows = [[("a", "1"), ("b", "2")], None, [("b", "2"), ("a", "1")], [("k", " v ")], [],
-            [("x", "1"), ("x", "2")]]
-    expected: list[Any] = [(("a", "1"), ("b", "2")), None, (("a", "1"), ("b", "2")),
-                           (("k", "v"),), (), (("x", "2"),)]
+    rows = [
+        [("a", "1"), ("b", "2")],
+        None,
+        [("b", "2"), ("a", "1")],
+        [("k", " v ")],
+        [],
+        [("x", "1"), ("x", "2")],
+    ]
+    expected: list[Any] = [
+        (("a", "1"), ("b", "2")),
+        None,
+        (("a", "1"), ("b", "2")),
+        (("k", "v"),),
+        (),
+        (("x", "2"),),
+    ]
     column = pa.array(rows, pa.map_(pa.string(), pa.string()))
     coerce = COERCE["tags"]
     assert coerce(column) == expected
@@ -289,16 +378,18 @@ def test_map_tags_sorted_or_not_and_sliced() -> None:
 
 def test_a_manifest_written_by_polars(tmp_path: Path, images: dict[str, str]) -> None:
     path = tmp_path / "polars.parquet"
-    pl.DataFrame({
-        "id": ["p1", "p2"],
-        "prompt": ["a poster", "replace the sky"],
-        "mode": pl.Series([None, "edit"], dtype=pl.Categorical),
-        "n": [2, None],
-        "seed": [None, 99],
-        "input_images": [None, ["inputs/a.png"]],
-        "tags": [{"campaign": "spring", "sku": "1"}, None],
-        "watermark": [None, True],
-    }).write_parquet(path)
+    pl.DataFrame(
+        {
+            "id": ["p1", "p2"],
+            "prompt": ["a poster", "replace the sky"],
+            "mode": pl.Series([None, "edit"], dtype=pl.Categorical),
+            "n": [2, None],
+            "seed": [None, 99],
+            "input_images": [None, ["inputs/a.png"]],
+            "tags": [{"campaign": "spring", "sku": "1"}, None],
+            "watermark": [None, True],
+        }
+    ).write_parquet(path)
     requests, rejects, reader = read_all(path)
     assert rejects == []
     assert reader.warnings == []
@@ -322,7 +413,9 @@ def test_a_manifest_written_by_duckdb(tmp_path: Path, images: dict[str, str]) ->
     requests, rejects, _ = read_all(path)
     assert rejects == []
     assert [(r.row_id, r.mode, r.n, r.tags) for r in requests] == [
-        ("d1", "generate", 2, (("campaign", "spring"),)), ("d2", "edit", 1, ())]
+        ("d1", "generate", 2, (("campaign", "spring"),)),
+        ("d2", "edit", 1, ()),
+    ]
     assert requests[1].input_sha256 == (images["inputs/a.png"], images["inputs/b.png"])
     assert requests[1].seed == 5
 
@@ -331,9 +424,14 @@ def test_a_folder_of_part_files_is_one_manifest(tmp_path: Path) -> None:
     folder = tmp_path / "manifest.parquet"  # as Spark writes it
     folder.mkdir()
     write(folder / "part-00000.parquet", {"id": ["a", "b"], "prompt": ["x", "y"]})
-    write(folder / "part-00001.parquet", {"id": pa.array(["c", "a"], pa.large_string()),
-                                          "prompt": ["z", "w"],
-                                          "n": pa.array([2, 1], pa.int32())})
+    write(
+        folder / "part-00001.parquet",
+        {
+            "id": pa.array(["c", "a"], pa.large_string()),
+            "prompt": ["z", "w"],
+            "n": pa.array([2, 1], pa.int32()),
+        },
+    )
     (folder / "_SUCCESS").write_bytes(b"")
     requests, rejects, reader = read_all(folder)
     assert [(r.row_id, r.row_number) for r in requests] == [("a", 0), ("b", 1), ("c", 2)]
@@ -352,10 +450,17 @@ def test_the_canonical_schema_round_trips(tmp_path: Path) -> None:
 
 
 def test_unknown_columns_are_reported_once(tmp_path: Path) -> None:
-    path = write(tmp_path / "m.parquet", {
-        "id": ["a", "b"], "prompt": ["x", "y"], "colour": ["red", "blue"], "Notes": [1, 2],
-        "priority": [1, 2], "__index_level_0__": [0, 1],
-    })
+    path = write(
+        tmp_path / "m.parquet",
+        {
+            "id": ["a", "b"],
+            "prompt": ["x", "y"],
+            "colour": ["red", "blue"],
+            "Notes": [1, 2],
+            "priority": [1, 2],
+            "__index_level_0__": [0, 1],
+        },
+    )
     requests, rejects, reader = read_all(path)
     assert (len(requests), rejects) == (2, [])
     assert reader.warnings == ["ignored unknown column 'colour'", "ignored unknown column 'Notes'"]
@@ -375,7 +480,9 @@ def test_empty_prompt(tmp_path: Path) -> None:
 def test_bad_mode(tmp_path: Path) -> None:
     reject = rejected(tmp_path, mode="paint")
     assert (reject.column, reject.reason) == (
-        "mode", "mode must be 'generate' or 'edit', got 'paint'")
+        "mode",
+        "mode must be 'generate' or 'edit', got 'paint'",
+    )
 
 
 def test_unknown_model_lists_the_known_ones(tmp_path: Path) -> None:
@@ -387,8 +494,10 @@ def test_unknown_model_lists_the_known_ones(tmp_path: Path) -> None:
 
 
 def test_a_declared_model_is_accepted(tmp_path: Path) -> None:
-    path = write(tmp_path / "m.parquet", {"id": ["a"], "prompt": ["x"], "model": ["my-model"],
-                                          "n": [4], "size": ["640*480"]})
+    path = write(
+        tmp_path / "m.parquet",
+        {"id": ["a"], "prompt": ["x"], "model": ["my-model"], "n": [4], "size": ["640*480"]},
+    )
     requests, rejects, _ = read_all(path, table=ModelTable.load(declared=["my-model"]))
     assert rejects == []
     assert (requests[0].model, requests[0].n, requests[0].size) == ("my-model", 4, "640*480")
@@ -416,8 +525,13 @@ def test_size_against_each_size_rule(
 ) -> None:
     mode = "edit" if "edit" in model else "generate"
     inputs = ["inputs/a.png"] if mode == "edit" else None
-    reject = rejected(tmp_path, model=model, size=size, mode=mode,
-                      input_images=pa.array([inputs], pa.list_(pa.string())))
+    reject = rejected(
+        tmp_path,
+        model=model,
+        size=size,
+        mode=mode,
+        input_images=pa.array([inputs], pa.list_(pa.string())),
+    )
     assert reject.column == "size"
     assert words in reject.reason
 
@@ -430,8 +544,9 @@ def test_sizes_each_rule_accepts(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("model", "n"), [("qwen-image-max", 2), ("qwen-image-2.0", 7)])
 def test_n_too_big(tmp_path: Path, model: str, n: int) -> None:
     reject = rejected(tmp_path, model=model, n=n)
-    assert reject == Reject(0, "r1", "n", f"n={n} but {model} makes at most "
-                            f"{TABLE.get(model).n_max}")
+    assert reject == Reject(
+        0, "r1", "n", f"n={n} but {model} makes at most {TABLE.get(model).n_max}"
+    )
 
 
 @pytest.mark.parametrize("n", [0, -1])
@@ -464,27 +579,30 @@ def test_seed_bounds_are_accepted(tmp_path: Path) -> None:
 def test_prompt_too_long(tmp_path: Path, model: str, limit: int) -> None:
     assert accepted(tmp_path, model=model, prompt="é" * limit).prompt == "é" * limit
     reject = rejected(tmp_path, model=model, prompt="é" * (limit + 1))
-    assert reject == Reject(0, "r1", "prompt", f"prompt has {limit + 1} characters; "
-                            f"{model} allows at most {limit}")
+    assert reject == Reject(
+        0, "r1", "prompt", f"prompt has {limit + 1} characters; {model} allows at most {limit}"
+    )
 
 
 def test_negative_prompt_too_long(tmp_path: Path) -> None:
     assert accepted(tmp_path, negative_prompt="x" * 500).negative_prompt == "x" * 500
     reject = rejected(tmp_path, negative_prompt="x" * 501)
-    assert reject == Reject(0, "r1", "negative_prompt", "negative_prompt has 501 characters; "
-                            "qwen-image-2.0 allows at most 500")
+    assert reject == Reject(
+        0,
+        "r1",
+        "negative_prompt",
+        "negative_prompt has 501 characters; qwen-image-2.0 allows at most 500",
+    )
 
 
 def test_edit_without_images(tmp_path: Path) -> None:
     reject = rejected(tmp_path, mode="edit")
-    assert reject == Reject(0, "r1", "input_images",
-                            "mode 'edit' needs 1 to 3 input_images, got 0")
+    assert reject == Reject(0, "r1", "input_images", "mode 'edit' needs 1 to 3 input_images, got 0")
 
 
 def test_edit_with_more_than_three_images(tmp_path: Path, images: dict[str, str]) -> None:
     reject = rejected(tmp_path, mode="edit", input_images=pa.array([list(images)]))
-    assert reject == Reject(0, "r1", "input_images",
-                            "mode 'edit' needs 1 to 3 input_images, got 4")
+    assert reject == Reject(0, "r1", "input_images", "mode 'edit' needs 1 to 3 input_images, got 4")
 
 
 def test_edit_with_three_images(tmp_path: Path, images: dict[str, str]) -> None:
@@ -508,8 +626,10 @@ def test_missing_input_file(tmp_path: Path, images: dict[str, str]) -> None:
 def test_input_path_escaping_the_folder(tmp_path: Path, uri: str) -> None:
     (tmp_path / "manifest").mkdir()
     (tmp_path / "outside.png").write_bytes(b"secret")
-    path = write(tmp_path / "manifest" / "m.parquet", {
-        "id": ["r1"], "prompt": ["x"], "mode": ["edit"], "input_images": [uri]})
+    path = write(
+        tmp_path / "manifest" / "m.parquet",
+        {"id": ["r1"], "prompt": ["x"], "mode": ["edit"], "input_images": [uri]},
+    )
     requests, rejects, _ = read_all(path)
     assert requests == []
     [reject] = rejects
@@ -525,8 +645,15 @@ def test_absolute_and_file_uris_inside_the_folder(tmp_path: Path, images: dict[s
         assert request.input_sha256 == (images["inputs/a.png"],)
 
 
-@pytest.mark.parametrize("uri", ["s3://bucket/a.png", "https://example.com/a.png",
-                                 "data:image/png;base64,AAAA", "file://otherhost/a.png"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://bucket/a.png",
+        "https://example.com/a.png",
+        "data:image/png;base64,AAAA",
+        "file://otherhost/a.png",
+    ],
+)
 def test_remote_inputs_are_not_supported_yet(tmp_path: Path, uri: str) -> None:
     reject = rejected(tmp_path, mode="edit", input_images=uri)
     assert reject.column == "input_images"
@@ -534,10 +661,13 @@ def test_remote_inputs_are_not_supported_yet(tmp_path: Path, uri: str) -> None:
 
 
 def test_duplicate_ids(tmp_path: Path) -> None:
-    path = write(tmp_path / "m.parquet", {
-        "id": ["a", "b", "a", "c", "a", "b"],
-        "prompt": ["x", "", "y", "z", "w", "v"],
-    })
+    path = write(
+        tmp_path / "m.parquet",
+        {
+            "id": ["a", "b", "a", "c", "a", "b"],
+            "prompt": ["x", "", "y", "z", "w", "v"],
+        },
+    )
     requests, rejects, _ = read_all(path, batch_size=2)
     assert [r.row_id for r in requests] == ["a", "c"]
     assert rejects == [
@@ -555,8 +685,10 @@ def test_duplicate_ids(tmp_path: Path) -> None:
         (None, "id is missing"),
         ("", "id is empty"),
         ("   ", "id is empty"),
-        ("x" * (MAX_ID_CHARS + 1), f"id has {MAX_ID_CHARS + 1} characters; at most "
-                                   f"{MAX_ID_CHARS} are allowed"),
+        (
+            "x" * (MAX_ID_CHARS + 1),
+            f"id has {MAX_ID_CHARS + 1} characters; at most {MAX_ID_CHARS} are allowed",
+        ),
         ("a\nb", "id contains control characters"),
         ("a\x00b", "id contains control characters"),
         ("tab\there", "id contains control characters"),
@@ -609,11 +741,14 @@ def test_bad_cells(tmp_path: Path, column: str, value: Any, reason: str) -> None
 
 
 def test_bad_rows_do_not_stop_good_ones(tmp_path: Path) -> None:
-    path = write(tmp_path / "m.parquet", {
-        "id": ["ok-1", "bad", "ok-2"],
-        "prompt": ["x", "y", "z"],
-        "n": [1, 99, None],
-    })
+    path = write(
+        tmp_path / "m.parquet",
+        {
+            "id": ["ok-1", "bad", "ok-2"],
+            "prompt": ["x", "y", "z"],
+            "n": [1, 99, None],
+        },
+    )
     requests, rejects, reader = read_all(path)
     assert [r.row_id for r in requests] == ["ok-1", "ok-2"]
     assert [(r.row_number, r.row_id, r.column) for r in rejects] == [(1, "bad", "n")]
@@ -633,24 +768,39 @@ def test_each_distinct_input_is_resolved_once(tmp_path: Path) -> None:
             raise StorageError("input image not found: 'gone.png'")
         return hashlib.sha256(uri.encode()).hexdigest()
 
-    path = write(tmp_path / "m.parquet", {
-        "id": [f"r{i}" for i in range(6)], "prompt": ["x"] * 6, "mode": ["edit"] * 6,
-        "input_images": [["a.png"], ["a.png", "b.png"], ["b.png"], ["gone.png"], ["gone.png"],
-                         ["a.png"]],
-    })
+    path = write(
+        tmp_path / "m.parquet",
+        {
+            "id": [f"r{i}" for i in range(6)],
+            "prompt": ["x"] * 6,
+            "mode": ["edit"] * 6,
+            "input_images": [
+                ["a.png"],
+                ["a.png", "b.png"],
+                ["b.png"],
+                ["gone.png"],
+                ["gone.png"],
+                ["a.png"],
+            ],
+        },
+    )
     requests, rejects, _ = read_all(path, resolve_input=resolve, batch_size=2)
     assert sorted(calls) == ["a.png", "b.png", "gone.png"]
     assert len(requests) == 4
     assert [(r.row_number, r.reason) for r in rejects] == [
-        (3, "input image not found: 'gone.png'"), (4, "input image not found: 'gone.png'")]
+        (3, "input image not found: 'gone.png'"),
+        (4, "input image not found: 'gone.png'"),
+    ]
 
 
 def test_a_resolver_bug_is_not_a_reject(tmp_path: Path) -> None:
     def resolve(uri: str) -> str:
         raise RuntimeError("bug")
 
-    path = write(tmp_path / "m.parquet", {"id": ["a"], "prompt": ["x"], "mode": ["edit"],
-                                          "input_images": ["a.png"]})
+    path = write(
+        tmp_path / "m.parquet",
+        {"id": ["a"], "prompt": ["x"], "mode": ["edit"], "input_images": ["a.png"]},
+    )
     with pytest.raises(RuntimeError, match="bug"):
         read_all(path, resolve_input=resolve)
 
@@ -668,9 +818,14 @@ def test_local_resolver_errors_are_permanent(tmp_path: Path) -> None:
 
 
 def test_strict_mode_refuses_the_manifest(tmp_path: Path) -> None:
-    path = write(tmp_path / "m.parquet", {
-        "id": ["a", "b", "c"], "prompt": ["x", "", "z"], "n": [1, 1, 0],
-    })
+    path = write(
+        tmp_path / "m.parquet",
+        {
+            "id": ["a", "b", "c"],
+            "prompt": ["x", "", "z"],
+            "n": [1, 1, 0],
+        },
+    )
     with pytest.raises(ManifestError) as info:
         read_all(path, strict=True)
     message = str(info.value)
@@ -711,7 +866,8 @@ def test_batches_stream_and_give_the_same_result(tmp_path: Path) -> None:
     batches = list(reader)
     assert len(batches) >= 5
     assert [b.first_row for b in batches] == [
-        sum(b.num_rows for b in batches[:i]) for i in range(len(batches))]
+        sum(b.num_rows for b in batches[:i]) for i in range(len(batches))
+    ]
     assert all(b.num_rows <= 8 for b in batches)
     assert reader.summary.batches == len(batches)
     assert reader.summary.rows_read == rows
@@ -793,8 +949,10 @@ def test_unknown_default_model_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_rejects_table(tmp_path: Path) -> None:
-    rejects = [Reject(3, "a", "n", "n must be at least 1, got 0"),
-               Reject(9, None, "id", "id is missing")]
+    rejects = [
+        Reject(3, "a", "n", "n must be at least 1, got 0"),
+        Reject(9, None, "id", "id is missing"),
+    ]
     table = rejects_table(rejects)
     assert table.schema == REJECTS_SCHEMA
     assert table.to_pylist() == [

@@ -21,10 +21,10 @@ from qwbatch.core.errors import ManifestError
 from qwbatch.core.keys import SEED_MAX, key_and_seed
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import CatalogRecord
+from qwbatch.core.types import CatalogRecord, PlanItem
 from qwbatch.manifest.reader import read_manifest
 from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
-from qwbatch.plan.planner import PlanItem, encode_line, plan_run, read_shard
+from qwbatch.plan.planner import encode_line, plan_run, read_shard
 from qwbatch.plan.stream import stream_plan
 from qwbatch.storage.stores import LocalStore
 

@@ -16,8 +16,7 @@ import render_helpers
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import StopSignal
-from qwbatch.core.types import CatalogRecord, RenderRequest
-from qwbatch.plan.planner import PlanItem
+from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render.engine import Engine
 from qwbatch.render.journal import Finished, StoreJournal, read_journal

@@ -19,9 +19,8 @@ from qwbatch.core.errors import (
     TransientError,
 )
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import CatalogRecord
+from qwbatch.core.types import CatalogRecord, PlanItem
 from qwbatch.limits import LimiterRegistry
-from qwbatch.plan.planner import PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.providers.dashscope_errors import ERROR_TABLE, classify_error, error_kind
 from qwbatch.render.engine import Engine

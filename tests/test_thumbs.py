@@ -13,7 +13,7 @@ from render_helpers import engine_settings, make_request, render
 from qwbatch.catalog.view import load_thumbnail
 from qwbatch.core import images
 from qwbatch.core.errors import ImageError, StorageError
-from qwbatch.plan.planner import PlanItem
+from qwbatch.core.types import PlanItem
 from qwbatch.simulator.render import colour
 from qwbatch.storage.layout import output_key
 from qwbatch.storage.stores import LocalStore, PutResult

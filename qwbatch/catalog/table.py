@@ -1,7 +1,7 @@
 """The catalog: a Parquet dataset under ``DEST/catalog/``, one part per shard of a run.
 
 A resumed shard rewrites its part whole under the same name (the journal restores the rows
-the earlier attempt had); ``qwbatch.run.compaction`` merges parts, ``qwbatch.catalog.rebuild`` restores
+the earlier attempt had); ``run.compaction`` merges parts, ``catalog.rebuild`` restores
 rows from the images' metadata.
 
 Each part is written whole in one operation (temp file + rename on a local folder, a single

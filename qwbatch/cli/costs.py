@@ -1,7 +1,7 @@
 """``qwbatch estimate`` and ``qwbatch report``: the bill before a run, and after it.
 
 Both are thin: ``estimate`` is :func:`qwbatch.run.runner.estimate` (a plan that writes nothing),
-``report`` is :func:`qwbatch.report.numbers.report` (aggregates over the catalog); here they are only
+``report`` is ``report.numbers.report`` (aggregates over the catalog); here they are only
 printed, as rich tables or as JSON.
 """
 

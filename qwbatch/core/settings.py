@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_addressing_style: Literal["auto", "virtual", "path"] = "auto"
 
-    # Edit inputs (qwbatch.inputs.fetch, qwbatch.inputs.staging). s3:// inputs use the store's settings.
+    # Edit inputs (inputs.fetch, inputs.staging). s3:// inputs use the store's settings.
     #: Folders besides the manifest's that input paths may name; a relative path is looked
     #: up in the manifest's folder first, then in these, in order.
     input_roots: list[Path] = Field(default_factory=list)

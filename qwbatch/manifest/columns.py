@@ -244,7 +244,6 @@ def _images(array: pa.Array) -> Cells[tuple[str, ...]]:
     return [None if not v else _image_tuple(v) for v in values]
 
 
-
 def _tag_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -324,8 +323,9 @@ def _string_tags(array: pa.MapArray) -> Cells[Tags] | None:
     slice. None when the general path must decide.
     """
     keys, items = decoded(array.keys), decoded(array.items)
-    if not all(pa.types.is_string(a.type) or pa.types.is_large_string(a.type)
-               for a in (keys, items)):
+    if not all(
+        pa.types.is_string(a.type) or pa.types.is_large_string(a.type) for a in (keys, items)
+    ):
         return None
     keys, items = pc.utf8_trim_whitespace(keys), pc.utf8_trim_whitespace(items)
     if items.null_count or pc.any(pc.equal(pc.utf8_length(keys), 0)).as_py():

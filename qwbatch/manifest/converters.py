@@ -4,7 +4,7 @@ Most people start from a spreadsheet. :func:`read_csv` and :func:`read_jsonl` tu
 a table of text cells (one column per header or key, in file order); :func:`convert` checks
 it with the very reader a run uses (:func:`qwbatch.manifest.reader.read_manifest`: the same rules,
 the same reasons) and writes the rows it accepts as a typed Parquet manifest
-(:data:`~qwbatch.manifest.reader.MANIFEST_SCHEMA`, plus any extra columns as text). Rejected rows are
+(``MANIFEST_SCHEMA``, plus any extra columns as text). Rejected rows are
 returned with their reasons, numbered like a run's rejects: data rows from 0, in file order.
 
 Cell formats (a CSV has only text; JSON values may be typed or text):

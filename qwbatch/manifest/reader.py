@@ -283,9 +283,7 @@ class LocalInputResolver:
         path = Path(os.path.normpath(raw if raw.is_absolute() else self.base_dir / raw))
         if not (path.is_relative_to(self.base_dir) or path.is_relative_to(self._real_base)):
             where = "is outside" if raw.is_absolute() else "escapes"
-            raise ManifestError(
-                f"input path {uri!r} {where} the manifest's folder {self.base_dir}"
-            )
+            raise ManifestError(f"input path {uri!r} {where} the manifest's folder {self.base_dir}")
         try:
             with path.open("rb") as handle:
                 return hashlib.file_digest(handle, "sha256").hexdigest()
@@ -340,7 +338,9 @@ class _RowChecker:
         self._inputs: dict[str, str | InputDigest | Bad] = {}
 
     def _setting(
-        self, model_text: str | Bad | None, mode_text: str | Bad | None,
+        self,
+        model_text: str | Bad | None,
+        mode_text: str | Bad | None,
         size_text: str | Bad | None,
     ) -> _Setting | tuple[str, str]:
         """The row's model spec, mode and ``W*H`` size, or ``(column, reason)`` refusing them."""
@@ -358,8 +358,10 @@ class _RowChecker:
         if mode is None:
             return "mode", f"mode must be 'generate' or 'edit', got {mode_text!r}"
         if mode not in spec.tasks and mode == "generate":
-            return "mode", (f"{spec.name} only edits: set mode to 'edit' and give 1 to "
-                            f"{MAX_INPUT_IMAGES} input_images, or use a model that generates")
+            return "mode", (
+                f"{spec.name} only edits: set mode to 'edit' and give 1 to "
+                f"{MAX_INPUT_IMAGES} input_images, or use a model that generates"
+            )
         if mode not in spec.tasks:
             edit_models = [n for n in self._table.names() if "edit" in self._table.get(n).tasks]
             return "mode", f"{spec.name} cannot edit; edit models: {', '.join(edit_models)}"
@@ -383,7 +385,9 @@ class _RowChecker:
         return self._candidates
 
     def setting(
-        self, model_text: str | Bad | None, mode_text: str | Bad | None,
+        self,
+        model_text: str | Bad | None,
+        mode_text: str | Bad | None,
         size_text: str | Bad | None,
     ) -> _Setting | tuple[str, str]:
         """What the three cells resolve to (cached), or ``(column, reason)`` refusing them."""
@@ -402,8 +406,14 @@ class _RowChecker:
         if isinstance(setting, tuple) or setting.mode != "generate":
             return None
         spec = setting.spec
-        return Setting(spec.name, setting.mode, setting.size, spec.prompt_max_chars,
-                       spec.negative_prompt_max_chars, spec.n_max)
+        return Setting(
+            spec.name,
+            setting.mode,
+            setting.size,
+            spec.prompt_max_chars,
+            spec.negative_prompt_max_chars,
+            spec.n_max,
+        )
 
     def _input_sha256(self, uri: str) -> str | InputDigest | Bad:
         try:
@@ -440,8 +450,12 @@ class _RowChecker:
         if not rid or rid.isspace():
             return Reject(row, rid, "id", "id is empty")
         if len(rid) > MAX_ID_CHARS:
-            return Reject(row, rid[:MAX_ID_CHARS] + "…", "id",
-                          f"id has {len(rid)} characters; at most {MAX_ID_CHARS} are allowed")
+            return Reject(
+                row,
+                rid[:MAX_ID_CHARS] + "…",
+                "id",
+                f"id has {len(rid)} characters; at most {MAX_ID_CHARS} are allowed",
+            )
         if not rid.isprintable() and _has_control(rid):
             return Reject(row, rid, "id", "id contains control characters")
         if rid in self._candidates:
@@ -462,15 +476,24 @@ class _RowChecker:
         spec, mode = setting.spec, setting.mode
 
         if len(prompt) > spec.prompt_max_chars:
-            return Reject(row, rid, "prompt", f"prompt has {len(prompt)} characters; "
-                          f"{spec.name} allows at most {spec.prompt_max_chars}")
+            return Reject(
+                row,
+                rid,
+                "prompt",
+                f"prompt has {len(prompt)} characters; "
+                f"{spec.name} allows at most {spec.prompt_max_chars}",
+            )
         if isinstance(negative, Bad):
             return Reject(row, rid, "negative_prompt", f"negative_prompt {negative.reason}")
         negative = negative.strip() or None if negative else None
         if negative is not None and len(negative) > spec.negative_prompt_max_chars:
-            return Reject(row, rid, "negative_prompt",
-                          f"negative_prompt has {len(negative)} characters; {spec.name} "
-                          f"allows at most {spec.negative_prompt_max_chars}")
+            return Reject(
+                row,
+                rid,
+                "negative_prompt",
+                f"negative_prompt has {len(negative)} characters; {spec.name} "
+                f"allows at most {spec.negative_prompt_max_chars}",
+            )
         if n is None:
             n = 1
         elif isinstance(n, Bad):
@@ -498,13 +521,21 @@ class _RowChecker:
         if isinstance(images, Bad):
             return Reject(row, rid, "input_images", f"input_images {images.reason}")
         if mode == "generate" and images:
-            return Reject(row, rid, "input_images",
-                          "input_images are given but mode is 'generate'; set mode to 'edit'")
+            return Reject(
+                row,
+                rid,
+                "input_images",
+                "input_images are given but mode is 'generate'; set mode to 'edit'",
+            )
         if mode == "edit":
             count = len(images) if images else 0
             if not 1 <= count <= MAX_INPUT_IMAGES:
-                return Reject(row, rid, "input_images", f"mode 'edit' needs 1 to "
-                              f"{MAX_INPUT_IMAGES} input_images, got {count}")
+                return Reject(
+                    row,
+                    rid,
+                    "input_images",
+                    f"mode 'edit' needs 1 to {MAX_INPUT_IMAGES} input_images, got {count}",
+                )
             digests = [self._input_sha256(uri) for uri in images or ()]
             for digest in digests:
                 if isinstance(digest, Bad):
@@ -516,15 +547,35 @@ class _RowChecker:
 
         watermark = bool(watermark)
         key, seed = key_and_seed(
-            model=spec.name, mode=mode, prompt=prompt, negative_prompt=negative,
-            size=setting.size, n=n, seed=seed, prompt_extend=extend, watermark=watermark,
+            model=spec.name,
+            mode=mode,
+            prompt=prompt,
+            negative_prompt=negative,
+            size=setting.size,
+            n=n,
+            seed=seed,
+            prompt_extend=extend,
+            watermark=watermark,
             input_sha256=input_sha256,
         )
         return RenderRequest(
-            row_id=rid, row_number=row, request_key=key, model=spec.name, mode=mode,
-            prompt=prompt, negative_prompt=negative, size=setting.size, n=n, seed=seed,
-            prompt_extend=extend, watermark=watermark, input_images=images or (),
-            input_sha256=input_sha256, input_notes=input_notes, tags=tags or (), priority=priority,
+            row_id=rid,
+            row_number=row,
+            request_key=key,
+            model=spec.name,
+            mode=mode,
+            prompt=prompt,
+            negative_prompt=negative,
+            size=setting.size,
+            n=n,
+            seed=seed,
+            prompt_extend=extend,
+            watermark=watermark,
+            input_images=images or (),
+            input_sha256=input_sha256,
+            input_notes=input_notes,
+            tags=tags or (),
+            priority=priority,
         )
 
 
@@ -598,9 +649,7 @@ def _duplicate_candidates(files: list[ManifestFile]) -> frozenset[str]:
     return found
 
 
-def manifest_rows(
-    path: str | os.PathLike[str], *, settings: Settings | None = None
-) -> list[int]:
+def manifest_rows(path: str | os.PathLike[str], *, settings: Settings | None = None) -> list[int]:
     """The rows of each of the manifest's files, from their footers alone (ManifestError
     when a file cannot be opened)."""
     rows: list[int] = []

@@ -55,6 +55,7 @@ from qwbatch.catalog import table as catalog
 from qwbatch.core.errors import PermanentError, PlanHelperError, QwBatchError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
+from qwbatch.core.types import Alias
 from qwbatch.manifest.reader import (
     DuplicateIds,
     InputDigest,
@@ -67,7 +68,7 @@ from qwbatch.manifest.reader import (
     read_manifest,
     rejects_table,
 )
-from qwbatch.plan.planner import Alias, Plan, decode_shard, write_shard
+from qwbatch.plan.planner import Plan, decode_shard, write_shard
 from qwbatch.plan.stream import (
     REQUEST_COUNTS,
     KeySet,

@@ -49,7 +49,7 @@ from qwbatch.catalog.key_set import short_key
 from qwbatch.core.costs import UNTAGGED, ZERO, CostLine, Estimate, PriceTable
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import RenderRequest
+from qwbatch.core.types import Alias, PlanItem, RenderRequest
 from qwbatch.core.uris import recorded_uri
 from qwbatch.manifest.reader import (
     CheckedBlock,
@@ -61,9 +61,7 @@ from qwbatch.manifest.reader import (
 )
 from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
 from qwbatch.plan.planner import (
-    Alias,
     Plan,
-    PlanItem,
     decode_shard,
     encode_line,
     shard_key,

@@ -62,10 +62,10 @@ from qwbatch.core.errors import (
 from qwbatch.core.model_table import ModelSpec, ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import Guard, StopSignal, cancel_when_stopped
-from qwbatch.core.types import CatalogRecord, ProviderResult, RenderRequest, Status
+from qwbatch.core.types import CatalogRecord, PlanItem, ProviderResult, RenderRequest, Status
 from qwbatch.core.uris import recorded_uri
 from qwbatch.limits import LIMITERS, Limiter, LimiterRegistry
-from qwbatch.plan.planner import PlanItem, decode_shard
+from qwbatch.plan.planner import decode_shard
 from qwbatch.providers.base import Provider
 from qwbatch.providers.dashscope import TaskDeadlineError
 from qwbatch.render.journal import Finished, Journal
@@ -471,7 +471,7 @@ class Engine:
         tries = 0
 
         def retryable(exc: Exception) -> bool | float:
-            """Whether to retry, as the wait (full jitter, Retry-After a floor): qwbatch.render.retries."""
+            """Whether to retry, as the wait (full jitter, Retry-After a floor): render.retries."""
             if isinstance(exc, AmbiguousError):
                 if call.ambiguous > retry_budget:
                     return False

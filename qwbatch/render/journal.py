@@ -236,7 +236,7 @@ class Journal:
 
 
 class StoreJournal(Journal):
-    """A shard's journal in an :class:`~qwbatch.storage.stores.ObjectStore`, written by group commit.
+    """A shard's journal in an ``ObjectStore``, written by group commit.
 
     ``retry_s`` bounds how long a store that keeps failing transiently is retried (seconds)
     before the journal gives up with :class:`~qwbatch.core.errors.JournalError`.

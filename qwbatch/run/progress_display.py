@@ -1,4 +1,4 @@
-"""Showing a :class:`~qwbatch.run.progress.ProgressTracker`: live on a terminal, log lines elsewhere.
+"""Showing a ``ProgressTracker``: live on a terminal, log lines elsewhere.
 
 On a terminal, a rich live display redraws a few times a second: a bar of images done out of
 the total, the rate, spend against the budget (or the estimate), ETA, failures and the latest

@@ -71,7 +71,7 @@ def plan(
     strict: bool = False,
     budget: budgets.BudgetPolicy | None = None,
 ) -> Plan:
-    """Validate, dedup and shard ``manifest`` into ``out`` (see :func:`qwbatch.plan.planner.plan_run`).
+    """Validate, dedup and shard ``manifest`` into ``out`` (see ``plan.planner.plan_run``).
 
     Edit inputs are fetched, checked and staged under ``out/inputs/`` here, once each.
     """
