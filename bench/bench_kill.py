@@ -18,7 +18,7 @@ Run it on its own (it starts a simulator and a Prefect test server)::
     .venv/bin/python bench/bench_kill.py             # 500 requests, 3 kills
     .venv/bin/python bench/bench_kill.py --rows 200 --kills 5 --seed 7
 
-``tests/test_kill.py`` runs the same scenario under pytest with assertions.
+``tests/render/test_kill.py`` runs the same scenario under pytest with assertions.
 """
 
 from __future__ import annotations

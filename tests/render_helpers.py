@@ -57,6 +57,19 @@ def make_request(
     )
 
 
+def simple_request(
+    prompt: str = "a red bicycle",
+    *,
+    model: str = "qwen-image-2.0",
+    n: int = 1,
+    size: str | None = "512*512",
+    seed: int = 1,
+    row_id: str = "r1",
+) -> RenderRequest:
+    """A generate request with the prompt first, for tests that vary one field."""
+    return make_request(row_id, prompt, model=model, n=n, size=size, seed=seed)
+
+
 def engine_settings(sim) -> Settings:
     sim.configure(api_key=KEY)
     return Settings(

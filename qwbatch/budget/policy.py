@@ -57,11 +57,11 @@ from qwbatch.core.errors import (
     ConfigError,
     QwBatchError,
     ResultExpiredError,
+    TaskDeadlineError,
 )
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import CatalogRecord, PlanItem, ProviderResult, RenderRequest
 from qwbatch.providers.base import Provider
-from qwbatch.providers.dashscope import TaskDeadlineError
 from qwbatch.storage.stores import ObjectStore
 
 BudgetMode = Literal["refuse", "trim"]

@@ -24,9 +24,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qwbatch.catalog import table as catalog
+from qwbatch.core.errors import ObjectNotFoundError
 from qwbatch.core.types import CatalogRecord
 from qwbatch.storage.metadata import REQUEST_DOC, record_from_metadata
-from qwbatch.storage.stores import ObjectNotFoundError, ObjectStore
+from qwbatch.storage.stores import ObjectStore
 
 IMAGES_PREFIX = "images/"
 QUARANTINE_PREFIX = "quarantine/"

@@ -5,14 +5,17 @@
     QwBatchError
     ├── TransientError              retry with backoff; the same call may succeed later
     │   ├── ProviderTransientError  429 Throttling*, 5xx, transport errors before the request landed
-    │   │   └── ThrottledError      429 Throttling*: also slows the limiter down
+    │   │   ├── ThrottledError      429 Throttling*: also slows the limiter down
+    │   │   └── TaskDeadlineError   an async task still running at the deadline; poll it later
     │   ├── StorageTransientError   object store timeouts, 5xx, connection drops
-    │   └── InputTransientError     an edit input's source timed out or answered 429/5xx
+    │   ├── InputTransientError     an edit input's source timed out or answered 429/5xx
     │   └── ShardRunError           shards run as flow runs elsewhere did not all finish;
     │                               rerunning the manifest renders only what is missing
     ├── AmbiguousError              the request may have reached the provider and been billed
-    │                               (read timeout, connection lost mid-response); retry only
-    │                               within a separate, small budget
+    │   │                           (read timeout, connection lost mid-response); retry only
+    │   │                           within a separate, small budget
+    │   └── ProviderAmbiguousError  a provider call whose outcome is unknown
+    ├── PlanHelperError             the second process of a two-process plan failed or vanished
     └── PermanentError              record and move on; retrying cannot help
         ├── ConfigError             bad settings (unknown region, missing key for --real …)
         ├── ManifestError           a manifest that cannot be read at all, or --strict refusals
@@ -24,6 +27,7 @@
         ├── InputError              an edit input that may not or cannot be fetched (outside the
         │                           allowed folders, a private address, too large, not found)
         └── StorageError            the store refused (access denied, no such bucket)
+            ├── ObjectNotFoundError ``get`` of a key that does not exist
             └── JournalError        the run's journal cannot be written: stop submitting
 
 Every provider error carries the provider's ``code`` and ``request_id`` so the catalog can
@@ -139,6 +143,17 @@ class ThrottledError(ProviderTransientError):
     """429 ``Throttling*``: the account's rate or quota limit was hit."""
 
 
+class TaskDeadlineError(ProviderTransientError):
+    """An async task had not ended when the deadline passed; it may still finish.
+
+    The task was not cancelled: poll ``task_id`` again later (task ids live 24 h).
+    """
+
+    def __init__(self, message: str, *, task_id: str) -> None:
+        super().__init__(message, code="TaskDeadlineExceeded")
+        self.task_id = task_id
+
+
 class ProviderAmbiguousError(AmbiguousError, _ProviderMixin):
     """A provider call whose outcome is unknown: it may have generated and billed images."""
 
@@ -170,6 +185,12 @@ class ModerationError(ProviderError):
 
 class ResultExpiredError(ProviderError):
     """A result URL or task id that the provider no longer serves (past its 24 h life)."""
+
+
+class ObjectNotFoundError(StorageError):
+    """``get`` of a key that does not exist in the store."""
+
+    code = "NotFound"
 
 
 class JournalError(StorageError):

@@ -36,10 +36,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from qwbatch.core.errors import InputError, StorageError
+from qwbatch.core.errors import InputError, ObjectNotFoundError, StorageError
 from qwbatch.inputs.http import DEFAULT_MAX_BYTES, FetchLimits, HttpInputs, display_url
 from qwbatch.inputs.lineage import CATALOG_REF, CatalogRefs
-from qwbatch.storage.stores import ObjectNotFoundError, ObjectStore, S3Store, make_s3_client
+from qwbatch.storage.stores import ObjectStore, S3Store, make_s3_client
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -40,10 +40,17 @@ from typing import TYPE_CHECKING, TypeVar
 import stamina
 
 from qwbatch.core import images
-from qwbatch.core.errors import ImageError, InputError, PermanentError, QwBatchError, TransientError
+from qwbatch.core.errors import (
+    ImageError,
+    InputError,
+    ObjectNotFoundError,
+    PermanentError,
+    QwBatchError,
+    TransientError,
+)
 from qwbatch.inputs.fetch import InputFetcher, display_uri
 from qwbatch.manifest.reader import InputDigest
-from qwbatch.storage.stores import ObjectNotFoundError, ObjectStore
+from qwbatch.storage.stores import ObjectStore
 
 if TYPE_CHECKING:
     from qwbatch.core.settings import Settings

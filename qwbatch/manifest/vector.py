@@ -10,7 +10,7 @@ odd text, types it does not handle) go to ``slow``: ``ManifestReader``'s row che
 them one by one, exactly as before, so every reject keeps its reason.
 
 The keys are hashed by the caller (one sha256 per row over the prefixes, see
-:func:`key_rows`); ``tests/test_manifest_vector.py`` pins them byte-for-byte to ``keys.py``.
+:func:`key_rows`); ``tests/plan/test_plan_stream.py`` pins them byte-for-byte to ``keys.py``.
 """
 
 from __future__ import annotations

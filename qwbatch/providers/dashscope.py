@@ -39,6 +39,7 @@ from qwbatch.core.errors import (
     ProviderError,
     ProviderTransientError,
     ResultExpiredError,
+    TaskDeadlineError,
 )
 from qwbatch.core.model_table import parse_size
 from qwbatch.core.settings import Settings
@@ -68,17 +69,6 @@ _BEFORE_SEND: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeo
 _FINAL_STATES: Final = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
 _EXPIRED_STATUSES: Final = frozenset({403, 404, 410})
 _EXPIRED_MARKERS: Final = ("Request has expired", "<Code>AccessDenied</Code>")
-
-
-class TaskDeadlineError(ProviderTransientError):
-    """An async task had not ended when the deadline passed; it may still finish.
-
-    The task was not cancelled: poll ``task_id`` again later (task ids live 24 h).
-    """
-
-    def __init__(self, message: str, *, task_id: str) -> None:
-        super().__init__(message, code="TaskDeadlineExceeded")
-        self.task_id = task_id
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -56,6 +56,7 @@ from qwbatch.core.errors import (
     QwBatchError,
     ResultExpiredError,
     StorageTransientError,
+    TaskDeadlineError,
     ThrottledError,
     TransientError,
 )
@@ -67,7 +68,6 @@ from qwbatch.core.uris import recorded_uri
 from qwbatch.limits import LIMITERS, Limiter, LimiterRegistry
 from qwbatch.plan.planner import decode_shard
 from qwbatch.providers.base import Provider
-from qwbatch.providers.dashscope import TaskDeadlineError
 from qwbatch.render.journal import Finished, Journal
 from qwbatch.render.recovery import ABSENT, KNOWN_TASKS, Absent, TaskFinder
 from qwbatch.render.retries import RetryPolicy

@@ -19,10 +19,10 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import fields
 
-from qwbatch.core.errors import StorageError
+from qwbatch.core.errors import ObjectNotFoundError, StorageError
 from qwbatch.plan import shard_codec
 from qwbatch.render.engine import ShardResult
-from qwbatch.storage.stores import ObjectNotFoundError, ObjectStore
+from qwbatch.storage.stores import ObjectStore
 
 _RESULT_SUFFIX = ".result.json"
 

@@ -31,11 +31,11 @@ import pyarrow.parquet as pq
 from qwbatch.budget import policy as budgets
 from qwbatch.catalog.table import CATALOG_PREFIX
 from qwbatch.core.costs import ZERO, CostLine, Estimate, PriceTable
-from qwbatch.core.errors import ConfigError, ManifestError
+from qwbatch.core.errors import ConfigError, ManifestError, ObjectNotFoundError
 from qwbatch.manifest.files import S3ManifestFile, is_remote, manifest_files
 from qwbatch.plan.planner import Plan
 from qwbatch.render.journal import journal_prefix, read_run_journal
-from qwbatch.storage.stores import ObjectNotFoundError, ObjectStore
+from qwbatch.storage.stores import ObjectStore
 
 if TYPE_CHECKING:
     from qwbatch.core.settings import Settings

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from qwbatch.budget import policy as budgets
 from qwbatch.catalog.table import CATALOG_PREFIX
 from qwbatch.core.costs import PriceTable
+from qwbatch.core.errors import ObjectNotFoundError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import STOP, StopSignal
@@ -41,7 +42,7 @@ from qwbatch.render.shard_results import read_shard_result, write_shard_result
 from qwbatch.run import progress
 from qwbatch.run import records as runs
 from qwbatch.run.summary import RunSummary
-from qwbatch.storage.stores import ObjectNotFoundError, ObjectStore, open_store
+from qwbatch.storage.stores import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -47,7 +47,12 @@ from botocore import exceptions as bx
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from qwbatch.core.errors import ConfigError, StorageError, StorageTransientError
+from qwbatch.core.errors import (
+    ConfigError,
+    ObjectNotFoundError,
+    StorageError,
+    StorageTransientError,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -69,12 +74,6 @@ SIDECAR_SUFFIX = ".qwmeta.json"
 MAX_KEY_BYTES = 1024  # S3's limit on a whole key (UTF-8 bytes)
 MAX_SEGMENT_BYTES = 255 - 1 - len(SIDECAR_SUFFIX)  # NAME_MAX, leaving room for the sidecar
 MAX_METADATA_BYTES = 2048  # S3's limit on user metadata (keys + encoded values, UTF-8 bytes)
-
-
-class ObjectNotFoundError(StorageError):
-    """``get`` of a key that does not exist in the store."""
-
-    code = "NotFound"
 
 
 @dataclass(frozen=True, slots=True)

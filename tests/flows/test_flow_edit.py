@@ -16,7 +16,7 @@ from qwbatch.inputs.lineage import trace
 from qwbatch.plan import shard_codec
 from qwbatch.storage.stores import open_store
 
-EDIT_DEMO = Path(__file__).parent.parent / "manifests" / "edit-demo.parquet"
+EDIT_DEMO = Path(__file__).parents[2] / "manifests" / "edit-demo.parquet"
 API_KEY = "sk-test-edit-0123456789SECRET"
 
 

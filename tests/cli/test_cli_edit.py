@@ -16,7 +16,7 @@ from qwbatch.cli import app
 from qwbatch.core.types import CatalogRecord
 from qwbatch.storage.stores import LocalStore
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 EDIT_DEMO = ROOT / "manifests" / "edit-demo.parquet"
 runner = CliRunner()
 

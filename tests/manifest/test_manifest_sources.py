@@ -20,7 +20,7 @@ from qwbatch.manifest.converters import convert, read_csv, read_jsonl
 from qwbatch.manifest.reader import MANIFEST_SCHEMA, read_manifest
 from qwbatch.manifest.template import COLUMNS, EXAMPLES
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 TABLE = ModelTable.load()
 DEFAULT = "qwen-image-2.0"
 runner = CliRunner()

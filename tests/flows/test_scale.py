@@ -33,7 +33,7 @@ from prefect_cluster import PREFECT, PrefectCluster
 
 from qwbatch.simulator.state import peak_rate
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 POOL = "qwbatch-process"
 MODEL = "qwen-image-2.0"
 #: The account's rate limit (requests per second): the simulator's, and the client's setting.

@@ -19,7 +19,7 @@ from PIL import Image
 from flows.render import render_manifest
 from qwbatch.plan import shard_codec
 
-DEMO = Path(__file__).parent.parent / "manifests" / "demo.parquet"
+DEMO = Path(__file__).parents[2] / "manifests" / "demo.parquet"
 API_KEY = "sk-test-0123456789abcdefSECRET"
 
 

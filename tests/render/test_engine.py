@@ -6,34 +6,18 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import render_helpers
 from PIL import Image
-from render_helpers import render
+from render_helpers import KEY, TABLE, render
+from render_helpers import simple_request as make_request
 from store_helpers import FlakyStore
 
 from qwbatch.core.errors import StorageTransientError
-from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import Alias, CatalogRecord, PlanItem, RenderRequest
+from qwbatch.core.types import Alias, CatalogRecord, PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render.engine import Engine
 from qwbatch.storage.layout import output_key
 from qwbatch.storage.stores import open_store
-
-KEY = "sk-engine-test-key-0123456789abcdef"
-TABLE = ModelTable.load()
-
-
-def make_request(
-    prompt: str = "a red bicycle",
-    *,
-    model: str = "qwen-image-2.0",
-    n: int = 1,
-    size: str | None = "512*512",
-    seed: int = 1,
-    row_id: str = "r1",
-) -> RenderRequest:
-    return render_helpers.make_request(row_id, prompt, model=model, n=n, size=size, seed=seed)
 
 
 @pytest.fixture

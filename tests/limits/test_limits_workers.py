@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL
-from test_engine import KEY, TABLE, make_request
+from render_helpers import KEY, TABLE
+from render_helpers import simple_request as make_request
 
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import PlanItem
@@ -30,7 +31,7 @@ from qwbatch.storage.stores import open_store
 
 
 def _load_bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_limits.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_limits.py"
     spec = importlib.util.spec_from_file_location("bench_limits", path)
     assert spec is not None
     assert spec.loader is not None

@@ -27,17 +27,13 @@ from qwbatch.core.errors import (
     ProviderTransientError,
     QwBatchError,
     ResultExpiredError,
+    TaskDeadlineError,
     ThrottledError,
     TransientError,
 )
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import ProviderImage, RenderRequest
-from qwbatch.providers.dashscope import (
-    DashScopeProvider,
-    TaskDeadlineError,
-    classify_error,
-    parse_retry_after,
-)
+from qwbatch.providers.dashscope import DashScopeProvider, classify_error, parse_retry_after
 
 pytestmark = pytest.mark.anyio
 

@@ -23,7 +23,7 @@ from qwbatch.core.settings import Settings
 from qwbatch.plan.planner import plan_run
 from qwbatch.storage.stores import open_store
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 KEY = "sk-budget-prefect-test-key-0123456789"
 TABLE = ModelTable.load()
 PRICES = PriceTable.load(Settings(), TABLE)

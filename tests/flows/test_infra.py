@@ -2,7 +2,7 @@
 
 No container engine runs on these machines, so the compose file, the Dockerfile and the
 Kubernetes manifests are never run here; these tests read them. infra/prefect.yaml is run for
-real by tests/test_scale.py.
+real by tests/flows/test_scale.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prefect import Flow
 
-INFRA = Path(__file__).resolve().parent.parent / "infra"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
 REPO = INFRA.parent
 #: Names whose values must never be literal in a committed file.
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|AUTH_STRING|API_KEY|ACCESS_KEY", re.IGNORECASE)

@@ -14,7 +14,7 @@ from qwbatch.report.contact_sheet import make_contact_sheet
 from qwbatch.run import runner
 from qwbatch.storage.stores import LocalStore
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 DOCS_SHEET = ROOT / "docs" / "contact-sheet.png"
 DEMO = ROOT / "manifests" / "demo.parquet"
 

@@ -28,7 +28,7 @@ GEN = "/services/aigc/multimodal-generation/generation"
 SYN = "/services/aigc/text2image/image-synthesis"
 ASYNC = {"X-DashScope-Async": "enable"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------------------- helpers

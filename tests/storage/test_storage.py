@@ -25,13 +25,18 @@ from botocore.awsrequest import AWSResponse
 from botocore.config import Config
 from fixtures_s3 import FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, seed_objects
 
-from qwbatch.core.errors import ConfigError, QwBatchError, StorageError, StorageTransientError
+from qwbatch.core.errors import (
+    ConfigError,
+    ObjectNotFoundError,
+    QwBatchError,
+    StorageError,
+    StorageTransientError,
+)
 from qwbatch.core.settings import Settings
 from qwbatch.storage.stores import (
     SIDECAR_SUFFIX,
     TEMP_PREFIX,
     LocalStore,
-    ObjectNotFoundError,
     ObjectStore,
     S3Store,
     open_store,

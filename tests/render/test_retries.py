@@ -9,7 +9,8 @@ import socket
 
 import httpx
 import pytest
-from test_engine import KEY, TABLE, make_request
+from render_helpers import KEY, TABLE
+from render_helpers import simple_request as make_request
 
 from qwbatch.core.errors import (
     ModerationError,

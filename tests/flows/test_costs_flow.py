@@ -20,7 +20,7 @@ from qwbatch.core.costs import PriceTable
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 
-DEMO = Path(__file__).parent.parent / "manifests" / "demo.parquet"
+DEMO = Path(__file__).parents[2] / "manifests" / "demo.parquet"
 API_KEY = "sk-costs-flow-test-0123456789abcdef"
 PRICES = PriceTable.load(Settings(), ModelTable.load())
 cli = CliRunner()

@@ -15,7 +15,7 @@ import pytest
 
 from bench.__main__ import Script, _script, table
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _smoke(*only: str) -> str:

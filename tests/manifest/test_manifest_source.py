@@ -17,7 +17,7 @@ from qwbatch.core.model_table import ModelTable
 from qwbatch.manifest.files import S3_READ_BUFFER_BYTES, manifest_files
 from qwbatch.manifest.reader import read_manifest
 
-DEMO = Path(__file__).parent.parent / "manifests" / "demo.parquet"
+DEMO = Path(__file__).parents[2] / "manifests" / "demo.parquet"
 TABLE = ModelTable.load()
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from qwbatch.cli import app
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 DEMO = ROOT / "manifests" / "demo.parquet"
 runner = CliRunner()
 
@@ -130,8 +130,8 @@ def test_a_rerun_with_nothing_new_finishes_without_prefect(
         capture_output=True,
         text=True,
         check=False,
-        cwd=Path(__file__).resolve().parent.parent,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert "exit 0 prefect imported: False" in rerun.stdout, rerun.stdout + rerun.stderr
     assert "2 already rendered" in rerun.stdout or "deduplicated" in rerun.stdout, rerun.stdout
