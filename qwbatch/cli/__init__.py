@@ -49,7 +49,40 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
-def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
+def _run_flow(
+    manifest: str, out: str, *, quiet: bool = False, wait: bool = False, **params: Any
+) -> int:
+    """Hold DEST's lease (``storage.lease``) while the run plans and renders: a second run
+    on the same DEST waits (``wait``) or exits at once with 75 (EX_TEMPFAIL), naming the
+    holder. With secrets in Prefect blocks the store opens only inside the flow, which
+    takes the lease there."""
+    from qwbatch.core.errors import DestBusyError
+    from qwbatch.core.stop import STOP
+    from qwbatch.storage.lease import hold
+    from qwbatch.storage.stores import open_store
+
+    if os.environ.get("QWBATCH_SECRET_BLOCKS"):
+        return _render_on_dest(manifest, out, quiet=quiet, **params)
+    settings = Settings()
+    try:
+        with hold(
+            open_store(out, settings),
+            ttl_s=settings.lease_ttl_s,
+            wait=wait,
+            label=f"qwbatch run {manifest}",
+            on_wait=lambda line: typer.echo(f"qwbatch: {line}", err=True),
+            on_lost=lambda message: STOP.set("lost DEST's lease"),
+        ):
+            return _render_on_dest(manifest, out, quiet=quiet, **params)
+    except DestBusyError as exc:
+        _fail(str(exc), code=75)
+        return 75
+    except QwBatchError as exc:
+        _fail(str(exc))
+        return 2
+
+
+def _render_on_dest(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
     from qwbatch.budget.policy import BudgetPolicy
     from qwbatch.core.costs import money
 
@@ -165,6 +198,9 @@ def run(
         bool, typer.Option(help="Start a new run even if one of MANIFEST is unfinished")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="If another run holds OUT, wait for it instead of exiting")
+    ] = False,
     budget: Annotated[
         float | None,
         typer.Option(help="Most the run may spend, in the region's currency", min=0),
@@ -199,6 +235,7 @@ def run(
         manifest,
         out,
         quiet=quiet,
+        wait=wait,
         model=model,
         strict=strict,
         shard_size=shard_size,

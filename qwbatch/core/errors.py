@@ -113,6 +113,13 @@ class ShardRunError(TransientError):
     code = "ShardRunError"
 
 
+class DestBusyError(TransientError):
+    """Another live run holds DEST's lease (see ``qwbatch.storage.lease``); the message
+    names its host, pid and when the lease expires."""
+
+    code = "DestBusy"
+
+
 class _ProviderMixin:
     """Fields every provider-originated error carries."""
 

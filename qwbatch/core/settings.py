@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     limit_scope: str | None = None
     #: Seconds between limit status lines (rate, limit, in flight, 429s) while a run goes.
     limits_status_s: float = Field(default=15.0, gt=0)
+    #: Seconds a run's lease on DEST lasts unless renewed (every third of it): how long a
+    #: run that died without a trace keeps DEST from others (``storage.lease``).
+    lease_ttl_s: float = Field(default=60.0, gt=0)
 
     # Prices and budgets (qwbatch.core.costs, qwbatch.budget.policy)
     #: A TOML file of negotiated prices: ``[singapore] "qwen-image-2.0" = 0.03``.
