@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -104,6 +105,8 @@ def _render_on_dest(manifest: str, out: str, *, quiet: bool = False, **params: A
         else:
             _quiet_prefect()
             from flows.render import render_manifest  # Prefect: only when there is work
+            from qwbatch.cli.prefect_server import own_server
+            from qwbatch.core.stop import STOP
             from qwbatch.limits import reporting
             from qwbatch.run.progress_display import watch_run
             from qwbatch.run.runner import resolve_run_id
@@ -126,7 +129,13 @@ def _render_on_dest(manifest: str, out: str, *, quiet: bool = False, **params: A
             limit_lines = (
                 (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
             )
+            STOP.resume_hint = f"finish with qwbatch run {manifest} --out {out} --resume {run_id}"
+            # From here Ctrl-C (the terminal's, to the whole process group) or SIGTERM stops
+            # the run cleanly, and a second one at once; the Prefect server is out of the
+            # terminal's group, so it lives until the run has recorded its end.
             with (
+                STOP.handling(signal.SIGINT, signal.SIGTERM),
+                own_server(),
                 watch_run(run_id, quiet=quiet, budget=params.get("budget")),
                 reporting(limit_lines, Settings().limits_status_s),
             ):
