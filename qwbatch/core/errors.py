@@ -16,6 +16,9 @@
     │   │                           within a separate, small budget
     │   └── ProviderAmbiguousError  a provider call whose outcome is unknown
     ├── PlanHelperError             the second process of a two-process plan failed or vanished
+    ├── ProviderUnavailableError    the circuit breaker stopped calling a provider that refused
+    │                               every call (bad key, arrears) or could not be reached:
+    │                               leave the row unrendered for the next run, never failed
     └── PermanentError              record and move on; retrying cannot help
         ├── ConfigError             bad settings (unknown region, missing key for --real …)
         ├── ManifestError           a manifest that cannot be read at all, or --strict refusals
@@ -32,6 +35,9 @@
 
 Every provider error carries the provider's ``code`` and ``request_id`` so the catalog can
 record them; none carries request headers, so an API key can never ride along in a message.
+A provider error marked ``account_wide`` (401/403, arrears, quota used up, connection
+refused) says nothing about its request: every request would get the same answer, so the
+engine leaves the row for the next run and its circuit breaker stops calling.
 Translate a dependency's exception at the boundary with ``raise … from exc``.
 """
 
@@ -125,6 +131,9 @@ class _ProviderMixin:
 
     status_code: int | None
     request_id: str | None
+    #: The same answer for every request of this account or endpoint (a wrong key, arrears,
+    #: quota used up, the provider unreachable): set by the provider where it classifies.
+    account_wide: bool = False
 
 
 class ProviderTransientError(TransientError, _ProviderMixin):
@@ -192,6 +201,14 @@ class ModerationError(ProviderError):
 
 class ResultExpiredError(ProviderError):
     """A result URL or task id that the provider no longer serves (past its 24 h life)."""
+
+
+class ProviderUnavailableError(QwBatchError):
+    """The circuit breaker (``render.breaker``) stopped calling the provider: its first calls
+    were all refused account-wide or never connected. Not retried, not recorded as a row's
+    failure: the row is left unrendered for the next run."""
+
+    code = "ProviderUnavailable"
 
 
 class ObjectNotFoundError(StorageError):

@@ -53,6 +53,7 @@ from qwbatch.core.errors import (
     PermanentError,
     ProviderAmbiguousError,
     ProviderTransientError,
+    ProviderUnavailableError,
     QwBatchError,
     ResultExpiredError,
     StorageTransientError,
@@ -68,6 +69,7 @@ from qwbatch.core.uris import recorded_uri
 from qwbatch.limits import LIMITERS, Limiter, LimiterRegistry
 from qwbatch.plan.planner import decode_shard
 from qwbatch.providers.base import Provider
+from qwbatch.render.breaker import Breaker
 from qwbatch.render.journal import Finished, Journal
 from qwbatch.render.recovery import ABSENT, KNOWN_TASKS, Absent, TaskFinder
 from qwbatch.render.retries import RetryPolicy
@@ -149,6 +151,7 @@ class Engine:
         journal: Journal | None = None,
         finder: TaskFinder | None = None,
         stop: StopSignal | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         #: Unit prices for the catalog's unit_price and cost (qwbatch.core.costs).
         self.prices = prices or PriceTable.load(settings, table)
@@ -179,6 +182,8 @@ class Engine:
         if finder is None and settings.recover_tasks:
             self.finder = TaskFinder(provider, journal_tasks=self.journal.known_tasks)
         self.stop = stop if stop is not None else StopSignal()
+        #: Stops calling a provider that refuses the account or is gone (render.breaker).
+        self.breaker = breaker if breaker is not None else Breaker()
         #: Waits and stops for provider-call retries (full jitter, caps, time per request).
         self.retry_policy = RetryPolicy.from_settings(settings)
 
@@ -226,6 +231,8 @@ class Engine:
             except asyncio.CancelledError:
                 if not self.stop.is_set():
                     raise  # not our stop: someone cancelled the shard itself
+            except ProviderUnavailableError:
+                pass  # refused account-wide, or the breaker is open: left for the next run
             self.left += 1
             return []
 
@@ -265,7 +272,7 @@ class Engine:
                     result = await self._call_provider(request, spec, call)
                 with call.guarded():
                     records = await self._harvest(request, result, call, unit_price, started)
-        except JournalError:
+        except (JournalError, ProviderUnavailableError):
             raise
         except QwBatchError as exc:
             records = [self._failure(request, exc, call, unit_price, started)]
@@ -487,12 +494,16 @@ class Engine:
             with attempt:
                 if call.task_id is not None:
                     # The provider accepted a task: poll it again, never resubmit.
-                    result = await self._wait_task(call)
+                    try:
+                        result = await self._wait_task(call)
+                    except QwBatchError as exc:
+                        self._account_wide(exc)
+                        raise
                     self._answered(request, call, result)
                     return result
                 call.attempts += 1
                 try:
-                    async with limiter.slot():
+                    async with self.breaker.probe(), limiter.slot():
                         first_sent = first_sent or time.monotonic()
                         if use_task:
                             result = await self._submit_and_wait(request, call)
@@ -505,17 +516,37 @@ class Engine:
                     self._count_ambiguous(request, spec, call)
                     self.journal.ambiguous(request)
                     raise
+                except ProviderUnavailableError:
+                    call.attempts -= 1  # the breaker was open: nothing was sent
+                    raise
                 except QwBatchError as exc:
                     self.journal.failed(request)  # answered with an error: nothing billed
                     if isinstance(exc, ThrottledError):
                         limiter.on_throttle(exc.retry_after)
                     elif isinstance(exc, BudgetExceededError):
                         call.attempts -= 1  # refused before it was sent: not a provider call
+                    self._account_wide(exc)
                     raise
                 limiter.on_success()
+                self.breaker.succeeded()
                 self._answered(request, call, result)
                 return result
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    def _account_wide(self, exc: QwBatchError) -> None:
+        """An error the whole account or endpoint gets: count it on the breaker, and leave
+        the row for the next run (ProviderUnavailableError) unless it may pass on a retry.
+        The failure that opens the breaker stops the run, as Ctrl-C would, saying why."""
+        if not getattr(exc, "account_wide", False):
+            return
+        if self.breaker.failed(exc):
+            self.stop.set(
+                f"the provider, which refused or could not be reached on {self.breaker.probes} "
+                f"calls in a row ({self.breaker.reason})"
+            )
+            raise ProviderUnavailableError(f"stopped calling the provider: {exc.message}") from exc
+        if not isinstance(exc, TransientError):
+            raise ProviderUnavailableError(f"refused account-wide: {exc.message}") from exc
 
     async def _submit_and_wait(self, request: RenderRequest, call: _Call) -> ProviderResult:
         """Create an async task (journaled before and after) and wait for it to end."""
@@ -531,6 +562,7 @@ class Engine:
                     raise
                 return found
             KNOWN_TASKS.add(call.task_id)
+            self.breaker.succeeded()  # the account's call was accepted
             await self.journal.task(request, call.task_id)
         return await self._wait_task(call)
 
