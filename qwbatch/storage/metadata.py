@@ -22,7 +22,7 @@ from typing import Any
 
 from qwbatch.core.types import CatalogRecord, RenderRequest
 from qwbatch.core.uris import recorded_uri
-from qwbatch.storage.stores import MAX_METADATA_BYTES, metadata_size
+from qwbatch.storage.base import MAX_METADATA_BYTES, metadata_size
 
 #: Name of the request document written beside the images when metadata cannot hold it.
 REQUEST_DOC = "request.json"

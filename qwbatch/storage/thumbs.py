@@ -12,7 +12,7 @@ import logging
 
 from qwbatch.core import images
 from qwbatch.core.errors import QwBatchError
-from qwbatch.storage.stores import ObjectStore
+from qwbatch.storage.base import ObjectStore
 
 log = logging.getLogger(__name__)
 
