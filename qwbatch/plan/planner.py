@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwbatch.budget import policy as budgets
+from qwbatch import budget as budgets
 from qwbatch.catalog import table as catalog
 from qwbatch.catalog.table import ExistingImage
 from qwbatch.core.costs import Estimate, PriceTable, estimate

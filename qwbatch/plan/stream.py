@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qwbatch.budget import policy as budgets
+from qwbatch import budget as budgets
 from qwbatch.catalog import key_set as catalog_keys
 from qwbatch.catalog import table as catalog
 from qwbatch.catalog.key_set import short_key

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import stamina
 
-from qwbatch.budget.policy import BudgetedProvider, BudgetGuard
+from qwbatch.budget import BudgetedProvider, BudgetGuard
 from qwbatch.catalog import table as catalog
 from qwbatch.core import images
 from qwbatch.core.costs import PriceTable
@@ -152,7 +152,7 @@ class Engine:
     ) -> None:
         #: Unit prices for the catalog's unit_price and cost (qwbatch.core.costs).
         self.prices = prices or PriceTable.load(settings, table)
-        #: With a budget, every paid call reserves its cost first (qwbatch.budget.policy).
+        #: With a budget, every paid call reserves its cost first (qwbatch.budget.provider).
         self.provider = (
             provider if budget is None else BudgetedProvider(provider, budget, self.prices)
         )

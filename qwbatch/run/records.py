@@ -18,17 +18,13 @@ Finished shards are not run again; unfinished ones replay their journal.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import fields, is_dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from qwbatch.budget import policy as budgets
+from qwbatch import budget as budgets
 from qwbatch.catalog.table import CATALOG_PREFIX
 from qwbatch.core.costs import ZERO, CostLine, Estimate, PriceTable
 from qwbatch.core.errors import ConfigError, ManifestError, ObjectNotFoundError
@@ -167,7 +163,7 @@ def spent_so_far(store: ObjectStore, run_id: str, prices: PriceTable) -> Decimal
     """
     total = budgets.spent_by_run(store, run_id)
     for label, state in read_run_journal(store, run_id).items():
-        total -= _part_spend(store, f"{CATALOG_PREFIX}part-{run_id}-{label}.parquet")
+        total -= budgets.spent_in_part(store, f"{CATALOG_PREFIX}part-{run_id}-{label}.parquet")
         for key, request in state.requests.items():
             if request.finished is not None:
                 total += sum(
@@ -185,17 +181,6 @@ def spent_so_far(store: ObjectStore, run_id: str, prices: PriceTable) -> Decimal
             elif last.state == "accepted" or (last.state == "sent" and last.endpoint == "async"):
                 total += last.n * price  # a task that may yet bill, found or not
     return max(total, ZERO)
-
-
-def _part_spend(store: ObjectStore, key: str) -> Decimal:
-    try:
-        table = pq.read_table(io.BytesIO(store.get(key)), columns=["cost", "possible_cost"])
-    except ObjectNotFoundError:
-        return ZERO
-    total = ZERO
-    for column in ("cost", "possible_cost"):
-        total += Decimal(str(pc.sum(table[column]).as_py() or 0.0))
-    return total
 
 
 # -- finding a run to resume ------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 
-from qwbatch.budget import policy as budgets
+from qwbatch import budget as budgets
 from qwbatch.catalog.table import CATALOG_PREFIX
 from qwbatch.core.costs import PriceTable
 from qwbatch.core.errors import ObjectNotFoundError
