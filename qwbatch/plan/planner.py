@@ -30,6 +30,7 @@ from qwbatch.core.settings import Settings
 from qwbatch.core.types import Alias, CatalogRecord, PlanItem, RenderRequest
 from qwbatch.manifest.reader import InputResolver, Reject, read_manifest, rejects_table
 from qwbatch.plan import shard_codec
+from qwbatch.storage.layout import shard_key
 from qwbatch.storage.stores import ObjectStore
 
 
@@ -243,10 +244,6 @@ def _decode_item(data: dict[str, Any]) -> PlanItem:
 def encode_line(item: PlanItem) -> str:
     """One shard file line (JSON, no newline) for ``item``."""
     return json.dumps(_encode_item(item), ensure_ascii=False)
-
-
-def shard_key(run_id: str, index: int) -> str:
-    return f"runs/{run_id}/shards/shard-{index:05d}{shard_codec.SUFFIX}"
 
 
 def write_shard(store: ObjectStore, run_id: str, index: int, items: Sequence[PlanItem]) -> str:

@@ -64,10 +64,10 @@ from qwbatch.plan.planner import (
     Plan,
     decode_shard,
     encode_line,
-    shard_key,
     write_shard,
 )
 from qwbatch.plan.shard_writer import WRITERS, ShardWriter
+from qwbatch.storage.layout import shard_key
 from qwbatch.storage.stores import LocalStore, ObjectStore, make_durable
 
 _EMPTY_LIST = pa.list_(pa.string())

@@ -72,8 +72,8 @@ from qwbatch.render.journal import Finished, Journal
 from qwbatch.render.recovery import ABSENT, KNOWN_TASKS, Absent, TaskFinder
 from qwbatch.render.retries import RetryPolicy
 from qwbatch.storage import thumbs
-from qwbatch.storage.layout import output_key
-from qwbatch.storage.metadata import image_metadata, request_doc_key
+from qwbatch.storage.layout import output_key, request_doc_key, shard_label
+from qwbatch.storage.metadata import image_metadata
 from qwbatch.storage.stores import ObjectInfo, ObjectStore
 
 T = TypeVar("T")
@@ -929,8 +929,3 @@ async def run_shard(engine: Engine, shard_key: str) -> ShardResult:
         unique=False,
     )
     return summarize(engine, shard_key, records, part_uri, time.monotonic() - began)
-
-
-def shard_label(shard_key: str) -> str:
-    """``runs/<run>/shards/shard-00003.jsonl.zst`` → ``shard-00003``."""
-    return shard_key.rsplit("/", 1)[-1].split(".", 1)[0]
