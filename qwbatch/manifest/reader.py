@@ -103,7 +103,7 @@ from qwbatch.manifest.vector import FastRows, Setting, check_block
 
 #: Longest accepted row id, in characters.
 MAX_ID_CHARS: Final = 256
-#: Input images per edit request (dashscope-api.md §3.5; the same for every edit model).
+#: Input images per edit request (docs/providers/dashscope.md §3.5; the same for every edit model).
 MAX_INPUT_IMAGES: Final = 3
 #: Rejects quoted in a strict-mode ManifestError.
 STRICT_REASONS_SHOWN: Final = 5
