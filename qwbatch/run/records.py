@@ -1,7 +1,7 @@
 """A run's records in its store, and which run a new invocation should resume.
 
 A run keeps, under ``runs/`` in DEST (the keys are :mod:`qwbatch.storage.layout`'s): its plan,
-written once planning has finished; its shard files (:mod:`qwbatch.plan.planner`) and their
+written once planning has finished; its shard files (:mod:`qwbatch.plan.shards`) and their
 results (:mod:`qwbatch.render.shard_results`); the journal of unfinished shards
 (:mod:`qwbatch.render.journal`); the last attempt's summary (``left`` > 0: stopped); and one
 empty index object, keyed by what the run renders.
@@ -25,7 +25,7 @@ from qwbatch import budget as budgets
 from qwbatch.core.costs import ZERO, CostLine, Estimate, PriceTable
 from qwbatch.core.errors import ConfigError, ManifestError, ObjectNotFoundError
 from qwbatch.manifest.files import S3ManifestFile, is_remote, manifest_files
-from qwbatch.plan.planner import Plan
+from qwbatch.plan import Plan
 from qwbatch.render.journal import read_run_journal
 from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore
