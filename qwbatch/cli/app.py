@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -37,6 +38,24 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _not_a_file(where: str, what: str) -> None:
+    """Fail clearly when ``where``, meant as a folder (DEST), is an existing file."""
+    path = (
+        Path(where.removeprefix("file://"))
+        if "://" not in where or where.startswith("file://")
+        else None
+    )
+    if path is None:
+        return
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        inside = "" if existing == path else f" ({existing} is)"
+        _fail(
+            f"{what} {where} is a file, not a folder{inside}: give a folder (made if "
+            "missing) or s3://bucket/prefix"
+        )
+
+
 def _quiet_prefect() -> None:
     """Offline-friendly Prefect defaults, unless the user set them."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -59,6 +78,7 @@ def _run_flow(
     from qwbatch.storage.lease import hold
     from qwbatch.storage.stores import open_store
 
+    _not_a_file(out, "--out")
     if os.environ.get("QWBATCH_SECRET_BLOCKS"):
         return _render_on_dest(manifest, out, quiet=quiet, **params)
     settings = Settings()

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qwbatch.cli.app import _fail, app
+from qwbatch.cli.app import _fail, _not_a_file, app
 from qwbatch.core.costs import format_money
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.settings import Settings
@@ -124,6 +124,7 @@ def report_command(
     from qwbatch.storage.stores import open_store
 
     settings = Settings()
+    _not_a_file(dest, "DEST")
     if html is not None:
         _write_html(dest, html, run=run, filters=filters or [], max_images=max_images)
         return
@@ -143,10 +144,12 @@ def _write_html(
 ) -> None:
     from qwbatch.catalog.view import parse_filters
     from qwbatch.report.html import render_html_report
+    from qwbatch.report.numbers import require_catalog
     from qwbatch.storage.stores import open_store
 
     try:
         store = open_store(dest, Settings())
+        require_catalog(store)
         page = render_html_report(store, run, filters=parse_filters(filters), max_images=max_images)
         html.write_text(page, encoding="utf-8")
     except QwBatchError as exc:
