@@ -6,6 +6,7 @@ package, so the package can import them without a cycle; ``qwbatch.cli`` imports
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -79,6 +80,11 @@ def _run_flow(
     from qwbatch.storage.stores import open_store
 
     _not_a_file(out, "--out")
+    if quiet:
+        # Retries (stamina logs each one as a warning) and other passing troubles are the
+        # engine's business: --quiet leaves errors and the run's own lines.
+        for name in ("stamina", "qwbatch", "flows"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     if os.environ.get("QWBATCH_SECRET_BLOCKS"):
         return _render_on_dest(manifest, out, quiet=quiet, **params)
     settings = Settings()
