@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     input_fetch_timeout_s: float = 30.0
     #: Inputs fetched and checked at once while planning.
     input_fetch_concurrency: int = 8
+    #: Pixels of edit inputs decoded at once, over every thread (width × height, summed):
+    #: converting an image takes about 4–12 bytes a pixel, so the default bounds that memory
+    #: near 1 GB however many large inputs arrive together. An input larger than this
+    #: is decoded alone.
+    input_decode_pixels: int = Field(default=100_000_000, gt=0)
     #: Manifests of at least this many rows are planned in two processes (0: always one).
     plan_split_rows: int = 200_000
 
