@@ -23,6 +23,7 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
             ├── contact-sheet.png                         run_sheet_key
             ├── shards/shard-<NNNNN>.jsonl.zst            shard_key
             ├── shards/shard-<NNNNN>.result.json          shard_result_key
+            ├── leases/shard-<NNNNN>.json                 shard_lease_key
             └── journal/shard-<NNNNN>/<writer>-<seq>.jsonl  journal_key
 
 What they hold: an output image and, when its object metadata cannot hold the whole request,
@@ -212,3 +213,9 @@ def journal_key(prefix: str, writer: str, seq: int) -> str:
 def lease_key() -> str:
     """The lease a run holds on DEST while it plans and renders (``storage.lease``)."""
     return "lease/run.json"
+
+
+def shard_lease_key(shard_key: str) -> str:
+    """The lease of the worker rendering one shard (its heartbeat, ``storage.lease``)."""
+    run_id = shard_key.split("/", 2)[1]
+    return f"{run_prefix(run_id)}leases/{shard_label(shard_key)}.json"

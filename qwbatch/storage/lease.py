@@ -24,6 +24,11 @@ How the record is made exclusive depends on the store:
   record is still there holds DEST. This catches two runs started seconds apart, not two
   writes in the same instant: such stores cannot do better.
 
+The same lease guards one shard of a run while a worker renders it (``key`` a
+:func:`~qwbatch.storage.layout.shard_lease_key`): the run's flow tells a shard whose worker
+died (its lease expired) from one still rendering, and a worker never renders a shard that
+another live worker holds.
+
 A process that already holds DEST's lease may take it again (the CLI holds it while it plans,
 and the flow it then runs takes it too): the inner take is a no-op.
 
@@ -178,7 +183,7 @@ class _FileClaim:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
-            self._write(replace(mine, expires_at=0.0))
+            self._write(replace(mine, expires_at=time.time()))
         os.close(self.fd)  # closing the only descriptor drops the lock
         self.fd = None
 
@@ -237,7 +242,7 @@ class _ConditionalClaim:
 
     def release(self, mine: LeaseRecord) -> None:
         if self.etag is not None:
-            self._put_if_match(replace(mine, expires_at=0.0), self.etag)
+            self._put_if_match(replace(mine, expires_at=time.time()), self.etag)
             self.etag = None
 
     def _get(self) -> bytes:
@@ -301,7 +306,7 @@ class _ReadBackClaim:
     def release(self, mine: LeaseRecord) -> None:
         held = self._read()
         if held is None or held.token == mine.token:
-            self.store.put(self.key, replace(mine, expires_at=0.0).to_bytes())
+            self.store.put(self.key, replace(mine, expires_at=time.time()).to_bytes())
 
     def _read(self) -> LeaseRecord | None:
         try:
@@ -310,8 +315,7 @@ class _ReadBackClaim:
             return None
 
 
-def _claim_for(store: ObjectStore, settle_s: float) -> _Claim:
-    key = lease_key()
+def _claim_for(store: ObjectStore, key: str, settle_s: float) -> _Claim:
     fallback = _ReadBackClaim(store, key, settle_s)
     if isinstance(store, LocalStore):
         return _FileClaim(store.root.joinpath(*key.split("/")), fallback)
@@ -334,8 +338,11 @@ class Lease:
         label: str,
         on_lost: Callable[[str], None] | None = None,
         settle_s: float = SETTLE_S,
+        key: str | None = None,
     ) -> None:
         self.store = store
+        #: What is leased: DEST (``lease_key()``, the default) or one shard of a run.
+        self.key = key or lease_key()
         self.ttl_s = ttl_s
         self.on_lost = on_lost
         now = time.time()
@@ -347,7 +354,7 @@ class Lease:
             expires_at=now + ttl_s,
             token=uuid.uuid4().hex,
         )
-        self._claim = _claim_for(store, settle_s)
+        self._claim = _claim_for(store, self.key, settle_s)
         self._done = threading.Event()
         self._renewer: threading.Thread | None = None
 
@@ -359,7 +366,7 @@ class Lease:
             held = self._claim.take(self.record)
             if held is None:
                 break
-            where = self.store.root_uri
+            where = self.store.root_uri if self.key == lease_key() else self.store.uri(self.key)
             message = f"{where} is held by {held.describe(time.time())}"
             if not wait:
                 raise DestBusyError(
@@ -394,14 +401,14 @@ class Lease:
                     log.warning("could not renew DEST's lease (will retry): %s", exc)
                     continue
                 reason = f"it could not be renewed before it expired ({exc})"
-            message = f"lost the lease on {self.store.root_uri}: {reason}"
+            message = f"lost the lease on {self.store.uri(self.key)}: {reason}"
             log.error(message)
             if self.on_lost is not None:
                 self.on_lost(message)
             return
 
 
-_HELD: dict[str, int] = {}
+_HELD: dict[tuple[str, str], int] = {}
 _HELD_LOCK = threading.Lock()
 
 
@@ -415,9 +422,11 @@ def hold(
     on_wait: Callable[[str], None] | None = None,
     on_lost: Callable[[str], None] | None = None,
     settle_s: float = SETTLE_S,
+    key: str | None = None,
 ) -> Iterator[Any]:
-    """Hold DEST's lease for the block (see the module's docstring); re-entrant per process."""
-    root = store.root_uri
+    """Hold DEST's lease (or ``key``'s) for the block (see the module's docstring);
+    re-entrant per process."""
+    root = (store.root_uri, key or lease_key())
     with _HELD_LOCK:
         if root in _HELD:
             _HELD[root] += 1
@@ -431,7 +440,7 @@ def hold(
             with _HELD_LOCK:
                 _HELD[root] -= 1
         return
-    lease = Lease(store, ttl_s=ttl_s, label=label, on_lost=on_lost, settle_s=settle_s)
+    lease = Lease(store, ttl_s=ttl_s, label=label, on_lost=on_lost, settle_s=settle_s, key=key)
     lease.take(wait=wait, on_wait=on_wait)
     with _HELD_LOCK:
         _HELD[root] = 1
@@ -441,3 +450,11 @@ def hold(
         with _HELD_LOCK:
             del _HELD[root]
         lease.release()
+
+
+def read_record(store: ObjectStore, key: str) -> LeaseRecord | None:
+    """The lease record at ``key``, or None when there is none (or it is unreadable)."""
+    try:
+        return LeaseRecord.from_bytes(store.get(key))
+    except StorageError:
+        return None
