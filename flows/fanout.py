@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 from uuid import UUID
 
+import httpx
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
@@ -272,9 +273,16 @@ class _Waiter:
                 still: list[UUID] = []
                 for start in range(0, len(pending), _PAGE):
                     page = pending[start : start + _PAGE]
-                    runs = client.read_flow_runs(
-                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)), limit=_PAGE
-                    )
+                    try:
+                        runs = client.read_flow_runs(
+                            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page)),
+                            limit=_PAGE,
+                        )
+                    except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                        # A Prefect server restarting: its flow runs are still there after.
+                        self.logger.warning("cannot read the shard flow runs (%s); waiting", exc)
+                        still.extend(page)
+                        continue
                     # A run the server no longer has is not waited for: its shards' results
                     # will be missing, and the caller reports them.
                     for run in runs:

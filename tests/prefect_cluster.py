@@ -219,6 +219,18 @@ class PrefectCluster:
                     )
                 time.sleep(1.0)
 
+    def restart_server(self, cwd: Path, down_s: float = 2.0) -> float:
+        """Stop the server (SIGTERM), wait ``down_s``, start it again on the same port with
+        the same home and environment; the seconds the API was away."""
+        began = time.monotonic()
+        for process in self.processes:
+            if process.name == "server" and process.popen.poll() is None:
+                _signal_group(process.popen.pid, signal.SIGTERM)
+                process.popen.wait(timeout=30)
+        time.sleep(down_s)
+        self.start(cwd)
+        return time.monotonic() - began
+
     def wait_for_workers(self, pool: str, names: set[str], timeout_s: float) -> None:
         """Return once every worker in ``names`` is ONLINE in ``pool``."""
         deadline = time.monotonic() + timeout_s

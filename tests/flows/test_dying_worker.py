@@ -4,7 +4,8 @@ async model. One worker that runs shards (not the run's own flow) is killed with
 below it, as a machine dies. The run's flow notices its shard flow runs fell silent (their
 shard leases stopped being renewed), marks them crashed and starts their unfinished shards
 on another worker, which collects the tasks the dead one had submitted by their journaled
-ids: every image billed once, none submitted twice, the catalog complete."""
+ids; and the Prefect server restarts while the run waits. Every image is billed once, none
+submitted twice, the shared rate limit holds (+5 %), the catalog is complete."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from postgres_server import PostgresServer, postgres_bin
 from prefect_cluster import PREFECT, PrefectCluster
 
 from qwbatch.catalog.table import read_catalog
+from qwbatch.simulator.state import peak_rate
 from qwbatch.storage.stores import S3Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,6 +36,8 @@ RATE = 8.0
 TASK_S = 3.0
 #: Lease lifetime on the workers (seconds): a silent shard flow run is lost after 3 of them.
 LEASE_TTL_S = 10
+#: Rates are measured over windows this long (seconds): 5 % of RATE is one request more.
+WINDOW_S = 1 / (0.05 * RATE)
 WORKERS = ("worker-a", "worker-b", "worker-c")
 
 
@@ -146,6 +150,9 @@ def test_a_dead_workers_shards_run_again_and_collect_its_tasks(
         time.sleep(2.0)
         killed_at = time.monotonic() - run_began
         killed = cluster.kill_tree(workers[victim])
+        # And the Prefect server restarts while the run's flow waits for the lost shards.
+        time.sleep(3.0)
+        away_s = cluster.restart_server(REPO)
         parent = cluster.wait_for_flow_run(parent["id"], timeout_s=240)
         run_s = time.monotonic() - run_began
         children = _flow_runs(cluster, "render-shards/render-shards")
@@ -156,11 +163,16 @@ def test_a_dead_workers_shards_run_again_and_collect_its_tasks(
     ledger = sim.ledger()
     billed = Counter(e["prompt_sha256"] for e in ledger["entries"])
     submitted = ledger["requests"].get("image-synthesis", 0)
+    offered = peak_rate(ledger["offered_at"], WINDOW_S)
+    admitted = peak_rate(ledger["admitted_at"], WINDOW_S)
     print(  # the measurements: seen with `pytest -s`
         f"\ndying worker: killed {victim} ({len(killed)} processes) {killed_at:.0f} s into the "
-        f"run, run {run_s:.0f} s, total {total_s:.0f} s (PostgreSQL + server "
+        f"run, then the server restarted (API away {away_s:.0f} s); "
+        f"run {run_s:.0f} s, total {total_s:.0f} s (PostgreSQL + server "
         f"{cluster.startup_s:.0f} s); billed {sum(billed.values())} for {len(billed)} distinct "
         f"= {sum(billed.values()) / max(1, len(billed)):.3f}; tasks submitted {submitted}; "
+        f"peak over {WINDOW_S:.1f} s windows: offered {offered:.2f}/s, admitted "
+        f"{admitted:.2f}/s (limit {RATE:.1f}/s), 429s {ledger['throttled']}; "
         f"shard flow runs {len(children)}: "
         + ", ".join(f"{c['name']} {c['state']['type']}" for c in children)
     )
@@ -177,6 +189,8 @@ def test_a_dead_workers_shards_run_again_and_collect_its_tasks(
     assert len(billed) == ROWS
     assert set(billed.values()) == {1}
     assert submitted == ROWS
+    # The shared rate limit held through the kill and the restart (+5 %).
+    assert offered <= RATE * 1.05, (offered, RATE)
     # The catalog: every row once, one terminal outcome each.
     rows = read_catalog(S3Store(s3_client, s3_bucket, "renders")).to_pylist()
     assert sorted(r["row_id"] for r in rows) == sorted(table["id"].to_pylist())
