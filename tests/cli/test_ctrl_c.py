@@ -98,6 +98,7 @@ def test_a_signal_to_the_group_stops_cleanly_and_the_resume_bills_once(
     stdout, stderr = child.communicate(timeout=60)
     took = time.monotonic() - began
 
+    print(f"\ngroup {signum.name}: stopped in {took:.1f} s, exit {child.returncode}")
     assert child.returncode == 128 + signum, stdout + stderr
     assert took < 10, f"stopped in {took:.1f} s"
     last = stderr.strip().splitlines()[-1]
@@ -137,6 +138,7 @@ def test_a_second_ctrl_c_ends_the_run_at_once_and_keeps_the_journal(sim, tmp_pat
     stdout, stderr = child.communicate(timeout=60)
     took = time.monotonic() - began
 
+    print(f"\nsecond SIGINT: ended in {took:.1f} s, exit {child.returncode}")
     assert child.returncode == 130, stdout + stderr
     assert took < 2, f"ended in {took:.1f} s"
     assert f"stopped at once by a second SIGINT; finish with qwbatch run {manifest}" in stderr

@@ -5,6 +5,7 @@ cause fixed, renders them all, each billed once."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections import Counter
@@ -62,6 +63,7 @@ def test_a_run_whose_first_calls_all_fail_account_wide_stops_after_a_few_probes(
     stopped = render_all(manifest, out, settings, stop=stop)
     took = time.monotonic() - began
 
+    print(f"\n{cause}: stopped after {took:.1f} s, {_calls(sim)} calls reached the simulator")
     assert took < 10, f"stopped after {took:.1f} s"
     assert _calls(sim) <= PROBES  # the simulator counts refused calls too
     assert stopped.left == ROWS
@@ -90,8 +92,6 @@ def test_one_success_opens_the_gate_and_failures_in_a_row_trip_it() -> None:
     async def enter() -> None:
         async with breaker.probe():
             pass
-
-    import asyncio
 
     asyncio.run(enter())
     refused = QwBatchError("HTTP 401 InvalidApiKey")
