@@ -9,18 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
 from qwbatch.core.errors import QwBatchError
-from qwbatch.core.settings import Settings, run_overrides, settings_with
-
-if TYPE_CHECKING:
-    from qwbatch.budget.policy import BudgetPolicy
-    from qwbatch.run.summary import RunSummary
 
 app = typer.Typer(
     name="qwbatch",
@@ -39,65 +33,12 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _quiet_prefect() -> None:
-    """Offline-friendly Prefect defaults, unless the user set them."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "WARNING")
-    # The ephemeral server's first start (database migrations) can pass Prefect's default
-    # timeout on a busy 2-core machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-
 def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
-    from qwbatch.budget.policy import BudgetPolicy
-    from qwbatch.core.costs import money
+    """``qwbatch.api.run`` and its summary printed; the exit code."""
+    from qwbatch.api import run as run_manifest
 
-    budget = params.get("budget")
-    policy = (
-        BudgetPolicy(money(budget), params.get("budget_mode", "refuse"))
-        if budget is not None
-        else None
-    )
     try:
-        # Secrets in Prefect blocks need Prefect even to plan (S3 credentials).
-        done = None
-        if not os.environ.get("QWBATCH_SECRET_BLOCKS"):
-            if not quiet:
-                typer.echo(f"qwbatch: planning {manifest}…", err=True)
-            done = _plan_here(manifest, out, params, policy)
-        if done is not None:
-            summary = done
-        else:
-            _quiet_prefect()
-            from flows.render import render_manifest  # Prefect: only when there is work
-            from qwbatch.limits import reporting
-            from qwbatch.run.progress_display import watch_run
-            from qwbatch.run.runner import resolve_run_id
-
-            # Known before the flow starts (the progress display follows it): an unfinished
-            # run of this manifest in OUT is resumed, unless --new-run.
-            params["run_id"] = run_id = resolve_run_id(
-                manifest,
-                out,
-                settings=Settings(
-                    **({"default_model": params["model"]} if params.get("model") else {})
-                ),
-                run_id=params.get("run_id"),
-                resume=params.get("resume"),
-                auto_resume=params.get("auto_resume", True),
-                strict=params.get("strict", False),
-                budget=policy,
-            )
-            # Each model's rate, limit, in flight and 429s/min on stderr while the run goes.
-            limit_lines = (
-                (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
-            )
-            with (
-                watch_run(run_id, quiet=quiet, budget=params.get("budget")),
-                reporting(limit_lines, Settings().limits_status_s),
-            ):
-                summary = render_manifest(manifest=manifest, out=out, **params)
+        summary = run_manifest(manifest, out, quiet=quiet, **params)
     except QwBatchError as exc:
         _fail(str(exc))
         return 2
@@ -110,40 +51,6 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
     for line in summary.lines():
         typer.echo(line)
     return 1 if summary.failed else 0
-
-
-def _plan_here(
-    manifest: str, out: str, params: dict[str, Any], policy: BudgetPolicy | None
-) -> RunSummary | None:
-    """Plan the run in this process, before Prefect starts; when it leaves nothing to render
-    (every row already in the catalog: a nightly rerun with no new rows), finish it here
-    and return its summary, with no Prefect server started. Otherwise None: the plan is
-    saved under its run id, which ``params`` now names, and the flow renders that plan."""
-    from qwbatch.run import runner
-
-    began = time.monotonic()
-    settings = settings_with(
-        run_overrides(
-            model=params.get("model"),
-            shard_size=params.get("shard_size"),
-            rps=params.get("rps"),
-            max_in_flight=params.get("max_in_flight"),
-        )
-    )
-    prepared = runner.prepare(
-        manifest,
-        out,
-        settings=settings,
-        run_id=params.get("run_id"),
-        resume=params.get("resume"),
-        auto_resume=params.get("auto_resume", True),
-        strict=params.get("strict", False),
-        budget=policy,
-    )
-    if prepared.plan.shard_keys:
-        params["run_id"], params["resume"] = prepared.plan.run_id, None
-        return None
-    return runner.finish(prepared, [], out=out, settings=settings, began=began)
 
 
 @app.command()
@@ -208,7 +115,7 @@ def run(
         budget=budget,
         budget_mode=budget_mode,
         resume=resume,
-        auto_resume=not new_run,
+        new_run=new_run,
     )
     raise typer.Exit(code)
 
@@ -231,30 +138,15 @@ def validate(
     """
     import pyarrow.parquet as pq
 
-    from qwbatch.manifest.reader import read_manifest, rejects_table
-    from qwbatch.run.runner import input_stage, model_table
-    from qwbatch.storage.stores import open_store
+    from qwbatch.api import validate as validate_manifest
+    from qwbatch.manifest.reader import rejects_table
 
-    settings = Settings(default_model=model) if model else Settings()
     try:
-        table = model_table(settings)
-        good, bad = 0, []
-        store = open_store(out, settings) if out else None
-        with input_stage(str(manifest), settings, store, stage=False) as check_only:
-            reader = read_manifest(
-                manifest,
-                table=table,
-                default_model=settings.default_model,
-                resolve_input=check_only,
-                settings=settings,
-            )
-            # Column-wise checks for the common rows, as the plan does: no object per row.
-            for block in reader.blocks():
-                good += block.fast.num_rows + len(block.requests)
-                bad.extend(block.rejects)
+        found = validate_manifest(manifest, model=model, out=out)
     except QwBatchError as exc:
         _fail(str(exc))
         return
+    good, bad = found.valid, found.rejects
     if rejects is not None and bad:
         pq.write_table(rejects_table(bad), rejects)
     if as_json:
