@@ -1,10 +1,11 @@
 """Showing a ``ProgressTracker``: live on a terminal, log lines elsewhere.
 
-On a terminal, or in a Jupyter notebook with ipywidgets, a rich live display redraws a few times a second: a bar of images done out of
-the total, the rate, spend against the budget (or the estimate), ETA, failures and the latest
-failure's reason. Anywhere else (CI, a pipe, a log file), one plain line every
-``interval_s`` seconds, and a last one when the run ends. Both write to stderr, so stdout
-keeps only the run's summary.
+On a terminal, or in a Jupyter notebook with ipywidgets, a rich live display redraws a few
+times a second: a bar of images done out of the total, the rate, spend against the budget
+(or the estimate), ETA, failures and the latest failure's reason. Anywhere else (CI, a
+pipe, a log file, a notebook without ipywidgets), one plain line every ``interval_s``
+seconds, and a last one when the run ends. Both write to stderr, so stdout keeps only the
+run's summary.
 """
 
 from __future__ import annotations
