@@ -64,6 +64,8 @@ def __getattr__(name: str) -> Any:
     # ``import qwbatch.<package>`` (the simulator and planner helper processes).
     if name in _API:
         return getattr(importlib.import_module("qwbatch.api"), name)
+    if name == "export":  # ``qwbatch.export.export(...)`` after a bare ``import qwbatch``
+        return importlib.import_module("qwbatch.export")
     raise AttributeError(f"module 'qwbatch' has no attribute {name!r}")
 
 

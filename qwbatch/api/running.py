@@ -67,7 +67,7 @@ def run(
     Example::
 
         summary = qwbatch.run(df, "out", budget=5)
-        print(summary.succeeded, summary.cost)
+        print(summary.statuses, summary.cost, summary.currency)
     """
     return off_the_loop(
         lambda: _run(
