@@ -24,8 +24,8 @@ from qwbatch.core.settings import Settings, run_overrides, settings_with
 
 if TYPE_CHECKING:
     from qwbatch.budget.policy import BudgetPolicy
-    from qwbatch.manifest.reader import Reject
-    from qwbatch.plan.planner import Plan
+    from qwbatch.manifest import Reject
+    from qwbatch.plan import Plan
     from qwbatch.run.summary import RunSummary
 
 BudgetMode = Literal["refuse", "trim"]
@@ -300,7 +300,7 @@ def validate(
 def _validate(
     manifest: ManifestLike, model: str | None, out: str | os.PathLike[str] | None
 ) -> Validation:
-    from qwbatch.manifest.reader import read_manifest
+    from qwbatch.manifest import read_manifest
     from qwbatch.run.runner import input_stage, model_table
     from qwbatch.storage.stores import open_store
 

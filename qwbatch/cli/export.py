@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from qwbatch.cli import app
+from qwbatch.cli.app import app
 from qwbatch.core.errors import QwBatchError
 
 

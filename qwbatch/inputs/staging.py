@@ -49,7 +49,8 @@ from qwbatch.core.errors import (
     TransientError,
 )
 from qwbatch.inputs.fetch import InputFetcher, display_uri
-from qwbatch.manifest.reader import InputDigest
+from qwbatch.manifest import InputDigest
+from qwbatch.storage.layout import staged_key
 from qwbatch.storage.stores import ObjectStore
 
 if TYPE_CHECKING:
@@ -57,14 +58,8 @@ if TYPE_CHECKING:
 
 #: The rules that turn original bytes into staged bytes; change it when they change.
 NORMALISER = "qwbatch-input/1 384-3072px 10000000B"
-STAGE_PREFIX = "inputs/"
 
 _T = TypeVar("_T")
-
-
-def staged_key(sha256: str) -> str:
-    """The store key of the staged input whose original bytes have this sha256."""
-    return f"{STAGE_PREFIX}{sha256[:2]}/{sha256}"
 
 
 @dataclass(slots=True)
@@ -80,7 +75,7 @@ class InputStats:
 
 
 class InputStage:
-    """Resolves input URIs to :class:`~qwbatch.manifest.reader.InputDigest`, staging what is sent.
+    """Resolves input URIs to :class:`~qwbatch.manifest.InputDigest`, staging what is sent.
 
     Call it with a URI (the manifest reader does); :meth:`prefetch` resolves many at once in
     ``concurrency`` threads (the reader calls it once per record batch), after which calls

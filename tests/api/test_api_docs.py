@@ -15,7 +15,7 @@ def test_docs_api_md_is_fresh() -> None:
     finally:
         sys.path.remove(str(ROOT / "tools"))
     assert (ROOT / "docs" / "api.md").read_text() == api_docs.page(), (
-        "docs/api.md is stale: run `python tools/api_docs.py`"
+        "docs/api.md is stale: run `make api-docs`"
     )
 
 
