@@ -170,6 +170,8 @@ def _print_report(report: Report) -> None:
     overview.add_row("requests", str(report.requests))
     overview.add_row("images stored", str(report.images))
     overview.add_row("spend", _money_by_currency(report.cost))
+    if report.spend is not None:
+        overview.add_row("run and lifetime spend", report.spend.line())
     overview.add_row("possible extra spend", _money_by_currency(report.possible_cost))
     overview.add_row("provider calls", f"{report.calls} ({report.retries} retries)")
     overview.add_row("wall time", f"{report.wall_s:.1f} s")
