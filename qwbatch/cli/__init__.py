@@ -231,7 +231,7 @@ def validate(
     """
     import pyarrow.parquet as pq
 
-    from qwbatch.manifest.reader import read_manifest, rejects_table
+    from qwbatch.manifest import read_manifest, rejects_table
     from qwbatch.run.runner import input_stage, model_table
     from qwbatch.storage.stores import open_store
 

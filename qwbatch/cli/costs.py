@@ -19,7 +19,7 @@ from qwbatch.cli import _fail, app
 from qwbatch.core.costs import format_money
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.settings import Settings
-from qwbatch.plan.planner import Plan
+from qwbatch.plan import Plan
 from qwbatch.report.numbers import Report
 
 

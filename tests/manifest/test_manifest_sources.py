@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from qwbatch.cli import app
 from qwbatch.core.errors import ManifestError
 from qwbatch.core.model_table import ModelTable
+from qwbatch.manifest import MANIFEST_SCHEMA, read_manifest
 from qwbatch.manifest.columns import COLUMN_TYPES
 from qwbatch.manifest.converters import convert, read_csv, read_jsonl
-from qwbatch.manifest.reader import MANIFEST_SCHEMA, read_manifest
 from qwbatch.manifest.template import COLUMNS, EXAMPLES
 
 ROOT = Path(__file__).parents[2]
