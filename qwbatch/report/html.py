@@ -8,7 +8,9 @@ the cost of the rows shown counts each image at its rendering's cost (a deduplic
 shows an image paid for earlier), beside the selected run's own spend and the lifetime
 spend of DEST. Thumbnails are inlined as ``data:`` URIs and the styles as one ``<style>``
 block; the page loads nothing else (its Content-Security-Policy forbids it) and runs no
-script. Every catalog value is HTML-escaped. Money is in the catalog's currency.
+script. Each image opens its full-size output when ``image_link`` is given (see
+:mod:`qwbatch.report.links`: relative for a local DEST, presigned or public for S3).
+Every catalog value is HTML-escaped. Money is in the catalog's currency.
 
 The selection of rows is :mod:`qwbatch.catalog.view`'s::
 
@@ -35,7 +37,9 @@ from qwbatch.catalog.spend import Origin
 from qwbatch.catalog.table import REJECTS_PREFIX
 from qwbatch.catalog.view import RowFilter
 from qwbatch.core.errors import StorageError, StorageTransientError
+from qwbatch.report.links import ImageLink
 from qwbatch.run.progress import GOOD_STATUSES
+from qwbatch.storage.layout import output_key
 from qwbatch.storage.stores import ObjectStore
 
 #: Images inlined at most by default; the page says how many more there were.
@@ -76,6 +80,7 @@ def render_html_report(
     filters: Sequence[RowFilter] = (),
     max_images: int = DEFAULT_MAX_IMAGES,
     generated_at: dt.datetime | None = None,
+    image_link: ImageLink | None = None,
 ) -> str:
     """The report page for ``store`` (one run, ``"latest"``, or the latest of every row)."""
     rows = catalog_view.select_rows(store, run=run, filters=filters)
@@ -95,7 +100,7 @@ def render_html_report(
             _failures(rows),
             _skipped(rows),
             _rejects(store, runs or ([selected] if selected else [])),
-            _gallery(store, rows, origins, max_images, currency),
+            _gallery(store, rows, origins, max_images, currency, image_link),
             _by_tag(rows, origins, currency),
         ]
     )
@@ -229,16 +234,23 @@ def _gallery(
     origins: Sequence[Origin],
     max_images: int,
     currency: str,
+    image_link: ImageLink | None,
 ) -> str:
     shown = rows[:max_images]
     pairs = zip(shown, origins[: len(shown)], strict=True)
-    figures = [_figure(store, row, origin, currency) for row, origin in pairs]
+    figures = [_figure(store, row, origin, currency, image_link) for row, origin in pairs]
     more = len(rows) - len(shown)
     tail = f"<p class=meta>… and {more} more rows not shown</p>" if more > 0 else ""
     return f"<h2>Images ({len(rows)})</h2><section class=grid>{''.join(figures)}</section>{tail}"
 
 
-def _figure(store: ObjectStore, row: dict[str, Any], origin: Origin, currency: str) -> str:
+def _figure(
+    store: ObjectStore,
+    row: dict[str, Any],
+    origin: Origin,
+    currency: str,
+    image_link: ImageLink | None,
+) -> str:
     thumb = catalog_view.load_thumbnail(store, row)
     label = row["row_id"]
     if (row.get("n") or 1) > 1 and row.get("image_index") is not None:
@@ -246,6 +258,12 @@ def _figure(store: ObjectStore, row: dict[str, Any], origin: Origin, currency: s
     if thumb is not None:
         uri = "data:image/webp;base64," + base64.b64encode(thumb).decode("ascii")
         picture = f'<img src="{uri}" alt="{escape(label)}">'
+        href = (
+            image_link(output_key(row["request_key"], row["image_index"])) if image_link else None
+        )
+        if href:
+            title = "open the full-size image"
+            picture = f'<a href="{escape(href)}" title="{title}">{picture}</a>'
     else:
         reason = row.get("error_message") or row.get("error_code") or "no image"
         word = escape(_word(row["status"]))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from PIL import Image
@@ -14,11 +16,13 @@ from typer.testing import CliRunner
 
 from qwbatch.catalog import table as catalog
 from qwbatch.cli import app
+from qwbatch.core.errors import ConfigError
 from qwbatch.core.types import CatalogRecord, PlanItem
 from qwbatch.manifest import Reject, rejects_table
 from qwbatch.report.html import render_html_report
+from qwbatch.report.links import link_maker
 from qwbatch.simulator.render import colour
-from qwbatch.storage.stores import LocalStore
+from qwbatch.storage.stores import LocalStore, S3Store
 
 runner = CliRunner()
 RUN = "20260301T000000Z-cccccc"
@@ -104,6 +108,41 @@ def test_report_command_writes_the_page(dest: Path, tmp_path: Path) -> None:
     terminal = runner.invoke(app, ["report", str(dest)])
     assert terminal.exit_code == 0, terminal.output
     assert "overview" in terminal.output
+
+
+def test_each_card_links_its_full_size_image_relative_to_the_page(dest: Path, tmp_path) -> None:
+    page = tmp_path / "pages" / "report.html"
+    page.parent.mkdir()
+    result = runner.invoke(app, ["report", str(dest), "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    hrefs = re.findall(r'<a href="([^"]+)"', page.read_text(encoding="utf-8"))
+    assert len(hrefs) == 3  # the three stored images; the failed row has none
+    for href in hrefs:
+        assert not href.startswith(("/", "file:", "http"))
+        target = (page.parent / unquote(href)).resolve()
+        assert target.is_relative_to(dest.resolve())
+        assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Moved together, page and DEST keep working: links are relative.
+    none = runner.invoke(app, ["report", str(dest), "--html", str(page), "--links", "none"])
+    assert none.exit_code == 0, none.output
+    assert "<a href" not in page.read_text(encoding="utf-8")
+
+
+def test_s3_links_are_presigned_or_public(s3_client, s3_bucket: str) -> None:
+    store = S3Store(s3_client, s3_bucket, "dest")
+    store.put("images/ab/abcd/0.png", b"\x89PNG full size", content_type="image/png")
+    link = link_maker(store, mode="presigned", expires_s=600)
+    assert link is not None
+    url = link("images/ab/abcd/0.png")
+    assert "Signature" in url or "X-Amz-Signature" in url
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 (the moto server)
+        assert answer.read() == b"\x89PNG full size"
+    public = link_maker(store, base_url="https://cdn.example.com/dest/")
+    assert public is not None
+    assert public("images/ab/abcd/0.png") == "https://cdn.example.com/dest/images/ab/abcd/0.png"
+    with pytest.raises(ConfigError, match="local DEST"):
+        link_maker(store, mode="relative", page_dir=Path())
+    assert link_maker(store) is None  # auto: nothing to link an S3 page to without a choice
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
