@@ -7,9 +7,11 @@ run that rendered it with what it cost there. Money follows :mod:`qwbatch.catalo
 the cost of the rows shown counts each image at its rendering's cost (a deduplicated row
 shows an image paid for earlier), beside the selected run's own spend and the lifetime
 spend of DEST. Thumbnails are inlined as ``data:`` URIs and the styles as one ``<style>``
-block; the page loads nothing else (its Content-Security-Policy forbids it) and runs no
-script. Each image opens its full-size output when ``image_link`` is given (see
-:mod:`qwbatch.report.links`: relative for a local DEST, presigned or public for S3).
+block, with a subset of Noto Sans CJK for the page's characters (:mod:`.page_font`), so
+Chinese reads on a machine without CJK fonts; the page loads nothing else (its
+Content-Security-Policy forbids it) and runs no script. Each image opens its full-size
+output when ``image_link`` is given (see :mod:`qwbatch.report.links`: relative for a local
+DEST, presigned or public for S3).
 Every catalog value is HTML-escaped. Money is in the catalog's currency.
 
 The selection of rows is :mod:`qwbatch.catalog.view`'s::
@@ -26,7 +28,7 @@ import io
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from html import escape
+from html import escape, unescape
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -38,6 +40,7 @@ from qwbatch.catalog.table import REJECTS_PREFIX
 from qwbatch.catalog.view import RowFilter
 from qwbatch.core.errors import StorageError, StorageTransientError
 from qwbatch.report.links import ImageLink
+from qwbatch.report.page_font import FAMILY, font_face_css
 from qwbatch.run.progress import GOOD_STATUSES
 from qwbatch.storage.layout import output_key
 from qwbatch.storage.stores import ObjectStore
@@ -81,6 +84,7 @@ def render_html_report(
     max_images: int = DEFAULT_MAX_IMAGES,
     generated_at: dt.datetime | None = None,
     image_link: ImageLink | None = None,
+    embed_font: bool = True,
 ) -> str:
     """The report page for ``store`` (one run, ``"latest"``, or the latest of every row)."""
     rows = catalog_view.select_rows(store, run=run, filters=filters)
@@ -104,7 +108,9 @@ def render_html_report(
             _by_tag(rows, origins, currency),
         ]
     )
-    return _PAGE.format(title=escape(f"qwbatch report · {scope}"), style=_STYLE, body=body)
+    title = escape(f"qwbatch report · {scope}")
+    style = _STYLE + (font_face_css(unescape(title + body)) if embed_font else "")
+    return _PAGE.format(title=title, style=style, body=body)
 
 
 # ------------------------------------------------------------------------------ sections
@@ -317,7 +323,7 @@ def _table(
 _PAGE = """<!doctype html>
 <html lang=en><head><meta charset=utf-8>
 <meta http-equiv="Content-Security-Policy"
- content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+ content="default-src 'none'; img-src data:; font-src data:; style-src 'unsafe-inline'">
 <meta name=viewport content="width=device-width, initial-scale=1">
 <title>{title}</title><style>{style}</style></head>
 <body>
@@ -325,8 +331,11 @@ _PAGE = """<!doctype html>
 </body></html>
 """
 
-_STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans","Noto Sans CJK SC",
+_STYLE = (
+    (
+        f'body{{font:14px/1.45 "{FAMILY}",'  # the embedded subset first: the same look everywhere
+    )
+    + """system-ui,-apple-system,"Segoe UI","Noto Sans","Noto Sans CJK SC",
 "PingFang SC","Microsoft YaHei",sans-serif;margin:24px;background:#f6f5f2;color:#222}
 h1{margin:0 0 4px}.row{display:flex;gap:32px;flex-wrap:wrap}
 h2{margin:28px 0 8px;font-size:18px}.meta{color:#666;margin:0}
@@ -349,3 +358,4 @@ color:#a02020}.st.skipped_budget{background:#f7eed8;color:#7a5a10}.st.deduplicat
 .tag{display:inline-block;font-size:12px;background:#f0eee9;border-radius:4px;
 padding:0 6px;margin:0 4px 4px 0;color:#555}
 """
+)
