@@ -30,7 +30,7 @@ from qwbatch.manifest.vector import Setting
 
 #: Longest accepted row id, in characters.
 MAX_ID_CHARS: Final = 256
-#: Input images per edit request (dashscope-api.md §3.5; the same for every edit model).
+#: Input images per edit request (docs/providers/dashscope.md §3.5; the same for every edit model).
 MAX_INPUT_IMAGES: Final = 3
 
 _MODES: Final[dict[str, Mode]] = {"generate": "generate", "edit": "edit"}
