@@ -5,6 +5,7 @@
     table.py     SCHEMA, catalog parts (one per shard of a run), key prefixes under DEST
     key_set.py   the request keys that already have outputs, compactly, for the plan's dedup
     view.py      the rows a person looks at: one run, or the latest of every row, filtered
+    spend.py     spend, defined once: a run's, the lifetime's, and each image's where rendered
     rebuild.py   the catalog rebuilt from the store, each image's metadata describing it
 
 The columns are listed in docs/outputs-and-catalog.md.
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from qwbatch.catalog.key_set import short_key as short_key
+    from qwbatch.catalog.spend import Spend as Spend
     from qwbatch.catalog.table import CATALOG_PREFIX as CATALOG_PREFIX
     from qwbatch.catalog.table import COMPACTION_PREFIX as COMPACTION_PREFIX
     from qwbatch.catalog.table import REJECTS_PREFIX as REJECTS_PREFIX
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 #: Each re-exported name → the module that defines it.
 _HOME: dict[str, str] = {
     "short_key": "key_set",
+    "Spend": "spend",
     "CATALOG_PREFIX": "table",
     "COMPACTION_PREFIX": "table",
     "ExistingImage": "table",
@@ -45,6 +48,7 @@ __all__ = [
     "REJECTS_PREFIX",
     "ExistingImage",
     "RowFilter",
+    "Spend",
     "catalog_columns",
     "parse_filters",
     "part_keys",
