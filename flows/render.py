@@ -18,6 +18,7 @@ any shard.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.runtime import deployment
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import artifacts
@@ -37,6 +39,7 @@ from qwbatch.core.costs import money
 from qwbatch.core.errors import BudgetExceededError
 from qwbatch.core.settings import Settings, run_overrides, settings_with
 from qwbatch.core.stop import STOP
+from qwbatch.core.uris import require_absolute
 from qwbatch.render.engine import ShardResult
 from qwbatch.report import contact_sheet
 from qwbatch.report import numbers as reports
@@ -163,6 +166,9 @@ def _render(
 ) -> RunSummary:
     began = time.monotonic()
     logger = get_run_logger()
+    if deployment.id is not None:  # a worker's run: its working folder is a temporary one
+        for what, value in (("manifest", manifest), ("out", out)):
+            require_absolute(value, what=what, cwd=os.getcwd())
     overrides = run_overrides(
         model=model, shard_size=shard_size, rps=rps, max_in_flight=max_in_flight
     )
