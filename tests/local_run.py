@@ -10,7 +10,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from qwbatch.budget.policy import BudgetPolicy, BudgetSpec
+from qwbatch.budget import BudgetPolicy, BudgetSpec
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import StopSignal
 from qwbatch.render.engine import ShardResult

@@ -25,9 +25,8 @@ import pyarrow as pa
 from qwbatch.catalog import table as catalog
 from qwbatch.core import images
 from qwbatch.core.errors import ConfigError, ImageError, StorageError, StorageTransientError
-from qwbatch.storage.layout import output_key
+from qwbatch.storage.layout import output_key, thumb_key
 from qwbatch.storage.stores import ObjectStore
-from qwbatch.storage.thumbs import thumb_key
 
 #: Catalog columns a view reads (everything but the timings and provider ids).
 VIEW_COLUMNS = (

@@ -36,13 +36,12 @@ import pyarrow.parquet as pq
 from qwbatch.catalog import spend as catalog_spend
 from qwbatch.catalog import view as catalog_view
 from qwbatch.catalog.spend import Origin
-from qwbatch.catalog.table import REJECTS_PREFIX
 from qwbatch.catalog.view import RowFilter
 from qwbatch.core.errors import StorageError, StorageTransientError
 from qwbatch.report.links import ImageLink
 from qwbatch.report.page_font import FAMILY, font_face_css
 from qwbatch.run.progress import GOOD_STATUSES
-from qwbatch.storage.layout import output_key
+from qwbatch.storage.layout import output_key, rejects_key
 from qwbatch.storage.stores import ObjectStore
 
 #: Images inlined at most by default; the page says how many more there were.
@@ -221,7 +220,7 @@ def _rejects(store: ObjectStore, runs: Sequence[str]) -> str:
     body = []
     for run in runs:
         try:
-            data = store.get(f"{REJECTS_PREFIX}rejects-{run}.parquet")
+            data = store.get(rejects_key(run))
         except (StorageError, StorageTransientError):
             continue  # no rejects file: the run rejected nothing (or it is unreadable)
         body += [

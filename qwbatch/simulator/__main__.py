@@ -19,7 +19,6 @@ from pydantic import ValidationError
 from qwbatch.simulator.config import SimulatorConfig
 from qwbatch.simulator.server import DEFAULT_PORT, serve
 
-
 DESCRIPTION = """Serve the DashScope-compatible simulator on loopback until Ctrl-C.
 
 Common knobs have flags; any other SimulatorConfig knob is --set NAME=VALUE (VALUE parsed as
