@@ -42,6 +42,7 @@ from qwbatch.core.stop import STOP
 from qwbatch.core.uris import require_absolute
 from qwbatch.render.engine import ShardResult
 from qwbatch.report import contact_sheet
+from qwbatch.report import digest as digests
 from qwbatch.report import numbers as reports
 from qwbatch.run import runner
 from qwbatch.run.summary import RunSummary
@@ -116,6 +117,7 @@ def render_manifest(
     shards_per_run: int = 1,
     resume: str | None = None,
     auto_resume: bool = True,
+    digest: bool = False,
 ) -> RunSummary:
     """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
 
@@ -126,6 +128,9 @@ def render_manifest(
     With ``shard_deployment`` (``"render-shards/<name>"``) the shards run as flow runs of that
     deployment, ``shards_per_run`` to a run, on every worker of its pool (``flows.fanout``);
     without it they run as tasks in this flow run.
+
+    ``digest`` (the nightly deployment sets it) ends the run with a short Markdown artifact:
+    rows new / changed / unchanged, spend, failures with reasons (:mod:`qwbatch.report.digest`).
     """
     # Signals stop the shards cleanly (journal + catalog parts) instead of killing them.
     with STOP.handling(signal.SIGINT, signal.SIGTERM):
@@ -144,6 +149,7 @@ def render_manifest(
             shards_per_run=shards_per_run,
             resume=resume,
             auto_resume=auto_resume,
+            digest=digest,
         )
 
 
@@ -163,6 +169,7 @@ def _render(
     shards_per_run: int,
     resume: str | None,
     auto_resume: bool,
+    digest: bool,
 ) -> RunSummary:
     began = time.monotonic()
     logger = get_run_logger()
@@ -251,6 +258,9 @@ def _render(
         reports.report(store, run_id=run_id, missing_ok=True),
         sheet_preview=sheet_preview,
     )
+    if digest:
+        found = digests.digest(store, run_id)
+        artifacts.publish_digest(run_id, digests.digest_markdown(found, currency=summary.currency))
     for line in summary.lines():
         logger.info(line)
     return summary
