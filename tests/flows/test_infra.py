@@ -365,3 +365,19 @@ def test_deployment_docs_walk_through_scale_and_say_what_was_not_run() -> None:
     for piece in ("infra/prefect.yaml", "docker-compose.yml", "infra/k8s/", "Dockerfile"):
         assert piece in section
     assert "No container engine runs on the development machines" in section
+
+
+def test_deployment_docs_automation_is_one_prefect_accepts() -> None:
+    from prefect.events.schemas.automations import AutomationCore
+
+    page = (REPO / "docs" / "deployment.md").read_text()
+    (text,) = re.findall(r"```yaml\n# nightly-alert.yaml\n(.*?)```", page, re.DOTALL)
+    block_id = "0b6e1a3e-0000-4000-8000-000000000000"
+    automation = AutomationCore.model_validate(
+        yaml.safe_load(text.replace("<the block's id, from `prefect block ls`>", block_id))
+    )
+    assert automation.trigger.match_related["prefect.resource.name"] in (
+        "nightly-catalog",
+        ["nightly-catalog"],
+    )
+    assert {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"} <= automation.trigger.expect
