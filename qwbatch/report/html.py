@@ -41,7 +41,7 @@ from qwbatch.core.errors import StorageError, StorageTransientError
 from qwbatch.report.links import ImageLink
 from qwbatch.report.page_font import FAMILY, font_face_css
 from qwbatch.run.progress import GOOD_STATUSES
-from qwbatch.storage.layout import output_key, rejects_key
+from qwbatch.storage.layout import rejects_key
 from qwbatch.storage.stores import ObjectStore
 
 #: Images inlined at most by default; the page says how many more there were.
@@ -263,9 +263,8 @@ def _figure(
     if thumb is not None:
         uri = "data:image/webp;base64," + base64.b64encode(thumb).decode("ascii")
         picture = f'<img src="{uri}" alt="{escape(label)}">'
-        href = (
-            image_link(output_key(row["request_key"], row["image_index"])) if image_link else None
-        )
+        image_key = catalog_view.output_key_of(row)
+        href = image_link(image_key) if image_link and image_key else None
         if href:
             title = "open the full-size image"
             picture = f'<a href="{escape(href)}" title="{title}">{picture}</a>'
