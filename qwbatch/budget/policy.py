@@ -372,8 +372,8 @@ class BudgetedProvider:
         self._provider = provider
         self._guard = guard
         self._prices = prices
-        #: Task id → (hold, model) for submitted tasks whose billing is still unknown.
-        self._tasks: dict[str, tuple[Hold, str]] = {}
+        #: Task id → (hold, request) for submitted tasks whose billing is still unknown.
+        self._tasks: dict[str, tuple[Hold, RenderRequest]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._provider, name)
@@ -395,17 +395,18 @@ class BudgetedProvider:
         except BaseException as exc:
             await self._guard.settle(hold, hold.amount if _may_have_billed(exc) else ZERO)
             raise
-        await self._guard.settle(hold, self._prices.cost(request.model, result.billed_images))
+        billed = self._prices.billed_cost(request, result.billed_images, result.cost)
+        await self._guard.settle(hold, billed)
         return result
 
-    async def submit_task(self, request: RenderRequest) -> str:
+    async def submit_task(self, request: RenderRequest, images: Sequence[str] = ()) -> str:
         hold = await self._reserve(request)
         try:
-            task_id = await self._provider.submit_task(request)
+            task_id = await self._provider.submit_task(request, images)
         except BaseException as exc:
             await self._guard.settle(hold, hold.amount if _may_have_billed(exc) else ZERO)
             raise
-        self._tasks[task_id] = (hold, request.model)
+        self._tasks[task_id] = (hold, request)
         return task_id
 
     async def wait_task(self, task_id: str) -> ProviderResult:
@@ -422,8 +423,9 @@ class BudgetedProvider:
             raise
         pending = self._tasks.pop(task_id, None)
         if pending is not None:
-            hold, model = pending
-            await self._guard.settle(hold, self._prices.cost(model, result.billed_images))
+            hold, request = pending
+            billed = self._prices.billed_cost(request, result.billed_images, result.cost)
+            await self._guard.settle(hold, billed)
         return result
 
     async def download(self, url: str) -> bytes:

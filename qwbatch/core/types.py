@@ -76,6 +76,10 @@ class ProviderResult:
     orig_prompt: str | None = None
     #: Per-image failures inside a partly successful n>1 request: (code, message).
     item_errors: tuple[tuple[str, str], ...] = ()
+    #: What the provider reported the call cost, in the price table's currency (BFL's
+    #: ``cost`` credits / 100, OpenAI's usage tokens × token prices); None when it bills
+    #: per image (DashScope), and the cost is billed_images × unit price.
+    cost: float | None = None
 
 
 @dataclass(slots=True)

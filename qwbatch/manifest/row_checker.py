@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 from qwbatch.core.errors import PermanentError
@@ -31,6 +32,7 @@ from qwbatch.manifest.vector import Setting
 #: Longest accepted row id, in characters.
 MAX_ID_CHARS: Final = 256
 #: Input images per edit request (dashscope-api.md §3.5; the same for every edit model).
+#: Most edit inputs for DashScope models; each model row says its own (``max_inputs``).
 MAX_INPUT_IMAGES: Final = 3
 
 _MODES: Final[dict[str, Mode]] = {"generate": "generate", "edit": "edit"}
@@ -92,6 +94,8 @@ class RowChecker:
             spec = self._table.get(name) if name in self._table else None
         if spec is None:
             return "model", self._table.unknown_message(name)
+        if spec.shutdown and spec.shutdown <= _today():
+            return "model", f"{spec.name} was shut down by its provider on {spec.shutdown}"
         if isinstance(mode_text, Bad):
             return "mode", f"mode {mode_text.reason}"
         mode = _MODES.get((mode_text.strip().lower() if mode_text else "") or "generate")
@@ -100,7 +104,7 @@ class RowChecker:
         if mode not in spec.tasks and mode == "generate":
             return "mode", (
                 f"{spec.name} only edits: set mode to 'edit' and give 1 to "
-                f"{MAX_INPUT_IMAGES} input_images, or use a model that generates"
+                f"{spec.max_inputs} input_images, or use a model that generates"
             )
         if mode not in spec.tasks:
             edit_models = [n for n in self._table.names() if "edit" in self._table.get(n).tasks]
@@ -269,12 +273,12 @@ class RowChecker:
             )
         if mode == "edit":
             count = len(images) if images else 0
-            if not 1 <= count <= MAX_INPUT_IMAGES:
+            if not 1 <= count <= spec.max_inputs:
                 return Reject(
                     row,
                     rid,
                     "input_images",
-                    f"mode 'edit' needs 1 to {MAX_INPUT_IMAGES} input_images, got {count}",
+                    f"mode 'edit' needs 1 to {spec.max_inputs} input_images, got {count}",
                 )
             digests = [self._input_sha256(uri) for uri in images or ()]
             for digest in digests:
@@ -317,3 +321,8 @@ class RowChecker:
             tags=tags or (),
             priority=priority,
         )
+
+
+def _today() -> str:
+    """Today's date in UTC as ``YYYY-MM-DD`` (model shutdown dates compare as text)."""
+    return datetime.now(UTC).date().isoformat()

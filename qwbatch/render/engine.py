@@ -252,7 +252,7 @@ class Engine:
         if finished is not None:
             return self._restore(finished)
         spec = self.table.get(request.model)
-        unit_price = self.prices.catalog_price(request.model)
+        unit_price = self.prices.catalog_request_price(request)
         started = time.time()
         answered = self._resume_call(request, spec, call)
         try:
@@ -327,7 +327,7 @@ class Engine:
     def _count_ambiguous(
         self, request: RenderRequest, spec: ModelSpec, call: _Call, calls: int = 1
     ) -> None:
-        extra_cost = calls * request.n * self.prices.catalog_price(spec.name)
+        extra_cost = calls * request.n * self.prices.catalog_request_price(request)
         self.ambiguous_calls += calls
         self.possible_extra_images += calls * request.n
         self.possible_extra_cost += extra_cost
@@ -440,7 +440,9 @@ class Engine:
     ) -> ProviderResult:
         """The paid call, retried only where retrying cannot bill twice (or within budget)."""
         limiter = self.limiter(spec)
-        use_task = spec.async_endpoint and self.settings.prefer_async and request.mode == "generate"
+        use_task = spec.task_only or (
+            spec.async_endpoint and self.settings.prefer_async and request.mode == "generate"
+        )
         retry_budget = self.settings.ambiguous_retries
         sent: list[str] = []
         if request.input_images:
@@ -495,7 +497,7 @@ class Engine:
                     async with limiter.slot():
                         first_sent = first_sent or time.monotonic()
                         if use_task:
-                            result = await self._submit_and_wait(request, call)
+                            result = await self._submit_and_wait(request, call, sent)
                         else:
                             with call.guarded():
                                 await self.journal.intent(request, "sync", call.attempts)
@@ -517,13 +519,15 @@ class Engine:
                 return result
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
-    async def _submit_and_wait(self, request: RenderRequest, call: _Call) -> ProviderResult:
+    async def _submit_and_wait(
+        self, request: RenderRequest, call: _Call, sent: Sequence[str] = ()
+    ) -> ProviderResult:
         """Create an async task (journaled before and after) and wait for it to end."""
         with call.guarded():
             await self.journal.intent(request, "async", call.attempts)
             sent_at = time.time()
             try:
-                call.task_id = await self.provider.submit_task(request)
+                call.task_id = await self.provider.submit_task(request, sent)
             except AmbiguousError:
                 # The task may exist: find it rather than pay for a second one.
                 found = await self._find_task(request, call, sent_at)
@@ -573,6 +577,9 @@ class Engine:
     ) -> list[CatalogRecord]:
         """Download, verify and store each image; the generation is never repeated here."""
         records: list[CatalogRecord] = []
+        if result.cost is not None:
+            # The provider said what the call cost (BFL credits, OpenAI usage): that is the bill.
+            unit_price = round(result.cost / max(1, len(result.images)), 6)
         for image in result.images:
             try:
                 data, info, uri = await self._store_image(
@@ -628,7 +635,7 @@ class Engine:
             )
         # Billed images beyond those recorded (usage says more than we got) cost all the same.
         extra = result.billed_images - len(result.images)
-        if extra > 0 and records:
+        if extra > 0 and records and result.cost is None:
             records[-1].cost += extra * unit_price
         return records
 
