@@ -50,6 +50,12 @@ class RenderRequest:
     tags: tuple[tuple[str, str], ...] = ()
     #: Order under a trimming budget: higher first, then manifest order; None is lowest.
     priority: int | None = None
+    #: Provider-specific parameters (quality, safety_tolerance, steps …), checked against the
+    #: model table's ``params`` before sending; sent as given.
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ def _decode_item(data: dict[str, Any]) -> PlanItem:
     for name in ("input_images", "input_sha256", "input_notes"):
         req[name] = tuple(req.get(name, ()))
     req["tags"] = tuple(tuple(pair) for pair in req["tags"])
+    req["params"] = tuple(tuple(pair) for pair in req.get("params", ()))
     aliases = [
         Alias(
             a["row_id"],
