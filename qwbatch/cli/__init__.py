@@ -1,343 +1,36 @@
-"""The ``qwbatch`` command. Each command is a thin layer over one library call.
+"""The ``qwbatch`` command (typer). Each command is a thin layer over one library call.
 
-Commands live in this package, one module per group (``run`` and friends here; other groups
-in sibling modules, each registering on :data:`app` and imported at the bottom of this file).
+::
+
+    app.py            the typer ``app``, ``_fail`` and the run helpers every command shares
+    run.py            run, validate, simulator, demo
+    dry_run.py        ``run --dry-run``: plan and print the plan
+    costs.py          estimate, report (text, JSON, HTML)
+    contact_sheet.py  contact-sheet
+    limits.py         limits
+    lineage.py        lineage
+    catalog.py        catalog rebuild, catalog compact
+    manifest.py       manifest from-csv, from-jsonl, template
+    _groups.py        imports each command module so its commands register on ``app``
+
+``main`` is the console entry point (``qwbatch``, ``python -m qwbatch.cli``). The commands are
+listed one line each in the README and in full in docs/cli-reference.md.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from qwbatch.core.errors import QwBatchError
-from qwbatch.core.settings import Settings, run_overrides, settings_with
+from qwbatch.cli import _groups as _groups  # registers every command on `app`
+from qwbatch.cli.app import app
 
-if TYPE_CHECKING:
-    from qwbatch.budget.policy import BudgetPolicy
-    from qwbatch.run.summary import RunSummary
-
-app = typer.Typer(
-    name="qwbatch",
-    help="Render Parquet manifests of prompts into images with Qwen-Image, at scale.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-#: The API key the bundled simulator is started with; never a real key.
-SIMULATOR_KEY = "simulator-local-key"
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"qwbatch: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _quiet_prefect() -> None:
-    """Offline-friendly Prefect defaults, unless the user set them."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "WARNING")
-    # The ephemeral server's first start (database migrations) can pass Prefect's default
-    # timeout on a busy 2-core machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-
-def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
-    from qwbatch.budget.policy import BudgetPolicy
-    from qwbatch.core.costs import money
-
-    budget = params.get("budget")
-    policy = (
-        BudgetPolicy(money(budget), params.get("budget_mode", "refuse"))
-        if budget is not None
-        else None
-    )
-    try:
-        # Secrets in Prefect blocks need Prefect even to plan (S3 credentials).
-        done = None
-        if not os.environ.get("QWBATCH_SECRET_BLOCKS"):
-            if not quiet:
-                typer.echo(f"qwbatch: planning {manifest}…", err=True)
-            done = _plan_here(manifest, out, params, policy)
-        if done is not None:
-            summary = done
-        else:
-            _quiet_prefect()
-            from flows.render import render_manifest  # Prefect: only when there is work
-            from qwbatch.limits import reporting
-            from qwbatch.run.progress_display import watch_run
-            from qwbatch.run.runner import resolve_run_id
-
-            # Known before the flow starts (the progress display follows it): an unfinished
-            # run of this manifest in OUT is resumed, unless --new-run.
-            params["run_id"] = run_id = resolve_run_id(
-                manifest,
-                out,
-                settings=Settings(
-                    **({"default_model": params["model"]} if params.get("model") else {})
-                ),
-                run_id=params.get("run_id"),
-                resume=params.get("resume"),
-                auto_resume=params.get("auto_resume", True),
-                strict=params.get("strict", False),
-                budget=policy,
-            )
-            # Each model's rate, limit, in flight and 429s/min on stderr while the run goes.
-            limit_lines = (
-                (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
-            )
-            with (
-                watch_run(run_id, quiet=quiet, budget=params.get("budget")),
-                reporting(limit_lines, Settings().limits_status_s),
-            ):
-                summary = render_manifest(manifest=manifest, out=out, **params)
-    except QwBatchError as exc:
-        _fail(str(exc))
-        return 2
-    if summary.left:
-        # Stopped by a signal: one line of what is left, and the signal's exit code.
-        from qwbatch.core.stop import STOP
-
-        typer.echo(f"qwbatch: {summary.left_line()}", err=True)
-        return STOP.exit_code() if STOP.is_set() else 1
-    for line in summary.lines():
-        typer.echo(line)
-    return 1 if summary.failed else 0
-
-
-def _plan_here(
-    manifest: str, out: str, params: dict[str, Any], policy: BudgetPolicy | None
-) -> RunSummary | None:
-    """Plan the run in this process, before Prefect starts; when it leaves nothing to render
-    (every row already in the catalog: a nightly rerun with no new rows), finish it here
-    and return its summary, with no Prefect server started. Otherwise None: the plan is
-    saved under its run id, which ``params`` now names, and the flow renders that plan."""
-    from qwbatch.run import runner
-
-    began = time.monotonic()
-    settings = settings_with(
-        run_overrides(
-            model=params.get("model"),
-            shard_size=params.get("shard_size"),
-            rps=params.get("rps"),
-            max_in_flight=params.get("max_in_flight"),
-        )
-    )
-    prepared = runner.prepare(
-        manifest,
-        out,
-        settings=settings,
-        run_id=params.get("run_id"),
-        resume=params.get("resume"),
-        auto_resume=params.get("auto_resume", True),
-        strict=params.get("strict", False),
-        budget=policy,
-    )
-    if prepared.plan.shard_keys:
-        params["run_id"], params["resume"] = prepared.plan.run_id, None
-        return None
-    return runner.finish(prepared, [], out=out, settings=settings, began=began)
-
-
-@app.command()
-def run(
-    manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
-    out: Annotated[str, typer.Option("--out", "-o", help="Output folder or s3://bucket/prefix")],
-    model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
-    strict: Annotated[bool, typer.Option(help="Refuse the whole manifest on any bad row")] = False,
-    shard_size: Annotated[int | None, typer.Option(help="Requests per shard")] = None,
-    rps: Annotated[float | None, typer.Option(help="Requests per second, every model")] = None,
-    max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight per model")] = None,
-    run_id: Annotated[
-        str | None, typer.Option(help="Run id: resumed if OUT has it, else started")
-    ] = None,
-    resume: Annotated[
-        str | None, typer.Option(help="Resume this run of MANIFEST in OUT (journal replayed)")
-    ] = None,
-    new_run: Annotated[
-        bool, typer.Option(help="Start a new run even if one of MANIFEST is unfinished")
-    ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False,
-    budget: Annotated[
-        float | None,
-        typer.Option(help="Most the run may spend, in the region's currency", min=0),
-    ] = None,
-    budget_mode: Annotated[
-        Literal["refuse", "trim"],
-        typer.Option(help="Over budget: refuse the run, or trim it (priority, then row order)"),
-    ] = "refuse",
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Plan and print the plan; no calls, no writes")
-    ] = False,
-) -> None:
-    """Render every new row of MANIFEST into OUT and record it in OUT/catalog/.
-
-    An unfinished run of the same MANIFEST in OUT (crashed or stopped) is resumed.
-    """
-    if dry_run:
-        from qwbatch.cli.dry_run import print_dry_run
-
-        raise typer.Exit(
-            print_dry_run(
-                manifest,
-                out,
-                model=model,
-                strict=strict,
-                shard_size=shard_size,
-                budget=budget,
-                budget_mode=budget_mode,
-            )
-        )
-    code = _run_flow(
-        manifest,
-        out,
-        quiet=quiet,
-        model=model,
-        strict=strict,
-        shard_size=shard_size,
-        rps=rps,
-        max_in_flight=max_in_flight,
-        run_id=run_id,
-        budget=budget,
-        budget_mode=budget_mode,
-        resume=resume,
-        auto_resume=not new_run,
-    )
-    raise typer.Exit(code)
-
-
-@app.command()
-def validate(
-    manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
-    model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
-    rejects: Annotated[
-        Path | None, typer.Option(help="Write rejected rows to this Parquet file")
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
-    out: Annotated[
-        str | None, typer.Option("--out", help="Output store whose catalog: inputs may name")
-    ] = None,
-) -> None:
-    """Check MANIFEST without rendering: counts, and a reason for every rejected row.
-
-    Edit inputs are fetched and checked as a run would (nothing is staged or sent).
-    """
-    import pyarrow.parquet as pq
-
-    from qwbatch.manifest import read_manifest, rejects_table
-    from qwbatch.run.runner import input_stage, model_table
-    from qwbatch.storage.stores import open_store
-
-    settings = Settings(default_model=model) if model else Settings()
-    try:
-        table = model_table(settings)
-        good, bad = 0, []
-        store = open_store(out, settings) if out else None
-        with input_stage(str(manifest), settings, store, stage=False) as check_only:
-            reader = read_manifest(
-                manifest,
-                table=table,
-                default_model=settings.default_model,
-                resolve_input=check_only,
-                settings=settings,
-            )
-            # Column-wise checks for the common rows, as the plan does: no object per row.
-            for block in reader.blocks():
-                good += block.fast.num_rows + len(block.requests)
-                bad.extend(block.rejects)
-    except QwBatchError as exc:
-        _fail(str(exc))
-        return
-    if rejects is not None and bad:
-        pq.write_table(rejects_table(bad), rejects)
-    if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "valid": good,
-                    "rejected": len(bad),
-                    "rejects": [
-                        {
-                            "row_number": r.row_number,
-                            "id": r.row_id,
-                            "column": r.column,
-                            "reason": r.reason,
-                        }
-                        for r in bad
-                    ],
-                },
-                ensure_ascii=False,
-                indent=2,
-            )
-        )
-    else:
-        typer.echo(f"{good} valid rows, {len(bad)} rejected")
-        for r in bad[:50]:
-            typer.echo(f"  row {r.row_number} id={r.row_id!r} [{r.column}]: {r.reason}")
-        if len(bad) > 50:
-            typer.echo(f"  … and {len(bad) - 50} more")
-    raise typer.Exit(1 if bad else 0)
-
-
-@app.command()
-def simulator(
-    port: Annotated[int, typer.Option(help="Loopback port to listen on")] = 8311,
-    host: Annotated[str, typer.Option(help="Address to bind (keep it on loopback)")] = "127.0.0.1",
-    fast: Annotated[bool, typer.Option(help="Cached images: for benchmarks")] = False,
-    latency: Annotated[float, typer.Option(help="Seconds added to each call")] = 0.0,
-) -> None:
-    """Run the DashScope-compatible simulator (for demos, tests and benchmarks)."""
-    from qwbatch.simulator import SimulatorConfig, serve
-
-    typer.echo(f"simulator on http://{host}:{port}/api/v1 (Ctrl-C to stop)")
-    serve(SimulatorConfig(fast=fast, latency_s=latency), host=host, port=port)
-
-
-@app.command()
-def demo(
-    out: Annotated[str, typer.Option("--out", "-o", help="Where to render")] = "out",
-    manifest: Annotated[
-        list[str] | None,
-        typer.Option(help="Manifest to render (repeat for several, rendered in order)"),
-    ] = None,
-    real: Annotated[bool, typer.Option(help="Call the real DashScope API (needs the key)")] = False,
-) -> None:
-    """Render the demo manifests into ./out against the bundled simulator: the generation
-    demo, then the edit demo (which edits files, and one of the generation demo's outputs)."""
-    manifests = manifest or ["manifests/demo.parquet", "manifests/edit-demo.parquet"]
-    if real:
-        if not os.environ.get("DASHSCOPE_API_KEY"):
-            _fail("--real needs DASHSCOPE_API_KEY in the environment")
-        code = max(_run_flow(m, out) for m in manifests)
-        raise typer.Exit(code)
-    from qwbatch.simulator import SimulatorConfig, running
-
-    with running(SimulatorConfig(api_key=SIMULATOR_KEY)) as sim:
-        os.environ["QWBATCH_DASHSCOPE_BASE_URL"] = sim.base_url
-        os.environ["DASHSCOPE_API_KEY"] = SIMULATOR_KEY
-        typer.echo(f"simulator on {sim.base_url}")
-        code = 0
-        for path in manifests:
-            typer.echo(f"--- {path}")
-            code = max(code, _run_flow(path, out))
-        ledger = sim.ledger()
-    typer.echo(f"simulator ledger: {ledger['billed_images']} images billed this session")
-    typer.echo(f"images and catalog are in {Path(out).resolve()}")
-    raise typer.Exit(code)
-
-
-# Command groups in sibling modules register themselves on `app` when imported.
-from qwbatch.cli import _groups  # noqa: E402, F401
+__all__ = ["app", "main"]
 
 
 def main() -> None:
+    """Run the ``qwbatch`` command; Ctrl-C before the run handles it exits 130."""
     try:
         app()
     except KeyboardInterrupt:

@@ -31,8 +31,8 @@ from qwbatch.manifest.vector import Setting
 
 #: Longest accepted row id, in characters.
 MAX_ID_CHARS: Final = 256
-#: Input images per edit request (dashscope-api.md §3.5; the same for every edit model).
-#: Most edit inputs for DashScope models; each model row says its own (``max_inputs``).
+#: Input images per DashScope edit request (docs/providers/dashscope.md §3.5); every model
+#: row says its own (``max_inputs``: FLUX.2 8, GPT Image 16).
 MAX_INPUT_IMAGES: Final = 3
 
 _MODES: Final[dict[str, Mode]] = {"generate": "generate", "edit": "edit"}
