@@ -402,7 +402,8 @@ class BudgetedProvider:
     async def submit_task(self, request: RenderRequest, images: Sequence[str] = ()) -> str:
         hold = await self._reserve(request)
         try:
-            task_id = await self._provider.submit_task(request, images)
+            submit = self._provider.submit_task
+            task_id = await (submit(request, images) if images else submit(request))
         except BaseException as exc:
             await self._guard.settle(hold, hold.amount if _may_have_billed(exc) else ZERO)
             raise

@@ -190,7 +190,9 @@ class Caller:
             await self.journal.intent(request, "async", ledger.attempts)
             sent_at = time.time()
             try:
-                ledger.task_id = await self.provider.submit_task(request, sent)
+                # Edit inputs only when there are some: generation keeps the one-argument call.
+                submit = self.provider.submit_task
+                ledger.task_id = await (submit(request, sent) if sent else submit(request))
             except AmbiguousError:
                 # The task may exist: find it rather than pay for a second one.
                 found = await self._find_task(request, ledger, sent_at)
