@@ -12,6 +12,7 @@ import pytest
 
 from qwbatch.simulator import SimulatorHandle, running
 from qwbatch.simulator.bfl_app import BflConfig, create_bfl_app
+from qwbatch.simulator.openai_app import create_openai_app
 
 PROVIDER_KEY = "sk-provider-sim-SECRET-42"
 
@@ -26,3 +27,15 @@ def _bfl_server() -> Iterator[SimulatorHandle]:
 def bfl_sim(_bfl_server: SimulatorHandle) -> SimulatorHandle:
     _bfl_server.reset()
     return _bfl_server
+
+
+@pytest.fixture(scope="session")
+def _openai_server() -> Iterator[SimulatorHandle]:
+    with running(app=create_openai_app(api_key=PROVIDER_KEY)) as handle:
+        yield handle
+
+
+@pytest.fixture
+def openai_sim(_openai_server: SimulatorHandle) -> SimulatorHandle:
+    _openai_server.reset()
+    return _openai_server
