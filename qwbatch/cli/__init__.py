@@ -7,6 +7,7 @@
     dry_run.py        ``run --dry-run``: plan and print the plan
     costs.py          estimate, report (text, JSON, HTML)
     contact_sheet.py  contact-sheet
+    compare.py        compare (the same rows on several models, side by side)
     limits.py         limits
     lineage.py        lineage
     catalog.py        catalog rebuild, catalog compact

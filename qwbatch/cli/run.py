@@ -20,6 +20,10 @@ def run(
     manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder or s3://bucket/prefix")],
     model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Render every row on each of these models: a,b,c (ids ID@MODEL)"),
+    ] = None,
     strict: Annotated[bool, typer.Option(help="Refuse the whole manifest on any bad row")] = False,
     shard_size: Annotated[int | None, typer.Option(help="Requests per shard")] = None,
     rps: Annotated[float | None, typer.Option(help="Requests per second, every model")] = None,
@@ -50,6 +54,11 @@ def run(
 
     An unfinished run of the same MANIFEST in OUT (crashed or stopped) is resumed.
     """
+    if models:
+        from qwbatch.manifest.columns import models_from_text
+
+        # Settings are read from the environment by every step of the run (QWBATCH_MODELS).
+        os.environ["QWBATCH_MODELS"] = json.dumps(list(models_from_text(models) or ()))
     if dry_run:
         from qwbatch.cli.dry_run import print_dry_run
 

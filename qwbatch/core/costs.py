@@ -183,7 +183,13 @@ class PriceTable:
         spec = self._usd_specs.get(request.model)
         if spec is None:
             return self._prices.get(request.model)
-        return usd_image_price(spec, request.size, inputs=len(request.input_images))
+        quality = dict(request.params).get("quality")
+        return usd_image_price(
+            spec,
+            request.size,
+            inputs=len(request.input_images),
+            quality=str(quality) if quality else None,
+        )
 
     def catalog_request_price(self, request: RenderRequest) -> float:
         """:meth:`request_price` as a catalog float (0.0 when unpriced)."""

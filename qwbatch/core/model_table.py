@@ -131,6 +131,23 @@ class ModelSpec:
     def price(self, region: str) -> float | None:
         return self.prices.get(region)
 
+    def checked_params(self, params: dict[str, Any]) -> tuple[tuple[str, Any], ...] | str:
+        """``params`` normalised (sorted, values of the declared type), or why they are refused.
+
+        A rule is a list of choices, ``"int:LO..HI"``, ``"float:LO..HI"`` or ``"bool"``.
+        """
+        out: dict[str, Any] = {}
+        for name, value in params.items():
+            rule = self.params.get(name)
+            if rule is None:
+                allowed = ", ".join(sorted(self.params)) or "none"
+                return f"params.{name}: not a parameter of {self.name} (it takes: {allowed})"
+            checked = _param_value(rule, value)
+            if checked is None:
+                return f"params.{name}={value!r}: {self.name} takes {_rule_text(rule)}"
+            out[name] = checked
+        return tuple(sorted(out.items()))
+
     @property
     def usd_priced(self) -> bool:
         """Whether the model is billed in USD whatever the region (BFL, OpenAI)."""
@@ -223,3 +240,29 @@ class ModelTable:
             f"unknown model {name!r}; known models: {', '.join(self.names())}. "
             "Declare it with QWBATCH_DECLARED_MODELS or add a row with QWBATCH_MODELS_FILE"
         )
+
+
+def _param_value(rule: Any, value: Any) -> Any:
+    """``value`` as ``rule`` types it, or None when it does not fit."""
+    text = str(value).strip()
+    if isinstance(rule, list):
+        return text if text in rule else None
+    if rule == "bool":
+        lowered = text.lower()
+        return True if lowered in ("true", "1") else False if lowered in ("false", "0") else None
+    kind, _, bounds = str(rule).partition(":")
+    low, _, high = bounds.partition("..")
+    try:
+        number: float = int(text) if kind == "int" else float(text)
+    except ValueError:
+        return None
+    return number if float(low) <= number <= float(high) else None
+
+
+def _rule_text(rule: Any) -> str:
+    if isinstance(rule, list):
+        return "one of " + ", ".join(map(str, rule))
+    if rule == "bool":
+        return "true or false"
+    kind, _, bounds = str(rule).partition(":")
+    return f"{'a whole number' if kind == 'int' else 'a number'} in {bounds.replace('..', '…')}"

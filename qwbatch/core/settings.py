@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     declared_models: list[str] = Field(default_factory=list)
     #: Use the async task endpoint for models that offer it (exact resume by task id).
     prefer_async: bool = True
+    #: Render every manifest row on each of these models (``--models``); a row's own
+    #: ``models`` cell wins. Each becomes its own request, with id ``ID@MODEL``.
+    models: list[str] = Field(default_factory=list)
 
     # Other providers (docs/providers/): keys from the environment only, never logged.
     bfl_api_key: SecretStr | None = Field(

@@ -23,7 +23,7 @@ from qwbatch.core.errors import PermanentError
 from qwbatch.core.keys import SEED_MAX, key_and_seed
 from qwbatch.core.model_table import ModelSpec, ModelTable, parse_size
 from qwbatch.core.types import Mode, RenderRequest
-from qwbatch.manifest.columns import Bad, Tags
+from qwbatch.manifest.columns import Bad, Params, Tags
 from qwbatch.manifest.duplicates import DuplicateIds
 from qwbatch.manifest.rejects import Reject
 from qwbatch.manifest.resolvers import InputDigest, InputResolver
@@ -186,8 +186,13 @@ class RowChecker:
         images: tuple[str, ...] | Bad | None,
         tags: Tags | Bad | None,
         priority: int | Bad | None = None,
+        params: Params | Bad | None = None,
+        models: tuple[str, ...] | Bad | None = None,
     ) -> RenderRequest | Reject:
-        """The normalised request for one row, or the first reason to refuse it."""
+        """The normalised request for one row, or the first reason to refuse it.
+
+        ``models`` is the reader's business (it checks the row once per model, with
+        ``model_text`` set); here it is only refused when unreadable."""
         # id: present, printable, bounded, and first of its kind
         if not isinstance(rid, str):
             return Reject(row, None, "id", f"id {'is missing' if rid is None else rid.reason}")
@@ -258,6 +263,16 @@ class RowChecker:
             return Reject(row, rid, "tags", f"tags {tags.reason}")
         if isinstance(priority, Bad):
             return Reject(row, rid, "priority", f"priority {priority.reason}")
+        if isinstance(models, Bad):
+            return Reject(row, rid, "models", f"models {models.reason}")
+        checked_params: tuple[tuple[str, object], ...] = ()
+        if isinstance(params, Bad):
+            return Reject(row, rid, "params", f"params {params.reason}")
+        if params:
+            outcome = spec.checked_params(params)
+            if isinstance(outcome, str):
+                return Reject(row, rid, "params", outcome)
+            checked_params = outcome
 
         # edit inputs: counted, then resolved (last: hashing a file is the costly check)
         input_sha256: tuple[str, ...] = ()
@@ -301,6 +316,7 @@ class RowChecker:
             prompt_extend=extend,
             watermark=watermark,
             input_sha256=input_sha256,
+            params=checked_params,
         )
         return RenderRequest(
             row_id=rid,
@@ -320,6 +336,7 @@ class RowChecker:
             input_notes=input_notes,
             tags=tags or (),
             priority=priority,
+            params=checked_params,
         )
 
 
