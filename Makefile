@@ -28,6 +28,7 @@ demo: $(STAMP)
 # The README's contact sheet: what `make demo` draws, copied into docs/; and the CLI reference.
 docs: demo cli-docs
 	cp out/contact-sheet.png docs/contact-sheet.png
+	cp out/compare/compare.png docs/compare-sheet.png
 
 # docs/cli-reference.md, from the commands' own --help (a test fails when it is stale).
 cli-docs: $(STAMP)

@@ -176,7 +176,7 @@ class BflProvider:
         )
         credits = as_number(data.get("cost"))
         if credits is not None:
-            self._check_price(request, len(images), Decimal(str(credits)) * CREDIT_USD)
+            self._check_price(request, data, Decimal(str(credits)) * CREDIT_USD)
         return f"{task_id}|{'' if credits is None else repr(credits)}|{polling_url}"
 
     async def wait_task(self, task_id: str) -> ProviderResult:
@@ -262,18 +262,25 @@ class BflProvider:
         body.update(request.params_dict())
         return body
 
-    def _check_price(self, request: RenderRequest, inputs: int, reported: Decimal) -> None:
-        """Warn when BFL's quoted cost is not what the model table's formula says."""
-        expected = usd_image_price(self._table.get(request.model), request.size, inputs=inputs)
+    def _check_price(self, request: RenderRequest, data: dict[str, Any], reported: Decimal) -> None:
+        """Warn when BFL's quoted cost is not what the model table's formula gives for the
+        megapixels BFL reports (``input_mp``, ``output_mp``; the request's size without them)."""
+        spec = self._table.get(request.model)
+        output_mp, input_mp = as_number(data.get("output_mp")), as_number(data.get("input_mp"))
+        if spec.pricing_rule == "megapixel" and output_mp is not None:
+            first, per = Decimal(str(spec.pricing.first_mp)), Decimal(str(spec.pricing.per_mp))
+            extra = max(Decimal(str(output_mp)) - 1, Decimal(0)) + Decimal(str(input_mp or 0))
+            expected: Decimal | None = first + extra * per
+        else:
+            expected = usd_image_price(spec, request.size)
         if expected is not None and abs(expected - reported) > _PRICE_TOLERANCE:
             _log.warning(
-                "BFL quoted %s USD for %s (%s, %d inputs); the model table says %s USD: "
+                "BFL quoted %s USD for %s (%s); the model table's price is %s USD: "
                 "update the price table",
                 reported,
                 request.model,
                 request.size or "default size",
-                inputs,
-                expected,
+                float(round(expected, 6)),
             )
 
     def _ready(self, task_id: str, credits: float | None, data: dict[str, Any]) -> ProviderResult:

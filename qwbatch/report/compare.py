@@ -7,8 +7,9 @@ in rows of its own compares the same way. Each cell shows the image's thumbnail,
 and status; a line whose row carries an ``expected_text`` tag shows that text, and the
 cell's ``text_verdict`` when the catalog holds one.
 
-Blind mode hides the model names: each line's cells are shuffled (seeded) under the labels
-A, B, C …, and the key (line → label → model) is returned apart, for a separate file.
+Blind mode hides the model names and the costs (a price names its provider): each line's
+cells are shuffled (seeded) under the labels A, B, C …, and the key (line → label → model)
+is returned apart, for a separate file.
 
 ::
 
@@ -31,7 +32,7 @@ from typing import Any
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from qwbatch.catalog import view as catalog_view
-from qwbatch.core.fonts import caption_font
+from qwbatch.core.fonts import Font, caption_font
 from qwbatch.storage.stores import ObjectStore
 
 #: Pixels: the image box of a cell, the gap around cells, the label column's width.
@@ -135,11 +136,16 @@ def make_compare_sheet(
 
 
 def _caption(cell: Cell, blind: bool) -> str:
+    """Model, cost (or status) and text verdict; blind: no model and no cost (a price
+    names its provider), only a status that is not a success."""
+    ok = cell.status in ("succeeded", "deduplicated")
     money = f"{cell.cost:.4f} {cell.currency or ''}".strip()
-    text = money if cell.status in ("succeeded", "deduplicated") else f"{cell.status}"
+    parts = [] if blind else [cell.model, money if ok else cell.status]
+    if blind and not ok:
+        parts.append(cell.status)
     if cell.verdict:
-        text += f" · text {cell.verdict}"
-    return text if blind else f"{cell.model} · {text}"
+        parts.append(f"text {cell.verdict}")
+    return " · ".join(parts)
 
 
 def _draw(sheet: CompareSheet) -> bytes:
@@ -153,12 +159,12 @@ def _draw(sheet: CompareSheet) -> bytes:
         draw.text((LABEL_W + index * (TILE + PAD), 12), column, fill=_INK, font=font)
     for row, line in enumerate(sheet.lines):
         top = 40 + row * (cell_h + PAD)
-        draw.text((PAD, top), _fit(line.key, 28), fill=_INK, font=font)
-        draw.text((PAD, top + 22), _fit(line.prompt, 34), fill=_MUTED, font=small)
+        room = LABEL_W - 2 * PAD
+        draw.text((PAD, top), _fit(line.key, font, room), fill=_INK, font=font)
+        draw.text((PAD, top + 22), _fit(line.prompt, small, room), fill=_MUTED, font=small)
         if line.expected_text:
-            draw.text(
-                (PAD, top + 42), _fit(f"text: {line.expected_text}", 34), fill=_MUTED, font=small
-            )
+            expected = _fit(f"text: {line.expected_text}", small, room)
+            draw.text((PAD, top + 42), expected, fill=_MUTED, font=small)
         for index, column in enumerate(sheet.columns):
             left = LABEL_W + index * (TILE + PAD)
             cell = line.cells.get(column)
@@ -173,7 +179,7 @@ def _draw(sheet: CompareSheet) -> bytes:
             else:
                 draw.rectangle((left, top, left + TILE, top + TILE), fill=(236, 233, 230))
                 draw.text((left + 8, top + 8), cell.status, fill=_BAD, font=small)
-            caption = _fit(_caption(cell, sheet.blind), 32)
+            caption = _fit(_caption(cell, sheet.blind), small, TILE)
             draw.text((left, top + TILE + 6), caption, fill=_INK, font=small)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False)
@@ -219,6 +225,11 @@ def _open(data: bytes | None) -> Image.Image | None:
         return None
 
 
-def _fit(text: str, chars: int) -> str:
+def _fit(text: str, font: Font, width: int) -> str:
+    """``text`` on one line, cut with an ellipsis to ``width`` pixels in ``font``."""
     flat = " ".join(text.split())
-    return flat if len(flat) <= chars else flat[: chars - 1] + "…"
+    if font.getlength(flat) <= width:
+        return flat
+    while flat and font.getlength(flat + "…") > width:
+        flat = flat[:-1]
+    return flat + "…"

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from qwbatch.core.model_table import ModelTable
-from qwbatch.simulator.render import Recipe, render
+from qwbatch.simulator.render import Recipe, find_font, render
 
 
 @dataclass
@@ -152,7 +152,7 @@ async def held_back(state: SiblingState) -> None:
 async def render_png(
     model: str, prompt: str, seed: int, index: int, width: int, height: int
 ) -> bytes:
-    """A deterministic placeholder image (the DashScope simulator's fast renderer)."""
+    """A deterministic placeholder image, captioned (the DashScope simulator's renderer)."""
     recipe = Recipe(
         model=model,
         prompt=prompt,
@@ -161,7 +161,8 @@ async def render_png(
         count=1,
         width=width,
         height=height,
-        fast=True,
+        # Captioned like the DashScope simulator's images, so a compare sheet reads.
+        font_path=find_font(),
     )
     return await asyncio.to_thread(render, recipe)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
@@ -171,3 +173,28 @@ async def test_the_key_never_goes_to_another_host(bfl: BflProvider) -> None:
     with pytest.raises(ProviderError) as caught:
         await bfl.wait_task("x||https://evil.example.com/v1/get_result?id=x")
     assert caught.value.code == "UnexpectedHost"
+
+
+async def test_a_quote_off_the_price_table_is_logged(
+    bfl_sim: SimulatorHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    pro = TABLE.get("flux-2-pro")
+    cheaper = dataclasses.replace(pro, pricing=dataclasses.replace(pro.pricing, first_mp=0.02))
+    table = ModelTable({**{n: TABLE.get(n) for n in TABLE.names()}, "flux-2-pro": cheaper})
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        provider = BflProvider(
+            client=client, base_url=bfl_sim.root_url, api_key=PROVIDER_KEY, table=table
+        )
+        with caplog.at_level(logging.WARNING, logger="qwbatch.providers.bfl"):
+            await provider.submit_task(req())
+    assert "the model table's price is 0.02 USD" in caplog.text
+    caplog.clear()
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        exact = BflProvider(
+            client=client, base_url=bfl_sim.root_url, api_key=PROVIDER_KEY, table=TABLE
+        )
+        with caplog.at_level(logging.WARNING, logger="qwbatch.providers.bfl"):
+            await exact.submit_task(
+                req(input_images=("a",), input_sha256=("0" * 64,)), [png_data_uri(512, 512)]
+            )
+    assert caplog.text == ""  # an edit's quote, with BFL's own input MP, matches
