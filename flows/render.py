@@ -32,7 +32,7 @@ from flows import artifacts
 from flows.fanout import fan_out
 from flows.secret_blocks import export_secret_blocks
 from qwbatch import limits
-from qwbatch.budget.policy import BudgetMode, BudgetPolicy, BudgetSpec
+from qwbatch.budget import BudgetMode, BudgetPolicy, BudgetSpec
 from qwbatch.core.costs import money
 from qwbatch.core.errors import BudgetExceededError
 from qwbatch.core.settings import Settings, run_overrides, settings_with

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from qwbatch.catalog import table as catalog
 from qwbatch.core import images
 from qwbatch.core.errors import ConfigError, ImageError, StorageError, StorageTransientError
-from qwbatch.storage.layout import output_key
+from qwbatch.storage.layout import output_key, thumb_key
 from qwbatch.storage.stores import ObjectStore
-from qwbatch.storage.thumbs import thumb_key
 
 #: Catalog columns a view reads (everything but the timings and provider ids).
 VIEW_COLUMNS = (
@@ -121,6 +121,40 @@ def select_rows(
         row["tags"] = dict(row.get("tags") or [])
     rows.sort(key=lambda r: (r["row_id"], _index(r), r["status"]))
     return rows
+
+
+def catalog_records(
+    store: ObjectStore,
+    *,
+    run: str | None = None,
+    latest: bool = True,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """The catalog as one Arrow table (``columns``, default all), selected as the views
+    select (see the module docstring): ``run`` one run (``"latest"`` the newest), else with
+    ``latest`` the newest run's records of each row id, else every record. Sorted by row
+    id, image index, then run id. Columnar throughout: no Python object per row."""
+    names = list(columns or catalog.SCHEMA.names)
+    wanted = list(dict.fromkeys([*names, "run_id", "row_id", "image_index"]))
+    table = catalog.catalog_columns(store, wanted)
+    if run == "latest":
+        known = pc.max(table["run_id"]).as_py() if table.num_rows else None
+        if known is None:
+            return table.select(names)
+        run = known
+    if run is not None:
+        table = table.filter(pc.equal(table["run_id"], run))
+        if table.num_rows == 0:
+            raise ConfigError(f"no run {run!r} in the catalog at {store.root_uri}")
+    elif latest and table.num_rows:
+        newest = table.group_by("row_id").aggregate([("run_id", "max")])
+        keep = pc.is_in(
+            pc.binary_join_element_wise(table["row_id"], table["run_id"], "\0"),
+            value_set=pc.binary_join_element_wise(newest["row_id"], newest["run_id_max"], "\0"),
+        )
+        table = table.filter(keep)
+    order = [("row_id", "ascending"), ("image_index", "ascending"), ("run_id", "ascending")]
+    return table.sort_by(order).select(names)
 
 
 def _rows_of(table: pa.Table, run: str | None, store: ObjectStore) -> list[dict[str, Any]]:

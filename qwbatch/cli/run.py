@@ -13,7 +13,6 @@ import typer
 from qwbatch.cli.app import SIMULATOR_KEY, _fail, _run_flow, app
 from qwbatch.cli.compare import compare
 from qwbatch.core.errors import QwBatchError
-from qwbatch.core.settings import Settings
 
 
 @app.command()
@@ -87,7 +86,7 @@ def run(
         budget=budget,
         budget_mode=budget_mode,
         resume=resume,
-        auto_resume=not new_run,
+        new_run=new_run,
     )
     raise typer.Exit(code)
 
@@ -110,30 +109,15 @@ def validate(
     """
     import pyarrow.parquet as pq
 
-    from qwbatch.manifest import read_manifest, rejects_table
-    from qwbatch.run.runner import input_stage, model_table
-    from qwbatch.storage.stores import open_store
+    from qwbatch.api import validate as validate_manifest
+    from qwbatch.manifest import rejects_table
 
-    settings = Settings(default_model=model) if model else Settings()
     try:
-        table = model_table(settings)
-        good, bad = 0, []
-        store = open_store(out, settings) if out else None
-        with input_stage(str(manifest), settings, store, stage=False) as check_only:
-            reader = read_manifest(
-                manifest,
-                table=table,
-                default_model=settings.default_model,
-                resolve_input=check_only,
-                settings=settings,
-            )
-            # Column-wise checks for the common rows, as the plan does: no object per row.
-            for block in reader.blocks():
-                good += block.fast.num_rows + len(block.requests)
-                bad.extend(block.rejects)
+        found = validate_manifest(manifest, model=model, out=out)
     except QwBatchError as exc:
         _fail(str(exc))
         return
+    good, bad = found.valid, found.rejects
     if rejects is not None and bad:
         pq.write_table(rejects_table(bad), rejects)
     if as_json:

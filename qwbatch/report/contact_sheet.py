@@ -28,14 +28,14 @@ from qwbatch.catalog.view import RowFilter
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.fonts import Font, caption_font
 from qwbatch.run.summary import RunSummary
+from qwbatch.storage.layout import run_sheet_key
 from qwbatch.storage.stores import ObjectStore
 
 log = logging.getLogger(__name__)
 
 #: Tiles drawn at most by default; a footer says how many more matched.
 DEFAULT_LIMIT = 500
-#: Where a run's own sheet is stored in DEST, and how many tiles it shows at most.
-RUN_SHEET_KEY = "runs/{run_id}/contact-sheet.png"
+#: How many tiles a run's own sheet (stored in DEST) shows at most.
 RUN_SHEET_LIMIT = 120
 
 _PAGE = (246, 245, 242)
@@ -155,7 +155,7 @@ def store_run_sheet(
     The sheet goes to ``runs/<run_id>/contact-sheet.png``; returns its URI and the sheet.
     """
     sheet = make_contact_sheet(store, run=run_id, limit=limit, title=f"run {run_id}")
-    put = store.put(RUN_SHEET_KEY.format(run_id=run_id), sheet.png(), content_type="image/png")
+    put = store.put(run_sheet_key(run_id), sheet.png(), content_type="image/png")
     return put.uri, sheet
 
 

@@ -26,10 +26,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from qwbatch.catalog import view as catalog_view
-from qwbatch.catalog.table import REJECTS_PREFIX
 from qwbatch.catalog.view import RowFilter
 from qwbatch.core.errors import StorageError, StorageTransientError
 from qwbatch.run.progress import GOOD_STATUSES
+from qwbatch.storage.layout import rejects_key
 from qwbatch.storage.stores import ObjectStore
 
 #: Images inlined at most by default; the page says how many more there were.
@@ -156,7 +156,7 @@ def _rejects(store: ObjectStore, run: str | None) -> str:
     if run is None:
         return ""
     try:
-        data = store.get(f"{REJECTS_PREFIX}rejects-{run}.parquet")
+        data = store.get(rejects_key(run))
     except (StorageError, StorageTransientError):
         data = None  # no rejects file: the run rejected nothing (or it is unreadable)
     rejects = pq.read_table(io.BytesIO(data)).to_pylist() if data else []

@@ -27,6 +27,7 @@ from qwbatch.catalog import table as catalog
 from qwbatch.catalog.table import catalog_columns
 from qwbatch.core.costs import MONEY_PLACES, UNTAGGED, format_money, tag_label
 from qwbatch.core.errors import ConfigError
+from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore
 
 if TYPE_CHECKING:
@@ -232,7 +233,7 @@ def report(store: ObjectStore, *, run_id: str | None = None, missing_ok: bool = 
     runs), unless ``missing_ok``.
     """
     if not missing_ok and not catalog.part_keys(store):
-        where = store.uri(catalog.CATALOG_PREFIX.rstrip("/"))
+        where = store.uri(layout.CATALOG_PREFIX.rstrip("/"))
         raise ConfigError(f"no catalog at {where}: nothing has been rendered there")
     table = catalog_columns(store, REPORT_COLUMNS, run_id=run_id)
     if run_id is not None and table.num_rows == 0 and not missing_ok:

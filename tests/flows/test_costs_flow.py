@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.render import render_manifest
-from qwbatch.budget.policy import resolve_backend
+from qwbatch.budget import resolve_backend
 from qwbatch.cli import app
 from qwbatch.core.costs import PriceTable
 from qwbatch.core.model_table import ModelTable
