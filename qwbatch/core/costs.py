@@ -180,16 +180,27 @@ class PriceTable:
     def request_price(self, request: RenderRequest) -> Decimal | None:
         """Price of one image of ``request``: by its size and inputs for models priced per
         megapixel or token (BFL, OpenAI), else the model's unit price."""
-        spec = self._usd_specs.get(request.model)
-        if spec is None:
-            return self._prices.get(request.model)
         quality = dict(request.params).get("quality")
-        return usd_image_price(
-            spec,
+        return self.price_for(
+            request.model,
             request.size,
             inputs=len(request.input_images),
             quality=str(quality) if quality else None,
         )
+
+    def priced_per_request(self, model: str) -> bool:
+        """Whether ``model``'s price depends on the request's size, inputs or quality."""
+        return model in self._usd_specs
+
+    def price_for(
+        self, model: str, size: str | None, *, inputs: int = 0, quality: str | None = None
+    ) -> Decimal | None:
+        """Price of one image of ``model`` at ``size`` with ``inputs`` edit inputs and
+        ``quality`` (see :meth:`request_price`)."""
+        spec = self._usd_specs.get(model)
+        if spec is None:
+            return self._prices.get(model)
+        return usd_image_price(spec, size, inputs=inputs, quality=quality)
 
     def catalog_request_price(self, request: RenderRequest) -> float:
         """:meth:`request_price` as a catalog float (0.0 when unpriced)."""
