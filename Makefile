@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-DEMO_SHEET_TITLE := qwbatch demo: manifests/demo.parquet
+DEMO_SHEET_TITLE := qwbatch demo: manifests/demo.parquet + manifests/edit-demo.parquet
 
 .PHONY: setup demo docs cli-docs api-docs test lint bench clean
 

@@ -149,18 +149,21 @@ def validate(
     raise typer.Exit(1 if bad else 0)
 
 
-@app.command()
-def simulator(
-    port: Annotated[int, typer.Option(help="Loopback port to listen on")] = 8311,
-    host: Annotated[str, typer.Option(help="Address to bind (keep it on loopback)")] = "127.0.0.1",
-    fast: Annotated[bool, typer.Option(help="Cached images: for benchmarks")] = False,
-    latency: Annotated[float, typer.Option(help="Seconds added to each call")] = 0.0,
-) -> None:
-    """Run the DashScope-compatible simulator (for demos, tests and benchmarks)."""
-    from qwbatch.simulator import SimulatorConfig, serve
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # --help goes to the simulator's own parser, which lists every flag
+)
+def simulator(ctx: typer.Context) -> None:
+    """Run the DashScope-compatible simulator (for demos, tests and benchmarks).
 
-    typer.echo(f"simulator on http://{host}:{port}/api/v1 (Ctrl-C to stop)")
-    serve(SimulatorConfig(fast=fast, latency_s=latency), host=host, port=port)
+    The flags are those of python -m qwbatch.simulator: --host (127.0.0.1), --port (8765),
+    --api-key KEY (the only key accepted), --seed N (fault dice), --fast (cached images),
+    --latency SECONDS, --rps N (every model), --no-rate-limit, and --set NAME=VALUE for any
+    other SimulatorConfig knob (faults: --set error_5xx_rate=0.1, drop_connection_rate, ...).
+    """
+    from qwbatch.simulator.__main__ import main
+
+    raise typer.Exit(main(ctx.args, prog="qwbatch simulator"))
 
 
 #: The demo manifest rendered on three providers, and its compare sheet's columns.

@@ -127,6 +127,9 @@ class CatalogRecord:
     input_images: list[str] = field(default_factory=list)
     input_sha256: list[str] = field(default_factory=list)
     input_notes: list[str] = field(default_factory=list)
+    #: The output's key under DEST (``images/…/<i>.png``): where it is wherever DEST moves;
+    #: derived from ``request_key`` and ``image_index`` when the catalog is written.
+    output_key: str | None = None
 
     @classmethod
     def for_request(

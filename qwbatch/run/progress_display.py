@@ -38,7 +38,7 @@ def render_snapshot(snap: ProgressSnapshot) -> RenderableType:
     head.add_row(
         Text("rendering", style="bold"),
         bar,
-        Text(f"{snap.done_images}/{snap.total_images} images ({snap.fraction:.0%})"),
+        Text(f"{snap.succeeded_images}/{snap.total_images} images made ({snap.fraction:.0%} done)"),
     )
     facts = Text()
     facts.append(f"{snap.rate:.2f} img/s", style="cyan")

@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 import pyarrow.parquet as pq
 
 from qwbatch import budget as budgets
-from qwbatch.core.costs import PriceTable
-from qwbatch.core.errors import ObjectNotFoundError
+from qwbatch.catalog import spend as catalog_spend
+from qwbatch.core.costs import MONEY_PLACES, PriceTable
+from qwbatch.core.errors import ObjectNotFoundError, StorageError, StorageTransientError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import STOP, StopSignal
@@ -372,10 +373,23 @@ def finish(
         wall_s=time.monotonic() - began,
     )
     summary.resumed = prepared.resumed
+    note_lifetime_spend(store, summary)
     summary.stopped_by = stop.reason if stop.is_set() and summary.left else None
     if save:
         save_summary(store, summary)
     return summary
+
+
+def note_lifetime_spend(store: ObjectStore, summary: RunSummary) -> None:
+    """Set ``summary``'s lifetime spend from the catalog; a catalog that cannot be read
+    leaves it unknown (the run still stands)."""
+    try:
+        found = catalog_spend.spend(store, summary.run_id)
+    except (StorageError, StorageTransientError) as exc:
+        log.warning("lifetime spend unknown for %s: %s", summary.out, exc.message)
+        return
+    summary.lifetime_cost = round(found.lifetime_cost.get(summary.currency, 0.0), MONEY_PLACES)
+    summary.lifetime_runs = found.runs
 
 
 def save_summary(store: ObjectStore, summary: RunSummary) -> None:

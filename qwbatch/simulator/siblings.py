@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from qwbatch.core.model_table import ModelTable
-from qwbatch.simulator.render import Recipe, find_font, render
+from qwbatch.simulator.render import Recipe, render
 
 
 @dataclass
@@ -161,8 +161,6 @@ async def render_png(
         count=1,
         width=width,
         height=height,
-        # Captioned like the DashScope simulator's images, so a compare sheet reads.
-        font_path=find_font(),
     )
     return await asyncio.to_thread(render, recipe)
 

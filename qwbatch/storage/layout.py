@@ -42,7 +42,10 @@ checked by :func:`qwbatch.storage.base.validate_key` wherever they are used.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 IMAGES_PREFIX: Final = "images/"
 THUMBS_PREFIX: Final = "thumbs/"
@@ -76,6 +79,23 @@ _SHARD_NAME: Final = "shard-"
 def output_key(request_key: str, index: int) -> str:
     """Content-addressed key of a request's ``index``-th output image."""
     return f"{IMAGES_PREFIX}{request_key[:2]}/{request_key}/{index}.png"
+
+
+def output_keys(request_keys: pa.Array, indexes: pa.Array) -> pa.Array:
+    """:func:`output_key` for whole Arrow columns at once (null where an index is null)."""
+    import pyarrow as pa  # only the plan's Arrow paths need it: layout stays light to import
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(
+        IMAGES_PREFIX,
+        pc.utf8_slice_codeunits(request_keys, 0, 2),
+        "/",
+        request_keys,
+        "/",
+        pc.cast(indexes, pa.string()),
+        ".png",
+        "",
+    )
 
 
 def request_doc_key(request_key: str) -> str:
