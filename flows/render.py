@@ -18,6 +18,7 @@ any shard.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.runtime import deployment
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import artifacts
@@ -37,8 +39,10 @@ from qwbatch.core.costs import money
 from qwbatch.core.errors import BudgetExceededError
 from qwbatch.core.settings import Settings, run_overrides, settings_with
 from qwbatch.core.stop import STOP
+from qwbatch.core.uris import require_absolute
 from qwbatch.render.engine import ShardResult
 from qwbatch.report import contact_sheet
+from qwbatch.report import digest as digests
 from qwbatch.report import numbers as reports
 from qwbatch.run import runner
 from qwbatch.run.summary import RunSummary
@@ -115,6 +119,7 @@ def render_manifest(
     resume: str | None = None,
     auto_resume: bool = True,
     wait: bool = False,
+    digest: bool = False,
 ) -> RunSummary:
     """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
 
@@ -128,6 +133,9 @@ def render_manifest(
 
     The run holds ``out``'s lease while it plans and renders: another run on the same
     ``out`` fails at once (DestBusyError, naming the holder), or waits with ``wait``.
+
+    ``digest`` (the nightly deployment sets it) ends the run with a short Markdown artifact:
+    rows new / changed / unchanged, spend, failures with reasons (:mod:`qwbatch.report.digest`).
     """
     # Signals stop the shards cleanly (journal + catalog parts) instead of killing them.
     with STOP.handling(signal.SIGINT, signal.SIGTERM):
@@ -147,6 +155,7 @@ def render_manifest(
             resume=resume,
             auto_resume=auto_resume,
             wait=wait,
+            digest=digest,
         )
 
 
@@ -167,9 +176,13 @@ def _render(
     resume: str | None,
     auto_resume: bool,
     wait: bool,
+    digest: bool,
 ) -> RunSummary:
     began = time.monotonic()
     logger = get_run_logger()
+    if deployment.id is not None:  # a worker's run: its working folder is a temporary one
+        for what, value in (("manifest", manifest), ("out", out)):
+            require_absolute(value, what=what, cwd=os.getcwd())
     overrides = run_overrides(
         model=model, shard_size=shard_size, rps=rps, max_in_flight=max_in_flight
     )
@@ -197,6 +210,7 @@ def _render(
             overrides=overrides,
             settings=settings,
             began=began,
+            digest=digest,
         )
 
 
@@ -215,6 +229,7 @@ def _render_held(
     overrides: dict[str, Any],
     settings: Settings,
     began: float,
+    digest: bool,
 ) -> RunSummary:
     logger = get_run_logger()
     policy = BudgetPolicy(money(budget), budget_mode) if budget is not None else None
@@ -295,6 +310,9 @@ def _render_held(
         reports.report(store, run_id=run_id, missing_ok=True),
         sheet_preview=sheet_preview,
     )
+    if digest:
+        found = digests.digest(store, run_id)
+        artifacts.publish_digest(run_id, digests.digest_markdown(found, currency=summary.currency))
     for line in summary.lines():
         logger.info(line)
     return summary

@@ -5,6 +5,7 @@
     table.py     SCHEMA, catalog parts (one per shard of a run; their keys: storage.layout)
     key_set.py   the request keys that already have outputs, compactly, for the plan's dedup
     view.py      the rows a person looks at: one run, or the latest of every row, filtered
+    spend.py     spend, defined once: a run's, the lifetime's, and each image's where rendered
     rebuild.py   the catalog rebuilt from the store, each image's metadata describing it
 
 The columns are listed in docs/outputs-and-catalog.md.
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from qwbatch.catalog.key_set import short_key as short_key
+    from qwbatch.catalog.spend import Spend as Spend
     from qwbatch.catalog.table import ExistingImage as ExistingImage
     from qwbatch.catalog.table import catalog_columns as catalog_columns
     from qwbatch.catalog.table import part_keys as part_keys
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 #: Each re-exported name → the module that defines it.
 _HOME: dict[str, str] = {
     "short_key": "key_set",
+    "Spend": "spend",
     "ExistingImage": "table",
     "catalog_columns": "table",
     "part_keys": "table",
@@ -36,6 +39,7 @@ _HOME: dict[str, str] = {
 __all__ = [
     "ExistingImage",
     "RowFilter",
+    "Spend",
     "catalog_columns",
     "parse_filters",
     "part_keys",

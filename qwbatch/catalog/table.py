@@ -65,6 +65,9 @@ SCHEMA = pa.schema(
         pa.field("input_images", pa.list_(_STR)),
         pa.field("input_sha256", pa.list_(_STR)),
         pa.field("input_notes", pa.list_(_STR)),
+        # DEST-relative: output_uri is absolute (file://, s3://) and breaks when DEST moves.
+        # Parts written before this column read it as null: see catalog.view.output_location.
+        pa.field("output_key", _STR),
     ]
 )
 
@@ -82,9 +85,15 @@ def records_to_table(records: Sequence[CatalogRecord]) -> pa.Table:
                 value = int(value * 1000)
             elif name == "tags":
                 value = list(value.items())
+            elif name == "output_key" and value is None and _has_output(record):
+                value = layout.output_key(record.request_key, record.image_index or 0)
             columns[name].append(value)
     arrays = [pa.array(columns[f.name], type=f.type) for f in SCHEMA]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _has_output(record: CatalogRecord) -> bool:
+    return bool(record.output_uri) and record.image_index is not None
 
 
 def _table_bytes(table: pa.Table) -> bytes:

@@ -7,20 +7,12 @@ package, so the package can import them without a cycle; ``qwbatch.cli`` imports
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import typer
 
-from qwbatch.core.errors import QwBatchError
-from qwbatch.core.settings import Settings, run_overrides, settings_with
-
-if TYPE_CHECKING:
-    from qwbatch.budget.policy import BudgetPolicy
-    from qwbatch.run.summary import RunSummary
+from qwbatch.core.errors import DestBusyError, QwBatchError
 
 app = typer.Typer(
     name="qwbatch",
@@ -41,11 +33,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _not_a_file(where: str, what: str) -> None:
     """Fail clearly when ``where``, meant as a folder (DEST), is an existing file."""
-    path = (
-        Path(where.removeprefix("file://"))
-        if "://" not in where or where.startswith("file://")
-        else None
-    )
+    local = "://" not in where or where.startswith("file://")
+    path = Path(where.removeprefix("file://")) if local else None
     if path is None:
         return
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
@@ -57,27 +46,10 @@ def _not_a_file(where: str, what: str) -> None:
         )
 
 
-def _quiet_prefect() -> None:
-    """Offline-friendly Prefect defaults, unless the user set them."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "WARNING")
-    # The ephemeral server's first start (database migrations) can pass Prefect's default
-    # timeout on a busy 2-core machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-
-
-def _run_flow(
-    manifest: str, out: str, *, quiet: bool = False, wait: bool = False, **params: Any
-) -> int:
-    """Hold DEST's lease (``storage.lease``) while the run plans and renders: a second run
-    on the same DEST waits (``wait``) or exits at once with 75 (EX_TEMPFAIL), naming the
-    holder. With secrets in Prefect blocks the store opens only inside the flow, which
-    takes the lease there."""
-    from qwbatch.core.errors import DestBusyError
-    from qwbatch.core.stop import STOP
-    from qwbatch.storage.lease import hold
-    from qwbatch.storage.stores import open_store
+def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
+    """:func:`qwbatch.api.run` and its summary printed; the exit code. Another run holding
+    OUT (``--wait`` not given) exits 75 (EX_TEMPFAIL), naming the holder."""
+    from qwbatch.api import run as run_manifest
 
     _not_a_file(out, "--out")
     if quiet:
@@ -85,84 +57,11 @@ def _run_flow(
         # engine's business: --quiet leaves errors and the run's own lines.
         for name in ("stamina", "qwbatch", "flows"):
             logging.getLogger(name).setLevel(logging.ERROR)
-    if os.environ.get("QWBATCH_SECRET_BLOCKS"):
-        return _render_on_dest(manifest, out, quiet=quiet, **params)
-    settings = Settings()
     try:
-        with hold(
-            open_store(out, settings),
-            ttl_s=settings.lease_ttl_s,
-            wait=wait,
-            label=f"qwbatch run {manifest}",
-            on_wait=lambda line: typer.echo(f"qwbatch: {line}", err=True),
-            on_lost=lambda message: STOP.set("lost DEST's lease"),
-        ):
-            return _render_on_dest(manifest, out, quiet=quiet, **params)
+        summary = run_manifest(manifest, out, quiet=quiet, **params)
     except DestBusyError as exc:
         _fail(str(exc), code=75)
         return 75
-    except QwBatchError as exc:
-        _fail(str(exc))
-        return 2
-
-
-def _render_on_dest(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
-    from qwbatch.budget.policy import BudgetPolicy
-    from qwbatch.core.costs import money
-
-    budget = params.get("budget")
-    policy = (
-        BudgetPolicy(money(budget), params.get("budget_mode", "refuse"))
-        if budget is not None
-        else None
-    )
-    try:
-        # Secrets in Prefect blocks need Prefect even to plan (S3 credentials).
-        done = None
-        if not os.environ.get("QWBATCH_SECRET_BLOCKS"):
-            if not quiet:
-                typer.echo(f"qwbatch: planning {manifest}…", err=True)
-            done = _plan_here(manifest, out, params, policy)
-        if done is not None:
-            summary = done
-        else:
-            _quiet_prefect()
-            from flows.render import render_manifest  # Prefect: only when there is work
-            from qwbatch.cli.prefect_server import own_server
-            from qwbatch.core.stop import STOP
-            from qwbatch.limits import reporting
-            from qwbatch.run.progress_display import watch_run
-            from qwbatch.run.runner import resolve_run_id
-
-            # Known before the flow starts (the progress display follows it): an unfinished
-            # run of this manifest in OUT is resumed, unless --new-run.
-            params["run_id"] = run_id = resolve_run_id(
-                manifest,
-                out,
-                settings=Settings(
-                    **({"default_model": params["model"]} if params.get("model") else {})
-                ),
-                run_id=params.get("run_id"),
-                resume=params.get("resume"),
-                auto_resume=params.get("auto_resume", True),
-                strict=params.get("strict", False),
-                budget=policy,
-            )
-            # Each model's rate, limit, in flight and 429s/min on stderr while the run goes.
-            limit_lines = (
-                (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
-            )
-            STOP.resume_hint = f"finish with qwbatch run {manifest} --out {out} --resume {run_id}"
-            # From here Ctrl-C (the terminal's, to the whole process group) or SIGTERM stops
-            # the run cleanly, and a second one at once; the Prefect server is out of the
-            # terminal's group, so it lives until the run has recorded its end.
-            with (
-                STOP.handling(signal.SIGINT, signal.SIGTERM),
-                own_server(),
-                watch_run(run_id, quiet=quiet, budget=params.get("budget")),
-                reporting(limit_lines, Settings().limits_status_s),
-            ):
-                summary = render_manifest(manifest=manifest, out=out, **params)
     except QwBatchError as exc:
         _fail(str(exc))
         return 2
@@ -175,37 +74,3 @@ def _render_on_dest(manifest: str, out: str, *, quiet: bool = False, **params: A
     for line in summary.lines():
         typer.echo(line)
     return 1 if summary.failed else 0
-
-
-def _plan_here(
-    manifest: str, out: str, params: dict[str, Any], policy: BudgetPolicy | None
-) -> RunSummary | None:
-    """Plan the run in this process, before Prefect starts; when it leaves nothing to render
-    (every row already in the catalog: a nightly rerun with no new rows), finish it here
-    and return its summary, with no Prefect server started. Otherwise None: the plan is
-    saved under its run id, which ``params`` now names, and the flow renders that plan."""
-    from qwbatch.run import runner
-
-    began = time.monotonic()
-    settings = settings_with(
-        run_overrides(
-            model=params.get("model"),
-            shard_size=params.get("shard_size"),
-            rps=params.get("rps"),
-            max_in_flight=params.get("max_in_flight"),
-        )
-    )
-    prepared = runner.prepare(
-        manifest,
-        out,
-        settings=settings,
-        run_id=params.get("run_id"),
-        resume=params.get("resume"),
-        auto_resume=params.get("auto_resume", True),
-        strict=params.get("strict", False),
-        budget=policy,
-    )
-    if prepared.plan.shard_keys:
-        params["run_id"], params["resume"] = prepared.plan.run_id, None
-        return None
-    return runner.finish(prepared, [], out=out, settings=settings, began=began)

@@ -25,15 +25,16 @@ from typing import Any, TypeVar
 import pyarrow.parquet as pq
 
 from qwbatch import budget as budgets
-from qwbatch.core.costs import PriceTable
-from qwbatch.core.errors import ObjectNotFoundError
+from qwbatch.catalog import spend as catalog_spend
+from qwbatch.core.costs import MONEY_PLACES, PriceTable
+from qwbatch.core.errors import ObjectNotFoundError, StorageError, StorageTransientError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import STOP, StopSignal
 from qwbatch.core.types import CatalogRecord
 from qwbatch.inputs.staging import InputStage, StagedInputs
 from qwbatch.plan import Plan, decode_shard, new_run_id, plan_run
-from qwbatch.providers.dashscope import DashScopeProvider
+from qwbatch.providers.registry import ProviderRouter
 from qwbatch.render import shard_loop
 from qwbatch.render.breaker import breaker_for, forget
 from qwbatch.render.engine import Engine, ShardResult, run_shard, store_retries
@@ -310,7 +311,8 @@ async def render_shard_async(
     guard_scope = (
         budgets.shard_guard(budget) if budget is not None else contextlib.nullcontext(None)
     )
-    async with DashScopeProvider.from_settings(settings) as provider, guard_scope as guard:
+    router = ProviderRouter.from_settings(settings, model_table(settings))
+    async with router as provider, guard_scope as guard:
         engine = Engine(
             provider=provider,
             store=store,
@@ -376,10 +378,23 @@ def finish(
         wall_s=time.monotonic() - began,
     )
     summary.resumed = prepared.resumed
+    note_lifetime_spend(store, summary)
     summary.stopped_by = stop.reason if stop.is_set() and summary.left else None
     if save:
         save_summary(store, summary)
     return summary
+
+
+def note_lifetime_spend(store: ObjectStore, summary: RunSummary) -> None:
+    """Set ``summary``'s lifetime spend from the catalog; a catalog that cannot be read
+    leaves it unknown (the run still stands)."""
+    try:
+        found = catalog_spend.spend(store, summary.run_id)
+    except (StorageError, StorageTransientError) as exc:
+        log.warning("lifetime spend unknown for %s: %s", summary.out, exc.message)
+        return
+    summary.lifetime_cost = round(found.lifetime_cost.get(summary.currency, 0.0), MONEY_PLACES)
+    summary.lifetime_runs = found.runs
 
 
 def save_summary(store: ObjectStore, summary: RunSummary) -> None:

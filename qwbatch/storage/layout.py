@@ -14,6 +14,7 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
     ├── catalog/_compaction/<compaction>.json             compaction_marker_key
     ├── rejects/rejects-<run_id>.parquet                  rejects_key
     ├── quarantine/catalog/…                              quarantine_key
+    ├── manifests/table-<24 hex>.parquet                  table_manifest_key
     ├── lease/run.json                                    lease_key
     └── runs/
         ├── _index/<fingerprint>/<run_id>                 index_key
@@ -30,11 +31,13 @@ What they hold: an output image and, when its object metadata cannot hold the wh
 the request beside it (:mod:`qwbatch.storage.metadata`); the output's thumbnail; an edit input
 as it was sent (:mod:`qwbatch.inputs.staging`); the catalog's Parquet parts, one per shard of a
 run, and the markers of a compaction in progress (:mod:`qwbatch.run.compaction`); a run's
-rejected manifest rows; catalog parts too broken to read, set aside by ``catalog rebuild``;
-the lease of the run that holds DEST (:mod:`qwbatch.storage.lease`);
-an index entry per run, keyed by what it renders, so a rerun finds the run to resume
-(:mod:`qwbatch.run.records`); and each run's plan, summary, contact sheet, shard files, shard
-results (:mod:`qwbatch.render.shard_results`) and journal (:mod:`qwbatch.render.journal`).
+rejected manifest rows; manifests given to the Python API as tables, saved by the hash of
+their bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); catalog parts too
+broken to read, set aside by ``catalog rebuild``; the lease of the run that holds DEST, and
+of each shard while a worker renders it (:mod:`qwbatch.storage.lease`); an index entry per
+run, keyed by what it renders, so a rerun finds the run to resume (:mod:`qwbatch.run.records`);
+and each run's plan, summary, contact sheet, shard files, shard results
+(:mod:`qwbatch.render.shard_results`) and journal (:mod:`qwbatch.render.journal`).
 
 A shard's *label* (``shard-00003``) names its journal folder and its catalog part. Keys are
 checked by :func:`qwbatch.storage.base.validate_key` wherever they are used.
@@ -42,7 +45,10 @@ checked by :func:`qwbatch.storage.base.validate_key` wherever they are used.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 IMAGES_PREFIX: Final = "images/"
 THUMBS_PREFIX: Final = "thumbs/"
@@ -55,6 +61,8 @@ REJECTS_PREFIX: Final = "rejects/"
 QUARANTINE_PREFIX: Final = "quarantine/"
 #: One empty object per run, keyed by what it renders: how a rerun finds the run to resume.
 INDEX_PREFIX: Final = "runs/_index/"
+#: Manifests given to the Python API as tables.
+TABLE_MANIFEST_PREFIX: Final = "manifests/"
 
 #: Name of the request document written beside the images when metadata cannot hold it.
 REQUEST_DOC: Final = "request.json"
@@ -74,6 +82,23 @@ _SHARD_NAME: Final = "shard-"
 def output_key(request_key: str, index: int) -> str:
     """Content-addressed key of a request's ``index``-th output image."""
     return f"{IMAGES_PREFIX}{request_key[:2]}/{request_key}/{index}.png"
+
+
+def output_keys(request_keys: pa.Array, indexes: pa.Array) -> pa.Array:
+    """:func:`output_key` for whole Arrow columns at once (null where an index is null)."""
+    import pyarrow as pa  # only the plan's Arrow paths need it: layout stays light to import
+    import pyarrow.compute as pc
+
+    return pc.binary_join_element_wise(
+        IMAGES_PREFIX,
+        pc.utf8_slice_codeunits(request_keys, 0, 2),
+        "/",
+        request_keys,
+        "/",
+        pc.cast(indexes, pa.string()),
+        ".png",
+        "",
+    )
 
 
 def request_doc_key(request_key: str) -> str:
@@ -205,6 +230,11 @@ def journal_prefix(run_id: str, label: str | None = None) -> str:
 def journal_key(prefix: str, writer: str, seq: int) -> str:
     """One flush of a journal ``writer`` into a shard's folder (:func:`journal_prefix`)."""
     return f"{prefix}{writer}-{seq:08d}.jsonl"
+
+
+def table_manifest_key(sha256_hex: str) -> str:
+    """A table manifest whose Parquet bytes hash to ``sha256_hex`` (its first 24 digits)."""
+    return f"{TABLE_MANIFEST_PREFIX}table-{sha256_hex[:24]}.parquet"
 
 
 # -- the run that holds DEST ------------------------------------------------------------------

@@ -85,3 +85,11 @@ def test_limits_smoke_prints_both_limiters() -> None:
     assert _row(output, "limits", "exit status")[2:5] == ["0", "0", "yes"]
     rows = [line for line in output.splitlines() if line.startswith("[limits] | 2 | 1 |")]
     assert [row.split("|")[3].strip() for row in rows] == ["qwbatch", "prefect-1"]
+
+
+@pytest.mark.slow
+def test_export_smoke_prints_throughput_and_memory() -> None:
+    output = _smoke("export")
+    assert "img/s" in _row(output, "export webdataset (2,000 images)", "throughput")[2]
+    memory = _row(output, "export webdataset (2,000 images)", "peak RSS (500 → 2,000 images)")
+    assert memory[2].endswith("MiB")

@@ -1,4 +1,4 @@
-"""Prefect's temporary server for one ``qwbatch run``, out of the terminal's process group.
+"""Prefect's temporary server for one run, out of the terminal's process group.
 
 Without ``PREFECT_API_URL``, Prefect starts a temporary API server as a child process the
 first time a flow needs it. That child shares the terminal's process group, so Ctrl-C (which
