@@ -2,7 +2,8 @@
 
 Precedence, most specific first: ``Settings.model_limits[model]`` (per-model settings), then
 the run-wide ``Settings.rps`` / ``max_in_flight`` (``qwbatch run --rps``), then the model
-table's row (``qwbatch/data/models.toml``).
+table's row (``qwbatch/data/models.toml``). ``rps`` "auto" at any of these levels means: find
+the account's limit, starting from the model table's figure.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ class Limiter(Protocol):
 def limit_spec(model: ModelSpec, settings: Settings) -> LimitSpec:
     """The limits for ``model`` under ``settings`` (see the module docstring for precedence)."""
     own = settings.model_limits.get(model.name)
-    rps = (own.rps if own else None) or settings.rps or model.rps
+    rps = (own.rps if own else None) or settings.rps or ("auto" if model.auto_rps else model.rps)
     in_flight = (own.max_in_flight if own else None) or settings.max_in_flight
-    return LimitSpec(rps=rps, max_in_flight=in_flight or model.max_in_flight)
+    return LimitSpec(
+        rps=model.rps if rps == "auto" else rps,
+        max_in_flight=in_flight or model.max_in_flight,
+        auto=rps == "auto",
+    )
 
 
 Source = Literal["model setting", "run setting", "model table"]
@@ -49,6 +54,8 @@ class LimitRow:
     model: str
     rps: float
     rps_from: Source
+    #: ``rps`` is where the search for the account's limit starts ("auto").
+    auto: bool
     max_in_flight: int
     max_in_flight_from: Source
 
@@ -65,6 +72,7 @@ def limit_rows(table: ModelTable, settings: Settings) -> list[LimitRow]:
                 model=name,
                 rps=spec.rps,
                 rps_from=_source(own.rps if own else None, settings.rps),
+                auto=spec.auto,
                 max_in_flight=spec.max_in_flight,
                 max_in_flight_from=_source(
                     own.max_in_flight if own else None, settings.max_in_flight

@@ -4,6 +4,7 @@ the status lines."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -82,31 +83,36 @@ async def test_the_ramp_starts_at_a_quarter_and_reaches_the_ceiling() -> None:
     assert limiter.current_rate() == pytest.approx(2.0)
 
 
-def test_a_burst_of_429s_halves_the_rate_once_and_successes_creep_back() -> None:
+def test_a_burst_of_429s_cuts_the_rate_once_and_successes_bring_it_back_under_the_limit() -> None:
     clock = FakeClock()
     limiter = ModelLimiter(LimitSpec(rps=10, max_in_flight=4, ramp_s=0), clock=clock)
+    assert limiter.learning() == "configured"
     for _ in range(6):  # the answers of one burst arrive together
         limiter.on_throttle()
-    assert limiter.current_rate() == pytest.approx(5.0)
+    cut = limiter.current_rate()
+    assert cut < 10.0
     assert limiter.throttled == 6
-    clock.now = 1.5
-    limiter.on_throttle()
-    assert limiter.current_rate() == pytest.approx(2.5)
-    limiter.on_success()
-    assert limiter.current_rate() == pytest.approx(3.0)  # + 5 % of the ceiling
-    for _ in range(100):
+    assert limiter.learning().startswith("learned ")
+    learned = limiter.learner.learned
+    assert learned is not None
+    for step in range(400):  # successes while in use: the rate climbs back, to the limit
+        clock.now = 2.0 + step * 0.05
+        limiter.learner.on_send(clock.now)
         limiter.on_success()
-    assert limiter.current_rate() == pytest.approx(10.0)  # never above the ceiling
-    assert len(limiter.throttle_times()) == 7
+    assert cut < limiter.current_rate() < learned < 10.0
+    assert len(limiter.throttle_times()) == 6
 
 
-def test_the_rate_never_falls_below_a_64th_of_the_ceiling() -> None:
+def test_auto_starts_from_the_table_figure_and_climbs_above_it() -> None:
     clock = FakeClock()
-    limiter = ModelLimiter(LimitSpec(rps=64, max_in_flight=4, ramp_s=0), clock=clock)
-    for step in range(20):
-        clock.now = step * 2.0
-        limiter.on_throttle()
-    assert limiter.current_rate() == pytest.approx(1.0)
+    limiter = ModelLimiter(LimitSpec(rps=2, max_in_flight=4, ramp_s=0, auto=True), clock=clock)
+    assert limiter.current_rate() == pytest.approx(2.0)
+    assert limiter.learning() == "auto, searching upward"
+    for step in range(400):
+        clock.now = step * 0.05
+        limiter.learner.on_send(clock.now)
+        limiter.on_success()
+    assert limiter.current_rate() > 4.0
 
 
 @pytest.mark.anyio
@@ -131,6 +137,23 @@ def test_limits_come_from_model_settings_then_run_flags_then_the_table() -> None
     )
     assert limit_spec(pro, per_model) == LimitSpec(rps=0.5, max_in_flight=7)
     assert limit_spec(plain, per_model) == LimitSpec(rps=5.0, max_in_flight=7)
+
+
+def test_rps_auto_at_every_level_starts_from_the_table_figure(tmp_path: Path) -> None:
+    plain, pro = TABLE.get("qwen-image-2.0"), TABLE.get("qwen-image-2.0-pro")
+    auto = LimitSpec(rps=plain.rps, max_in_flight=4, auto=True)
+    assert limit_spec(plain, Settings(rps="auto")) == auto
+    per_model = Settings(rps=5.0, model_limits={"qwen-image-2.0": {"rps": "auto"}})
+    assert limit_spec(plain, per_model) == auto
+    assert not limit_spec(pro, per_model).auto
+    models = tmp_path / "models.toml"
+    models.write_text('[models."qwen-image-2.0"]\nrps = "auto"\n', encoding="utf-8")
+    table = ModelTable.load(models)
+    assert table.get("qwen-image-2.0").rps == plain.rps  # the bundled figure is the start
+    assert limit_spec(table.get("qwen-image-2.0"), Settings()) == auto
+    assert limit_spec(table.get("qwen-image-2.0"), Settings(rps=3.0)).auto is False
+    with pytest.raises(ValidationError):
+        Settings(rps="fast")
 
 
 def test_per_model_limits_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
