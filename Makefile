@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 DEMO_SHEET_TITLE := qwbatch demo: manifests/demo.parquet
 
-.PHONY: setup demo docs test lint bench clean
+.PHONY: setup demo docs cli-docs test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,13 @@ demo: $(STAMP)
 	$(BIN)/qwbatch contact-sheet out -o out/contact-sheet.png --title "$(DEMO_SHEET_TITLE)"
 	$(BIN)/qwbatch report out --html out/report.html
 
-# The README's contact sheet: what `make demo` draws, copied into docs/.
-docs: demo
+# The README's contact sheet: what `make demo` draws, copied into docs/; and the CLI reference.
+docs: demo cli-docs
 	cp out/contact-sheet.png docs/contact-sheet.png
+
+# docs/cli-reference.md, from the commands' own --help (a test fails when it is stale).
+cli-docs: $(STAMP)
+	$(BIN)/python tools/cli_reference.py
 
 test: $(STAMP)
 	$(BIN)/pytest

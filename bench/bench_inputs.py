@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from qwbatch.core.settings import Settings
-from qwbatch.plan.planner import new_run_id
+from qwbatch.plan import new_run_id
 from qwbatch.run import runner
 
 

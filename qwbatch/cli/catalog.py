@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from qwbatch.cli import app
+from qwbatch.cli.app import app
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.settings import Settings
 from qwbatch.storage.stores import open_store

@@ -15,11 +15,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qwbatch.cli import _fail, app
+from qwbatch.cli.app import _fail, app
 from qwbatch.core.costs import format_money
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.settings import Settings
-from qwbatch.plan.planner import Plan
+from qwbatch.plan import Plan
 from qwbatch.report.numbers import Report
 
 

@@ -17,7 +17,7 @@ from rich.table import Table
 from qwbatch.core.costs import format_money
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.settings import Settings
-from qwbatch.plan.planner import Plan
+from qwbatch.plan import Plan
 
 #: Tag lines printed (largest cost first); the rest are counted.
 TAGS_SHOWN = 10

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from qwbatch.cli import _fail, app
+from qwbatch.cli.app import _fail, app
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.settings import Settings
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from qwbatch.cli import _fail, app
+from qwbatch.cli.app import _fail, app
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.settings import Settings
 
@@ -37,8 +37,8 @@ def _convert(
 ) -> None:
     import pyarrow.parquet as pq
 
+    from qwbatch.manifest import rejects_table
     from qwbatch.manifest.converters import convert, read_csv, read_jsonl
-    from qwbatch.manifest.reader import rejects_table
     from qwbatch.run.runner import model_table
 
     settings = Settings(default_model=model) if model else Settings()

@@ -2,7 +2,7 @@
 
 Qwen-Image is billed per successfully generated output image, at one price per model and
 region whatever the resolution; input images and failed requests are free
-(``../shared/dashscope-api.md`` §7). Beijing prices are in CNY, Singapore prices in USD.
+(``docs/providers/dashscope.md`` §7). Beijing prices are in CNY, Singapore prices in USD.
 
 **One source of truth.** The default prices are the model table's ``price_<region>`` fields
 (``qwbatch/data/models.toml``, taken from §7), so a new model brings its price in its one row.

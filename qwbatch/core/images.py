@@ -236,8 +236,8 @@ def _has_alpha(image: Image.Image) -> bool:
 
 # --------------------------------------------------------------------------- edit inputs
 
-#: Formats accepted as edit inputs (dashscope-api.md §3.5). Pillow's JPEG reader names many
-#: phone JPEGs ``MPO`` (multi-picture); they are JPEGs to every other decoder.
+#: Formats accepted as edit inputs (docs/providers/dashscope.md §3.5). Pillow's JPEG reader
+#: names many phone JPEGs ``MPO`` (multi-picture); they are JPEGs to every other decoder.
 INPUT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 #: Formats sent unchanged when nothing else needs changing. BMP, TIFF and GIF are turned
 #: into PNG: the provider's support for them is second-hand, and a GIF is sent as the one
@@ -255,7 +255,9 @@ _EXIF_ORIENTATION = 0x0112
 
 @dataclass(frozen=True, slots=True)
 class InputLimits:
-    """What the provider accepts as an edit input (dashscope-api.md §3.5), and our own cap.
+    """What the provider accepts as an edit input, and our own cap.
+
+    The provider's rules are in docs/providers/dashscope.md §3.5.
 
     ``min_side``/``max_side`` bound each side in pixels; ``max_bytes`` is the most bytes one
     encoded image may have (10 MB, read as 10,000,000: the docs do not say whether the limit

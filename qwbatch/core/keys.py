@@ -51,7 +51,7 @@ from qwbatch.core.types import RenderRequest
 
 #: The version tag at the head of every canonical form.
 KEY_VERSION = "qwbatch/1"
-#: Largest seed the provider accepts (dashscope-api.md §3.4); seeds are in [0, SEED_MAX].
+#: Largest seed the provider accepts (docs/providers/dashscope.md §3.4); seeds are in [0, SEED_MAX].
 SEED_MAX = 2_147_483_647
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Region name → DashScope base URL (../shared/dashscope-api.md §2.1).
+#: Region name → DashScope base URL (docs/providers/dashscope.md §2.1).
 REGION_BASE_URLS: dict[str, str] = {
     "singapore": "https://dashscope-intl.aliyuncs.com/api/v1",
     "beijing": "https://dashscope.aliyuncs.com/api/v1",
@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     prefer_async: bool = True
 
     # HTTP timeouts (seconds). A long read timeout beats aggressive retries: a sync image call
-    # that times out on our side may still be billed on the provider's (dashscope-api.md §5).
+    # that times out on our side may still be billed on the provider's
+    # (docs/providers/dashscope.md §5).
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 300.0
     download_timeout_s: float = 120.0

@@ -49,7 +49,7 @@ from qwbatch.core.errors import (
     TransientError,
 )
 from qwbatch.inputs.fetch import InputFetcher, display_uri
-from qwbatch.manifest.reader import InputDigest
+from qwbatch.manifest import InputDigest
 from qwbatch.storage.stores import ObjectStore
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ class InputStats:
 
 
 class InputStage:
-    """Resolves input URIs to :class:`~qwbatch.manifest.reader.InputDigest`, staging what is sent.
+    """Resolves input URIs to :class:`~qwbatch.manifest.InputDigest`, staging what is sent.
 
     Call it with a URI (the manifest reader does); :meth:`prefetch` resolves many at once in
     ``concurrency`` threads (the reader calls it once per record batch), after which calls

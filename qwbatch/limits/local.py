@@ -1,6 +1,6 @@
 """One model's limiter in this process: pacing, a cap on requests in flight, and adaptation.
 
-The provider limits each model per account (``../shared/dashscope-api.md`` §6): requests per
+The provider limits each model per account (``docs/providers/dashscope.md`` §6): requests per
 second, burst protection ("Request rate increased too quickly") and requests in flight. A
 :class:`ModelLimiter` keeps this process under them:
 

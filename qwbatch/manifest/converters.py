@@ -37,13 +37,10 @@ import pyarrow.parquet as pq
 from qwbatch.core.errors import ManifestError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.manifest.columns import COERCE, REQUIRED_COLUMNS, Bad
-from qwbatch.manifest.reader import (
-    MANIFEST_SCHEMA,
-    InputResolver,
-    LocalInputResolver,
-    Reject,
-    read_manifest,
-)
+from qwbatch.manifest.reader import read_manifest
+from qwbatch.manifest.rejects import Reject
+from qwbatch.manifest.resolvers import InputResolver, LocalInputResolver
+from qwbatch.manifest.schema import MANIFEST_SCHEMA
 
 
 @dataclass(slots=True)

@@ -1,101 +1,37 @@
 """Planning a run: what to render, what already exists, and how to cut it into shards.
 
-``plan_run`` streams the manifest batch by batch: it drops requests whose outputs the catalog
-already holds (recording them as ``deduplicated``), folds rows that ask for the same request
-onto one key (they are rendered once and all recorded), prices what is left (``plan.estimate``)
-and refuses or trims it to a budget (``qwbatch.budget.policy``, rows left out are recorded as
-``skipped_budget``), then writes the rejects beside the catalog and the remaining work as
-shard files under ``runs/<run_id>/shards/``. A shard file is the unit a Prefect task takes:
-it holds requests, not results, so any worker can pick it up. ``dry_run`` does all of it but
-the writing: ``qwbatch estimate`` is a plan that writes nothing and calls no provider.
+:func:`plan_run` is the one way in; it chooses how to plan. It streams the manifest batch by
+batch: it drops requests whose outputs the catalog already holds (recording them as
+``deduplicated``), folds rows that ask for the same request onto one key (they are rendered
+once and all recorded), prices what is left (``plan.estimate``) and refuses or trims it to
+a budget (``qwbatch.budget.policy``, rows left out are recorded as ``skipped_budget``), then
+writes the rejects beside the catalog and the remaining work as shard files under
+``runs/<run_id>/shards/`` (``qwbatch.plan.shards``). ``dry_run`` does all of it but the
+writing: ``qwbatch estimate`` is a plan that writes nothing and calls no provider.
+
+The paths, all giving the same plan for the same manifest:
+
+- with a budget, in memory (``qwbatch.plan.memory``): a budget ranks the whole plan before
+  cutting it;
+- without one, streaming in one process (``qwbatch.plan.stream``), in memory that does not
+  grow with the manifest;
+- or, from ``Settings.plan_split_rows`` rows, streaming in two processes
+  (``qwbatch.plan.split``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import secrets
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-from qwbatch.budget import policy as budgets
-from qwbatch.catalog import table as catalog
-from qwbatch.catalog.table import ExistingImage
-from qwbatch.core.costs import Estimate, PriceTable, estimate
+from qwbatch.budget.policy import BudgetPolicy
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import Alias, CatalogRecord, PlanItem, RenderRequest
-from qwbatch.manifest.reader import InputResolver, Reject, read_manifest, rejects_table
-from qwbatch.plan import shard_codec
+from qwbatch.manifest import InputResolver, gc_paused
+from qwbatch.plan import split
+from qwbatch.plan.memory import plan_in_memory
+from qwbatch.plan.model import Plan
+from qwbatch.plan.stream import PLAN_BATCH_ROWS, plan_in_one, planning_pool
 from qwbatch.storage.stores import ObjectStore
-
-
-def new_run_id() -> str:
-    """A sortable, unique run id: UTC time plus a random suffix."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-@dataclass(slots=True)
-class Plan:
-    """What a run will do; everything here is known before any provider call."""
-
-    run_id: str
-    rows_read: int = 0
-    rejected: int = 0
-    deduplicated: int = 0
-    folded: int = 0
-    requests: int = 0
-    images: int = 0
-    shard_keys: list[str] = field(default_factory=list)
-    rejects_uri: str | None = None
-    dedup_part_uri: str | None = None
-    #: Every catalog part of deduplicated rows written (two when planned in two processes).
-    dedup_part_uris: list[str] = field(default_factory=list)
-    images_by_model: dict[str, int] = field(default_factory=dict)
-    #: What the requests to render cost if every image is made (after any budget trim).
-    estimate: Estimate | None = None
-    #: The run's budget (with what this run id had spent before), and rows a trim skipped.
-    budget: budgets.BudgetPolicy | None = None
-    skipped_budget: int = 0
-    #: Shard files the plan cut (``len(shard_keys)``, and counted in a dry run too).
-    shards: int = 0
-
-
-def dedup_records(
-    request: RenderRequest,
-    images: Sequence[ExistingImage],
-    *,
-    run_id: str,
-    row_id: str,
-    tags: tuple[tuple[str, str], ...],
-    currency: str,
-) -> list[CatalogRecord]:
-    """Catalog rows for a request whose outputs already exist: no call, no cost."""
-    now = time.time()
-    return [
-        CatalogRecord.for_request(
-            request,
-            run_id=run_id,
-            row_id=row_id,
-            status="deduplicated",
-            tags=tags,
-            image_index=image.image_index,
-            output_uri=image.output_uri,
-            sha256=image.sha256,
-            bytes=image.bytes,
-            width=image.width,
-            height=image.height,
-            unit_price=0.0,
-            currency=currency,
-            cost=0.0,
-            started_at=now,
-            finished_at=now,
-        )
-        for image in images
-    ]
 
 
 def plan_run(
@@ -107,7 +43,7 @@ def plan_run(
     run_id: str,
     strict: bool = False,
     shard_size: int | None = None,
-    budget: budgets.BudgetPolicy | None = None,
+    budget: BudgetPolicy | None = None,
     dry_run: bool = False,
     resolve_input: InputResolver | None = None,
 ) -> Plan:
@@ -116,153 +52,81 @@ def plan_run(
     ``store`` None (only with ``dry_run``) plans against an empty catalog. ``budget`` raises
     ``BudgetExceededError`` (mode refuse) before anything is written, or trims (mode trim).
     ``resolve_input`` resolves edit inputs (``qwbatch.inputs.staging.InputStage`` in a run); the
-    default only hashes local files (see ``read_manifest``).
+    default only hashes local files (see ``qwbatch.manifest.read_manifest``). ``shard_size``
+    (requests per shard) defaults to ``settings.shard_size``.
     """
     if store is None and not dry_run:
         raise ValueError("plan_run writes to a store unless dry_run")
-    if budget is None:
-        # Streams in bounded memory; imported here, as it builds on this module's types.
-        from qwbatch.plan.stream import stream_plan
-
-        return stream_plan(
+    if budget is not None:
+        return plan_in_memory(
             manifest,
             store,
             settings=settings,
             table=table,
             run_id=run_id,
+            budget=budget,
             strict=strict,
             shard_size=shard_size,
             dry_run=dry_run,
             resolve_input=resolve_input,
         )
-    plan = Plan(run_id=run_id)
-    existing = catalog.existing_outputs(store) if store is not None else {}
-    items: dict[str, PlanItem] = {}
-    dedup: list[CatalogRecord] = []
-    rejects: list[Reject] = []
-    currency = settings.currency()
-
-    for batch in read_manifest(
+    return stream_plan(
         manifest,
-        table=table,
-        default_model=settings.default_model,
-        strict=strict,
-        resolve_input=resolve_input,
+        store,
         settings=settings,
-    ):
-        plan.rows_read += len(batch.requests) + len(batch.rejects)
-        rejects.extend(batch.rejects)
-        for request in batch.requests:
-            key = request.request_key
-            if key in existing:
-                plan.deduplicated += 1
-                dedup.extend(
-                    dedup_records(
-                        request,
-                        existing[key],
-                        run_id=run_id,
-                        row_id=request.row_id,
-                        tags=request.tags,
-                        currency=currency,
-                    )
-                )
-            elif key in items:
-                plan.folded += 1
-                items[key].aliases.append(
-                    Alias(
-                        request.row_id,
-                        request.row_number,
-                        request.tags,
-                        request.input_images,
-                        request.input_notes,
-                    )
-                )
-                items[key].request = budgets.rank(items[key].request, request)
-            else:
-                items[key] = PlanItem(request)
-
-    prices = PriceTable.load(settings, table)
-    ordered = list(items.values())
-    if budget is not None:
-        if store is not None:
-            budget = dataclasses.replace(budget, spent=budgets.spent_by_run(store, run_id))
-        outcome = budgets.apply(ordered, prices, budget)
-        ordered, plan.budget = outcome.kept, budget
-        plan.skipped_budget = sum(1 + len(item.aliases) for item in outcome.skipped)
-        dedup.extend(
-            budgets.skipped_records(outcome.skipped, prices, run_id=run_id, budget=budget.amount)
-        )
-    plan.estimate = estimate((item.request for item in ordered), prices)
-    plan.rejected = len(rejects)
-    plan.requests = len(ordered)
-    for item in ordered:
-        plan.images += item.request.n
-        model = item.request.model
-        plan.images_by_model[model] = plan.images_by_model.get(model, 0) + item.request.n
-    size = shard_size or settings.shard_size
-    plan.shards = -(-len(ordered) // size)
-    if store is None or dry_run:
-        return plan
-
-    plan.rejects_uri = catalog.write_rejects(store, rejects_table(rejects), run_id=run_id)
-    plan.dedup_part_uri = catalog.write_part(
-        store, dedup, run_id=run_id, label="plan", unique=False
+        table=table,
+        run_id=run_id,
+        strict=strict,
+        shard_size=shard_size,
+        dry_run=dry_run,
+        resolve_input=resolve_input,
     )
-    plan.dedup_part_uris = [plan.dedup_part_uri] if plan.dedup_part_uri else []
-    for index, start in enumerate(range(0, len(ordered), size)):
-        plan.shard_keys.append(write_shard(store, run_id, index, ordered[start : start + size]))
-    return plan
 
 
-# Shard files: zstd'd JSON lines (qwbatch.plan.shard_codec), one PlanItem a line. Internal to a run;
-# never edited by hand.
-
-
-def _encode_item(item: PlanItem) -> dict[str, Any]:
-    return {"request": asdict(item.request), "aliases": [asdict(a) for a in item.aliases]}
-
-
-def _decode_item(data: dict[str, Any]) -> PlanItem:
-    req = dict(data["request"])
-    for name in ("input_images", "input_sha256", "input_notes"):
-        req[name] = tuple(req.get(name, ()))
-    req["tags"] = tuple(tuple(pair) for pair in req["tags"])
-    aliases = [
-        Alias(
-            a["row_id"],
-            a["row_number"],
-            tuple(tuple(p) for p in a["tags"]),
-            tuple(a.get("input_images", ())),
-            tuple(a.get("input_notes", ())),
+def stream_plan(
+    manifest: str | Path,
+    store: ObjectStore | None,
+    *,
+    settings: Settings,
+    table: ModelTable,
+    run_id: str,
+    strict: bool = False,
+    shard_size: int | None = None,
+    dry_run: bool = False,
+    resolve_input: InputResolver | None = None,
+    batch_size: int = PLAN_BATCH_ROWS,
+) -> Plan:
+    """Plan ``manifest`` as ``plan_run`` does without a budget, ``batch_size`` rows at a time:
+    in two processes from ``settings.plan_split_rows`` rows (``split.split_row``), else in
+    this one. The cyclic garbage collector is paused: the plan's objects form no cycles,
+    and its full collections would walk every key kept."""
+    with gc_paused(), planning_pool():
+        plan = Plan(run_id=run_id)
+        size = shard_size or settings.shard_size
+        start = split.split_row(manifest, store, settings, batch_size)
+        if start is not None:
+            return split.plan_in_two(
+                manifest,
+                start,
+                plan,
+                store=store,
+                dry_run=dry_run,
+                settings=settings,
+                table=table,
+                size=size,
+                strict=strict,
+                batch_size=batch_size,
+                resolve_input=resolve_input,
+            )
+        return plan_in_one(
+            manifest,
+            plan,
+            store=store,
+            dry_run=dry_run,
+            settings=settings,
+            table=table,
+            size=size,
+            strict=strict,
+            batch_size=batch_size,
+            resolve_input=resolve_input,
         )
-        for a in data["aliases"]
-    ]
-    return PlanItem(RenderRequest(**req), aliases)
-
-
-def encode_line(item: PlanItem) -> str:
-    """One shard file line (JSON, no newline) for ``item``."""
-    return json.dumps(_encode_item(item), ensure_ascii=False)
-
-
-def shard_key(run_id: str, index: int) -> str:
-    return f"runs/{run_id}/shards/shard-{index:05d}{shard_codec.SUFFIX}"
-
-
-def write_shard(store: ObjectStore, run_id: str, index: int, items: Sequence[PlanItem]) -> str:
-    lines = "".join(encode_line(i) + "\n" for i in items)
-    key = shard_key(run_id, index)
-    data = shard_codec.compress(lines.encode("utf-8"))
-    store.put(key, data, content_type=shard_codec.CONTENT_TYPE)
-    return key
-
-
-def read_shard(store: ObjectStore, key: str) -> Iterator[PlanItem]:
-    return decode_shard(store.get(key))
-
-
-def decode_shard(data: bytes) -> Iterator[PlanItem]:
-    """The items of a shard file's bytes (zstd, or gzip as written before)."""
-    for line in shard_codec.decompress(data).decode("utf-8").splitlines():
-        if line:
-            yield _decode_item(json.loads(line))

@@ -1,7 +1,7 @@
 """Shard files written as the plan streams: one JSON line per request, zstd'd, in order.
 
 A :class:`ShardWriter` takes the encoded lines of distinct requests in manifest order (the
-line format is ``plan.planner``'s ``_encode_item``, each line ending with a newline) as Arrow
+line format is ``qwbatch.plan.shards``' ``encode_line``, each line ending with a newline) as Arrow
 string arrays, and writes shard ``i`` as soon as it holds ``size`` lines: a shard's bytes
 are a slice of the array's data, compressed (``qwbatch.plan.shard_codec``), with no Python string
 per line. Memory holds one batch of lines and the shard being filled, not the plan. Writes

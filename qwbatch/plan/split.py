@@ -56,7 +56,7 @@ from qwbatch.core.errors import PermanentError, PlanHelperError, QwBatchError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import Alias
-from qwbatch.manifest.reader import (
+from qwbatch.manifest import (
     DuplicateIds,
     InputDigest,
     InputResolver,
@@ -68,7 +68,8 @@ from qwbatch.manifest.reader import (
     read_manifest,
     rejects_table,
 )
-from qwbatch.plan.planner import Plan, decode_shard, write_shard
+from qwbatch.plan.model import Plan
+from qwbatch.plan.shards import decode_shard, write_shard
 from qwbatch.plan.stream import (
     REQUEST_COUNTS,
     KeySet,

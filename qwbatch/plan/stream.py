@@ -1,10 +1,10 @@
 """The streaming plan: a manifest planned batch by batch, in memory that does not grow with it.
 
-``qwbatch.plan.planner.plan_run`` calls :func:`stream_plan` for every plan without a budget (a
-budget ranks the whole plan before cutting it, so it plans in memory). A manifest of at
-least ``Settings.plan_split_rows`` rows is planned in two processes (``qwbatch.plan.split``),
-each running the :class:`Planner` below on its part of the rows. Per record batch
-(``PLAN_BATCH_ROWS`` rows):
+``qwbatch.plan.planner.plan_run`` plans here every plan without a budget (a budget ranks the
+whole plan before cutting it, so it plans in memory): :func:`plan_in_one` in this process,
+or, from ``Settings.plan_split_rows`` rows, in two (``qwbatch.plan.split``), each running
+the :class:`Planner` below on its part of the rows. Per record batch (``PLAN_BATCH_ROWS``
+rows):
 
 1. ``ManifestReader.blocks`` validates the common rows column-wise (``manifest_vector``)
    and the rest one by one;
@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -51,23 +51,11 @@ from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import Alias, PlanItem, RenderRequest
 from qwbatch.core.uris import recorded_uri
-from qwbatch.manifest.reader import (
-    CheckedBlock,
-    InputResolver,
-    Reject,
-    gc_paused,
-    read_manifest,
-    rejects_table,
-)
+from qwbatch.manifest import CheckedBlock, InputResolver, Reject, read_manifest, rejects_table
 from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
-from qwbatch.plan.planner import (
-    Plan,
-    decode_shard,
-    encode_line,
-    shard_key,
-    write_shard,
-)
+from qwbatch.plan.model import Plan
 from qwbatch.plan.shard_writer import WRITERS, ShardWriter
+from qwbatch.plan.shards import decode_shard, encode_line, shard_key, write_shard
 from qwbatch.storage.stores import LocalStore, ObjectStore, make_durable
 
 _EMPTY_LIST = pa.list_(pa.string())
@@ -474,14 +462,6 @@ def put_dedup_part(
 PLAN_BATCH_ROWS = 16_384
 
 
-def stream_plan(*args: Any, **kwargs: Any) -> Plan:
-    """Plan ``manifest`` as ``plan_run`` does without a budget, batch by batch (see
-    :func:`_stream_plan` for the arguments). The cyclic garbage collector is paused: the
-    plan's objects form no cycles, and its full collections would walk every key kept."""
-    with gc_paused(), planning_pool():
-        return _stream_plan(*args, **kwargs)
-
-
 @contextmanager
 def planning_pool() -> Iterator[None]:
     """Arrow allocates from its jemalloc pool while planning, where it has one (and
@@ -504,40 +484,23 @@ def planning_pool() -> Iterator[None]:
         pa.set_memory_pool(previous)
 
 
-def _stream_plan(
+def plan_in_one(
     manifest: str | Path,
-    store: ObjectStore | None,
+    plan: Plan,
     *,
+    store: ObjectStore | None,
+    dry_run: bool,
     settings: Settings,
     table: ModelTable,
-    run_id: str,
-    strict: bool = False,
-    shard_size: int | None = None,
-    dry_run: bool = False,
-    resolve_input: InputResolver | None = None,
-    batch_size: int = PLAN_BATCH_ROWS,
+    size: int,
+    strict: bool,
+    batch_size: int,
+    resolve_input: InputResolver | None,
 ) -> Plan:
-    # Imported here: the split plan builds on this module.
-    from qwbatch.plan import split as plan_split
-
-    plan = Plan(run_id=run_id)
-    size = shard_size or settings.shard_size
+    """Plan ``manifest`` in this process, ``batch_size`` rows at a time, in shards of
+    ``size`` requests (see the module docstring). ``plan`` is the empty plan to fill."""
+    run_id = plan.run_id
     writes = None if dry_run else store
-    split = plan_split.split_row(manifest, store, settings, batch_size)
-    if split is not None:
-        return plan_split.plan_in_two(
-            manifest,
-            split,
-            plan,
-            store=store,
-            dry_run=dry_run,
-            settings=settings,
-            table=table,
-            size=size,
-            strict=strict,
-            batch_size=batch_size,
-            resolve_input=resolve_input,
-        )
     reader = read_manifest(
         manifest,
         table=table,

@@ -1,6 +1,6 @@
 """The DashScope HTTP client: Qwen-Image generation, editing and async tasks on ``httpx``.
 
-Everything here follows ``shared/dashscope-api.md``: the sync multimodal-generation call
+Everything here follows ``docs/providers/dashscope.md``: the sync multimodal-generation call
 (§3.1, §3.3, §4.1), the async text2image task and its polling (§3.2, §4.2, §4.3) and the
 error table (§5, in :mod:`qwbatch.providers.dashscope_errors`). Every failure leaves as an
 error from :mod:`qwbatch.core.errors`; which one depends on whether a retry can help and whether

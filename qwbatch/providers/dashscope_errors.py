@@ -1,6 +1,6 @@
 """DashScope's error answers, classified by one table: retry, slow down, or record and move on.
 
-The table follows ``../shared/dashscope-api.md`` §5; the first row that matches decides.
+The table follows ``docs/providers/dashscope.md`` §5; the first row that matches decides.
 What each kind means to the engine:
 
 =============  =======================  ==========================================================

@@ -66,7 +66,7 @@ from qwbatch.core.stop import Guard, StopSignal, cancel_when_stopped
 from qwbatch.core.types import CatalogRecord, PlanItem, ProviderResult, RenderRequest, Status
 from qwbatch.core.uris import recorded_uri
 from qwbatch.limits import LIMITERS, Limiter, LimiterRegistry
-from qwbatch.plan.planner import decode_shard
+from qwbatch.plan import decode_shard
 from qwbatch.providers.base import Provider
 from qwbatch.render.journal import Finished, Journal
 from qwbatch.render.recovery import ABSENT, KNOWN_TASKS, Absent, TaskFinder

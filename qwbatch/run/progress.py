@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from qwbatch.core.types import CatalogRecord
-from qwbatch.plan.planner import Plan
+from qwbatch.plan import Plan
 
 #: Statuses that count as a good outcome; every other one counts as a failure.
 GOOD_STATUSES = frozenset({"succeeded", "deduplicated"})

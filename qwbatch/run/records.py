@@ -3,7 +3,7 @@
 ::
 
     runs/<run_id>/plan.json              the plan, written once planning has finished
-    runs/<run_id>/shards/shard-NNNNN…    the shard files (see qwbatch.plan.planner)
+    runs/<run_id>/shards/shard-NNNNN…    the shard files (see qwbatch.plan.shards)
     runs/<run_id>/shards/shard-NNNNN.result.json  a shard's result (qwbatch.render.shard_results)
     runs/<run_id>/journal/shard-NNNNN/…  the journal of unfinished shards (qwbatch.render.journal)
     runs/<run_id>/summary.json           the last attempt's summary (``left`` > 0: stopped)
@@ -33,7 +33,7 @@ from qwbatch.catalog.table import CATALOG_PREFIX
 from qwbatch.core.costs import ZERO, CostLine, Estimate, PriceTable
 from qwbatch.core.errors import ConfigError, ManifestError, ObjectNotFoundError
 from qwbatch.manifest.files import S3ManifestFile, is_remote, manifest_files
-from qwbatch.plan.planner import Plan
+from qwbatch.plan import Plan
 from qwbatch.render.journal import journal_prefix, read_run_journal
 from qwbatch.storage.stores import ObjectStore
 

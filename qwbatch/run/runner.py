@@ -33,7 +33,7 @@ from qwbatch.core.settings import Settings
 from qwbatch.core.stop import STOP, StopSignal
 from qwbatch.core.types import CatalogRecord
 from qwbatch.inputs.staging import InputStage, StagedInputs
-from qwbatch.plan.planner import Plan, decode_shard, new_run_id, plan_run
+from qwbatch.plan import Plan, decode_shard, new_run_id, plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render import shard_loop
 from qwbatch.render.engine import Engine, ShardResult, run_shard, shard_label, store_retries

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from qwbatch.core.costs import as_float, format_money
-from qwbatch.plan.planner import Plan
+from qwbatch.plan import Plan
 from qwbatch.render.engine import ShardResult
 
 

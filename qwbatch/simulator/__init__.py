@@ -1,6 +1,6 @@
 """A DashScope-compatible simulator of the Qwen-Image HTTP API, for demos, tests and benchmarks.
 
-It speaks the documented API (../shared/dashscope-api.md) under ``/api/v1``, validates every
+It speaks the documented API (docs/providers/dashscope.md) under ``/api/v1``, validates every
 request against the model table, renders deterministic placeholder PNGs, keeps a billing
 ledger, and injects faults (throttling, 5xx, dropped connections, corrupt images, errors in a
 200, partial failures) with seeded probabilities.

@@ -84,7 +84,7 @@ class SimulatorConfig(BaseModel):
     # Limits on inputs
     max_input_image_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     #: Refuse edit inputs with a side outside [384, 3072] pixels with 400 InvalidParameter
-    #: (dashscope-api.md §3.5: some sources call this range a hard limit, some advice).
+    #: (docs/providers/dashscope.md §3.5: some sources call this range a hard limit, some advice).
     strict_input_sides: bool = False
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 

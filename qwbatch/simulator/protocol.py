@@ -2,7 +2,7 @@
 
 Parsing is pure (no I/O) and checks every model rule against the model table
 (:class:`qwbatch.core.model_table.ModelSpec`); :func:`load_images` is the one step that may fetch.
-Shapes follow ../shared/dashscope-api.md §3 (requests) and §4 (responses).
+Shapes follow docs/providers/dashscope.md §3 (requests) and §4 (responses).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def new_request_id() -> str:
 
 
 def error_body(request_id: str, code: str, message: str) -> dict[str, str]:
-    """The error body of dashscope-api.md §4.4."""
+    """The error body of docs/providers/dashscope.md §4.4."""
     return {"request_id": request_id, "code": code, "message": message}
 
 
@@ -342,7 +342,7 @@ def _edit_default_size(aspect: float, spec: ModelSpec) -> tuple[int, int]:
 def usage_body(
     style: Literal["docs", "output"], *, width: int | None, height: int | None, count: int
 ) -> dict[str, int]:
-    """``usage`` in one of the two spellings seen in the wild (dashscope-api.md §4.1)."""
+    """``usage`` in one of the two spellings seen in the wild (docs/providers/dashscope.md §4.1)."""
     prefix = "output_" if style == "output" else ""
     usage: dict[str, int] = {}
     if width is not None and height is not None:

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, Unidentif
 PNG_COMPRESS_LEVEL = 1
 #: Fast mode: compressed pixel rows kept, by (width, height).
 FAST_CACHE_SIZE = 64
-#: Input formats the provider accepts (dashscope-api.md §3.5).
+#: Input formats the provider accepts (docs/providers/dashscope.md §3.5).
 INPUT_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "MPO"})
 
 _FONT_CANDIDATES = (

@@ -61,7 +61,7 @@ def request(
 
 
 def test_default_prices_are_the_documented_ones_per_region() -> None:
-    # ../shared/dashscope-api.md §7: Singapore in USD, Beijing in CNY, per image.
+    # docs/providers/dashscope.md §7: Singapore in USD, Beijing in CNY, per image.
     singapore = PriceTable.load(Settings(region="singapore"), TABLE)
     beijing = PriceTable.load(Settings(region="beijing"), TABLE)
     assert (singapore.currency, beijing.currency) == ("USD", "CNY")

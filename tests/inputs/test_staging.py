@@ -21,7 +21,7 @@ from qwbatch.catalog import table as catalog
 from qwbatch.core.settings import Settings
 from qwbatch.inputs.lineage import trace
 from qwbatch.inputs.staging import NORMALISER, staged_key
-from qwbatch.plan.planner import Plan, new_run_id
+from qwbatch.plan import Plan, new_run_id
 from qwbatch.render.engine import ShardResult
 from qwbatch.run import runner
 from qwbatch.storage.stores import open_store

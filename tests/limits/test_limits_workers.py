@@ -44,7 +44,7 @@ def _load_bench():
 bench_limits = _load_bench()
 
 #: The limit the two workers share, requests per second; and the account's in-flight cap,
-#: split between the two (the in-flight cap is per process, see README).
+#: split between the two (the in-flight cap is per process, see docs/limits.md).
 RATE = 10.0
 IN_FLIGHT = 8
 SECONDS = 30.0

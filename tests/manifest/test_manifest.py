@@ -18,8 +18,7 @@ from qwbatch.core.errors import ConfigError, ManifestError, PermanentError, Stor
 from qwbatch.core.keys import SEED_MAX, key_of
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.types import RenderRequest
-from qwbatch.manifest.columns import COERCE
-from qwbatch.manifest.reader import (
+from qwbatch.manifest import (
     MANIFEST_SCHEMA,
     MAX_ID_CHARS,
     REJECTS_SCHEMA,
@@ -30,6 +29,7 @@ from qwbatch.manifest.reader import (
     read_manifest,
     rejects_table,
 )
+from qwbatch.manifest.columns import COERCE
 
 TABLE = ModelTable.load()
 DEFAULT = "qwen-image-2.0"

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from qwbatch.cli import app
 from qwbatch.core.errors import ManifestError
 from qwbatch.core.model_table import ModelTable
+from qwbatch.manifest import MANIFEST_SCHEMA, read_manifest
 from qwbatch.manifest.columns import COLUMN_TYPES
 from qwbatch.manifest.converters import convert, read_csv, read_jsonl
-from qwbatch.manifest.reader import MANIFEST_SCHEMA, read_manifest
 from qwbatch.manifest.template import COLUMNS, EXAMPLES
 
 ROOT = Path(__file__).parents[2]
@@ -230,12 +230,12 @@ def test_from_csv_command_reports_rejects_and_writes_them(tmp_path: Path) -> Non
     assert "cannot read" in missing.output
 
 
-def test_every_column_is_in_the_template_and_the_readme_with_an_example() -> None:
+def test_every_column_is_in_the_template_and_the_docs_with_an_example() -> None:
     assert [c.name for c in COLUMNS] == list(COLUMN_TYPES)
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## The manifest", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "manifest.md").read_text(encoding="utf-8")
+    section = page.split("\n## ", 1)[0]  # the columns table, before "## Models"
     for name in COLUMN_TYPES:
         row = re.search(rf"^\| `{name}` \|(.*)\|\s*$", section, re.MULTILINE)
-        assert row, f"README's manifest table lacks {name}"
+        assert row, f"docs/manifest.md's columns table lacks {name}"
         cells = [cell.strip() for cell in row.group(1).split("|")]
-        assert all(cells), f"README's row for {name} has an empty cell"
+        assert all(cells), f"docs/manifest.md's row for {name} has an empty cell"

@@ -20,10 +20,10 @@ from qwbatch.core.errors import ManifestError, PlanHelperError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import CatalogRecord
-from qwbatch.manifest.reader import LocalInputResolver, read_manifest
+from qwbatch.manifest import LocalInputResolver, read_manifest
+from qwbatch.plan import Plan, read_shard
 from qwbatch.plan import split as plan_split
-from qwbatch.plan.planner import Plan, read_shard
-from qwbatch.plan.stream import stream_plan
+from qwbatch.plan.planner import stream_plan
 from qwbatch.storage.stores import LocalStore, ObjectStore, S3Store
 
 TABLE = ModelTable.load()

@@ -24,8 +24,9 @@ from qwbatch.core.settings import Settings
 from qwbatch.core.types import CatalogRecord, PlanItem
 from qwbatch.manifest.reader import read_manifest
 from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
-from qwbatch.plan.planner import encode_line, plan_run, read_shard
-from qwbatch.plan.stream import stream_plan
+from qwbatch.plan import plan_run, read_shard
+from qwbatch.plan.planner import stream_plan
+from qwbatch.plan.shards import encode_line
 from qwbatch.storage.stores import LocalStore
 
 TABLE = ModelTable.load()

@@ -11,8 +11,8 @@ import pytest
 
 from qwbatch.core.types import Alias, PlanItem, RenderRequest
 from qwbatch.plan import shard_codec
-from qwbatch.plan.planner import decode_shard, encode_line, read_shard, write_shard
 from qwbatch.plan.shard_writer import ShardWriter
+from qwbatch.plan.shards import decode_shard, encode_line, read_shard, write_shard
 from qwbatch.render.shard_results import result_key
 from qwbatch.storage.stores import LocalStore
 

@@ -1,6 +1,6 @@
 """DashScopeProvider against ``httpx.MockTransport`` answering with the documented shapes.
 
-Every response body here is copied from ``shared/dashscope-api.md`` (§4.1–§4.4, §5); every
+Every response body here is copied from ``docs/providers/dashscope.md`` (§4.1–§4.4, §5); every
 request is checked down to its URL, headers and JSON body.
 """
 

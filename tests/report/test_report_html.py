@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from qwbatch.catalog import table as catalog
 from qwbatch.cli import app
 from qwbatch.core.types import CatalogRecord, PlanItem
-from qwbatch.manifest.reader import Reject, rejects_table
+from qwbatch.manifest import Reject, rejects_table
 from qwbatch.report.html import render_html_report
 from qwbatch.simulator.render import colour
 from qwbatch.storage.stores import LocalStore

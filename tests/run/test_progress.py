@@ -10,7 +10,7 @@ from render_helpers import engine_settings, make_request, render
 from rich.console import Console
 
 from qwbatch.core.types import Alias, CatalogRecord, PlanItem
-from qwbatch.plan.planner import Plan
+from qwbatch.plan import Plan
 from qwbatch.run.progress import ProgressTracker, format_duration, tracker_for, watching
 from qwbatch.run.progress_display import LogLines, render_snapshot, show_progress, watch_run
 

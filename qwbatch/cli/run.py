@@ -1,0 +1,226 @@
+"""``run``, ``validate``, ``simulator`` and ``demo``: rendering a manifest, checking one, and
+the bundled simulator."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from qwbatch.cli.app import SIMULATOR_KEY, _fail, _run_flow, app
+from qwbatch.core.errors import QwBatchError
+from qwbatch.core.settings import Settings
+
+
+def _rps(text: str | None) -> float | Literal["auto"] | None:
+    """``--rps``: a positive figure or "auto"."""
+    if text is None:
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise typer.BadParameter(f"{text!r} is neither a positive number nor 'auto'")
+    return value
+
+
+@app.command()
+def run(
+    manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder or s3://bucket/prefix")],
+    model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
+    strict: Annotated[bool, typer.Option(help="Refuse the whole manifest on any bad row")] = False,
+    shard_size: Annotated[int | None, typer.Option(help="Requests per shard")] = None,
+    rps: Annotated[
+        str | None,
+        typer.Option(
+            help="Requests per second, every model; 'auto': find the account's limit, "
+            "starting from the model table's figure"
+        ),
+    ] = None,
+    max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight per model")] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="Run id: resumed if OUT has it, else started")
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Resume this run of MANIFEST in OUT (journal replayed)")
+    ] = None,
+    new_run: Annotated[
+        bool, typer.Option(help="Start a new run even if one of MANIFEST is unfinished")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False,
+    budget: Annotated[
+        float | None,
+        typer.Option(help="Most the run may spend, in the region's currency", min=0),
+    ] = None,
+    budget_mode: Annotated[
+        Literal["refuse", "trim"],
+        typer.Option(help="Over budget: refuse the run, or trim it (priority, then row order)"),
+    ] = "refuse",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan and print the plan; no calls, no writes")
+    ] = False,
+) -> None:
+    """Render every new row of MANIFEST into OUT and record it in OUT/catalog/.
+
+    An unfinished run of the same MANIFEST in OUT (crashed or stopped) is resumed.
+    """
+    if dry_run:
+        from qwbatch.cli.dry_run import print_dry_run
+
+        raise typer.Exit(
+            print_dry_run(
+                manifest,
+                out,
+                model=model,
+                strict=strict,
+                shard_size=shard_size,
+                budget=budget,
+                budget_mode=budget_mode,
+            )
+        )
+    code = _run_flow(
+        manifest,
+        out,
+        quiet=quiet,
+        model=model,
+        strict=strict,
+        shard_size=shard_size,
+        rps=_rps(rps),
+        max_in_flight=max_in_flight,
+        run_id=run_id,
+        budget=budget,
+        budget_mode=budget_mode,
+        resume=resume,
+        auto_resume=not new_run,
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def validate(
+    manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
+    model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
+    rejects: Annotated[
+        Path | None, typer.Option(help="Write rejected rows to this Parquet file")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Output store whose catalog: inputs may name")
+    ] = None,
+) -> None:
+    """Check MANIFEST without rendering: counts, and a reason for every rejected row.
+
+    Edit inputs are fetched and checked as a run would (nothing is staged or sent).
+    """
+    import pyarrow.parquet as pq
+
+    from qwbatch.manifest import read_manifest, rejects_table
+    from qwbatch.run.runner import input_stage, model_table
+    from qwbatch.storage.stores import open_store
+
+    settings = Settings(default_model=model) if model else Settings()
+    try:
+        table = model_table(settings)
+        good, bad = 0, []
+        store = open_store(out, settings) if out else None
+        with input_stage(str(manifest), settings, store, stage=False) as check_only:
+            reader = read_manifest(
+                manifest,
+                table=table,
+                default_model=settings.default_model,
+                resolve_input=check_only,
+                settings=settings,
+            )
+            # Column-wise checks for the common rows, as the plan does: no object per row.
+            for block in reader.blocks():
+                good += block.fast.num_rows + len(block.requests)
+                bad.extend(block.rejects)
+    except QwBatchError as exc:
+        _fail(str(exc))
+        return
+    if rejects is not None and bad:
+        pq.write_table(rejects_table(bad), rejects)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "valid": good,
+                    "rejected": len(bad),
+                    "rejects": [
+                        {
+                            "row_number": r.row_number,
+                            "id": r.row_id,
+                            "column": r.column,
+                            "reason": r.reason,
+                        }
+                        for r in bad
+                    ],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+    else:
+        typer.echo(f"{good} valid rows, {len(bad)} rejected")
+        for r in bad[:50]:
+            typer.echo(f"  row {r.row_number} id={r.row_id!r} [{r.column}]: {r.reason}")
+        if len(bad) > 50:
+            typer.echo(f"  … and {len(bad) - 50} more")
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command()
+def simulator(
+    port: Annotated[int, typer.Option(help="Loopback port to listen on")] = 8311,
+    host: Annotated[str, typer.Option(help="Address to bind (keep it on loopback)")] = "127.0.0.1",
+    fast: Annotated[bool, typer.Option(help="Cached images: for benchmarks")] = False,
+    latency: Annotated[float, typer.Option(help="Seconds added to each call")] = 0.0,
+) -> None:
+    """Run the DashScope-compatible simulator (for demos, tests and benchmarks)."""
+    from qwbatch.simulator import SimulatorConfig, serve
+
+    typer.echo(f"simulator on http://{host}:{port}/api/v1 (Ctrl-C to stop)")
+    serve(SimulatorConfig(fast=fast, latency_s=latency), host=host, port=port)
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option("--out", "-o", help="Where to render")] = "out",
+    manifest: Annotated[
+        list[str] | None,
+        typer.Option(help="Manifest to render (repeat for several, rendered in order)"),
+    ] = None,
+    real: Annotated[bool, typer.Option(help="Call the real DashScope API (needs the key)")] = False,
+) -> None:
+    """Render the demo manifests into ./out against the bundled simulator.
+
+    The generation demo first, then the edit demo (which edits files, and one of the
+    generation demo's outputs).
+    """
+    manifests = manifest or ["manifests/demo.parquet", "manifests/edit-demo.parquet"]
+    if real:
+        if not os.environ.get("DASHSCOPE_API_KEY"):
+            _fail("--real needs DASHSCOPE_API_KEY in the environment")
+        code = max(_run_flow(m, out) for m in manifests)
+        raise typer.Exit(code)
+    from qwbatch.simulator import SimulatorConfig, running
+
+    with running(SimulatorConfig(api_key=SIMULATOR_KEY)) as sim:
+        os.environ["QWBATCH_DASHSCOPE_BASE_URL"] = sim.base_url
+        os.environ["DASHSCOPE_API_KEY"] = SIMULATOR_KEY
+        typer.echo(f"simulator on {sim.base_url}")
+        code = 0
+        for path in manifests:
+            typer.echo(f"--- {path}")
+            code = max(code, _run_flow(path, out))
+        ledger = sim.ledger()
+    typer.echo(f"simulator ledger: {ledger['billed_images']} images billed this session")
+    typer.echo(f"images and catalog are in {Path(out).resolve()}")
+    raise typer.Exit(code)
