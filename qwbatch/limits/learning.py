@@ -100,10 +100,33 @@ State = Literal["configured", "searching", "learned", "probing"]
 
 @dataclass(frozen=True, slots=True)
 class Learned:
-    """What a learner knows, to keep for the next run: requests per second."""
+    """What a learner knows, kept for the next run and shared with other workers: the rate
+    it sends at and the limit it learned, requests per second; ``at`` Unix time (seconds)."""
 
     rate: float
     learned: float | None
+    at: float = 0.0
+
+    def to_json(self) -> dict[str, float | None]:
+        return {"rate": self.rate, "learned": self.learned, "at": self.at}
+
+    @classmethod
+    def from_json(cls, data: object) -> Learned | None:
+        """The value :meth:`to_json` wrote; None for anything else (a value from an older
+        or newer qwbatch, or hand-edited, is ignored rather than trusted)."""
+        if not isinstance(data, dict):
+            return None
+        rate, learned, at = _positive(data.get("rate")), data.get("learned"), data.get("at")
+        if rate is None or (learned is not None and _positive(learned) is None):
+            return None
+        return cls(rate, _positive(learned), _positive(at) or 0.0)
+
+
+def _positive(value: object) -> float | None:
+    """``value`` as a float when it is a positive number, else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None
 
 
 class RateLearner:
@@ -126,6 +149,9 @@ class RateLearner:
             self.learned = max(learned, self.floor)
             self.cap = HOLD * self.learned
         self.probes_ok = 0  # probes in a row that found room
+        #: Climb only while the rate is in use (off when the rate is the account's, shared
+        #: by workers, and this worker's own sends are a share of it).
+        self.judge_use = True
         self._last_cut = float("-inf")
         self._last_grow: float | None = None
         self._settled_since: float | None = None  # at the hold rate since (no 429)
@@ -146,8 +172,8 @@ class RateLearner:
             return "learned"
         return "searching" if self.auto else "configured"
 
-    def snapshot(self) -> Learned:
-        return Learned(rate=self.cap, learned=self.learned)
+    def snapshot(self, at: float = 0.0) -> Learned:
+        return Learned(rate=self.cap, learned=self.learned, at=at)
 
     def describe(self) -> str:
         """A few words for the status line."""
@@ -177,7 +203,7 @@ class RateLearner:
             return
         step = min(max(now - last, 0.0), MAX_STEP_S)
         rate = self.cap if rate_now is None else min(rate_now, self.cap)
-        if not self._in_use(now, rate):
+        if self.judge_use and not self._in_use(now, rate):
             self._settled_since = None if self._probing else self._settled_since
             return
         self._climb(now, step)
@@ -206,12 +232,17 @@ class RateLearner:
         self.probes_ok = 0
         return True
 
-    def adopt(self, rate: float, learned: float | None) -> None:
-        """Take what another worker learned (the shared limit): its rate and limit."""
-        self.cap = max(self.floor, min(rate, self.ceiling))
-        if learned is not None:
-            self.learned = learned
-            self._fast_below = APPROACH_FROM * learned
+    def adopt(self, other: Learned, now: float) -> None:
+        """Take what another worker learned: its rate and limit. A lower rate counts as a
+        cut made ``now``: 429s for requests sent before it count with it."""
+        rate = max(self.floor, min(other.rate, self.ceiling))
+        if rate < self.cap:
+            self._last_cut = now
+            self._settled_since = None
+        self.cap = rate
+        self.learned = other.learned
+        self._fast_below = self.cap
+        self._probing = self.learned is not None and self.cap > self.learned
 
     # -- climbing -----------------------------------------------------------------------------
 

@@ -72,8 +72,9 @@ class SharedBudget(Protocol):
     #: Rate tokens leased from the shared limit; opened when there is none.
     pool: TokenPool
 
-    def start(self, rate: Callable[[], float]) -> None:
-        """Begin leasing; ``rate()`` is the limiter's current rate (leases are sized to it)."""
+    def start(self, rate: Callable[[], float], learning: ModelLimiter | None = None) -> None:
+        """Begin leasing; ``rate()`` is the limiter's current rate (leases are sized to it).
+        ``learning``: the limiter whose learned limit is shared with the other workers."""
 
     def describe(self) -> str:
         """How limits are shared right now, for the status line."""
@@ -125,7 +126,9 @@ class ModelLimiter:
         self.sent = 0
         self.throttled = 0
         if shared is not None:
-            shared.start(self.current_rate)
+            # The rate is the account's, which this worker sends a share of.
+            self.learner.judge_use = False
+            shared.start(self.current_rate, self)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -159,6 +162,19 @@ class ModelLimiter:
         """Clock time before which nothing is sent (``Retry-After``)."""
         with self._lock:
             return self._paused_until
+
+    def learned(self) -> Learned:
+        """The rate and the learned limit now (``at``: Unix time), to keep and to share."""
+        with self._lock:
+            return self.learner.snapshot(at=time.time())
+
+    def adopt(self, other: Learned) -> None:
+        """Take the rate and limit another worker learned."""
+        with self._lock:
+            before = self.learner.cap
+            self.learner.adopt(other, self._clock())
+            if self.learner.cap < before:
+                self._epoch += 1  # sends reserved at the old rate queue again
 
     def learning(self) -> str:
         """Whether the rate is configured, learned or probing, for the status line."""

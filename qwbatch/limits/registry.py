@@ -16,6 +16,7 @@ from typing import Literal, Protocol
 
 from qwbatch.core.model_table import ModelSpec, ModelTable
 from qwbatch.core.settings import Settings
+from qwbatch.limits.learning import Learned
 from qwbatch.limits.local import LimitSpec, ModelLimiter
 from qwbatch.limits.shared import PrefectBudget, default_scope, prefect_api_url
 
@@ -115,6 +116,7 @@ class LimiterRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._limiters: dict[tuple[str, str], ModelLimiter] = {}
+        self._seeds: dict[tuple[str, str], Learned] = {}
 
     def for_model(self, model: ModelSpec, settings: Settings) -> ModelLimiter:
         """The limiter for ``model``, rebuilt when its limits or sharing changed."""
@@ -134,9 +136,33 @@ class LimiterRegistry:
                 log.info(
                     "limits for %s@%s are local to this process: %s", model.name, scope, reason
                 )
-            limiter = ModelLimiter(spec, name=model.name, shared=shared, local_reason=reason)
+            limiter = ModelLimiter(
+                spec,
+                name=model.name,
+                shared=shared,
+                local_reason=reason,
+                learned=self._seeds.get((scope, model.name)),
+            )
             self._limiters[(scope, model.name)] = limiter
             return limiter
+
+    def seed(self, scope: str, model: str, learned: Learned) -> None:
+        """What an earlier run learned about ``model`` on account ``scope``: a limiter made
+        after this starts near it (one that exists already knows better)."""
+        with self._lock:
+            self._seeds[(scope, model)] = learned
+
+    def learned(self, scope: str) -> dict[str, Learned]:
+        """What the limiters of account ``scope`` learned, by model: those that learned a
+        limit, and ``auto`` ones (their rate is worth starting from)."""
+        with self._lock:
+            limiters = [(m, lim) for (s, m), lim in self._limiters.items() if s == scope]
+        out = {}
+        for model, limiter in limiters:
+            now = limiter.learned()
+            if now.learned is not None or limiter.spec.auto:
+                out[model] = now
+        return out
 
     def limiters(self) -> list[ModelLimiter]:
         with self._lock:
@@ -147,6 +173,7 @@ class LimiterRegistry:
         with self._lock:
             limiters = list(self._limiters.values())
             self._limiters.clear()
+            self._seeds.clear()
         for limiter in limiters:
             limiter.close()
 

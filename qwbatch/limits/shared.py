@@ -28,6 +28,14 @@ stamps the limit as updated without decaying it, so the decay since the last gra
 Asking blindly cost a single worker about 7 % of 20 req/s that way; read first, it loses
 nothing alone, and with four workers only the rare race between two reads of the same room.
 
+**What one worker learns, all use** (:mod:`qwbatch.limits.learning`): the limit a worker
+learns from 429s and the rate it sends at are the account's, so every
+:data:`SYNC_S` seconds each worker reads a Prefect variable (:func:`variable_name`) holding
+the last ones any worker published, takes them when another worker wrote them, and publishes
+its own when they moved (a cut, a climb, a probe); the shared rate limit is set to the
+published rate, so the workers' sum follows it. A run's limiter starts from the variable
+when there is one: a new worker, or the next run, starts near the learned limit.
+
 When no shared limit can be had — no Prefect server configured (the ephemeral server serves
 one process only), the server unreachable, the limit gone — the budget *opens*: the local
 limiter alone paces the process, and a log line says so.
@@ -46,16 +54,20 @@ import contextvars
 import logging
 import math
 import random
+import re
 import threading
 import time
+import uuid
+import zlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
 from qwbatch.limits.gate import TokenPool
+from qwbatch.limits.learning import Learned
 from qwbatch.limits.local import LimitSpec
 
 if TYPE_CHECKING:
@@ -81,6 +93,10 @@ SLOTS_PER_REQUEST = 100
 ASK_JITTER_S = 0.03
 #: Seconds allowed to create the limits before falling back to local limiting.
 SETUP_TIMEOUT_S = 15.0
+#: Seconds between two reads of what the workers learned (one HTTP round trip each).
+SYNC_S = 0.5
+#: A rate or limit that moved by less than this fraction is not published again.
+SYNC_MOVED = 0.01
 
 State = Literal["starting", "shared", "local"]
 
@@ -99,6 +115,25 @@ def limit_name(scope: str, model: str) -> str:
     """The name of the shared rate limit of ``model`` on account ``scope``."""
     clean = scope.translate({ord(c): "_" for c in "/%&><"})
     return f"qwbatch-rps:{model}@{clean}"
+
+
+def variable_name(scope: str, model: str) -> str:
+    """The Prefect variable holding what the workers of account ``scope`` learned about
+    ``model``'s limit. Variable names allow lowercase letters, digits, ``-`` and ``_``
+    only, so the rest becomes ``_`` and a checksum of the whole keeps names apart."""
+    whole = f"{model}@{scope}"
+    clean = re.sub(r"[^a-z0-9_-]", "_", whole.lower())[:200]
+    return f"qwbatch-learned-{clean}-{zlib.crc32(whole.encode()):08x}"
+
+
+class Learning(Protocol):
+    """What a shared budget needs from its limiter to share what it learns."""
+
+    def learned(self) -> Learned:
+        """The limiter's rate and learned limit now."""
+
+    def adopt(self, other: Learned) -> None:
+        """Take another worker's rate and learned limit."""
 
 
 def default_scope(base_url: str) -> str:
@@ -206,17 +241,25 @@ class PrefectBudget:
         self._rate_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._client: PrefectClient | None = None
+        self._learning: Learning | None = None
+        self.variable = variable_name(scope, model)
+        self._writer = uuid.uuid4().hex[:12]  # tells our own publications from others'
+        self._published: Learned | None = None
+        self._seen: tuple[int, str] | None = None
+        self._seq = 0
         _OPEN_BUDGETS.add(self)
 
     # -- SharedBudget ----------------------------------------------------------------------
 
-    def start(self, rate: Callable[[], float]) -> None:
+    def start(self, rate: Callable[[], float], learning: Learning | None = None) -> None:
         """Create the limit and start leasing, on the background loop.
 
         ``rate()`` is the limiter's current rate (ramp and cuts applied): leases are sized
         to it, so a slowed-down worker does not sit on tokens the others could spend.
+        ``learning``: share what the limiter learns with the other workers.
         """
         self._rate = rate
+        self._learning = learning
         LOOP.spawn(self._run(), self._context)
 
     def describe(self) -> str:
@@ -262,6 +305,8 @@ class PrefectBudget:
         self._tasks = [asyncio.create_task(self._lease_tokens(client))]
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)
+        if self._learning is not None:
+            self._tasks.append(asyncio.create_task(self._share_learning(client, self._learning)))
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         """A leasing task that dies of an unforeseen error must not leave requests waiting
@@ -277,9 +322,14 @@ class PrefectBudget:
 
         await client.__aenter__()
         self._client = client
+        rps = self.spec.rps
+        if self._learning is not None:
+            # Start from what the workers of the account learned, when they did.
+            await self._sync_once(client, self._learning, publish=False)
+            rps = self._learning.learned().rate
         # ObjectAlreadyExists: another worker created it between our read and our create.
         with contextlib.suppress(ObjectAlreadyExists):
-            await ensure_rate_limit(client, self.rate_name, self.spec.rps)
+            await ensure_rate_limit(client, self.rate_name, rps)
 
     def _fall_back(self, reason: str) -> None:
         self.state, self.reason = "local", reason
@@ -348,12 +398,13 @@ class PrefectBudget:
         from prefect.exceptions import ObjectNotFound
 
         slots = tokens * SLOTS_PER_REQUEST
-        decay = self.spec.rps * SLOTS_PER_REQUEST
         while True:
             try:
                 limit = await client.read_global_concurrency_limit_by_name(self.rate_name)
             except ObjectNotFound:
                 return False
+            # The limit's rate follows what the workers learned (not only the configured one).
+            decay = limit.slot_decay_per_second or self.spec.rps * SLOTS_PER_REQUEST
             missing = limit.active_slots + slots - limit.limit
             if missing > 0:
                 await asyncio.sleep(missing / decay + random.uniform(0.0, ASK_JITTER_S))
@@ -368,6 +419,48 @@ class PrefectBudget:
                 self.leases_denied += 1  # another worker read the same room and asked first
                 continue
             return bool(response.json())
+
+    async def _share_learning(self, client: PrefectClient, learning: Learning) -> None:
+        """Every :data:`SYNC_S` seconds: take what another worker published, publish what
+        this one learned. A failed round trip is tried again at the next tick."""
+        while not self._closed and self.state == "shared":
+            await asyncio.sleep(SYNC_S)
+            try:
+                await self._sync_once(client, learning)
+            except (httpx.HTTPError, OSError) as exc:
+                log.debug("sharing what %s learned failed: %s", self.rate_name, _reason(exc))
+
+    async def _sync_once(
+        self, client: PrefectClient, learning: Learning, *, publish: bool = True
+    ) -> None:
+        from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+        from prefect.exceptions import ObjectAlreadyExists
+
+        variable = await client.read_variable_by_name(self.variable)
+        value = variable.value if variable is not None else None
+        if isinstance(value, dict):
+            theirs = Learned.from_json(value)
+            seq, writer = int(value.get("seq", 0) or 0), str(value.get("by", ""))
+            self._seq = max(self._seq, seq)
+            if theirs is not None and (seq, writer) != self._seen:
+                self._seen = (seq, writer)
+                if writer != self._writer:
+                    learning.adopt(theirs)
+                    self._published = theirs
+        if not publish:
+            return
+        mine = learning.learned()
+        if self._published is not None and not _moved(mine, self._published):
+            return
+        self._seq += 1
+        payload: dict[str, Any] = {**mine.to_json(), "seq": self._seq, "by": self._writer}
+        if variable is None:
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_variable(VariableCreate(name=self.variable, value=payload))
+        else:
+            await client.update_variable(VariableUpdate(name=self.variable, value=payload))
+        self._seen, self._published = (self._seq, self._writer), mine
+        await ensure_rate_limit(client, self.rate_name, mine.rate)
 
     async def _shutdown(self) -> None:
         for task in self._tasks:
@@ -413,6 +506,17 @@ async def ensure_rate_limit(client: PrefectClient, name: str, rps: float) -> Non
             active_slots=min(existing.active_slots, size),
         ),
     )
+
+
+def _moved(now: Learned, then: Learned) -> bool:
+    """Whether ``now`` differs from ``then`` enough to publish (:data:`SYNC_MOVED`)."""
+
+    def apart(a: float | None, b: float | None) -> bool:
+        if a is None or b is None:
+            return a is not b
+        return abs(a - b) > SYNC_MOVED * max(a, b)
+
+    return apart(now.rate, then.rate) or apart(now.learned, then.learned)
 
 
 def _reason(exc: BaseException) -> str:

@@ -39,7 +39,7 @@ from qwbatch.render import shard_loop
 from qwbatch.render.engine import Engine, ShardResult, run_shard, shard_label, store_retries
 from qwbatch.render.journal import StoreJournal
 from qwbatch.render.shard_results import read_shard_result, write_shard_result
-from qwbatch.run import progress
+from qwbatch.run import learned_limits, progress
 from qwbatch.run import records as runs
 from qwbatch.run.summary import RunSummary
 from qwbatch.storage.stores import ObjectStore, open_store
@@ -306,11 +306,14 @@ async def render_shard_async(
     guard_scope = (
         budgets.shard_guard(budget) if budget is not None else contextlib.nullcontext(None)
     )
+    table = model_table(settings)
+    # Start near the limits earlier runs learned (once per process), keep what this one did.
+    await _with_store(settings, learned_limits.load, store, settings, table)
     async with DashScopeProvider.from_settings(settings) as provider, guard_scope as guard:
         engine = Engine(
             provider=provider,
             store=store,
-            table=model_table(settings),
+            table=table,
             settings=settings,
             run_id=run_id,
             input_loader=StagedInputs(store),
@@ -320,6 +323,7 @@ async def render_shard_async(
             stop=stop,
         )
         result = await run_shard(engine, shard_key)
+    await _with_store(settings, learned_limits.save, store, settings)
     if result.left == 0:
         await _with_store(settings, write_shard_result, store, result)
         await _with_store(settings, journal.discard)
