@@ -149,9 +149,6 @@ class RateLearner:
             self.learned = max(learned, self.floor)
             self.cap = HOLD * self.learned
         self.probes_ok = 0  # probes in a row that found room
-        #: Climb only while the rate is in use (off when the rate is the account's, shared
-        #: by workers, and this worker's own sends are a share of it).
-        self.judge_use = True
         self._last_cut = float("-inf")
         self._last_grow: float | None = None
         self._settled_since: float | None = None  # at the hold rate since (no 429)
@@ -193,17 +190,21 @@ class RateLearner:
         while self._sends and now - self._sends[0] > USE_WINDOW_S:
             self._sends.popleft()
 
-    def on_success(self, now: float, rate_now: float | None = None) -> None:
+    def on_success(
+        self, now: float, rate_now: float | None = None, in_use: bool | None = None
+    ) -> None:
         """An answer that was not a 429: climb, as the module docstring says.
 
         ``rate_now`` is the rate in force (the ramp applied); the cap when not given.
+        ``in_use``: whether the rate holds sends back, when the caller knows better than
+        this worker's own sends (a rate shared by workers); judged from the sends if None.
         """
         last, self._last_grow = self._last_grow, now
         if last is None:
             return
         step = min(max(now - last, 0.0), MAX_STEP_S)
         rate = self.cap if rate_now is None else min(rate_now, self.cap)
-        if self.judge_use and not self._in_use(now, rate):
+        if not (self._in_use(now, rate) if in_use is None else in_use):
             self._settled_since = None if self._probing else self._settled_since
             return
         self._climb(now, step)

@@ -42,6 +42,9 @@ from qwbatch.limits.learning import Learned, RateLearner
 HISTORY_S = 60.0
 #: Seconds without a send after which the next send ramps up again from the start.
 IDLE_RESTART_S = 30.0
+#: Seconds after pacing last made a request wait during which the rate counts as in use
+#: (held back by it): the learned rate climbs only then.
+IN_USE_S = 2.0
 
 #: The clock time of this task's last send: a 429 is judged by when its request went out
 #: (the engine reports it after the slot, in the same task).
@@ -75,6 +78,10 @@ class SharedBudget(Protocol):
     def start(self, rate: Callable[[], float], learning: ModelLimiter | None = None) -> None:
         """Begin leasing; ``rate()`` is the limiter's current rate (leases are sized to it).
         ``learning``: the limiter whose learned limit is shared with the other workers."""
+
+    def binding(self) -> bool | None:
+        """Whether the shared rate held this worker back lately (its rate is in use); None
+        when not sharing (judge by this worker's own sends)."""
 
     def describe(self) -> str:
         """How limits are shared right now, for the status line."""
@@ -119,6 +126,7 @@ class ModelLimiter:
         self._ramp_from: float | None = None
         self._next_send = 0.0
         self._paused_until = 0.0
+        self._held_at = float("-inf")  # the last time pacing made a request wait
         self._epoch = 0  # bumped by every cut: reservations made before it are redone
         self._sending = 0
         self._sends: deque[float] = deque()
@@ -126,8 +134,6 @@ class ModelLimiter:
         self.sent = 0
         self.throttled = 0
         if shared is not None:
-            # The rate is the account's, which this worker sends a share of.
-            self.learner.judge_use = False
             shared.start(self.current_rate, self)
 
     # -- state ----------------------------------------------------------------------------
@@ -228,6 +234,8 @@ class ModelLimiter:
                 at = max(now, self._next_send, self._paused_until)
                 self._next_send = at + 1.0 / self._rate_locked(at)
                 epoch = self._epoch
+                if at > now:
+                    self._held_at = now
             if at <= now:
                 return
             await asyncio.sleep(at - now)
@@ -258,7 +266,12 @@ class ModelLimiter:
         """An answer that was not a 429: the rate climbs (see :mod:`qwbatch.limits.learning`)."""
         with self._lock:
             now = self._clock()
-            self.learner.on_success(now, self._rate_locked(now))
+            # The rate is in use when it holds sends back: pacing made one wait lately, or (a
+            # rate shared by workers, of which this one sends a share) the shared limit held
+            # a lease back. Requests held back by the in-flight cap do not count.
+            held = now - self._held_at <= IN_USE_S
+            in_use = held or (self.shared is not None and bool(self.shared.binding()))
+            self.learner.on_success(now, self._rate_locked(now), in_use)
 
     def on_throttle(self, retry_after: float | None = None) -> None:
         """A 429: cut the rate and remember where 429s began; pause when the server said how
@@ -271,8 +284,11 @@ class ModelLimiter:
             self.learner.on_throttle(now, _SENT_AT.get())
             if retry_after:
                 self._paused_until = max(self._paused_until, now + retry_after)
-            # Reservations made at the old rate are void: queue again from the pause.
-            self._next_send = max(now, self._paused_until)
+            # Reservations made at the old rate are void: queue again at the new rate, from
+            # the last send (not from now: the throttled requests come straight back, and
+            # must not go out together) or the pause.
+            last = self._sends[-1] if self._sends else now
+            self._next_send = max(now, last + 1.0 / self._rate_locked(now), self._paused_until)
             self._epoch += 1
         if self.shared is not None:
             # Tokens leased before the 429 would go out late, bunched with other workers'.

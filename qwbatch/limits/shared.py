@@ -97,6 +97,13 @@ SETUP_TIMEOUT_S = 15.0
 SYNC_S = 0.5
 #: A rate or limit that moved by less than this fraction is not published again.
 SYNC_MOVED = 0.01
+#: Seconds between two raises of the shared rate limit to a climbing rate (a cut lowers it
+#: at once). Each change is a write on the Prefect server, and writes every half second
+#: stalled the leasing of every worker for seconds on a loaded machine.
+RAISE_EVERY_S = 3.0
+#: Seconds after a lease waited for room in the shared limit during which its rate counts as
+#: in use (holding the workers back): the learned rate climbs only then.
+BINDING_S = 2.0
 
 State = Literal["starting", "shared", "local"]
 
@@ -247,6 +254,9 @@ class PrefectBudget:
         self._published: Learned | None = None
         self._seen: tuple[int, str] | None = None
         self._seq = 0
+        self._room_waited_at = float("-inf")  # a lease last waited for room (monotonic)
+        self._limit_rate: float | None = None  # the shared rate limit's rate, as last set
+        self._limit_set_at = float("-inf")
         _OPEN_BUDGETS.add(self)
 
     # -- SharedBudget ----------------------------------------------------------------------
@@ -261,6 +271,11 @@ class PrefectBudget:
         self._rate = rate
         self._learning = learning
         LOOP.spawn(self._run(), self._context)
+
+    def binding(self) -> bool | None:
+        if self.state != "shared":
+            return None
+        return time.monotonic() - self._room_waited_at <= BINDING_S
 
     def describe(self) -> str:
         if self.state == "shared":
@@ -360,8 +375,10 @@ class PrefectBudget:
                     return
 
     def _ahead(self) -> int:
-        """Tokens left in the pool at which the next lease is asked for."""
-        return math.floor(self.lease * BUCKET_SLACK)
+        """Tokens left in the pool at which the next lease is asked for: at least one, so
+        that a lease of one token is asked for while the last is spent, not after (the
+        shared limit's room still paces the grants)."""
+        return max(1, math.floor(self.lease * BUCKET_SLACK))
 
     async def _lease_once(self, client: PrefectClient) -> bool:
         """One lease into the pool; False when leasing failed and the budget fell back."""
@@ -375,17 +392,20 @@ class PrefectBudget:
         else:
             if granted:
                 self.leases_taken += 1
+                self.lease = granted
                 self.pool.put(
-                    lease, interval=1 / rate, expires_at=time.monotonic() + 2 * lease / rate
+                    granted, interval=1 / rate, expires_at=time.monotonic() + 2 * granted / rate
                 )
                 return True
             self._fall_back(f"the limit {self.rate_name!r} does not exist")
         return False
 
-    async def _acquire_tokens(self, client: PrefectClient, tokens: int) -> bool:
-        """``rate_limit(name, occupy=tokens, strict=True)``, on our client and our schedule.
+    async def _acquire_tokens(self, client: PrefectClient, tokens: int) -> int:
+        """``rate_limit(name, occupy=tokens, strict=True)``, on our client and our schedule;
+        the tokens granted: ``tokens``, or fewer when the limit holds fewer (it follows the
+        learned rate, which another worker may have lowered).
 
-        False when the limit does not exist (what ``strict=True`` refuses). The limit is read
+        0 when the limit does not exist (what ``strict=True`` refuses). The limit is read
         first and asked only when it has room: on Prefect's server a denied request (HTTP
         423) stamps the limit as updated without decaying it, so every denial throws away
         the decay since the last grant, and a worker asking blindly, early, lost up to a
@@ -402,11 +422,14 @@ class PrefectBudget:
             try:
                 limit = await client.read_global_concurrency_limit_by_name(self.rate_name)
             except ObjectNotFound:
-                return False
+                return 0
             # The limit's rate follows what the workers learned (not only the configured one).
             decay = limit.slot_decay_per_second or self.spec.rps * SLOTS_PER_REQUEST
+            tokens = max(1, min(tokens, int(limit.limit // SLOTS_PER_REQUEST)))
+            slots = tokens * SLOTS_PER_REQUEST
             missing = limit.active_slots + slots - limit.limit
             if missing > 0:
+                self._room_waited_at = time.monotonic()
                 await asyncio.sleep(missing / decay + random.uniform(0.0, ASK_JITTER_S))
                 continue
             try:
@@ -418,7 +441,7 @@ class PrefectBudget:
                     raise
                 self.leases_denied += 1  # another worker read the same room and asked first
                 continue
-            return bool(response.json())
+            return tokens if response.json() else 0
 
     async def _share_learning(self, client: PrefectClient, learning: Learning) -> None:
         """Every :data:`SYNC_S` seconds: take what another worker published, publish what
@@ -460,7 +483,11 @@ class PrefectBudget:
         else:
             await client.update_variable(VariableUpdate(name=self.variable, value=payload))
         self._seen, self._published = (self._seq, self._writer), mine
-        await ensure_rate_limit(client, self.rate_name, mine.rate)
+        now = time.monotonic()
+        lower = self._limit_rate is None or mine.rate < self._limit_rate
+        if lower or now - self._limit_set_at >= RAISE_EVERY_S:
+            await ensure_rate_limit(client, self.rate_name, mine.rate)
+            self._limit_rate, self._limit_set_at = mine.rate, now
 
     async def _shutdown(self) -> None:
         for task in self._tasks:
