@@ -204,3 +204,20 @@ def _episodes(times: list[float], gap: float = 5.0) -> list[tuple[float, int]]:
         else:
             out.append((t, 1))
     return out
+
+
+def test_what_is_kept_reads_back_and_anything_else_is_ignored() -> None:
+    kept = learning.Learned(rate=7.5, learned=8.0, at=1.0)
+    assert learning.Learned.from_json(kept.to_json()) == kept
+    assert learning.Learned.from_json({"rate": 3.0, "learned": None}) == learning.Learned(3.0, None)
+    for bad in (None, [], {"rate": -1}, {"rate": "8"}, {"rate": 8, "learned": 0}, {"rate": True}):
+        assert learning.Learned.from_json(bad) is None
+
+
+def test_another_workers_lower_rate_counts_as_a_cut() -> None:
+    learner = RateLearner(start=16, ceiling=16)
+    learner.adopt(learning.Learned(rate=6.0, learned=7.0), now=10.0)
+    assert (learner.cap, learner.learned, learner.state) == (6.0, 7.0, "learned")
+    # 429s for requests sent before we took it count with that cut.
+    assert not learner.on_throttle(now=10.5, sent_at=9.8)
+    assert learner.cap == 6.0

@@ -245,3 +245,13 @@ async def until_async(read, check, timeout_s: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.1)
+
+
+def test_variable_names_are_what_prefect_allows_and_keep_accounts_apart() -> None:
+    from qwbatch.limits.shared import variable_name
+
+    one = variable_name("dashscope-intl.aliyuncs.com", "qwen-image-2.0")
+    other = variable_name("dashscope.aliyuncs.com", "qwen-image-2.0")
+    assert one != other
+    for name in (one, other, variable_name("Host:8080/Path", "Model.X")):
+        assert all(c.islower() or c.isdigit() or c in "-_" for c in name)
