@@ -437,9 +437,12 @@ class PrefectBudget:
                     names=[self.rate_name], slots=slots, mode="rate_limit"
                 )
             except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 423:
+                # 423: another worker read the same room and asked first. 422 ("slots
+                # requested is greater than the limit"): another worker lowered the limit
+                # (a cut) between our read and our ask. Either way: read it again.
+                if exc.response.status_code not in (422, 423):
                     raise
-                self.leases_denied += 1  # another worker read the same room and asked first
+                self.leases_denied += 1
                 continue
             return tokens if response.json() else 0
 
