@@ -5,8 +5,10 @@
     app.py            the typer ``app``, ``_fail`` and the run helpers every command shares
     run.py            run, validate, simulator, demo
     dry_run.py        ``run --dry-run``: plan and print the plan
+    export.py         export (Hugging Face, WebDataset, files)
     costs.py          estimate, report (text, JSON, HTML)
     contact_sheet.py  contact-sheet
+    compare.py        compare (the same rows on several models, side by side)
     limits.py         limits
     lineage.py        lineage
     catalog.py        catalog rebuild, catalog compact

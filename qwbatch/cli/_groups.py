@@ -9,8 +9,10 @@ from qwbatch.cli import run as run
 
 # isort: split
 from qwbatch.cli import catalog as catalog
+from qwbatch.cli import compare as compare
 from qwbatch.cli import contact_sheet as contact_sheet
 from qwbatch.cli import costs as costs
+from qwbatch.cli import export as export
 from qwbatch.cli import limits as limits
 from qwbatch.cli import lineage as lineage
 from qwbatch.cli import manifest as manifest

@@ -11,8 +11,8 @@ from typing import Annotated, Literal
 import typer
 
 from qwbatch.cli.app import SIMULATOR_KEY, _fail, _run_flow, app
+from qwbatch.cli.compare import compare
 from qwbatch.core.errors import QwBatchError
-from qwbatch.core.settings import Settings
 
 
 def _rps(text: str | None) -> float | Literal["auto"] | None:
@@ -35,6 +35,10 @@ def run(
     manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder or s3://bucket/prefix")],
     model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Render every row on each of these models: a,b,c (ids ID@MODEL)"),
+    ] = None,
     strict: Annotated[bool, typer.Option(help="Refuse the whole manifest on any bad row")] = False,
     shard_size: Annotated[int | None, typer.Option(help="Requests per shard")] = None,
     rps: Annotated[
@@ -71,6 +75,11 @@ def run(
 
     An unfinished run of the same MANIFEST in OUT (crashed or stopped) is resumed.
     """
+    if models:
+        from qwbatch.manifest.columns import models_from_text
+
+        # Settings are read from the environment by every step of the run (QWBATCH_MODELS).
+        os.environ["QWBATCH_MODELS"] = json.dumps(list(models_from_text(models) or ()))
     if dry_run:
         from qwbatch.cli.dry_run import print_dry_run
 
@@ -98,7 +107,7 @@ def run(
         budget=budget,
         budget_mode=budget_mode,
         resume=resume,
-        auto_resume=not new_run,
+        new_run=new_run,
     )
     raise typer.Exit(code)
 
@@ -121,30 +130,15 @@ def validate(
     """
     import pyarrow.parquet as pq
 
-    from qwbatch.manifest import read_manifest, rejects_table
-    from qwbatch.run.runner import input_stage, model_table
-    from qwbatch.storage.stores import open_store
+    from qwbatch.api import validate as validate_manifest
+    from qwbatch.manifest import rejects_table
 
-    settings = Settings(default_model=model) if model else Settings()
     try:
-        table = model_table(settings)
-        good, bad = 0, []
-        store = open_store(out, settings) if out else None
-        with input_stage(str(manifest), settings, store, stage=False) as check_only:
-            reader = read_manifest(
-                manifest,
-                table=table,
-                default_model=settings.default_model,
-                resolve_input=check_only,
-                settings=settings,
-            )
-            # Column-wise checks for the common rows, as the plan does: no object per row.
-            for block in reader.blocks():
-                good += block.fast.num_rows + len(block.requests)
-                bad.extend(block.rejects)
+        found = validate_manifest(manifest, model=model, out=out)
     except QwBatchError as exc:
         _fail(str(exc))
         return
+    good, bad = found.valid, found.rejects
     if rejects is not None and bad:
         pq.write_table(rejects_table(bad), rejects)
     if as_json:
@@ -176,18 +170,26 @@ def validate(
     raise typer.Exit(1 if bad else 0)
 
 
-@app.command()
-def simulator(
-    port: Annotated[int, typer.Option(help="Loopback port to listen on")] = 8311,
-    host: Annotated[str, typer.Option(help="Address to bind (keep it on loopback)")] = "127.0.0.1",
-    fast: Annotated[bool, typer.Option(help="Cached images: for benchmarks")] = False,
-    latency: Annotated[float, typer.Option(help="Seconds added to each call")] = 0.0,
-) -> None:
-    """Run the DashScope-compatible simulator (for demos, tests and benchmarks)."""
-    from qwbatch.simulator import SimulatorConfig, serve
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # --help goes to the simulator's own parser, which lists every flag
+)
+def simulator(ctx: typer.Context) -> None:
+    """Run the DashScope-compatible simulator (for demos, tests and benchmarks).
 
-    typer.echo(f"simulator on http://{host}:{port}/api/v1 (Ctrl-C to stop)")
-    serve(SimulatorConfig(fast=fast, latency_s=latency), host=host, port=port)
+    The flags are those of python -m qwbatch.simulator: --host (127.0.0.1), --port (8765),
+    --api-key KEY (the only key accepted), --seed N (fault dice), --fast (cached images),
+    --latency SECONDS, --rps N (every model), --no-rate-limit, and --set NAME=VALUE for any
+    other SimulatorConfig knob (faults: --set error_5xx_rate=0.1, drop_connection_rate, ...).
+    """
+    from qwbatch.simulator.__main__ import main
+
+    raise typer.Exit(main(ctx.args, prog="qwbatch simulator"))
+
+
+#: The demo manifest rendered on three providers, and its compare sheet's columns.
+PROVIDERS_DEMO = "providers-demo.parquet"
+COMPARE_COLUMNS = "qwen-image-2.0,flux-2-pro,gpt-image-2"
 
 
 @app.command()
@@ -199,28 +201,53 @@ def demo(
     ] = None,
     real: Annotated[bool, typer.Option(help="Call the real DashScope API (needs the key)")] = False,
 ) -> None:
-    """Render the demo manifests into ./out against the bundled simulator.
+    """Render the demo manifests into ./out against the bundled simulators.
 
     The generation demo first, then the edit demo (which edits files, and one of the
-    generation demo's outputs).
+    generation demo's outputs), then a few rows on Qwen-Image, FLUX and GPT Image side by
+    side, drawn as the compare sheet in OUT/compare/.
     """
-    manifests = manifest or ["manifests/demo.parquet", "manifests/edit-demo.parquet"]
+    manifests = manifest or [
+        "manifests/demo.parquet",
+        "manifests/edit-demo.parquet",
+        "manifests/providers-demo.parquet",
+    ]
     if real:
         if not os.environ.get("DASHSCOPE_API_KEY"):
             _fail("--real needs DASHSCOPE_API_KEY in the environment")
         code = max(_run_flow(m, out) for m in manifests)
         raise typer.Exit(code)
-    from qwbatch.simulator import SimulatorConfig, running
+    from contextlib import ExitStack
 
-    with running(SimulatorConfig(api_key=SIMULATOR_KEY)) as sim:
+    from qwbatch.simulator import SimulatorConfig, running
+    from qwbatch.simulator.bfl_app import BflConfig, create_bfl_app
+    from qwbatch.simulator.openai_app import create_openai_app
+
+    with ExitStack() as stack:
+        sim = stack.enter_context(running(SimulatorConfig(api_key=SIMULATOR_KEY)))
+        bfl = stack.enter_context(running(app=create_bfl_app(BflConfig(api_key=SIMULATOR_KEY))))
+        gpt = stack.enter_context(running(app=create_openai_app(api_key=SIMULATOR_KEY)))
         os.environ["QWBATCH_DASHSCOPE_BASE_URL"] = sim.base_url
         os.environ["DASHSCOPE_API_KEY"] = SIMULATOR_KEY
-        typer.echo(f"simulator on {sim.base_url}")
+        os.environ["QWBATCH_BFL_BASE_URL"] = bfl.root_url
+        os.environ["BFL_API_KEY"] = SIMULATOR_KEY
+        os.environ["QWBATCH_OPENAI_BASE_URL"] = f"{gpt.root_url}/v1"
+        os.environ["OPENAI_API_KEY"] = SIMULATOR_KEY
+        typer.echo(
+            f"simulators: DashScope {sim.base_url}, BFL {bfl.root_url}, OpenAI {gpt.root_url}"
+        )
         code = 0
         for path in manifests:
             typer.echo(f"--- {path}")
-            code = max(code, _run_flow(path, out))
-        ledger = sim.ledger()
-    typer.echo(f"simulator ledger: {ledger['billed_images']} images billed this session")
+            # The side-by-side rows get a destination of their own: their compare sheet.
+            dest = str(Path(out) / "providers") if path.endswith(PROVIDERS_DEMO) else out
+            code = max(code, _run_flow(path, dest))
+        ledgers = (sim.ledger(), bfl.ledger(), gpt.ledger())
+    typer.echo(
+        f"simulator ledgers: DashScope {ledgers[0]['billed_images']} images, "
+        f"BFL {ledgers[1]['billed_usd']:.4f} USD, OpenAI {ledgers[2]['billed_usd']:.4f} USD"
+    )
+    if any(path.endswith(PROVIDERS_DEMO) for path in manifests):
+        compare(str(Path(out) / "providers"), out=Path(out) / "compare", models=COMPARE_COLUMNS)
     typer.echo(f"images and catalog are in {Path(out).resolve()}")
     raise typer.Exit(code)

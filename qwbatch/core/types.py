@@ -50,6 +50,12 @@ class RenderRequest:
     tags: tuple[tuple[str, str], ...] = ()
     #: Order under a trimming budget: higher first, then manifest order; None is lowest.
     priority: int | None = None
+    #: Provider-specific parameters (quality, safety_tolerance, steps …), checked against the
+    #: model table's ``params`` before sending; sent as given.
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +82,10 @@ class ProviderResult:
     orig_prompt: str | None = None
     #: Per-image failures inside a partly successful n>1 request: (code, message).
     item_errors: tuple[tuple[str, str], ...] = ()
+    #: What the provider reported the call cost, in the price table's currency (BFL's
+    #: ``cost`` credits / 100, OpenAI's usage tokens × token prices); None when it bills
+    #: per image (DashScope), and the cost is billed_images × unit price.
+    cost: float | None = None
 
 
 @dataclass(slots=True)
@@ -117,6 +127,9 @@ class CatalogRecord:
     input_images: list[str] = field(default_factory=list)
     input_sha256: list[str] = field(default_factory=list)
     input_notes: list[str] = field(default_factory=list)
+    #: The output's key under DEST (``images/…/<i>.png``): where it is wherever DEST moves;
+    #: derived from ``request_key`` and ``image_index`` when the catalog is written.
+    output_key: str | None = None
 
     @classmethod
     def for_request(

@@ -123,27 +123,27 @@ class LimiterRegistry:
         spec = limit_spec(model, settings)
         scope = limit_scope(settings)
         reason = local_reason(settings)
+        # Models of one limit group (BFL's active tasks per account) share one limiter.
+        name = model.limit_group or model.name
         with self._lock:
-            limiter = self._limiters.get((scope, model.name))
+            limiter = self._limiters.get((scope, name))
             if limiter is not None and limiter.spec == spec and _sharing(limiter) == (not reason):
                 return limiter
             if limiter is not None:
                 limiter.close()
             shared = None
             if reason is None:
-                shared = PrefectBudget(scope=scope, model=model.name, spec=spec)
+                shared = PrefectBudget(scope=scope, model=name, spec=spec)
             else:
-                log.info(
-                    "limits for %s@%s are local to this process: %s", model.name, scope, reason
-                )
+                log.info("limits for %s@%s are local to this process: %s", name, scope, reason)
             limiter = ModelLimiter(
                 spec,
-                name=model.name,
+                name=name,
                 shared=shared,
                 local_reason=reason,
-                learned=self._seeds.get((scope, model.name)),
+                learned=self._seeds.get((scope, name)),
             )
-            self._limiters[(scope, model.name)] = limiter
+            self._limiters[(scope, name)] = limiter
             return limiter
 
     def seed(self, scope: str, model: str, learned: Learned) -> None:

@@ -249,6 +249,10 @@ def _check(
     # input images belong to edit rows: the row checker resolves them
     if "input_images" in batch.schema.names:
         ok = pc.and_kleene(ok, pc.is_null(batch.column("input_images")))
+    # provider params and several models per row: the row checker's work too
+    for name in ("params", "models"):
+        if name in batch.schema.names:
+            ok = pc.and_kleene(ok, pc.is_null(batch.column(name)))
     # model × mode × size: each distinct combination resolved once
     texts = [pc.fill_null(t, "") if t is not None else None for t in (model, mode, size)]
     for t in texts:

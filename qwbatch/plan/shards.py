@@ -1,8 +1,9 @@
 """Shard files: the unit of work a Prefect task takes, one :class:`PlanItem` per line.
 
 A shard holds requests, not results, so any worker can pick it up: JSON lines compressed
-with zstd (``qwbatch.plan.shard_codec``), written under ``runs/<run_id>/shards/``. Internal
-to a run; never edited by hand. Every planning path writes and reads them through here.
+with zstd (``qwbatch.plan.shard_codec``), written under ``runs/<run_id>/shards/``
+(:func:`qwbatch.storage.layout.shard_key`). Internal to a run; never edited by hand. Every
+planning path writes and reads them through here.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ from typing import Any
 
 from qwbatch.core.types import Alias, PlanItem, RenderRequest
 from qwbatch.plan import shard_codec
+from qwbatch.storage.layout import shard_key
 from qwbatch.storage.stores import ObjectStore
 
 
 def _encode_item(item: PlanItem) -> dict[str, Any]:
-    return {"request": asdict(item.request), "aliases": [asdict(a) for a in item.aliases]}
+    request = asdict(item.request)
+    if not request["params"]:
+        # Lines without params stay byte-equal to the column-wise writer's (plan.stream).
+        del request["params"]
+    return {"request": request, "aliases": [asdict(a) for a in item.aliases]}
 
 
 def _decode_item(data: dict[str, Any]) -> PlanItem:
@@ -26,6 +32,7 @@ def _decode_item(data: dict[str, Any]) -> PlanItem:
     for name in ("input_images", "input_sha256", "input_notes"):
         req[name] = tuple(req.get(name, ()))
     req["tags"] = tuple(tuple(pair) for pair in req["tags"])
+    req["params"] = tuple(tuple(pair) for pair in req.get("params", ()))
     aliases = [
         Alias(
             a["row_id"],
@@ -42,10 +49,6 @@ def _decode_item(data: dict[str, Any]) -> PlanItem:
 def encode_line(item: PlanItem) -> str:
     """One shard file line (JSON, no newline) for ``item``."""
     return json.dumps(_encode_item(item), ensure_ascii=False)
-
-
-def shard_key(run_id: str, index: int) -> str:
-    return f"runs/{run_id}/shards/shard-{index:05d}{shard_codec.SUFFIX}"
 
 
 def write_shard(store: ObjectStore, run_id: str, index: int, items: Sequence[PlanItem]) -> str:

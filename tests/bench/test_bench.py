@@ -86,3 +86,11 @@ def test_limits_smoke_prints_every_scenario() -> None:
     rows = [line.split("|") for line in output.splitlines() if line.startswith("[limits] | ")]
     assert {row[1].strip() for row in rows} >= {"right", "told-2R", "auto", "halved"}
     assert {row[3].strip() for row in rows if row[1].strip() == "auto"} == {"auto"}
+
+
+@pytest.mark.slow
+def test_export_smoke_prints_throughput_and_memory() -> None:
+    output = _smoke("export")
+    assert "img/s" in _row(output, "export webdataset (2,000 images)", "throughput")[2]
+    memory = _row(output, "export webdataset (2,000 images)", "peak RSS (500 → 2,000 images)")
+    assert memory[2].endswith("MiB")

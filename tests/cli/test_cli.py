@@ -145,3 +145,19 @@ def test_run_takes_a_figure_or_auto_for_rps(tmp_path: Path) -> None:
     for good in ("auto", "2.5"):
         dry = ["run", str(DEMO), "--out", str(tmp_path), "--rps", good, "--dry-run"]
         assert runner.invoke(app, dry).exit_code in (0, 1)  # the demo has rejects
+
+
+def test_simulator_command_takes_the_simulator_modules_flags() -> None:
+    from qwbatch.simulator.__main__ import build_parser
+
+    shown = runner.invoke(app, ["simulator", "--help"])
+    assert shown.exit_code == 0, shown.output
+    assert "usage: qwbatch simulator" in shown.output
+    flags = [flag for action in build_parser()._actions for flag in action.option_strings]
+    assert {"--rps", "--no-rate-limit", "--set", "--seed", "--api-key"} <= set(flags)
+    for flag in flags:
+        assert flag in shown.output
+    # Knobs reach the simulator's own checks (a rate above 1 is refused before serving).
+    refused = runner.invoke(app, ["simulator", "--port", "0", "--set", "error_5xx_rate=2"])
+    assert refused.exit_code == 2
+    assert "error_5xx_rate" in refused.output
