@@ -30,11 +30,11 @@ What they hold: an output image and, when its object metadata cannot hold the wh
 the request beside it (:mod:`qwbatch.storage.metadata`); the output's thumbnail; an edit input
 as it was sent (:mod:`qwbatch.inputs.staging`); the catalog's Parquet parts, one per shard of a
 run, and the markers of a compaction in progress (:mod:`qwbatch.run.compaction`); a run's
-rejected manifest rows; manifests given to the Python API as tables, saved by the hash of
-their bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); the request limit
-learned per model and account, for the next run (:mod:`qwbatch.run.learned_limits`);
-catalog parts too broken to read, set aside by ``catalog rebuild``; an index entry per run,
-keyed by what it renders, so a rerun finds the run to resume (:mod:`qwbatch.run.records`); and each run's plan,
+rejected manifest rows; manifests given to the Python API as tables, saved by the hash of their
+bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); the request limit learned
+per model and account, for the next run (:mod:`qwbatch.run.learned_limits`); catalog parts too
+broken to read, set aside by ``catalog rebuild``; an index entry per run, keyed by what it
+renders, so a rerun finds the run to resume (:mod:`qwbatch.run.records`); and each run's plan,
 summary, contact sheet, shard files, shard results (:mod:`qwbatch.render.shard_results`) and
 journal (:mod:`qwbatch.render.journal`).
 
