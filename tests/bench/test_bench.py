@@ -85,7 +85,7 @@ def test_limits_smoke_prints_every_scenario() -> None:
     assert _row(output, "limits", "exit status")[2:5] == ["0", "0", "yes"]
     rows = [line.split("|") for line in output.splitlines() if line.startswith("[limits] | ")]
     assert {row[1].strip() for row in rows} >= {"right", "told-2R", "auto", "halved"}
-    assert {row[3].strip() for row in rows if row[1].strip() == "auto"} == {"auto"}
+    assert {row[4].strip() for row in rows if row[1].strip() == "auto"} == {"auto"}  # told
 
 
 @pytest.mark.slow
