@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -110,7 +110,7 @@ def render_manifest(
     strict: bool = False,
     run_id: str | None = None,
     shard_size: int | None = None,
-    rps: float | None = None,
+    rps: float | Literal["auto"] | None = None,
     max_in_flight: int | None = None,
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
@@ -167,7 +167,7 @@ def _render(
     strict: bool,
     run_id: str | None,
     shard_size: int | None,
-    rps: float | None,
+    rps: float | Literal["auto"] | None,
     max_in_flight: int | None,
     budget: float | None,
     budget_mode: BudgetMode,

@@ -40,7 +40,7 @@ def run(
     model: str | None = None,
     strict: bool = False,
     shard_size: int | None = None,
-    rps: float | None = None,
+    rps: float | Literal["auto"] | None = None,
     max_in_flight: int | None = None,
     run_id: str | None = None,
     resume: str | None = None,
@@ -56,8 +56,9 @@ def run(
     ``out`` is resumed unless ``new_run``; rows already in the catalog are not rendered
     again. ``model`` is the default for rows without one; ``strict`` refuses the whole
     manifest on any bad row (else bad rows are rejected, each with its reason, and the rest
-    run). ``shard_size`` is requests per shard, ``rps`` requests per second and
-    ``max_in_flight`` requests in flight, per model. ``budget`` (the region's currency) is
+    run). ``shard_size`` is requests per shard, ``rps`` requests per second (or "auto":
+    find the account's limit from the model table's figure) and ``max_in_flight`` requests
+    in flight, per model. ``budget`` (the region's currency) is
     the most the run may spend: over it, ``budget_mode`` "refuse" refuses the run before any
     call, "trim" renders in priority and row order up to it. ``quiet`` hides the progress
     display (a bar on a terminal or in a notebook, a plain line every 10 s elsewhere, on
@@ -105,7 +106,7 @@ def _run(
     model: str | None,
     strict: bool,
     shard_size: int | None,
-    rps: float | None,
+    rps: float | Literal["auto"] | None,
     max_in_flight: int | None,
     run_id: str | None,
     budget: float | None,
@@ -191,7 +192,7 @@ def _render_with_prefect(
     strict: bool,
     model: str | None,
     shard_size: int | None,
-    rps: float | None,
+    rps: float | Literal["auto"] | None,
     max_in_flight: int | None,
     budget_mode: BudgetMode,
 ) -> RunSummary:

@@ -15,6 +15,21 @@ from qwbatch.cli.compare import compare
 from qwbatch.core.errors import QwBatchError
 
 
+def _rps(text: str | None) -> float | Literal["auto"] | None:
+    """``--rps``: a positive figure or "auto"."""
+    if text is None:
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise typer.BadParameter(f"{text!r} is neither a positive number nor 'auto'")
+    return value
+
+
 @app.command()
 def run(
     manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
@@ -26,7 +41,13 @@ def run(
     ] = None,
     strict: Annotated[bool, typer.Option(help="Refuse the whole manifest on any bad row")] = False,
     shard_size: Annotated[int | None, typer.Option(help="Requests per shard")] = None,
-    rps: Annotated[float | None, typer.Option(help="Requests per second, every model")] = None,
+    rps: Annotated[
+        str | None,
+        typer.Option(
+            help="Requests per second, every model; 'auto': find the account's limit, "
+            "starting from the model table's figure"
+        ),
+    ] = None,
     max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight per model")] = None,
     run_id: Annotated[
         str | None, typer.Option(help="Run id: resumed if OUT has it, else started")
@@ -84,7 +105,7 @@ def run(
         model=model,
         strict=strict,
         shard_size=shard_size,
-        rps=rps,
+        rps=_rps(rps),
         max_in_flight=max_in_flight,
         run_id=run_id,
         budget=budget,

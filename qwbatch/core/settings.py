@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,13 +25,18 @@ REGION_BASE_URLS: dict[str, str] = {
 REGION_CURRENCY: dict[str, str] = {"singapore": "USD", "beijing": "CNY", "virginia": "USD"}
 
 
+#: Requests per second: a figure, or "auto" — find the account's limit, starting from the
+#: model table's figure (``qwbatch.limits.learning``).
+Rps = Annotated[float, Field(gt=0)] | Literal["auto"]
+
+
 class ModelLimits(BaseModel):
     """One model's limits set in settings; a field left out keeps the model table's value."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: Requests per second for the whole account.
-    rps: float | None = Field(default=None, gt=0)
+    #: Requests per second for the whole account, or "auto".
+    rps: Rps | None = None
     #: Requests in flight for the whole account.
     max_in_flight: int | None = Field(default=None, gt=0)
 
@@ -110,8 +115,8 @@ class Settings(BaseSettings):
     # Throughput
     shard_size: int = 250
     max_parallel_shards: int = 4
-    #: Overrides of the model table's per-model limits for this run.
-    rps: float | None = None
+    #: Overrides of the model table's per-model limits for this run; ``rps`` may be "auto".
+    rps: Rps | None = None
     max_in_flight: int | None = None
     #: Per-model limits, e.g. ``{"qwen-image-2.0-pro": {"rps": 0.5}}``; they win over ``rps``
     #: and ``max_in_flight`` above (the more specific setting wins).
@@ -199,7 +204,7 @@ def run_overrides(
     *,
     model: str | None = None,
     shard_size: int | None = None,
-    rps: float | None = None,
+    rps: float | Literal["auto"] | None = None,
     max_in_flight: int | None = None,
 ) -> dict[str, Any]:
     """A run's options (``qwbatch run`` and the flows' parameters) as Settings fields; None
