@@ -23,6 +23,7 @@
         │   ├── ModerationError     DataInspectionFailed: content moderation, its own status
         │   └── ResultExpiredError  a result URL or task id that is past its 24 h life
         ├── ImageError              bytes that are not a valid image of the expected size
+        ├── TextReadError           an image's text could not be read (an OCR worker died)
         ├── BudgetExceededError     the plan, or one more paid call, would pass the run's budget
         ├── InputError              an edit input that may not or cannot be fetched (outside the
         │                           allowed folders, a private address, too large, not found)
@@ -79,6 +80,12 @@ class ManifestError(PermanentError):
 
 class ImageError(PermanentError):
     code = "ImageError"
+
+
+class TextReadError(PermanentError):
+    """The text on an image could not be read: an OCR worker process died."""
+
+    code = "TextReadError"
 
 
 class BudgetExceededError(PermanentError):

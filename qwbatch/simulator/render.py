@@ -25,6 +25,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from qwbatch.simulator import lettering
+
 #: zlib level for every PNG: speed over size (the simulator's images are throwaway).
 PNG_COMPRESS_LEVEL = 1
 #: Fast mode: compressed pixel rows kept, by (width, height).
@@ -73,6 +75,8 @@ class Recipe:
     is_edit: bool = False
     fast: bool = False
     font_path: str | None = None
+    #: Draw the prompt's quoted phrases with one character replaced (``misspell_rate``).
+    misspell: bool = False
 
 
 def colour(prompt: str, seed: int, index: int) -> RGB:
@@ -219,6 +223,17 @@ def _draw_caption(image: Image.Image, recipe: Recipe, tint: RGB) -> None:
     line_height = round(body_size * 1.25)
     top = margin * 2 + small_size
     bottom = height - margin * 2 - small_size
+    phrases = lettering.quoted(recipe.prompt)
+    if phrases and not recipe.is_edit:
+        # Text was asked for: draw the quoted words large instead of the prompt (whose
+        # quotes, written small, would let a misspelt image read right).
+        if recipe.misspell:
+            phrases = lettering.misspell(
+                phrases, f"{recipe.prompt}\x00{recipe.seed}\x00{recipe.index}"
+            )
+        lettering.draw_phrases(draw, phrases, box=(margin, top, width - margin, bottom), ink=ink)
+        _draw_watermark(draw, recipe, width, height, margin, small, small_size, ink)
+        return
     max_lines = max(1, (bottom - top) // line_height)
     lines = _wrap(recipe.prompt, body, width - 2 * margin)
     if len(lines) > max_lines:
@@ -234,6 +249,19 @@ def _draw_caption(image: Image.Image, recipe: Recipe, tint: RGB) -> None:
     for line in lines:
         draw.text((margin, y), line, font=body, fill=ink)
         y += line_height
+    _draw_watermark(draw, recipe, width, height, margin, small, small_size, ink)
+
+
+def _draw_watermark(
+    draw: ImageDraw.ImageDraw,
+    recipe: Recipe,
+    width: int,
+    height: int,
+    margin: int,
+    small: Font,
+    small_size: int,
+    ink: RGB,
+) -> None:
     if recipe.watermark:
         mark = "Qwen-Image"
         mark_width = round(draw.textlength(mark, font=small))
