@@ -69,6 +69,11 @@ SCHEMA = pa.schema(
         pa.field("input_images", pa.list_(_STR)),
         pa.field("input_sha256", pa.list_(_STR)),
         pa.field("input_notes", pa.list_(_STR)),
+        pa.field("text_expected", pa.list_(_STR)),
+        pa.field("text_found", _STR),
+        pa.field("text_cer", pa.float64()),
+        pa.field("text_ok", pa.bool_()),
+        pa.field("rerolls", pa.int32()),
     ]
 )
 

@@ -182,6 +182,7 @@ class RowChecker:
         images: tuple[str, ...] | Bad | None,
         tags: Tags | Bad | None,
         priority: int | Bad | None = None,
+        expected_text: tuple[str, ...] | Bad | None = None,
     ) -> RenderRequest | Reject:
         """The normalised request for one row, or the first reason to refuse it."""
         # id: present, printable, bounded, and first of its kind
@@ -254,6 +255,8 @@ class RowChecker:
             return Reject(row, rid, "tags", f"tags {tags.reason}")
         if isinstance(priority, Bad):
             return Reject(row, rid, "priority", f"priority {priority.reason}")
+        if isinstance(expected_text, Bad):
+            return Reject(row, rid, "expected_text", f"expected_text {expected_text.reason}")
 
         # edit inputs: counted, then resolved (last: hashing a file is the costly check)
         input_sha256: tuple[str, ...] = ()
@@ -316,4 +319,5 @@ class RowChecker:
             input_notes=input_notes,
             tags=tags or (),
             priority=priority,
+            expected_text=expected_text or (),
         )

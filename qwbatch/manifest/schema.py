@@ -21,6 +21,8 @@ column             required / default            accepted Arrow types
 ``tags``           none                          map, list<string>, struct, or a string
 ``priority``       none                          same as ``n``; higher renders first when a
                                                  budget trims the run (``qwbatch.budget.policy``)
+``expected_text``  none (text is not checked)    list<string-like>, a JSON-array string, or a
+                                                 string; ``|`` separates several in a string
 =================  ============================  =============================================
 
 .. [#s] string-like: ``string``, ``large_string``, ``string_view``, UTF-8 ``binary`` and any
@@ -72,6 +74,7 @@ MANIFEST_SCHEMA: Final = pa.schema(
         pa.field("input_images", pa.list_(pa.string())),
         pa.field("tags", pa.map_(pa.string(), pa.string())),
         pa.field("priority", pa.int32()),
+        pa.field("expected_text", pa.list_(pa.string())),
     ]
 )
 

@@ -249,6 +249,9 @@ def _check(
     # input images belong to edit rows: the row checker resolves them
     if "input_images" in batch.schema.names:
         ok = pc.and_kleene(ok, pc.is_null(batch.column("input_images")))
+    # expected text is parsed (lists, JSON, "|") by the row checker, like the inputs
+    if "expected_text" in batch.schema.names:
+        ok = pc.and_kleene(ok, pc.is_null(batch.column("expected_text")))
     # model × mode × size: each distinct combination resolved once
     texts = [pc.fill_null(t, "") if t is not None else None for t in (model, mode, size)]
     for t in texts:
@@ -520,6 +523,7 @@ def shard_lines(rows: FastRows, chosen: pa.Array, keys: pa.Array, seeds: pa.Arra
         picked["tags"],
         ', "priority": ',
         pc.fill_null(text(picked["priority"]), "null"),
-        '}, "aliases": []}\n',
+        # Rows expecting text are the row checker's: a fast row never expects any.
+        ', "expected_text": []}, "aliases": []}\n',
         "",
     )

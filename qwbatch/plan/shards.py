@@ -23,7 +23,7 @@ def _encode_item(item: PlanItem) -> dict[str, Any]:
 
 def _decode_item(data: dict[str, Any]) -> PlanItem:
     req = dict(data["request"])
-    for name in ("input_images", "input_sha256", "input_notes"):
+    for name in ("input_images", "input_sha256", "input_notes", "expected_text"):
         req[name] = tuple(req.get(name, ()))
     req["tags"] = tuple(tuple(pair) for pair in req["tags"])
     aliases = [
