@@ -6,16 +6,22 @@ together; a ``Retry-After`` from the server is a floor. A request stops being re
 ``max_attempts`` attempts, or when the next attempt would start more than ``max_total_s``
 seconds after its first send (time spent queueing for a first send does not count).
 
-The retry loop itself is stamina's (``qwbatch.render.engine``); this module only answers its hook.
-Which errors are retried at all is decided by the error tree (:mod:`qwbatch.core.errors`) and,
-for the provider's answers, by :mod:`qwbatch.providers.dashscope_errors`.
+The retry loops themselves are stamina's: :func:`provider_retries` builds the one a provider
+call or a download runs in (:class:`RetryPolicy` answers its hook), :func:`store_retries` the
+one a store call runs in while the store is unreachable. Which errors are retried at all is
+decided by the error tree (:mod:`qwbatch.core.errors`) and, for the provider's answers, by
+:mod:`qwbatch.providers.dashscope_errors`.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import stamina
+
+from qwbatch.core.errors import StorageTransientError
 from qwbatch.core.settings import Settings
 
 
@@ -62,3 +68,30 @@ class RetryPolicy:
         if elapsed_s + wait > self.max_total_s:
             return None
         return wait
+
+
+def provider_retries(
+    settings: Settings, on: Callable[[Exception], bool | float], *, attempts: int | None = None
+) -> stamina._core._RetryContextIterator:
+    """Retries of a provider call or a download: ``on`` decides (and may name the wait, in
+    seconds); at most ``attempts`` (``Settings.max_attempts`` by default)."""
+    return stamina.retry_context(
+        on=on,
+        attempts=settings.max_attempts if attempts is None else attempts,
+        timeout=None,
+        wait_initial=settings.backoff_base_s,
+        wait_max=settings.backoff_max_s,
+        wait_jitter=settings.backoff_base_s,
+    )
+
+
+def store_retries(settings: Settings) -> stamina._core._RetryContextIterator:
+    """Retries for a store that is unreachable: no attempt cap, ``store_retry_s`` in all."""
+    return stamina.retry_context(
+        on=StorageTransientError,
+        attempts=None,
+        timeout=settings.store_retry_s,
+        wait_initial=settings.backoff_base_s,
+        wait_max=settings.backoff_max_s,
+        wait_jitter=settings.backoff_base_s,
+    )
