@@ -107,6 +107,9 @@ def render_manifest(
     shard_size: int | None = None,
     rps: float | None = None,
     max_in_flight: int | None = None,
+    text_rerolls: int | None = None,
+    text_max_cer: float | None = None,
+    text_workers: int | None = None,
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
     shard_deployment: str | None = None,
@@ -135,6 +138,9 @@ def render_manifest(
             shard_size=shard_size,
             rps=rps,
             max_in_flight=max_in_flight,
+            text_rerolls=text_rerolls,
+            text_max_cer=text_max_cer,
+            text_workers=text_workers,
             budget=budget,
             budget_mode=budget_mode,
             shard_deployment=shard_deployment,
@@ -154,6 +160,9 @@ def _render(
     shard_size: int | None,
     rps: float | None,
     max_in_flight: int | None,
+    text_rerolls: int | None,
+    text_max_cer: float | None,
+    text_workers: int | None,
     budget: float | None,
     budget_mode: BudgetMode,
     shard_deployment: str | None,
@@ -164,7 +173,13 @@ def _render(
     began = time.monotonic()
     logger = get_run_logger()
     overrides = run_overrides(
-        model=model, shard_size=shard_size, rps=rps, max_in_flight=max_in_flight
+        model=model,
+        shard_size=shard_size,
+        rps=rps,
+        max_in_flight=max_in_flight,
+        text_rerolls=text_rerolls,
+        text_max_cer=text_max_cer,
+        text_workers=text_workers,
     )
     settings = load_settings(overrides)
     policy = BudgetPolicy(money(budget), budget_mode) if budget is not None else None

@@ -125,6 +125,9 @@ def _plan_here(
             shard_size=params.get("shard_size"),
             rps=params.get("rps"),
             max_in_flight=params.get("max_in_flight"),
+            text_rerolls=params.get("text_rerolls"),
+            text_max_cer=params.get("text_max_cer"),
+            text_workers=params.get("text_workers"),
         )
     )
     prepared = runner.prepare(

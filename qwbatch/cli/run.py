@@ -24,6 +24,17 @@ def run(
     shard_size: Annotated[int | None, typer.Option(help="Requests per shard")] = None,
     rps: Annotated[float | None, typer.Option(help="Requests per second, every model")] = None,
     max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight per model")] = None,
+    text_rerolls: Annotated[
+        int | None,
+        typer.Option(help="Re-renders of an image whose expected_text reads wrong [2]", min=0),
+    ] = None,
+    text_max_cer: Annotated[
+        float | None,
+        typer.Option(help="Character error rate an expected text may read with [0: exact]"),
+    ] = None,
+    text_workers: Annotated[
+        int | None, typer.Option(help="OCR worker processes [one per core, at most 2]", min=1)
+    ] = None,
     run_id: Annotated[
         str | None, typer.Option(help="Run id: resumed if OUT has it, else started")
     ] = None,
@@ -73,6 +84,9 @@ def run(
         shard_size=shard_size,
         rps=rps,
         max_in_flight=max_in_flight,
+        text_rerolls=text_rerolls,
+        text_max_cer=text_max_cer,
+        text_workers=text_workers,
         run_id=run_id,
         budget=budget,
         budget_mode=budget_mode,

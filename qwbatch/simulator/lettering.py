@@ -75,10 +75,10 @@ def draw_phrases(
     left, top, right, bottom = box
     width, height = right - left, bottom - top
     size = max(12, min(height // 6, height // max(1, 2 * len(phrases))))
-    font = caption_font(size, bold=True)
+    font = caption_font(size)
     while size > 12 and max(draw.textlength(p, font=font) for p in phrases) > width:
         size = max(12, size * 9 // 10)
-        font = caption_font(size, bold=True)
+        font = caption_font(size)
     line_height = round(size * 1.6)
     y = top + max(0, (height - line_height * len(phrases)) // 2)
     for phrase in phrases:

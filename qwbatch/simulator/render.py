@@ -114,6 +114,9 @@ def render(recipe: Recipe) -> bytes:
     info = PngImagePlugin.PngInfo()
     info.add_itxt("prompt", recipe.prompt)
     info.add_text("qwbatch-simulator", _label(recipe))
+    if recipe.misspell and lettering.quoted(recipe.prompt):
+        # Ground truth for tests and benchmarks: this image's text was misspelt on purpose.
+        info.add_text("qwbatch-simulator-misspelt", "1")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=info)
     return buffer.getvalue()
