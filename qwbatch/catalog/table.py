@@ -269,6 +269,23 @@ def concat_records(groups: Iterable[Sequence[CatalogRecord]]) -> list[CatalogRec
     return [record for group in groups for record in group]
 
 
+def read_part(store: ObjectStore, key: str) -> pa.Table:
+    """One catalog part in :data:`SCHEMA`: columns added since it was written read as nulls."""
+    table = pq.read_table(io.BytesIO(store.get(key)))
+    for name in SCHEMA.names:
+        if name not in table.column_names:
+            kind = SCHEMA.field(name).type
+            table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
+    return table.select(SCHEMA.names).cast(SCHEMA)
+
+
+def rewrite_part(store: ObjectStore, key: str, table: pa.Table) -> None:
+    """Replace the part at ``key`` with ``table`` (of :data:`SCHEMA`), whole, in one write."""
+    data = encode_tables([table])
+    if data is not None:
+        store.put(key, data, content_type="application/x-parquet")
+
+
 def catalog_columns(
     store: ObjectStore, columns: Sequence[str], *, run_id: str | None = None
 ) -> pa.Table:

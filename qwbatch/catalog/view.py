@@ -25,7 +25,7 @@ import pyarrow as pa
 from qwbatch.catalog import table as catalog
 from qwbatch.core import images
 from qwbatch.core.errors import ConfigError, ImageError, StorageError, StorageTransientError
-from qwbatch.storage.layout import output_key
+from qwbatch.storage.layout import output_key, output_of
 from qwbatch.storage.stores import ObjectStore
 from qwbatch.storage.thumbs import thumb_key
 
@@ -53,6 +53,11 @@ VIEW_COLUMNS = (
     "currency",
     "cost",
     "tags",
+    "text_expected",
+    "text_found",
+    "text_cer",
+    "text_ok",
+    "rerolls",
 )
 #: Filter names that are not catalog columns: ``id`` is ``row_id``.
 _ALIASES = {"id": "row_id"}
@@ -114,7 +119,8 @@ def select_rows(
     filters: Sequence[RowFilter] = (),
 ) -> list[dict[str, Any]]:
     """The catalog rows to show (see the module docstring), as dicts with ``tags`` a dict."""
-    table = catalog.read_catalog(store, VIEW_COLUMNS)
+    # Parts written before a column existed read it as nulls (the text checks' columns).
+    table = catalog.catalog_columns(store, VIEW_COLUMNS)
     rows = _rows_of(table, run, store)
     rows = [row for row in rows if all(f.matches(row) for f in filters)]
     for row in rows:
@@ -159,7 +165,7 @@ def load_thumbnail(store: ObjectStore, row: dict[str, Any]) -> bytes | None:
     """
     if not has_image(row):
         return None
-    key, index = row["request_key"], int(row["image_index"])
+    key, index = output_of(row.get("output_uri"), row["request_key"], int(row["image_index"]))
     try:
         small = store.get(thumb_key(key, index))
         # Thumbnails are stored without fsync: one a power failure cut short is made again.

@@ -174,6 +174,13 @@ def _print_report(report: Report) -> None:
     overview.add_row("provider calls", f"{report.calls} ({report.retries} retries)")
     overview.add_row("wall time", f"{report.wall_s:.1f} s")
     overview.add_row("throughput", f"{report.images_per_minute:.1f} images/min")
+    if report.text.checked:
+        text = report.text
+        overview.add_row(
+            "text checks",
+            f"{text.checked} images: {text.passed} read right, {text.mismatched} misspelt "
+            f"after re-rolls, {text.unread} unreadable; {text.rerolls} re-rolls",
+        )
     console.print(overview)
 
     statuses = Table("status", "rows", title="by status")

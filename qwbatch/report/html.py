@@ -75,6 +75,7 @@ def render_html_report(
             f" · {len(runs)} run(s) · generated {when}</p>",
             _totals(rows, currency),
             _failures(rows),
+            _text_checks(rows),
             _rejects(store, rejects_run),
             _gallery(store, rows, max_images, currency),
             _by_tag(rows, currency),
@@ -152,6 +153,42 @@ def _failures(rows: Sequence[dict[str, Any]]) -> str:
     return _table(f"Failures ({len(bad)})", head, body, numeric={5}, empty="no failures")
 
 
+def _text_checks(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows whose text was checked: what was asked for beside what was read, failures first."""
+    checked = [row for row in rows if row.get("text_expected")]
+    if not checked:
+        return ""
+    checked.sort(key=lambda row: (row.get("text_ok") is True, row["row_id"]))
+    body = [
+        [
+            _label(row),
+            " | ".join(row["text_expected"]),
+            (row.get("text_found") or "").replace("\n", " / "),
+            "" if row.get("text_cer") is None else f"{row['text_cer']:.3f}",
+            str(row.get("rerolls") or 0),
+            _verdict(row),
+        ]
+        for row in checked
+    ]
+    passed = sum(1 for row in checked if row.get("text_ok") is True)
+    head = ["id", "expected", "read", "CER", "re-rolls", "verdict"]
+    return _table(
+        f"Text checks ({passed} of {len(checked)} read right)", head, body, numeric={3, 4}
+    )
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    ok = row.get("text_ok")
+    return "right" if ok is True else ("MISSPELT" if ok is False else "UNREAD")
+
+
+def _label(row: dict[str, Any]) -> str:
+    label = str(row["row_id"])
+    if (row.get("n") or 1) > 1 and row.get("image_index") is not None:
+        label += f" #{row['image_index'] + 1}"
+    return label
+
+
 def _rejects(store: ObjectStore, run: str | None) -> str:
     if run is None:
         return ""
@@ -177,9 +214,7 @@ def _gallery(
 
 def _figure(store: ObjectStore, row: dict[str, Any], currency: str) -> str:
     thumb = catalog_view.load_thumbnail(store, row)
-    label = row["row_id"]
-    if (row.get("n") or 1) > 1 and row.get("image_index") is not None:
-        label += f" #{row['image_index'] + 1}"
+    label = _label(row)
     if thumb is not None:
         uri = "data:image/webp;base64," + base64.b64encode(thumb).decode("ascii")
         picture = f'<img src="{uri}" alt="{escape(label)}">'
@@ -199,7 +234,22 @@ def _figure(store: ObjectStore, row: dict[str, Any], currency: str) -> str:
     return (
         f"<figure>{picture}<figcaption><b>{escape(label)}</b>"
         f" <span class='st {status}'>{status}</span><br><small>{facts} · {cost}</small>"
-        f"<p>{escape(row['prompt'])}</p>{tags}</figcaption></figure>"
+        f"{_text_lines(row)}<p>{escape(row['prompt'])}</p>{tags}</figcaption></figure>"
+    )
+
+
+def _text_lines(row: dict[str, Any]) -> str:
+    """Expected beside read, for a row whose text was checked (marked when it failed)."""
+    if not row.get("text_expected"):
+        return ""
+    ok = row.get("text_ok") is True
+    read = (row.get("text_found") or "—").replace("\n", " / ")
+    rerolls = row.get("rerolls") or 0
+    again = f" · {rerolls} re-roll(s)" if rerolls else ""
+    return (
+        f"<dl class='text {'ok' if ok else 'bad'}'><dt>expected</dt>"
+        f"<dd>{escape(' | '.join(row['text_expected']))}</dd><dt>read</dt>"
+        f"<dd>{escape(read)}</dd><dt>verdict</dt><dd>{escape(_verdict(row) + again)}</dd></dl>"
     )
 
 
@@ -256,7 +306,10 @@ align-items:center;background:#ece9e6;color:#b02828;font-weight:600;padding:0 12
 text-align:center}.noimg small{font-weight:400;color:#444;margin-top:6px}
 figcaption{padding:8px 10px}figcaption p{margin:6px 0;color:#444}
 .st{font-size:12px;padding:1px 6px;border-radius:4px;background:#e6f0e6;color:#225522}
-.st.failed,.st.moderated,.st.ambiguous,.st.expired,.st.skipped_budget{background:#f6e0e0;
+.text{display:grid;grid-template-columns:auto 1fr;gap:0 8px;margin:6px 0;font-size:12px;
+padding:4px 6px;border-radius:4px}.text dt{color:#666}.text dd{margin:0}
+.text.ok{background:#eef6ee}.text.bad{background:#f9e3e3;color:#8a1c1c}
+.st.failed,.st.moderated,.st.ambiguous,.st.expired,.st.skipped_budget,.st.text_mismatch{background:#f6e0e0;
 color:#a02020}.st.deduplicated{background:#e8ecf4;color:#2a3f66}
 .tag{display:inline-block;font-size:12px;background:#f0eee9;border-radius:4px;
 padding:0 6px;margin:0 4px 4px 0;color:#555}
