@@ -70,6 +70,15 @@ class Tally:
     def __init__(self) -> None:
         self.models: dict[str, list[int]] = {}
         self._tag_tables: list[pa.Table] = []
+        #: Images of rows that expect text, by model (only row-checker rows can).
+        self.text_images: dict[str, int] = {}
+
+    def add_text(self, requests: Iterable[RenderRequest]) -> None:
+        """Count the images of ``requests`` whose text will be checked (and may re-roll)."""
+        for request in requests:
+            if request.expected_text:
+                images = self.text_images.get(request.model, 0)
+                self.text_images[request.model] = images + request.n
 
     def add(self, requests: pa.Table) -> None:
         """Count requests: columns ``model``, ``n`` and ``tags`` (map<string,string>)."""
@@ -120,6 +129,8 @@ class Tally:
             result.total += cost
             result.by_model[model] = CostLine(requests, images, cost)
         price_of = {model: prices.unit_price(model) or ZERO for model in self.models}
+        for model, images in self.text_images.items():
+            result.add_text(images, prices.unit_price(model) or ZERO)
         # Tag lines are often one per row (an id as a tag): share their equal costs.
         costs: dict[tuple[str, int], Decimal] = {}
         by_tag = result.by_tag
@@ -298,6 +309,7 @@ class Planner:
         self.writer.add(lines)
         if self.requests is None:
             self.tally.add(counted)
+            self.tally.add_text(entry for entry in new if not isinstance(entry, int))
         else:
             self.requests.append(counted)
 

@@ -69,3 +69,33 @@ def test_csv_and_jsonl_converters_and_the_template(tmp_path: Path) -> None:
     assert _read(out)[0] == {"j1": ("灯笼夜市", "7pm")}
 
     assert "秋季新品|全场八折" in template_text("csv")
+
+
+def test_the_estimate_shows_what_rerolls_may_add(tmp_path: Path) -> None:
+    from decimal import Decimal
+
+    from qwbatch.budget.policy import BudgetPolicy
+    from qwbatch.core.settings import Settings
+    from qwbatch.run.runner import estimate
+
+    path = tmp_path / "m.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["a", "b", "c"],
+                "prompt": ['"SALE"', "plain", '"新品"'],
+                "n": [2, 1, 1],
+                "expected_text": [["SALE"], None, ["新品"]],
+            }
+        ),
+        path,
+    )
+    settings = Settings(budget_backend="local")
+    streamed = estimate(str(path), None, settings=settings).estimate
+    in_memory = estimate(
+        str(path), None, settings=settings, budget=BudgetPolicy(Decimal(100), "refuse")
+    ).estimate
+    for figures in (streamed, in_memory):
+        assert figures is not None
+        assert figures.text_images == 3
+        assert figures.rerolls_at_most(2) == 2 * 3 * Decimal("0.035")
