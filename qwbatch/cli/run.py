@@ -175,12 +175,22 @@ def simulator(
     host: Annotated[str, typer.Option(help="Address to bind (keep it on loopback)")] = "127.0.0.1",
     fast: Annotated[bool, typer.Option(help="Cached images: for benchmarks")] = False,
     latency: Annotated[float, typer.Option(help="Seconds added to each call")] = 0.0,
+    misspell_rate: Annotated[
+        float, typer.Option(help="Share of images whose quoted text gets one wrong character")
+    ] = 0.0,
 ) -> None:
     """Run the DashScope-compatible simulator (for demos, tests and benchmarks)."""
     from qwbatch.simulator import SimulatorConfig, serve
 
     typer.echo(f"simulator on http://{host}:{port}/api/v1 (Ctrl-C to stop)")
-    serve(SimulatorConfig(fast=fast, latency_s=latency), host=host, port=port)
+    config = SimulatorConfig(fast=fast, latency_s=latency, misspell_rate=misspell_rate)
+    serve(config, host=host, port=port)
+
+
+#: Share of the demo simulator's images with quoted text that are misspelt on purpose.
+DEMO_MISSPELL_RATE = 0.35
+#: The demo simulator's dice: with it, one demo image is re-rolled and every text reads right.
+DEMO_SIMULATOR_SEED = 3
 
 
 @app.command()
@@ -205,7 +215,12 @@ def demo(
         raise typer.Exit(code)
     from qwbatch.simulator import SimulatorConfig, running
 
-    with running(SimulatorConfig(api_key=SIMULATOR_KEY)) as sim:
+    # A third of the images with quoted text come back misspelt, so the demo's text checks
+    # have re-rolls to make (seeded: the same ones every time).
+    demo_sim = SimulatorConfig(
+        api_key=SIMULATOR_KEY, misspell_rate=DEMO_MISSPELL_RATE, seed=DEMO_SIMULATOR_SEED
+    )
+    with running(demo_sim) as sim:
         os.environ["QWBATCH_DASHSCOPE_BASE_URL"] = sim.base_url
         os.environ["DASHSCOPE_API_KEY"] = SIMULATOR_KEY
         typer.echo(f"simulator on {sim.base_url}")

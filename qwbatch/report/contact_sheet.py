@@ -29,6 +29,7 @@ from qwbatch.core.errors import QwBatchError
 from qwbatch.core.fonts import Font, caption_font
 from qwbatch.run.summary import RunSummary
 from qwbatch.storage.stores import ObjectStore
+from qwbatch.text import read_lines
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,8 @@ def tiles_for(store: ObjectStore, rows: Sequence[dict[str, Any]]) -> list[Tile]:
         caption = row["prompt"]
         if row.get("text_expected"):
             # Checked text: what was asked for beside what was read, instead of the prompt.
-            read = (row.get("text_found") or "—").replace("\n", " / ")
+            found = row.get("text_found") or ""
+            read = " / ".join(read_lines(row["text_expected"], found)) or "—"
             caption = f"expected {' | '.join(row['text_expected'])} · read {read}"
         tiles.append(
             Tile(

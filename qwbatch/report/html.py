@@ -31,6 +31,7 @@ from qwbatch.catalog.view import RowFilter
 from qwbatch.core.errors import StorageError, StorageTransientError
 from qwbatch.run.progress import GOOD_STATUSES
 from qwbatch.storage.stores import ObjectStore
+from qwbatch.text import read_lines
 
 #: Images inlined at most by default; the page says how many more there were.
 DEFAULT_MAX_IMAGES = 1000
@@ -163,7 +164,7 @@ def _text_checks(rows: Sequence[dict[str, Any]]) -> str:
         [
             _label(row),
             " | ".join(row["text_expected"]),
-            (row.get("text_found") or "").replace("\n", " / "),
+            _read(row),
             "" if row.get("text_cer") is None else f"{row['text_cer']:.3f}",
             str(row.get("rerolls") or 0),
             _verdict(row),
@@ -175,6 +176,12 @@ def _text_checks(rows: Sequence[dict[str, Any]]) -> str:
     return _table(
         f"Text checks ({passed} of {len(checked)} read right)", head, body, numeric={3, 4}
     )
+
+
+def _read(row: dict[str, Any]) -> str:
+    """What was read where the expected text should be (the image's other words left out)."""
+    found = row.get("text_found") or ""
+    return " / ".join(read_lines(row["text_expected"], found)) or found.replace("\n", " / ")
 
 
 def _verdict(row: dict[str, Any]) -> str:
@@ -243,7 +250,7 @@ def _text_lines(row: dict[str, Any]) -> str:
     if not row.get("text_expected"):
         return ""
     ok = row.get("text_ok") is True
-    read = (row.get("text_found") or "—").replace("\n", " / ")
+    read = _read(row) or "—"
     rerolls = row.get("rerolls") or 0
     again = f" · {rerolls} re-roll(s)" if rerolls else ""
     return (

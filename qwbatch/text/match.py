@@ -43,21 +43,52 @@ def cer_in(expected: str, found: str) -> float:
     >>> round(cer_in("秋季新品", "秋李新品全场八折"), 2)
     0.25
     """
-    want, text = normalise(expected), normalise(found)
+    want = normalise(expected)
     if not want:
         return 0.0
-    # previous[j]: edits to turn want[:i] into a span of text ending at j (any start).
-    previous = [0] * (len(text) + 1)
+    edits, _, _ = _best_span(want, normalise(found))
+    return edits / len(want)
+
+
+def read_lines(expected: Sequence[str], found: str) -> list[str]:
+    """The lines of ``found`` that hold the best match of some expected string, in order:
+    what was read where the text was asked for (a poster's other words left out).
+
+    >>> read_lines(["Night Market"], "SALE\\nLantern Night\\nMarket")
+    ['Lantern Night', 'Market']
+    """
+    lines = found.splitlines()
+    text, owner = "", []
+    for number, line in enumerate(lines):
+        part = normalise(line)
+        text += part
+        owner += [number] * len(part)
+    keep: set[int] = set()
+    for expected_text in expected:
+        want = normalise(expected_text)
+        if want and text:
+            _, start, end = _best_span(want, text)
+            keep.update(owner[start:end])
+    return [lines[number] for number in sorted(keep)]
+
+
+def _best_span(want: str, text: str) -> tuple[int, int, int]:
+    """(edits, start, end) of the span ``text[start:end]`` closest to ``want``."""
+    # previous[j]: edits to turn want[:i] into a span of text ending at j (any start);
+    # begun[j]: where that span starts.
+    previous, begun = [0] * (len(text) + 1), list(range(len(text) + 1))
     for i, char in enumerate(want, start=1):
-        current = [i] + [0] * len(text)
+        current, starts = [i] + [0] * len(text), [0] * (len(text) + 1)
         for j, got in enumerate(text, start=1):
-            current[j] = min(
-                previous[j - 1] + (char != got),  # replace (or keep)
-                previous[j] + 1,  # a character of want missing from text
-                current[j - 1] + 1,  # an extra character in text
+            choices = (
+                (previous[j - 1] + (char != got), begun[j - 1]),  # replace (or keep)
+                (previous[j] + 1, begun[j]),  # a character of want missing from text
+                (current[j - 1] + 1, starts[j - 1]),  # an extra character in text
             )
-        previous = current
-    return min(previous) / len(want)
+            current[j], starts[j] = min(choices)
+        previous, begun = current, starts
+    end = min(range(len(previous)), key=previous.__getitem__)
+    return previous[end], begun[end], end
 
 
 def judge(expected: Sequence[str], found: str, *, max_cer: float = 0.0) -> TextVerdict:
