@@ -85,3 +85,11 @@ def test_limits_smoke_prints_both_limiters() -> None:
     assert _row(output, "limits", "exit status")[2:5] == ["0", "0", "yes"]
     rows = [line for line in output.splitlines() if line.startswith("[limits] | 2 | 1 |")]
     assert [row.split("|")[3].strip() for row in rows] == ["qwbatch", "prefect-1"]
+
+
+@pytest.mark.slow
+def test_text_smoke_judges_and_runs_with_text_checks() -> None:
+    # 12 images judged, and a 24-row run with text checks at R=4 against the simulator.
+    output = _smoke("text")
+    assert _row(output, "text judge (12 images)", "misspelt images passed")[2] == "0"
+    assert _row(output, "text run (24 rows)", "admitted ÷ R")[2]
