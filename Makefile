@@ -8,9 +8,9 @@ STAMP  := $(VENV)/.installed
 
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-DEMO_SHEET_TITLE := qwbatch demo: manifests/demo.parquet
+DEMO_SHEET_TITLE := qwbatch demo: manifests/demo.parquet + manifests/edit-demo.parquet
 
-.PHONY: setup demo docs cli-docs test lint bench clean
+.PHONY: setup demo docs cli-docs api-docs test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,18 @@ demo: $(STAMP)
 	$(BIN)/qwbatch contact-sheet out -o out/contact-sheet.png --title "$(DEMO_SHEET_TITLE)"
 	$(BIN)/qwbatch report out --html out/report.html
 
-# The README's contact sheet: what `make demo` draws, copied into docs/; and the CLI reference.
-docs: demo cli-docs
+# The README's contact sheet: what `make demo` draws, copied into docs/; and the CLI and API
+# references.
+docs: demo cli-docs api-docs
 	cp out/contact-sheet.png docs/contact-sheet.png
 
 # docs/cli-reference.md, from the commands' own --help (a test fails when it is stale).
 cli-docs: $(STAMP)
 	$(BIN)/python tools/cli_reference.py
+
+# docs/api.md, from the Python API's docstrings (a test fails when it is stale).
+api-docs: $(STAMP)
+	$(BIN)/python tools/api_docs.py
 
 test: $(STAMP)
 	$(BIN)/pytest

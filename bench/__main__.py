@@ -87,6 +87,41 @@ def _text(smoke: bool) -> list[Row]:
     ]  # fmt: skip
 
 
+def _export(smoke: bool) -> list[Row]:
+    from bench import bench_export
+
+    sizes = [500, 2000] if smoke else [5000, 20000]
+    formats = ["webdataset"] if smoke else ["hf", "webdataset", "files"]
+    r = bench_export.main(
+        ["--images", *map(str, sizes), "--formats", *formats]
+        + (["--shard-mb", "4"] if smoke else [])
+    )
+    small, large = (str(n) for n in sizes)
+    rows: list[Row] = []
+    for fmt, by_size in r.items():
+        name = f"export {fmt} ({int(large):,} images)"
+        big = by_size[large]
+        growth = big["peak_rss_mib"] - by_size[small]["peak_rss_mib"]
+        rows += [
+            (
+                name,
+                "throughput",
+                f"{big['images'] / big['seconds']:,.0f} img/s, "
+                f"{big['mb'] / big['seconds']:.0f} MB/s",
+                "",
+                None,
+            ),
+            (
+                name,
+                f"peak RSS ({int(small):,} → {int(large):,} images)",
+                f"{by_size[small]['peak_rss_mib']:.0f} → {big['peak_rss_mib']:.0f} MiB",
+                "grows <= 64 MiB",
+                growth <= 64,
+            ),
+        ]
+    return rows  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Script:
     """A benchmark in its own script, run as ``python -m bench.<module> <args>``."""
@@ -102,6 +137,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "plan": _plan,
     "overhead": _overhead,
     "text": _text,
+    "export": _export,
 }
 #: Benchmarks from other issues, run when their script exists.
 SCRIPTS: dict[str, Script] = {

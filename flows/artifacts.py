@@ -24,6 +24,7 @@ from qwbatch.run.summary import RunSummary
 COST_KEY = "qwbatch-cost"
 SUMMARY_KEY = "render-summary"
 PROGRESS_KEY = "qwbatch-progress"
+DIGEST_KEY = "qwbatch-nightly-digest"
 
 
 class Progress:
@@ -78,4 +79,13 @@ def refused(run_id: str, reason: str) -> None:
         markdown=f"# qwbatch run `{run_id}`: refused by its budget\n\n{reason}\n",
         key=SUMMARY_KEY,
         description=f"run {run_id}: refused by its budget, nothing sent",
+    )
+
+
+def publish_digest(run_id: str, markdown: str) -> None:
+    """A scheduled run's digest (:mod:`qwbatch.report.digest`) as its own Markdown artifact."""
+    create_markdown_artifact(
+        markdown=markdown,
+        key=DIGEST_KEY,
+        description=f"run {run_id}: rows new / changed / unchanged, spend, failures",
     )

@@ -44,7 +44,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.secret_blocks import export_secret_blocks
 from qwbatch import limits
-from qwbatch.budget.policy import BudgetSpec
+from qwbatch.budget import BudgetSpec
 from qwbatch.core.errors import ShardRunError
 from qwbatch.core.settings import Settings, settings_with
 from qwbatch.core.stop import STOP
@@ -106,7 +106,7 @@ def render_shards(
 ) -> int:
     """Render some shards of run ``run_id`` (planned by render-manifest); how many.
 
-    ``budget`` is the run's :class:`~qwbatch.budget.policy.BudgetSpec` as plain values; with the
+    ``budget`` is the run's :class:`~qwbatch.budget.guard.BudgetSpec` as plain values; with the
     ``prefect`` backend every worker spends from the one counter on the server.
     """
     # A worker's SIGTERM (a cancel) stops the shards cleanly: journal, parts, results;

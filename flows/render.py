@@ -18,6 +18,7 @@ any shard.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -26,19 +27,22 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.runtime import deployment
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import artifacts
 from flows.fanout import fan_out
 from flows.secret_blocks import export_secret_blocks
 from qwbatch import limits
-from qwbatch.budget.policy import BudgetMode, BudgetPolicy, BudgetSpec
+from qwbatch.budget import BudgetMode, BudgetPolicy, BudgetSpec
 from qwbatch.core.costs import money
 from qwbatch.core.errors import BudgetExceededError
 from qwbatch.core.settings import Settings, run_overrides, settings_with
 from qwbatch.core.stop import STOP
+from qwbatch.core.uris import require_absolute
 from qwbatch.render.engine import ShardResult
 from qwbatch.report import contact_sheet
+from qwbatch.report import digest as digests
 from qwbatch.report import numbers as reports
 from qwbatch.run import runner
 from qwbatch.run.summary import RunSummary
@@ -116,6 +120,7 @@ def render_manifest(
     shards_per_run: int = 1,
     resume: str | None = None,
     auto_resume: bool = True,
+    digest: bool = False,
 ) -> RunSummary:
     """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
 
@@ -126,6 +131,9 @@ def render_manifest(
     With ``shard_deployment`` (``"render-shards/<name>"``) the shards run as flow runs of that
     deployment, ``shards_per_run`` to a run, on every worker of its pool (``flows.fanout``);
     without it they run as tasks in this flow run.
+
+    ``digest`` (the nightly deployment sets it) ends the run with a short Markdown artifact:
+    rows new / changed / unchanged, spend, failures with reasons (:mod:`qwbatch.report.digest`).
     """
     # Signals stop the shards cleanly (journal + catalog parts) instead of killing them.
     with STOP.handling(signal.SIGINT, signal.SIGTERM):
@@ -147,6 +155,7 @@ def render_manifest(
             shards_per_run=shards_per_run,
             resume=resume,
             auto_resume=auto_resume,
+            digest=digest,
         )
 
 
@@ -169,9 +178,13 @@ def _render(
     shards_per_run: int,
     resume: str | None,
     auto_resume: bool,
+    digest: bool,
 ) -> RunSummary:
     began = time.monotonic()
     logger = get_run_logger()
+    if deployment.id is not None:  # a worker's run: its working folder is a temporary one
+        for what, value in (("manifest", manifest), ("out", out)):
+            require_absolute(value, what=what, cwd=os.getcwd())
     overrides = run_overrides(
         model=model,
         shard_size=shard_size,
@@ -260,6 +273,9 @@ def _render(
         reports.report(store, run_id=run_id, missing_ok=True),
         sheet_preview=sheet_preview,
     )
+    if digest:
+        found = digests.digest(store, run_id)
+        artifacts.publish_digest(run_id, digests.digest_markdown(found, currency=summary.currency))
     for line in summary.lines():
         logger.info(line)
     return summary

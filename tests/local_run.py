@@ -10,8 +10,10 @@ import asyncio
 import time
 from pathlib import Path
 
+from qwbatch.budget import BudgetPolicy, BudgetSpec
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import StopSignal
+from qwbatch.render.engine import ShardResult
 from qwbatch.run import runner
 from qwbatch.run.summary import RunSummary
 from qwbatch.storage.stores import ObjectStore
@@ -27,8 +29,9 @@ def render_all(
     auto_resume: bool = True,
     store: ObjectStore | None = None,
     stop: StopSignal | None = None,
+    budget: BudgetPolicy | None = None,
 ) -> RunSummary:
-    """prepare → render each shard → finish, as ``render_manifest`` does."""
+    """prepare → render each shard → finish, as ``render_manifest`` does (within ``budget``)."""
     began = time.monotonic()
     stop = stop or StopSignal()
     prepared = runner.prepare(
@@ -38,8 +41,27 @@ def render_all(
         run_id=run_id,
         resume=resume,
         auto_resume=auto_resume,
+        budget=budget,
     )
-    shards = [
+    spec = runner.open_budget(prepared.plan, settings)
+    try:
+        shards = _render_shards(prepared, manifest, out, settings, store, stop, spec)
+    finally:
+        if spec is not None:
+            runner.close_budget(spec)
+    return runner.finish(prepared, shards, out=out, settings=settings, began=began, stop=stop)
+
+
+def _render_shards(
+    prepared: runner.Prepared,
+    manifest: Path,
+    out: str,
+    settings: Settings,
+    store: ObjectStore | None,
+    stop: StopSignal,
+    spec: BudgetSpec | None,
+) -> list[ShardResult]:
+    return [
         asyncio.run(
             runner.render_shard_async(
                 key,
@@ -48,12 +70,12 @@ def render_all(
                 manifest_dir=str(manifest.parent),
                 settings=settings,
                 store=store,
+                budget=spec,
                 stop=stop,
             )
         )
         for key in prepared.plan.shard_keys
     ]
-    return runner.finish(prepared, shards, out=out, settings=settings, began=began, stop=stop)
 
 
 def fast_settings(sim, api_key: str, **overrides: object) -> Settings:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from qwbatch.budget.policy import Hold
+from qwbatch.budget.hold import Hold
 from qwbatch.core.errors import BudgetExceededError, ConfigError
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ async def delete_counter(name: str) -> None:
 
 
 class PrefectBudget:
-    """A :class:`~qwbatch.budget.policy.BudgetGuard` on the Prefect server's counter ``name``.
+    """A :class:`~qwbatch.budget.hold.BudgetGuard` on the Prefect server's counter ``name``.
 
     Use as an async context manager: it opens one Prefect client for the shard.
     """

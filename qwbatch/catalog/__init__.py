@@ -2,9 +2,10 @@
 
 ::
 
-    table.py     SCHEMA, catalog parts (one per shard of a run), key prefixes under DEST
+    table.py     SCHEMA, catalog parts (one per shard of a run; their keys: storage.layout)
     key_set.py   the request keys that already have outputs, compactly, for the plan's dedup
     view.py      the rows a person looks at: one run, or the latest of every row, filtered
+    spend.py     spend, defined once: a run's, the lifetime's, and each image's where rendered
     rebuild.py   the catalog rebuilt from the store, each image's metadata describing it
 
 The columns are listed in docs/outputs-and-catalog.md.
@@ -17,9 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from qwbatch.catalog.key_set import short_key as short_key
-    from qwbatch.catalog.table import CATALOG_PREFIX as CATALOG_PREFIX
-    from qwbatch.catalog.table import COMPACTION_PREFIX as COMPACTION_PREFIX
-    from qwbatch.catalog.table import REJECTS_PREFIX as REJECTS_PREFIX
+    from qwbatch.catalog.spend import Spend as Spend
     from qwbatch.catalog.table import ExistingImage as ExistingImage
     from qwbatch.catalog.table import catalog_columns as catalog_columns
     from qwbatch.catalog.table import part_keys as part_keys
@@ -29,10 +28,8 @@ if TYPE_CHECKING:
 #: Each re-exported name → the module that defines it.
 _HOME: dict[str, str] = {
     "short_key": "key_set",
-    "CATALOG_PREFIX": "table",
-    "COMPACTION_PREFIX": "table",
+    "Spend": "spend",
     "ExistingImage": "table",
-    "REJECTS_PREFIX": "table",
     "catalog_columns": "table",
     "part_keys": "table",
     "RowFilter": "view",
@@ -40,11 +37,9 @@ _HOME: dict[str, str] = {
 }
 
 __all__ = [
-    "CATALOG_PREFIX",
-    "COMPACTION_PREFIX",
-    "REJECTS_PREFIX",
     "ExistingImage",
     "RowFilter",
+    "Spend",
     "catalog_columns",
     "parse_filters",
     "part_keys",

@@ -21,13 +21,22 @@ import pyarrow.parquet as pq
 
 from qwbatch.catalog.table import SCHEMA, iter_parts, part_keys
 from qwbatch.core.arrow_text import text_of
+from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore
 
 #: Catalog columns an existing output gives a deduplicated row.
 OUTPUT_COLUMNS = ("image_index", "output_uri", "sha256", "bytes", "width", "height")
 #: Columns of deduplicated rows nearly always distinct row to row (ids, keys, prompts,
 #: seeds, outputs): not dictionary-encoded in the plan's catalog part (the rest are).
-DISTINCT_COLUMNS = ("row_id", "request_key", "prompt", "seed", "output_uri", "sha256")
+DISTINCT_COLUMNS = (
+    "row_id",
+    "request_key",
+    "prompt",
+    "seed",
+    "output_uri",
+    "sha256",
+    "output_key",
+)
 DICTIONARY_COLUMNS = tuple(f.name for f in SCHEMA if f.name not in DISTINCT_COLUMNS)
 #: Columns of the deduplicated manifest rows handed to :func:`dedup_rows` (``order`` sorts
 #: them back into manifest order).
@@ -342,6 +351,9 @@ def _dedup_slice(
         rerolls=pa.array([0] * rows, pa.int32()),
         started_at=now,
         finished_at=now,
+    )
+    columns["output_key"] = layout.output_keys(
+        pc.cast(columns["request_key"], pa.string()), pc.cast(columns["image_index"], pa.int32())
     )
     arrays = [
         pc.cast(columns[f.name], f.type) if f.name in columns else pa.nulls(rows, f.type)

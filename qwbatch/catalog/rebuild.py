@@ -26,11 +26,9 @@ import pyarrow.parquet as pq
 from qwbatch.catalog import table as catalog
 from qwbatch.core.errors import ObjectNotFoundError
 from qwbatch.core.types import CatalogRecord
-from qwbatch.storage.metadata import REQUEST_DOC, record_from_metadata
+from qwbatch.storage import layout
+from qwbatch.storage.metadata import record_from_metadata
 from qwbatch.storage.stores import ObjectStore
-
-IMAGES_PREFIX = "images/"
-QUARANTINE_PREFIX = "quarantine/"
 
 
 @dataclass(slots=True)
@@ -49,7 +47,7 @@ def rebuild(store: ObjectStore, *, workers: int = 16) -> RebuildResult:
     """Give every stored output image a catalog row; see the module docstring."""
     result = RebuildResult(quarantined=quarantine_unreadable(store))
     covered = _covered_uris(store)
-    keys = [k for k in store.list(IMAGES_PREFIX) if k.endswith(".png")]
+    keys = [k for k in store.list(layout.IMAGES_PREFIX) if k.endswith(".png")]
     result.images = len(keys)
     missing = [k for k in keys if store.uri(k) not in covered]
     docs: dict[str, dict[str, Any] | None] = {}
@@ -75,7 +73,7 @@ def quarantine_unreadable(store: ObjectStore) -> list[str]:
         try:
             pq.read_metadata(io.BytesIO(data))
         except (OSError, pa.ArrowException):
-            store.put(QUARANTINE_PREFIX + key, data, content_type="application/octet-stream")
+            store.put(layout.quarantine_key(key), data, content_type="application/octet-stream")
             store.delete(key)
             moved.append(store.uri(key))
     return moved
@@ -96,10 +94,10 @@ def _record(
     if info is None:
         return None
     doc = None
-    if info.metadata.get("request-doc") == REQUEST_DOC:
+    if info.metadata.get("request-doc") == layout.REQUEST_DOC:
         folder = key.rsplit("/", 1)[0]
         if folder not in docs:
-            docs[folder] = _load_doc(store, f"{folder}/{REQUEST_DOC}")
+            docs[folder] = _load_doc(store, f"{folder}/{layout.REQUEST_DOC}")
         doc = docs[folder]
     return record_from_metadata(
         info.metadata, output_uri=store.uri(key), size_bytes=info.size, doc=doc

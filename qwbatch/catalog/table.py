@@ -26,12 +26,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from qwbatch.core.types import CatalogRecord
+from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore
-
-CATALOG_PREFIX = "catalog/"
-#: Markers of compactions in progress (``_`` keeps them out of pyarrow's dataset reads).
-COMPACTION_PREFIX = f"{CATALOG_PREFIX}_compaction/"
-REJECTS_PREFIX = "rejects/"
 
 _STR = pa.string()
 SCHEMA = pa.schema(
@@ -74,6 +70,9 @@ SCHEMA = pa.schema(
         pa.field("text_cer", pa.float64()),
         pa.field("text_ok", pa.bool_()),
         pa.field("rerolls", pa.int32()),
+        # DEST-relative: output_uri is absolute (file://, s3://) and breaks when DEST moves.
+        # Parts written before this column read it as null: see catalog.view.output_location.
+        pa.field("output_key", _STR),
     ]
 )
 
@@ -91,9 +90,15 @@ def records_to_table(records: Sequence[CatalogRecord]) -> pa.Table:
                 value = int(value * 1000)
             elif name == "tags":
                 value = list(value.items())
+            elif name == "output_key" and value is None and _has_output(record):
+                value = layout.output_key(record.request_key, record.image_index or 0)
             columns[name].append(value)
     arrays = [pa.array(columns[f.name], type=f.type) for f in SCHEMA]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+def _has_output(record: CatalogRecord) -> bool:
+    return bool(record.output_uri) and record.image_index is not None
 
 
 def _table_bytes(table: pa.Table) -> bytes:
@@ -170,7 +175,7 @@ def put_part(
 ) -> str:
     """Store a part's bytes (:func:`encode_tables`) under its name (see :func:`write_part`)."""
     suffix = f"-{uuid.uuid4().hex[:8]}" if unique else ""
-    key = f"{CATALOG_PREFIX}part-{run_id}-{label}{suffix}.parquet"
+    key = layout.part_key(run_id, label, suffix)
     store.put(key, data, content_type="application/x-parquet")
     return store.uri(key)
 
@@ -181,9 +186,11 @@ def part_keys(store: ObjectStore) -> list[str]:
     A compaction (``qwbatch.run.compaction``) in progress is invisible: until all its new parts
     exist they are skipped, and once they do, the parts they replace are.
     """
-    keys = sorted(store.list(CATALOG_PREFIX))
-    parts = [k for k in keys if k.endswith(".parquet") and not k.startswith(COMPACTION_PREFIX)]
-    markers = [k for k in keys if k.startswith(COMPACTION_PREFIX) and k.endswith(".json")]
+    keys = sorted(store.list(layout.CATALOG_PREFIX))
+    parts = [
+        k for k in keys if k.endswith(".parquet") and not k.startswith(layout.COMPACTION_PREFIX)
+    ]
+    markers = [k for k in keys if k.startswith(layout.COMPACTION_PREFIX) and k.endswith(".json")]
     if not markers:
         return parts
     live, hidden = set(parts), set()
@@ -260,7 +267,7 @@ def write_rejects(store: ObjectStore, table: pa.Table, *, run_id: str) -> str | 
     """Write a run's rejected manifest rows beside the catalog; its URI, or None if none."""
     if table.num_rows == 0:
         return None
-    key = f"{REJECTS_PREFIX}rejects-{run_id}.parquet"
+    key = layout.rejects_key(run_id)
     store.put(key, _table_bytes(table), content_type="application/x-parquet")
     return store.uri(key)
 

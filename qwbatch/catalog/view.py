@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from qwbatch.catalog import table as catalog
 from qwbatch.core import images
 from qwbatch.core.errors import ConfigError, ImageError, StorageError, StorageTransientError
-from qwbatch.storage.layout import output_key, output_of
+from qwbatch.storage.layout import output_key, output_of, thumb_key
 from qwbatch.storage.stores import ObjectStore
-from qwbatch.storage.thumbs import thumb_key
 
 #: Catalog columns a view reads (everything but the timings and provider ids).
 VIEW_COLUMNS = (
@@ -119,14 +119,48 @@ def select_rows(
     filters: Sequence[RowFilter] = (),
 ) -> list[dict[str, Any]]:
     """The catalog rows to show (see the module docstring), as dicts with ``tags`` a dict."""
-    # Parts written before a column existed read it as nulls (the text checks' columns).
-    table = catalog.catalog_columns(store, VIEW_COLUMNS)
+    # Parts written before a column existed read it as nulls (output_key, the text checks').
+    table = catalog.catalog_columns(store, (*VIEW_COLUMNS, "output_key"))
     rows = _rows_of(table, run, store)
     rows = [row for row in rows if all(f.matches(row) for f in filters)]
     for row in rows:
         row["tags"] = dict(row.get("tags") or [])
     rows.sort(key=lambda r: (r["row_id"], _index(r), r["status"]))
     return rows
+
+
+def catalog_records(
+    store: ObjectStore,
+    *,
+    run: str | None = None,
+    latest: bool = True,
+    columns: Sequence[str] | None = None,
+) -> pa.Table:
+    """The catalog as one Arrow table (``columns``, default all), selected as the views
+    select (see the module docstring): ``run`` one run (``"latest"`` the newest), else with
+    ``latest`` the newest run's records of each row id, else every record. Sorted by row
+    id, image index, then run id. Columnar throughout: no Python object per row."""
+    names = list(columns or catalog.SCHEMA.names)
+    wanted = list(dict.fromkeys([*names, "run_id", "row_id", "image_index"]))
+    table = catalog.catalog_columns(store, wanted)
+    if run == "latest":
+        known = pc.max(table["run_id"]).as_py() if table.num_rows else None
+        if known is None:
+            return table.select(names)
+        run = known
+    if run is not None:
+        table = table.filter(pc.equal(table["run_id"], run))
+        if table.num_rows == 0:
+            raise ConfigError(f"no run {run!r} in the catalog at {store.root_uri}")
+    elif latest and table.num_rows:
+        newest = table.group_by("row_id").aggregate([("run_id", "max")])
+        keep = pc.is_in(
+            pc.binary_join_element_wise(table["row_id"], table["run_id"], "\0"),
+            value_set=pc.binary_join_element_wise(newest["row_id"], newest["run_id_max"], "\0"),
+        )
+        table = table.filter(keep)
+    order = [("row_id", "ascending"), ("image_index", "ascending"), ("run_id", "ascending")]
+    return table.sort_by(order).select(names)
 
 
 def _rows_of(table: pa.Table, run: str | None, store: ObjectStore) -> list[dict[str, Any]]:
@@ -155,7 +189,27 @@ def _index(row: dict[str, Any]) -> int:
 
 def has_image(row: dict[str, Any]) -> bool:
     """Whether the row points at a stored output image."""
-    return bool(row.get("output_uri")) and row.get("image_index") is not None
+    stored = row.get("output_key") or row.get("output_uri")
+    return bool(stored) and row.get("image_index") is not None
+
+
+def output_key_of(row: dict[str, Any]) -> str | None:
+    """The row's image key under DEST, wherever DEST is now; None without an image.
+
+    The catalog's ``output_key`` column, or for rows written before it, the content-addressed
+    key of ``request_key`` and ``image_index`` (the same key: outputs never move inside DEST).
+    ``output_uri`` is where the image was when it was stored, absolute, and stale once DEST
+    is moved, copied or synced elsewhere.
+    """
+    if not has_image(row):
+        return None
+    return row.get("output_key") or output_key(row["request_key"], int(row["image_index"]))
+
+
+def output_location(store: ObjectStore, row: dict[str, Any]) -> str | None:
+    """The URI of the row's image in ``store`` (DEST as it is now), or None without one."""
+    key = output_key_of(row)
+    return store.uri(key) if key is not None else None
 
 
 def load_thumbnail(store: ObjectStore, row: dict[str, Any]) -> bytes | None:
@@ -163,9 +217,11 @@ def load_thumbnail(store: ObjectStore, row: dict[str, Any]) -> bytes | None:
 
     None when the row has no image, or neither the thumbnail nor the output can be read.
     """
-    if not has_image(row):
+    image = output_key_of(row)
+    if image is None:
         return None
-    key, index = output_of(row.get("output_uri"), row["request_key"], int(row["image_index"]))
+    # A re-rolled row's image (and thumbnail) is its re-roll's: named by its output key.
+    key, index = output_of(image, row["request_key"], int(row["image_index"]))
     try:
         small = store.get(thumb_key(key, index))
         # Thumbnails are stored without fsync: one a power failure cut short is made again.
@@ -174,6 +230,6 @@ def load_thumbnail(store: ObjectStore, row: dict[str, Any]) -> bytes | None:
     except (StorageError, StorageTransientError):
         pass  # rendered before thumbnails existed, or its upload failed: use the output
     try:
-        return images.thumbnail(store.get(output_key(key, index)))
+        return images.thumbnail(store.get(image))
     except (StorageError, StorageTransientError, ImageError):
         return None

@@ -5,6 +5,7 @@
     app.py            the typer ``app``, ``_fail`` and the run helpers every command shares
     run.py            run, validate, simulator, demo
     dry_run.py        ``run --dry-run``: plan and print the plan
+    export.py         export (Hugging Face, WebDataset, files)
     costs.py          estimate, report (text, JSON, HTML)
     contact_sheet.py  contact-sheet
     limits.py         limits

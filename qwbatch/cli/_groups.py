@@ -11,6 +11,7 @@ from qwbatch.cli import run as run
 from qwbatch.cli import catalog as catalog
 from qwbatch.cli import contact_sheet as contact_sheet
 from qwbatch.cli import costs as costs
+from qwbatch.cli import export as export
 from qwbatch.cli import limits as limits
 from qwbatch.cli import lineage as lineage
 from qwbatch.cli import manifest as manifest

@@ -128,6 +128,22 @@ def report_command(
     max_images: Annotated[
         int, typer.Option(help="With --html: most images to inline", min=0)
     ] = 1000,
+    links: Annotated[
+        str,
+        typer.Option(
+            "--links",
+            help="With --html: each image links to its full-size file: relative (local DEST), "
+            "presigned (S3, time-limited), public (--link-base-url + key); auto picks "
+            "relative for a local DEST, public with a base URL, else none",
+        ),
+    ] = "auto",
+    link_base_url: Annotated[
+        str | None,
+        typer.Option(help="With --links public: the URL DEST is served under"),
+    ] = None,
+    link_expiry: Annotated[
+        int, typer.Option(help="With --links presigned: seconds a link works", min=1)
+    ] = 7 * 24 * 3600,
 ) -> None:
     """Counts, images, spend by model/tag/run, retries, failures and speed, from DEST's catalog."""
     from qwbatch.report.numbers import report
@@ -135,7 +151,14 @@ def report_command(
 
     settings = Settings()
     if html is not None:
-        _write_html(dest, html, run=run, filters=filters or [], max_images=max_images)
+        _write_html(
+            dest,
+            html,
+            run=run,
+            filters=filters or [],
+            max_images=max_images,
+            links={"mode": links, "base_url": link_base_url, "expires_s": link_expiry},
+        )
         return
     try:
         result = report(open_store(dest, settings), run_id=run)
@@ -149,15 +172,28 @@ def report_command(
 
 
 def _write_html(
-    dest: str, html: Path, *, run: str | None, filters: list[str], max_images: int
+    dest: str,
+    html: Path,
+    *,
+    run: str | None,
+    filters: list[str],
+    max_images: int,
+    links: dict[str, Any],
 ) -> None:
     from qwbatch.catalog.view import parse_filters
     from qwbatch.report.html import render_html_report
+    from qwbatch.report.links import link_maker
     from qwbatch.storage.stores import open_store
 
     try:
         store = open_store(dest, Settings())
-        page = render_html_report(store, run, filters=parse_filters(filters), max_images=max_images)
+        page = render_html_report(
+            store,
+            run,
+            filters=parse_filters(filters),
+            max_images=max_images,
+            image_link=link_maker(store, page_dir=html.parent, **links),
+        )
         html.write_text(page, encoding="utf-8")
     except QwBatchError as exc:
         _fail(str(exc))
@@ -180,6 +216,8 @@ def _print_report(report: Report) -> None:
     overview.add_row("requests", str(report.requests))
     overview.add_row("images stored", str(report.images))
     overview.add_row("spend", _money_by_currency(report.cost))
+    if report.spend is not None:
+        overview.add_row("run and lifetime spend", report.spend.line())
     overview.add_row("possible extra spend", _money_by_currency(report.possible_cost))
     overview.add_row("provider calls", f"{report.calls} ({report.retries} retries)")
     overview.add_row("wall time", f"{report.wall_s:.1f} s")

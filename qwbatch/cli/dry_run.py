@@ -4,19 +4,19 @@ The manifest is read, validated and keyed, deduplicated against DEST's catalog, 
 cut into shards (counted, not written) and priced, as a run would (edit inputs are fetched
 and checked so their keys agree, not staged); a ``--budget`` refuses or trims as it would.
 No provider is called and nothing is written to DEST. A thin layer over
-:func:`qwbatch.run.runner.estimate`.
+:func:`qwbatch.api.estimate`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from rich.console import Console
 from rich.table import Table
 
 from qwbatch.core.costs import format_money
 from qwbatch.core.errors import QwBatchError
-from qwbatch.core.settings import Settings
+from qwbatch.core.settings import settings_with
 from qwbatch.plan import Plan
 
 #: Tag lines printed (largest cost first); the rest are counted.
@@ -34,15 +34,19 @@ def print_dry_run(
     budget_mode: Literal["refuse", "trim"] = "refuse",
 ) -> int:
     """Plan ``manifest`` as a run into ``out`` would and print the plan; the exit code."""
-    from qwbatch.budget.policy import BudgetPolicy
-    from qwbatch.core.costs import money
-    from qwbatch.run.runner import estimate
+    from qwbatch.api import estimate
 
-    overrides: dict[str, Any] = {"default_model": model, "shard_size": shard_size}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    policy = BudgetPolicy(money(budget), budget_mode) if budget is not None else None
+    settings = settings_with({"default_model": model, "shard_size": shard_size})
     try:
-        plan = estimate(manifest, out, settings=settings, strict=strict, budget=policy)
+        plan = estimate(
+            manifest,
+            out,
+            model=model,
+            strict=strict,
+            shard_size=shard_size,
+            budget=budget,
+            budget_mode=budget_mode,
+        )
     except QwBatchError as exc:
         Console(stderr=True, highlight=False).print(f"qwbatch: {exc}")
         return 1

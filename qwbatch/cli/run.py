@@ -12,7 +12,6 @@ import typer
 
 from qwbatch.cli.app import SIMULATOR_KEY, _fail, _run_flow, app
 from qwbatch.core.errors import QwBatchError
-from qwbatch.core.settings import Settings
 
 
 @app.command()
@@ -91,7 +90,7 @@ def run(
         budget=budget,
         budget_mode=budget_mode,
         resume=resume,
-        auto_resume=not new_run,
+        new_run=new_run,
     )
     raise typer.Exit(code)
 
@@ -114,30 +113,15 @@ def validate(
     """
     import pyarrow.parquet as pq
 
-    from qwbatch.manifest import read_manifest, rejects_table
-    from qwbatch.run.runner import input_stage, model_table
-    from qwbatch.storage.stores import open_store
+    from qwbatch.api import validate as validate_manifest
+    from qwbatch.manifest import rejects_table
 
-    settings = Settings(default_model=model) if model else Settings()
     try:
-        table = model_table(settings)
-        good, bad = 0, []
-        store = open_store(out, settings) if out else None
-        with input_stage(str(manifest), settings, store, stage=False) as check_only:
-            reader = read_manifest(
-                manifest,
-                table=table,
-                default_model=settings.default_model,
-                resolve_input=check_only,
-                settings=settings,
-            )
-            # Column-wise checks for the common rows, as the plan does: no object per row.
-            for block in reader.blocks():
-                good += block.fast.num_rows + len(block.requests)
-                bad.extend(block.rejects)
+        found = validate_manifest(manifest, model=model, out=out)
     except QwBatchError as exc:
         _fail(str(exc))
         return
+    good, bad = found.valid, found.rejects
     if rejects is not None and bad:
         pq.write_table(rejects_table(bad), rejects)
     if as_json:
@@ -169,22 +153,21 @@ def validate(
     raise typer.Exit(1 if bad else 0)
 
 
-@app.command()
-def simulator(
-    port: Annotated[int, typer.Option(help="Loopback port to listen on")] = 8311,
-    host: Annotated[str, typer.Option(help="Address to bind (keep it on loopback)")] = "127.0.0.1",
-    fast: Annotated[bool, typer.Option(help="Cached images: for benchmarks")] = False,
-    latency: Annotated[float, typer.Option(help="Seconds added to each call")] = 0.0,
-    misspell_rate: Annotated[
-        float, typer.Option(help="Share of images whose quoted text gets one wrong character")
-    ] = 0.0,
-) -> None:
-    """Run the DashScope-compatible simulator (for demos, tests and benchmarks)."""
-    from qwbatch.simulator import SimulatorConfig, serve
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,  # --help goes to the simulator's own parser, which lists every flag
+)
+def simulator(ctx: typer.Context) -> None:
+    """Run the DashScope-compatible simulator (for demos, tests and benchmarks).
 
-    typer.echo(f"simulator on http://{host}:{port}/api/v1 (Ctrl-C to stop)")
-    config = SimulatorConfig(fast=fast, latency_s=latency, misspell_rate=misspell_rate)
-    serve(config, host=host, port=port)
+    The flags are those of python -m qwbatch.simulator: --host (127.0.0.1), --port (8765),
+    --api-key KEY (the only key accepted), --seed N (fault dice), --fast (cached images),
+    --latency SECONDS, --rps N (every model), --no-rate-limit, and --set NAME=VALUE for any
+    other SimulatorConfig knob (faults: --set error_5xx_rate=0.1, drop_connection_rate, ...).
+    """
+    from qwbatch.simulator.__main__ import main
+
+    raise typer.Exit(main(ctx.args, prog="qwbatch simulator"))
 
 
 #: Share of the demo simulator's images with quoted text that are misspelt on purpose.

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     #: Seconds between limit status lines (rate, limit, in flight, 429s) while a run goes.
     limits_status_s: float = Field(default=15.0, gt=0)
 
-    # Prices and budgets (qwbatch.core.costs, qwbatch.budget.policy)
+    # Prices and budgets (qwbatch.core.costs, qwbatch.budget)
     #: A TOML file of negotiated prices: ``[singapore] "qwen-image-2.0" = 0.03``.
     prices_file: Path | None = None
     #: Negotiated prices for this run's region, per model (currency units per image).

@@ -128,6 +128,9 @@ class CatalogRecord:
     text_ok: bool | None = None
     #: Extra renders of this image because its text read wrong (each billed, in ``cost``).
     rerolls: int = 0
+    #: The output's key under DEST (``images/…/<i>.png``): where it is wherever DEST moves;
+    #: derived from ``request_key`` and ``image_index`` when the catalog is written.
+    output_key: str | None = None
 
     @classmethod
     def for_request(

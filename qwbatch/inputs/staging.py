@@ -50,6 +50,7 @@ from qwbatch.core.errors import (
 )
 from qwbatch.inputs.fetch import InputFetcher, display_uri
 from qwbatch.manifest import InputDigest
+from qwbatch.storage.layout import staged_key
 from qwbatch.storage.stores import ObjectStore
 
 if TYPE_CHECKING:
@@ -57,14 +58,8 @@ if TYPE_CHECKING:
 
 #: The rules that turn original bytes into staged bytes; change it when they change.
 NORMALISER = "qwbatch-input/1 384-3072px 10000000B"
-STAGE_PREFIX = "inputs/"
 
 _T = TypeVar("_T")
-
-
-def staged_key(sha256: str) -> str:
-    """The store key of the staged input whose original bytes have this sha256."""
-    return f"{STAGE_PREFIX}{sha256[:2]}/{sha256}"
 
 
 @dataclass(slots=True)

@@ -309,7 +309,16 @@ def _write_atomically(table: pa.Table, out: Path) -> None:
     os.close(handle)
     try:
         pq.write_table(table, temp, compression="zstd")
+        # mkstemp makes the file 0600; the manifest gets the mode any new file would (umask).
+        os.chmod(temp, 0o666 & ~_umask())
         os.replace(temp, out)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then put back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from qwbatch.budget import policy as budgets
+from qwbatch import budget as budgets
 from qwbatch.catalog import table as catalog
 from qwbatch.core.costs import PriceTable, estimate
 from qwbatch.core.model_table import ModelTable

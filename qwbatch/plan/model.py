@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from qwbatch.budget import policy as budgets
+from qwbatch import budget as budgets
 from qwbatch.catalog.table import ExistingImage
 from qwbatch.core.costs import Estimate
 from qwbatch.core.types import CatalogRecord, RenderRequest

@@ -14,11 +14,8 @@ from typing import Final
 
 import pyarrow as pa
 
-#: Name ending and content type of the shard files written now.
-SUFFIX: Final = ".jsonl.zst"
+#: Content type of the shard files written now (their names: ``qwbatch.storage.layout``).
 CONTENT_TYPE: Final = "application/zstd"
-#: Name endings of shard files, the current one first (``.jsonl.gz``: written before zstd).
-SUFFIXES: Final = (SUFFIX, ".jsonl.gz")
 #: zstd level: 1 is the fastest of the usual levels, and already smaller than gzip's 1.
 ZSTD_LEVEL: Final = 1
 

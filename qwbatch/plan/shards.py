@@ -1,8 +1,9 @@
 """Shard files: the unit of work a Prefect task takes, one :class:`PlanItem` per line.
 
 A shard holds requests, not results, so any worker can pick it up: JSON lines compressed
-with zstd (``qwbatch.plan.shard_codec``), written under ``runs/<run_id>/shards/``. Internal
-to a run; never edited by hand. Every planning path writes and reads them through here.
+with zstd (``qwbatch.plan.shard_codec``), written under ``runs/<run_id>/shards/``
+(:func:`qwbatch.storage.layout.shard_key`). Internal to a run; never edited by hand. Every
+planning path writes and reads them through here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from qwbatch.core.types import Alias, PlanItem, RenderRequest
 from qwbatch.plan import shard_codec
+from qwbatch.storage.layout import shard_key
 from qwbatch.storage.stores import ObjectStore
 
 
@@ -42,10 +44,6 @@ def _decode_item(data: dict[str, Any]) -> PlanItem:
 def encode_line(item: PlanItem) -> str:
     """One shard file line (JSON, no newline) for ``item``."""
     return json.dumps(_encode_item(item), ensure_ascii=False)
-
-
-def shard_key(run_id: str, index: int) -> str:
-    return f"runs/{run_id}/shards/shard-{index:05d}{shard_codec.SUFFIX}"
 
 
 def write_shard(store: ObjectStore, run_id: str, index: int, items: Sequence[PlanItem]) -> str:

@@ -83,6 +83,7 @@ from qwbatch.plan.stream import (
     shard_writer,
     with_aliases,
 )
+from qwbatch.storage import layout
 from qwbatch.storage.stores import LocalStore, ObjectStore, S3Store, make_durable
 
 #: Label of the second process's catalog part of deduplicated rows.
@@ -237,7 +238,7 @@ def plan_in_two(
     except BaseException:
         _abandon(helper, writes, plan.shard_keys, run_id, first_shard)
         for label in ("plan", SECOND_LABEL):
-            writes.delete(f"{catalog.CATALOG_PREFIX}part-{run_id}-{label}.parquet")
+            writes.delete(layout.part_key(run_id, label))
         raise
     plan.dedup_part_uris = [uri for uri in (first, second) if uri]
     plan.dedup_part_uri = plan.dedup_part_uris[0] if plan.dedup_part_uris else None
@@ -314,11 +315,10 @@ def _abandon(
     if writes is None:
         return
     delete_keys(writes, first_keys)
-    prefix = f"runs/{run_id}/shards/"
+    prefix = layout.shards_prefix(run_id)
     for key in list(writes.list(prefix)):
-        name = key.removeprefix(prefix)
-        number = name.removeprefix("shard-").split(".", 1)[0]
-        if name.startswith("shard-") and number.isdigit() and int(number) >= first_shard:
+        index = layout.shard_index(key.removeprefix(prefix))
+        if index is not None and index >= first_shard:
             writes.delete(key)
 
 

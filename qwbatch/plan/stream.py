@@ -42,7 +42,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qwbatch.budget import policy as budgets
+from qwbatch import budget as budgets
 from qwbatch.catalog import key_set as catalog_keys
 from qwbatch.catalog import table as catalog
 from qwbatch.catalog.key_set import short_key
@@ -55,7 +55,8 @@ from qwbatch.manifest import CheckedBlock, InputResolver, Reject, read_manifest,
 from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
 from qwbatch.plan.model import Plan
 from qwbatch.plan.shard_writer import WRITERS, ShardWriter
-from qwbatch.plan.shards import decode_shard, encode_line, shard_key, write_shard
+from qwbatch.plan.shards import decode_shard, encode_line, write_shard
+from qwbatch.storage.layout import shard_key
 from qwbatch.storage.stores import LocalStore, ObjectStore, make_durable
 
 _EMPTY_LIST = pa.list_(pa.string())

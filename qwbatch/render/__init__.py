@@ -26,13 +26,11 @@ from qwbatch.render.engine import (
     RecordsCallback,
     ShardResult,
     run_shard,
-    shard_label,
     store_retries,
 )
 from qwbatch.render.journal import (
     Journal,
     StoreJournal,
-    journal_prefix,
     read_journal,
     read_run_journal,
 )
@@ -45,12 +43,10 @@ __all__ = [
     "RecordsCallback",
     "ShardResult",
     "StoreJournal",
-    "journal_prefix",
     "read_journal",
     "read_run_journal",
     "read_shard_result",
     "run_shard",
-    "shard_label",
     "store_retries",
     "write_shard_result",
 ]

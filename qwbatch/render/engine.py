@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from qwbatch.budget.policy import BudgetedProvider, BudgetGuard
+from qwbatch.budget import BudgetedProvider, BudgetGuard
 from qwbatch.catalog import table as catalog
 from qwbatch.core.costs import PriceTable
 from qwbatch.core.errors import JournalError, QwBatchError
@@ -60,6 +60,7 @@ from qwbatch.render.recorder import Recorder, RecordsCallback
 from qwbatch.render.recovery import TaskFinder
 from qwbatch.render.rerolls import TextChecks, shared_reader
 from qwbatch.render.retries import store_retries
+from qwbatch.storage.layout import shard_label
 from qwbatch.storage.stores import ObjectStore
 from qwbatch.text import TextReader
 
@@ -69,7 +70,6 @@ __all__ = [
     "RecordsCallback",
     "ShardResult",
     "run_shard",
-    "shard_label",
     "store_retries",
     "summarize",
 ]
@@ -123,7 +123,7 @@ class Engine:
     ) -> None:
         #: Unit prices for the catalog's unit_price and cost (qwbatch.core.costs).
         self.prices = prices or PriceTable.load(settings, table)
-        #: With a budget, every paid call reserves its cost first (qwbatch.budget.policy).
+        #: With a budget, every paid call reserves its cost first (qwbatch.budget.provider).
         self.provider = (
             provider if budget is None else BudgetedProvider(provider, budget, self.prices)
         )
@@ -338,8 +338,3 @@ async def run_shard(engine: Engine, shard_key: str) -> ShardResult:
         unique=False,
     )
     return summarize(engine, shard_key, records, part_uri, time.monotonic() - began)
-
-
-def shard_label(shard_key: str) -> str:
-    """``runs/<run>/shards/shard-00003.jsonl.zst`` → ``shard-00003``."""
-    return shard_key.rsplit("/", 1)[-1].split(".", 1)[0]

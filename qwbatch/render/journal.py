@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 from qwbatch.core.errors import JournalError, StorageError, StorageTransientError
 from qwbatch.core.types import CatalogRecord, ProviderImage, ProviderResult, RenderRequest
+from qwbatch.storage.layout import journal_key, journal_prefix
 from qwbatch.storage.stores import ObjectStore
 
 Endpoint = Literal["sync", "async"]
@@ -53,12 +54,6 @@ CallState = Literal["sent", "accepted", "answered", "ambiguous", "failed", "abse
 
 #: Parallel GETs when a shard's journal is read back.
 _READ_WORKERS = 16
-
-
-def journal_prefix(run_id: str, label: str | None = None) -> str:
-    """``runs/<run_id>/journal/`` or, with a shard label, that shard's folder."""
-    base = f"runs/{run_id}/journal/"
-    return f"{base}{label}/" if label else base
 
 
 @dataclass(slots=True)
@@ -368,7 +363,7 @@ class StoreJournal(Journal):
                     future.set_result(None)
 
     async def _write(self, lines: list[str]) -> None:
-        key = f"{self.prefix}{self.writer}-{self._seq:08d}.jsonl"
+        key = journal_key(self.prefix, self.writer, self._seq)
         self._seq += 1
         data = ("\n".join(lines) + "\n").encode("utf-8")
         deadline = time.monotonic() + self.retry_s

@@ -26,8 +26,8 @@ from qwbatch.core.settings import Settings
 from qwbatch.core.types import ProviderResult, RenderRequest
 from qwbatch.render.retries import store_retries
 from qwbatch.storage import thumbs
-from qwbatch.storage.layout import output_key
-from qwbatch.storage.metadata import image_metadata, request_doc_key
+from qwbatch.storage.layout import output_key, request_doc_key
+from qwbatch.storage.metadata import image_metadata
 from qwbatch.storage.stores import ObjectInfo, ObjectStore
 
 T = TypeVar("T")

@@ -172,6 +172,8 @@ class TextChecks:
             first,
             seed=image.seed,
             output_uri=image.output_uri,
+            # Under the request key of the attempt that made it (a re-roll's own).
+            output_key=output_key(image.request_key, image.image_index or 0),
             sha256=image.sha256,
             bytes=image.bytes,
             width=image.width,

@@ -20,19 +20,9 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from qwbatch.core.errors import ObjectNotFoundError, StorageError
-from qwbatch.plan import shard_codec
 from qwbatch.render.engine import ShardResult
+from qwbatch.storage.layout import shard_result_key
 from qwbatch.storage.stores import ObjectStore
-
-_RESULT_SUFFIX = ".result.json"
-
-
-def result_key(shard_key: str) -> str:
-    """The key of a shard's result file: beside the shard file, ``….result.json``."""
-    for suffix in shard_codec.SUFFIXES:  # .jsonl.zst, or .jsonl.gz in a run planned before
-        if shard_key.endswith(suffix):
-            return shard_key.removesuffix(suffix) + _RESULT_SUFFIX
-    return shard_key + _RESULT_SUFFIX
 
 
 def write_shard_result(store: ObjectStore, result: ShardResult) -> str:
@@ -41,7 +31,7 @@ def write_shard_result(store: ObjectStore, result: ShardResult) -> str:
     data = {f.name: getattr(result, f.name) for f in fields(result)}
     data["statuses"] = dict(result.statuses)
     body = json.dumps(data, sort_keys=True).encode()
-    key = result_key(result.shard_key)
+    key = shard_result_key(result.shard_key)
     store.put(key, body, content_type="application/json")
     return store.uri(key)
 
@@ -49,11 +39,13 @@ def write_shard_result(store: ObjectStore, result: ShardResult) -> str:
 def read_shard_result(store: ObjectStore, shard_key: str) -> ShardResult | None:
     """The stored result of ``shard_key``; None when the shard has not finished."""
     try:
-        data = json.loads(store.get(result_key(shard_key)))
+        data = json.loads(store.get(shard_result_key(shard_key)))
     except ObjectNotFoundError:
         return None
     except ValueError as exc:
-        raise StorageError(f"unreadable shard result {store.uri(result_key(shard_key))}") from exc
+        raise StorageError(
+            f"unreadable shard result {store.uri(shard_result_key(shard_key))}"
+        ) from exc
     data["statuses"] = Counter(data.get("statuses", {}))
     return ShardResult(**data)
 

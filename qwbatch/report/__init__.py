@@ -4,6 +4,8 @@
 
     numbers.py         Report: counts, spend, retries, failures and speed (``qwbatch report``)
     html.py            one self-contained HTML page per report (``report --html``)
+    links.py           where a page's image links: relative, presigned or public URLs
+    page_font.py       the page's embedded subset of Noto Sans CJK
     markdown.py        a run's summary as Markdown, with its contact sheet (Prefect artifact)
     contact_sheet.py   a run's images on one grid, with ids and prompts
 """

@@ -2,8 +2,9 @@
 
 Tiles are the thumbnails stored beside the outputs (see :mod:`qwbatch.storage.thumbs`); a row that
 ended without an image gets a grey tile naming its status and error code. Captions use a
-CJK-capable font (:mod:`qwbatch.core.fonts`), so Chinese prompts read as written. Sizes are in
-pixels.
+CJK-capable font (:mod:`qwbatch.core.fonts`), so Chinese prompts read as written. The header
+ends with the selected run's spend beside the lifetime spend of DEST, as
+:mod:`qwbatch.catalog.spend` defines them. Sizes are in pixels.
 
 ::
 
@@ -23,11 +24,13 @@ from typing import Any
 
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from qwbatch.catalog import spend as catalog_spend
 from qwbatch.catalog import view as catalog_view
 from qwbatch.catalog.view import RowFilter
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.fonts import Font, caption_font
 from qwbatch.run.summary import RunSummary
+from qwbatch.storage.layout import run_sheet_key
 from qwbatch.storage.stores import ObjectStore
 from qwbatch.text import read_lines
 
@@ -35,8 +38,7 @@ log = logging.getLogger(__name__)
 
 #: Tiles drawn at most by default; a footer says how many more matched.
 DEFAULT_LIMIT = 500
-#: Where a run's own sheet is stored in DEST, and how many tiles it shows at most.
-RUN_SHEET_KEY = "runs/{run_id}/contact-sheet.png"
+#: How many tiles a run's own sheet (stored in DEST) shows at most.
 RUN_SHEET_LIMIT = 120
 
 _PAGE = (246, 245, 242)
@@ -90,6 +92,8 @@ class ContactSheet:
     shown: int
     matched: int
     tiles: list[Tile] = field(default_factory=list)
+    #: The header's second line: the selected run's spend beside the lifetime's.
+    subtitle: str = ""
 
     def png(self) -> bytes:
         out = io.BytesIO()
@@ -147,14 +151,26 @@ def make_contact_sheet(
     layout: Layout | None = None,
     title: str | None = None,
 ) -> ContactSheet:
-    """The contact sheet of ``store``'s catalog (selection as in :mod:`qwbatch.catalog.view`)."""
+    """The contact sheet of ``store``'s catalog (selection as in :mod:`qwbatch.catalog.view`).
+
+    Its header is ``title`` (default: DEST, the selection and the tile count), and under it a
+    line of spend.
+    """
     rows = catalog_view.select_rows(store, run=run, filters=filters)
     tiles = tiles_for(store, rows[:limit])
     if title is None:
         scope = f"run {run}" if run else "latest of every row"
         title = f"{store.root_uri} · {scope} · {len(rows)} tiles"
-    image = draw_sheet(tiles, title=title, more=len(rows) - len(tiles), layout=layout)
-    return ContactSheet(image=image, shown=len(tiles), matched=len(rows), tiles=tiles)
+    runs = sorted({row["run_id"] for row in rows})
+    selected = run if run not in (None, "latest") else (runs[-1] if runs else None)
+    currency = next((row["currency"] for row in rows if row.get("currency")), "USD")
+    money = catalog_spend.spend(store, selected).line(currency)
+    image = draw_sheet(
+        tiles, title=title, subtitle=money, more=len(rows) - len(tiles), layout=layout
+    )
+    return ContactSheet(
+        image=image, shown=len(tiles), matched=len(rows), tiles=tiles, subtitle=money
+    )
 
 
 def store_run_sheet(
@@ -165,7 +181,7 @@ def store_run_sheet(
     The sheet goes to ``runs/<run_id>/contact-sheet.png``; returns its URI and the sheet.
     """
     sheet = make_contact_sheet(store, run=run_id, limit=limit, title=f"run {run_id}")
-    put = store.put(RUN_SHEET_KEY.format(run_id=run_id), sheet.png(), content_type="image/png")
+    put = store.put(run_sheet_key(run_id), sheet.png(), content_type="image/png")
     return put.uri, sheet
 
 
@@ -187,10 +203,21 @@ def publish_run_sheet(store: ObjectStore, summary: RunSummary) -> str | None:
 # ------------------------------------------------------------------------------ drawing
 
 
+def header_height(layout: Layout, *, subtitle: bool) -> int:
+    """Pixels above the first row of tiles: the title, and the subtitle's line if any."""
+    return round(layout.title_size * 2.2) + (round(layout.prompt_size * 1.6) if subtitle else 0)
+
+
 def draw_sheet(
-    tiles: Sequence[Tile], *, title: str, more: int = 0, layout: Layout | None = None
+    tiles: Sequence[Tile],
+    *,
+    title: str,
+    subtitle: str | None = None,
+    more: int = 0,
+    layout: Layout | None = None,
 ) -> Image.Image:
-    """Lay ``tiles`` out on a grid under ``title``; ``more`` counts tiles left off."""
+    """Lay ``tiles`` out on a grid under ``title`` (and ``subtitle``); ``more`` counts tiles
+    left off."""
     lay = layout or Layout()
     columns = max(1, min(lay.columns, len(tiles)))
     rows = max(1, -(-len(tiles) // columns))
@@ -200,7 +227,7 @@ def draw_sheet(
     line = round(lay.prompt_size * 1.35)
     caption_h = round(lay.id_size * 1.5) + line * lay.prompt_lines + lay.padding // 2
     cell_w, cell_h = lay.tile + lay.padding, lay.tile + caption_h + lay.padding
-    header_h = round(lay.title_size * 2.2)
+    header_h = header_height(lay, subtitle=subtitle is not None)
     footer_h = round(lay.prompt_size * 2.2) if more > 0 or not tiles else 0
     width = max(columns * cell_w + lay.padding, 480)
     height = header_h + rows * cell_h + lay.padding + footer_h
@@ -208,6 +235,10 @@ def draw_sheet(
     draw = ImageDraw.Draw(page)
     title_text = fit_lines(title, title_font, width - 2 * lay.padding, 1)[0]
     draw.text((lay.padding, lay.padding // 2 + 2), title_text, font=title_font, fill=_INK)
+    if subtitle is not None:
+        sub_text = fit_lines(subtitle, prompt_font, width - 2 * lay.padding, 1)[0]
+        sub_y = round(lay.title_size * 2.2) - lay.padding // 4
+        draw.text((lay.padding, sub_y), sub_text, font=prompt_font, fill=_MUTED)
 
     for number, tile in enumerate(tiles):
         x = lay.padding + (number % columns) * cell_w

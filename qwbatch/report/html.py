@@ -1,10 +1,18 @@
 """The HTML report: one self-contained page that opens from disk, for a person to judge a run.
 
-It holds totals (by status, by model, by tag), failures with their reasons, the manifest rows
-the run rejected, and a gallery of every image with its id, status, model, size, seed, cost,
-prompt and tags. Thumbnails are inlined as ``data:`` URIs and the styles as one ``<style>``
-block; the page loads nothing else (its Content-Security-Policy forbids it) and runs no
-script. Every catalog value is HTML-escaped. Money is in the catalog's currency.
+It holds totals (by status, by model, by tag), failures with their reasons, the rows a budget
+skipped (a ceiling the user set, not a failure), the manifest rows each run shown rejected,
+and a gallery of every image with its id, status, model, size, seed, prompt, tags, and the
+run that rendered it with what it cost there. Money follows :mod:`qwbatch.catalog.spend`:
+the cost of the rows shown counts each image at its rendering's cost (a deduplicated row
+shows an image paid for earlier), beside the selected run's own spend and the lifetime
+spend of DEST. Thumbnails are inlined as ``data:`` URIs and the styles as one ``<style>``
+block, with a subset of Noto Sans CJK for the page's characters (:mod:`.page_font`), so
+Chinese reads on a machine without CJK fonts; the page loads nothing else (its
+Content-Security-Policy forbids it) and runs no script. Each image opens its full-size
+output when ``image_link`` is given (see :mod:`qwbatch.report.links`: relative for a local
+DEST, presigned or public for S3).
+Every catalog value is HTML-escaped. Money is in the catalog's currency.
 
 The selection of rows is :mod:`qwbatch.catalog.view`'s::
 
@@ -20,16 +28,20 @@ import io
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from html import escape
+from html import escape, unescape
 from typing import Any
 
 import pyarrow.parquet as pq
 
+from qwbatch.catalog import spend as catalog_spend
 from qwbatch.catalog import view as catalog_view
-from qwbatch.catalog.table import REJECTS_PREFIX
+from qwbatch.catalog.spend import Origin
 from qwbatch.catalog.view import RowFilter
 from qwbatch.core.errors import StorageError, StorageTransientError
+from qwbatch.report.links import ImageLink
+from qwbatch.report.page_font import FAMILY, font_face_css
 from qwbatch.run.progress import GOOD_STATUSES
+from qwbatch.storage.layout import rejects_key
 from qwbatch.storage.stores import ObjectStore
 from qwbatch.text import read_lines
 
@@ -44,15 +56,24 @@ class _Tally:
     rows: int = 0
     images: int = 0
     failed: int = 0
+    skipped: int = 0
     cost: float = 0.0
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any], origin: Origin) -> None:
         self.rows += 1
-        self.cost += row.get("cost") or 0.0
+        self.cost += origin.cost
         if row["status"] in GOOD_STATUSES:
             self.images += 1 if catalog_view.has_image(row) else 0
+        elif row["status"] == SKIPPED:
+            self.skipped += 1
         else:
             self.failed += 1
+
+
+#: The status of rows a budget kept from rendering: the user's ceiling, not a failure.
+SKIPPED = "skipped_budget"
+#: How statuses read on the page (others as they are).
+_STATUS_WORDS = {SKIPPED: "skipped (budget)"}
 
 
 def render_html_report(
@@ -62,83 +83,125 @@ def render_html_report(
     filters: Sequence[RowFilter] = (),
     max_images: int = DEFAULT_MAX_IMAGES,
     generated_at: dt.datetime | None = None,
+    image_link: ImageLink | None = None,
+    embed_font: bool = True,
 ) -> str:
     """The report page for ``store`` (one run, ``"latest"``, or the latest of every row)."""
     rows = catalog_view.select_rows(store, run=run, filters=filters)
     runs = sorted({row["run_id"] for row in rows})
-    rejects_run = run if run not in (None, "latest") else (runs[-1] if runs else None)
+    selected = run if run not in (None, "latest") else (runs[-1] if runs else None)
     currency = next((row["currency"] for row in rows if row.get("currency")), "USD")
     when = (generated_at or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%d %H:%M UTC")
-    scope = "latest of every row" if run is None else f"run {rejects_run}"
+    scope = "latest of every row" if run is None else f"run {selected}"
+    found = catalog_spend.origins(store)
+    origins = [catalog_spend.origin_of(row, found) for row in rows]
+    money = catalog_spend.spend(store, selected)
     body = "\n".join(
         [
             f"<h1>qwbatch report</h1><p class=meta>{escape(store.root_uri)} · {escape(scope)}"
             f" · {len(runs)} run(s) · generated {when}</p>",
-            _totals(rows, currency),
+            _totals(rows, origins, money, currency),
             _failures(rows),
             _text_checks(rows),
-            _rejects(store, rejects_run),
-            _gallery(store, rows, max_images, currency),
-            _by_tag(rows, currency),
+            _skipped(rows),
+            _rejects(store, runs or ([selected] if selected else [])),
+            _gallery(store, rows, origins, max_images, currency, image_link),
+            _by_tag(rows, origins, currency),
         ]
     )
-    return _PAGE.format(title=escape(f"qwbatch report · {scope}"), style=_STYLE, body=body)
+    title = escape(f"qwbatch report · {scope}")
+    style = _STYLE + (font_face_css(unescape(title + body)) if embed_font else "")
+    return _PAGE.format(title=title, style=style, body=body)
 
 
 # ------------------------------------------------------------------------------ sections
 
 
-def _totals(rows: Sequence[dict[str, Any]], currency: str) -> str:
+def _totals(
+    rows: Sequence[dict[str, Any]],
+    origins: Sequence[Origin],
+    money: catalog_spend.Spend,
+    currency: str,
+) -> str:
     total = _Tally()
-    for row in rows:
-        total.add(row)
+    for row, origin in zip(rows, origins, strict=True):
+        total.add(row, origin)
     statuses = Counter(row["status"] for row in rows)
     cards = [
         ("rows", str(total.rows)),
         ("images", str(total.images)),
         ("failed", str(total.failed)),
-        (f"cost ({currency})", f"{total.cost:.4f}"),
+        ("skipped by the budget", str(total.skipped)),
+        (f"cost of the images shown ({currency})", f"{total.cost:.4f}"),
     ]
+    if money.run_id is not None:
+        cards.append((f"spent by run {money.run_id}", _money(money.run_cost, currency)))
+    lifetime = f"lifetime spend ({money.runs} run{'s' if money.runs != 1 else ''})"
+    cards.append((lifetime, _money(money.lifetime_cost, currency)))
     html = "<section class=cards>" + "".join(
         f"<div class=card><b>{escape(value)}</b><span>{escape(label)}</span></div>"
         for label, value in cards
     )
     html += "</section>"
-    status_rows = [[status, str(count)] for status, count in sorted(statuses.items())]
+    status_rows = [[_word(status), str(count)] for status, count in sorted(statuses.items())]
     by_model: dict[str, _Tally] = defaultdict(_Tally)
-    for row in rows:
-        by_model[row["model"]].add(row)
+    for row, origin in zip(rows, origins, strict=True):
+        by_model[row["model"]].add(row, origin)
     models = [[name, *_cells(t)] for name, t in sorted(by_model.items())]
     return (
         html
         + "<div class=row><div>"
         + _table("By status", ["status", "rows"], status_rows, numeric={1})
         + "</div><div>"
-        + _table("By model", ["model", *_head(currency)], models, numeric={1, 2, 3, 4})
+        + _table("By model", ["model", *_head(currency)], models, numeric={1, 2, 3, 4, 5})
         + "</div></div>"
     )
 
 
-def _by_tag(rows: Sequence[dict[str, Any]], currency: str) -> str:
+def _by_tag(rows: Sequence[dict[str, Any]], origins: Sequence[Origin], currency: str) -> str:
     by_tag: dict[tuple[str, str], _Tally] = defaultdict(_Tally)
-    for row in rows:
+    for row, origin in zip(rows, origins, strict=True):
         for key, value in row["tags"].items():
-            by_tag[(key, value)].add(row)
+            by_tag[(key, value)].add(row, origin)
     tags = [[f"{k}={v}" if v else k, *_cells(t)] for (k, v), t in sorted(by_tag.items())]
     head = ["tag", *_head(currency)]
-    return _table("By tag", head, tags, numeric={1, 2, 3, 4}, empty="no tags")
+    return _table("By tag", head, tags, numeric={1, 2, 3, 4, 5}, empty="no tags")
 
 
 def _head(currency: str) -> list[str]:
-    return ["rows", "images", "failed", f"cost ({currency})"]
+    return ["rows", "images", "failed", "skipped (budget)", f"cost ({currency})"]
 
 
 def _cells(t: _Tally) -> list[str]:
-    return [str(t.rows), str(t.images), str(t.failed), f"{t.cost:.4f}"]
+    return [str(t.rows), str(t.images), str(t.failed), str(t.skipped), f"{t.cost:.4f}"]
+
+
+def _money(amounts: dict[str, float], currency: str) -> str:
+    """One currency's amount as ``0.0000``, or each with its currency when they mix."""
+    if set(amounts) <= {currency}:
+        return f"{amounts.get(currency, 0.0):.4f}"
+    return catalog_spend.money_text(amounts, currency)
+
+
+def _word(status: str) -> str:
+    return _STATUS_WORDS.get(status, status)
+
+
+def _skipped(rows: Sequence[dict[str, Any]]) -> str:
+    skipped = [row for row in rows if row["status"] == SKIPPED]
+    if not skipped:
+        return ""
+    body = [
+        [row["row_id"], row["model"], row["run_id"], row.get("error_message") or ""]
+        for row in skipped
+    ]
+    head = ["id", "model", "run", "why"]
+    title = f"Skipped by the budget ({len(skipped)}): not sent, nothing spent"
+    return _table(title, head, body)
 
 
 def _failures(rows: Sequence[dict[str, Any]]) -> str:
-    bad = [row for row in rows if row["status"] not in GOOD_STATUSES]
+    bad = [row for row in rows if row["status"] not in GOOD_STATUSES | {SKIPPED}]
     body = [
         [
             row["row_id"],
@@ -196,43 +259,71 @@ def _label(row: dict[str, Any]) -> str:
     return label
 
 
-def _rejects(store: ObjectStore, run: str | None) -> str:
-    if run is None:
-        return ""
-    try:
-        data = store.get(f"{REJECTS_PREFIX}rejects-{run}.parquet")
-    except (StorageError, StorageTransientError):
-        data = None  # no rejects file: the run rejected nothing (or it is unreadable)
-    rejects = pq.read_table(io.BytesIO(data)).to_pylist() if data else []
-    body = [[str(r["row_number"]), r.get("id") or "", r["column"], r["reason"]] for r in rejects]
-    title = f"Rejected manifest rows ({len(rejects)}, run {run})"
-    return _table(title, ["row", "id", "column", "reason"], body, numeric={0}, empty="none")
+def _rejects(store: ObjectStore, runs: Sequence[str]) -> str:
+    """The manifest rows each of ``runs`` rejected, in one table with a run column."""
+    body = []
+    for run in runs:
+        try:
+            data = store.get(rejects_key(run))
+        except (StorageError, StorageTransientError):
+            continue  # no rejects file: the run rejected nothing (or it is unreadable)
+        body += [
+            [run, str(r["row_number"]), r.get("id") or "", r["column"], r["reason"]]
+            for r in pq.read_table(io.BytesIO(data)).to_pylist()
+        ]
+    where = f"run {runs[0]}" if len(runs) == 1 else f"{len(runs)} runs"
+    title = f"Rejected manifest rows ({len(body)}, {where})"
+    head = ["run", "row", "id", "column", "reason"]
+    return _table(title, head, body, numeric={1}, empty="none")
 
 
 def _gallery(
-    store: ObjectStore, rows: Sequence[dict[str, Any]], max_images: int, currency: str
+    store: ObjectStore,
+    rows: Sequence[dict[str, Any]],
+    origins: Sequence[Origin],
+    max_images: int,
+    currency: str,
+    image_link: ImageLink | None,
 ) -> str:
     shown = rows[:max_images]
-    figures = [_figure(store, row, currency) for row in shown]
+    pairs = zip(shown, origins[: len(shown)], strict=True)
+    figures = [_figure(store, row, origin, currency, image_link) for row, origin in pairs]
     more = len(rows) - len(shown)
     tail = f"<p class=meta>… and {more} more rows not shown</p>" if more > 0 else ""
     return f"<h2>Images ({len(rows)})</h2><section class=grid>{''.join(figures)}</section>{tail}"
 
 
-def _figure(store: ObjectStore, row: dict[str, Any], currency: str) -> str:
+def _figure(
+    store: ObjectStore,
+    row: dict[str, Any],
+    origin: Origin,
+    currency: str,
+    image_link: ImageLink | None,
+) -> str:
     thumb = catalog_view.load_thumbnail(store, row)
     label = _label(row)
     if thumb is not None:
         uri = "data:image/webp;base64," + base64.b64encode(thumb).decode("ascii")
         picture = f'<img src="{uri}" alt="{escape(label)}">'
+        image_key = catalog_view.output_key_of(row)
+        href = image_link(image_key) if image_link and image_key else None
+        if href:
+            title = "open the full-size image"
+            picture = f'<a href="{escape(href)}" title="{title}">{picture}</a>'
     else:
         reason = row.get("error_message") or row.get("error_code") or "no image"
-        picture = f"<div class=noimg>{escape(row['status'])}<small>{escape(reason)}</small></div>"
+        word = escape(_word(row["status"]))
+        picture = f"<div class=noimg>{word}<small>{escape(reason)}</small></div>"
     facts = " · ".join(
         escape(str(x))
         for x in (row["model"], row.get("size") or "default size", f"seed {row['seed']}")
     )
-    cost = f"{(row.get('cost') or 0.0):.4f} {escape(row.get('currency') or currency)}"
+    cost = f"{origin.cost:.4f} {escape(origin.currency or currency)}"
+    if catalog_view.has_image(row):
+        paid = "rendered in this run" if origin.run_id == row["run_id"] else "rendered by run"
+        cost = f"{paid} {escape(origin.run_id)}: {cost}"
+    else:
+        cost = f"run {escape(row['run_id'])}: {cost}"
     tags = "".join(
         f"<span class=tag>{escape(f'{k}={v}' if v else k)}</span>"
         for k, v in sorted(row["tags"].items())
@@ -240,7 +331,8 @@ def _figure(store: ObjectStore, row: dict[str, Any], currency: str) -> str:
     status = escape(row["status"])
     return (
         f"<figure>{picture}<figcaption><b>{escape(label)}</b>"
-        f" <span class='st {status}'>{status}</span><br><small>{facts} · {cost}</small>"
+        f" <span class='st {status}'>{escape(_word(row['status']))}</span>"
+        f"<br><small>{facts}</small><br><small class=paid>{cost}</small>"
         f"{_text_lines(row)}<p>{escape(row['prompt'])}</p>{tags}</figcaption></figure>"
     )
 
@@ -286,7 +378,7 @@ def _table(
 _PAGE = """<!doctype html>
 <html lang=en><head><meta charset=utf-8>
 <meta http-equiv="Content-Security-Policy"
- content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+ content="default-src 'none'; img-src data:; font-src data:; style-src 'unsafe-inline'">
 <meta name=viewport content="width=device-width, initial-scale=1">
 <title>{title}</title><style>{style}</style></head>
 <body>
@@ -294,8 +386,11 @@ _PAGE = """<!doctype html>
 </body></html>
 """
 
-_STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Noto Sans","Noto Sans CJK SC",
+_STYLE = (
+    (
+        f'body{{font:14px/1.45 "{FAMILY}",'  # the embedded subset first: the same look everywhere
+    )
+    + """system-ui,-apple-system,"Segoe UI","Noto Sans","Noto Sans CJK SC",
 "PingFang SC","Microsoft YaHei",sans-serif;margin:24px;background:#f6f5f2;color:#222}
 h1{margin:0 0 4px}.row{display:flex;gap:32px;flex-wrap:wrap}
 h2{margin:28px 0 8px;font-size:18px}.meta{color:#666;margin:0}
@@ -316,8 +411,9 @@ figcaption{padding:8px 10px}figcaption p{margin:6px 0;color:#444}
 .text{display:grid;grid-template-columns:auto 1fr;gap:0 8px;margin:6px 0;font-size:12px;
 padding:4px 6px;border-radius:4px}.text dt{color:#666}.text dd{margin:0}
 .text.ok{background:#eef6ee}.text.bad{background:#f9e3e3;color:#8a1c1c}
-.st.failed,.st.moderated,.st.ambiguous,.st.expired,.st.skipped_budget,.st.text_mismatch{background:#f6e0e0;
-color:#a02020}.st.deduplicated{background:#e8ecf4;color:#2a3f66}
+.st.failed,.st.moderated,.st.ambiguous,.st.expired,.st.text_mismatch{background:#f6e0e0;
+color:#a02020}.st.skipped_budget{background:#f7eed8;color:#7a5a10}.st.deduplicated{background:#e8ecf4;color:#2a3f66}
 .tag{display:inline-block;font-size:12px;background:#f0eee9;border-radius:4px;
 padding:0 6px;margin:0 4px 4px 0;color:#555}
 """
+)

@@ -17,7 +17,9 @@ the same numbers:
   (``text_ok``), how many ended ``text_mismatch``, how many could not be read, and the
   re-rolls they took (``rerolls``, each billed and in ``cost``);
 - wall time of a run: its first ``started_at`` to its last ``finished_at`` (plan rows
-  included), and throughput: images stored per minute of it.
+  included), and throughput: images stored per minute of it;
+- ``spend``: the selected run's spend beside the lifetime spend of DEST, as
+  :mod:`qwbatch.catalog.spend` defines both (the same figures every other view shows).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from qwbatch.catalog import table as catalog
+from qwbatch.catalog.spend import Spend, money_text, spend
 from qwbatch.catalog.table import catalog_columns
 from qwbatch.core.costs import MONEY_PLACES, UNTAGGED, format_money, tag_label
 from qwbatch.core.errors import ConfigError
+from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore
 
 if TYPE_CHECKING:
@@ -171,6 +175,8 @@ class Report:
     by_tag: list[SpendLine] = field(default_factory=list)
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
     text: TextCounts = field(default_factory=TextCounts)
+    #: The selected run's spend and the lifetime spend (None: built from rows alone).
+    spend: Spend | None = None
 
     @property
     def wall_s(self) -> float:
@@ -198,6 +204,7 @@ class Report:
             "by_tag": [line.to_dict() for line in self.by_tag],
             "failures": self.failures,
             "text": self.text.to_dict(),
+            "spend": self.spend.to_dict() if self.spend is not None else None,
         }
 
 
@@ -272,22 +279,25 @@ def report(store: ObjectStore, *, run_id: str | None = None, missing_ok: bool = 
     runs), unless ``missing_ok``.
     """
     if not missing_ok and not catalog.part_keys(store):
-        where = store.uri(catalog.CATALOG_PREFIX.rstrip("/"))
+        where = store.uri(layout.CATALOG_PREFIX.rstrip("/"))
         raise ConfigError(f"no catalog at {where}: nothing has been rendered there")
     table = catalog_columns(store, REPORT_COLUMNS, run_id=run_id)
     if run_id is not None and table.num_rows == 0 and not missing_ok:
         runs = sorted(set(catalog_columns(store, ("run_id",))["run_id"].to_pylist()))
         known = ", ".join(runs[-10:]) or "none"
         raise ConfigError(f"the catalog has no rows for run {run_id!r} (latest runs: {known})")
-    return build_report(row for batch in table.to_batches() for row in batch.to_pylist())
+    result = build_report(row for batch in table.to_batches() for row in batch.to_pylist())
+    result.spend = spend(store, run_id)
+    return result
 
 
 # --------------------------------------------------------------------------- run artifacts
 
 
 def cost_table(report: Report) -> list[dict[str, Any]]:
-    """Spend by model, then by tag, as table rows (for the run's Prefect table artifact)."""
-    return [
+    """Spend by model, then by tag, then the run's and the lifetime's, as table rows (for the
+    run's Prefect table artifact)."""
+    lines = [
         {
             "by": by,
             "name": line.name,
@@ -297,9 +307,29 @@ def cost_table(report: Report) -> list[dict[str, Any]]:
             "possible_cost": _money(line.possible_cost),
             "currency": line.currency,
         }
-        for by, lines in (("model", report.by_model), ("tag", report.by_tag))
-        for line in lines
+        for by, group in (("model", report.by_model), ("tag", report.by_tag))
+        for line in group
     ]
+    if report.spend is not None:
+        money = report.spend
+        totals = (
+            ("run", money.run_id or "", money.run_cost, money.run_possible_cost),
+            ("lifetime", f"{money.runs} runs", money.lifetime_cost, money.lifetime_possible_cost),
+        )
+        lines += [
+            {
+                "by": by,
+                "name": name,
+                "images": None,
+                "rows": None,
+                "cost": _money(amount),
+                "possible_cost": _money(possible.get(currency, 0.0)),
+                "currency": currency,
+            }
+            for by, name, costs, possible in totals
+            for currency, amount in sorted(costs.items())
+        ]
+    return lines
 
 
 def run_markdown(summary: RunSummary, report: Report) -> str:
@@ -330,6 +360,11 @@ def run_markdown(summary: RunSummary, report: Report) -> str:
         lines.append(
             f"| budget ({summary.budget_mode}) | {format_money(summary.budget, money)}: "
             f"{share} used |"
+        )
+    if report.spend is not None:
+        lines.append(
+            f"| lifetime spend in DEST ({report.spend.runs} runs) | "
+            f"{money_text(report.spend.lifetime_cost, money)} |"
         )
     lines += [f"| wall time | {summary.wall_s:.1f} s |", ""]
     statuses = ", ".join(f"{k} {v}" for k, v in summary.statuses.items()) or "none"

@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from qwbatch.catalog.table import CATALOG_PREFIX, COMPACTION_PREFIX, part_keys
+from qwbatch.catalog.table import part_keys
 from qwbatch.core.errors import StorageError
 from qwbatch.run import records as runs
+from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore
 
 #: Rows per merged part (about 100-300 MB of Parquet for typical prompts).
@@ -55,7 +56,9 @@ def compact(store: ObjectStore, *, max_rows: int = DEFAULT_MAX_ROWS) -> Compacti
     result = CompactionResult(recovered=finish_interrupted(store))
     keys = part_keys(store)
     open_runs = _unfinished_runs(store)
-    eligible = [k for k in keys if not any(k.startswith(_part_prefix(r)) for r in open_runs)]
+    eligible = [
+        k for k in keys if not any(k.startswith(layout.run_parts_prefix(r)) for r in open_runs)
+    ]
     result.skipped_parts = len(keys) - len(eligible)
     if len(eligible) < 2:
         return result
@@ -78,10 +81,12 @@ def write_merged(
     see the merged parts instead of them.
     """
     merged = pa.concat_tables([_read_part(store, key) for key in keys], promote_options="default")
-    name = f"part-compact-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+    name = layout.compaction_name(
+        time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), secrets.token_hex(3)
+    )
     chunks = [merged.slice(i, max_rows) for i in range(0, merged.num_rows, max_rows)] or [merged]
-    new_keys = [f"{CATALOG_PREFIX}{name}-{i:03d}.parquet" for i in range(len(chunks))]
-    marker = f"{COMPACTION_PREFIX}{name}.json"
+    new_keys = [layout.compacted_part_key(name, i) for i in range(len(chunks))]
+    marker = layout.compaction_marker_key(name)
     body = json.dumps({"parts": new_keys, "replaces": keys}).encode()
     store.put(marker, body, content_type="application/json")
     for key, chunk in zip(new_keys, chunks, strict=True):
@@ -93,7 +98,7 @@ def write_merged(
 
 def finish_interrupted(store: ObjectStore) -> int:
     """Complete compactions whose new parts all exist; undo those whose parts do not."""
-    markers = [k for k in store.list(COMPACTION_PREFIX) if k.endswith(".json")]
+    markers = [k for k in store.list(layout.COMPACTION_PREFIX) if k.endswith(".json")]
     for marker in markers:
         body = json.loads(store.get(marker))
         new, replaced = body["parts"], body["replaces"]
@@ -116,12 +121,8 @@ def _read_part(store: ObjectStore, key: str) -> pa.Table:
 
 def _unfinished_runs(store: ObjectStore) -> set[str]:
     found = set()
-    for key in store.list(runs.INDEX_PREFIX):
+    for key in store.list(layout.INDEX_PREFIX):
         run_id = key.rsplit("/", 1)[-1]
         if not runs.is_finished(store, run_id):
             found.add(run_id)
     return found
-
-
-def _part_prefix(run_id: str) -> str:
-    return f"{CATALOG_PREFIX}part-{run_id}-"

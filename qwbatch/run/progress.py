@@ -7,9 +7,10 @@ it and registers it under the run id (:func:`watching`); the runner looks it up
 other machines (deployments) find no tracker and report nothing; their catalog parts are the
 record.
 
-Counting is in images: a request for ``n`` images counts ``n`` when it ends, whatever its
-outcome. Rates are images per second since the plan was known; the ETA assumes that rate
-holds. Money is in the run's currency.
+Counting is in images. The work done counts a request for ``n`` images as ``n`` when it ends,
+whatever its outcome (the bar, the rate and the ETA follow it); the headline counts only the
+images made: a failed request is not an image. Rates are images per second of work done
+since the plan was known; the ETA assumes that rate holds. Money is in the run's currency.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class ProgressSnapshot:
         if not self.planned:
             return "progress: planning…"
         parts = [
-            f"progress: {self.done_images}/{self.total_images} images ({self.fraction:.0%})",
+            f"progress: {self.succeeded_images}/{self.total_images} images made",
+            f"{self.fraction:.0%} done",
             f"{self.rate:.2f} img/s",
             self.spend_text(),
             f"ETA {format_duration(self.eta_s)}",

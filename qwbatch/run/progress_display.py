@@ -1,14 +1,16 @@
 """Showing a ``ProgressTracker``: live on a terminal, log lines elsewhere.
 
-On a terminal, a rich live display redraws a few times a second: a bar of images done out of
-the total, the rate, spend against the budget (or the estimate), ETA, failures and the latest
-failure's reason. Anywhere else (CI, a pipe, a log file), one plain line every
-``interval_s`` seconds, and a last one when the run ends. Both write to stderr, so stdout
-keeps only the run's summary.
+On a terminal, or in a Jupyter notebook with ipywidgets, a rich live display redraws a few
+times a second: a bar of images done out of the total, the rate, spend against the budget
+(or the estimate), ETA, failures and the latest failure's reason. Anywhere else (CI, a
+pipe, a log file, a notebook without ipywidgets), one plain line every ``interval_s``
+seconds, and a last one when the run ends. Both write to stderr, so stdout keeps only the
+run's summary.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import threading
 from collections.abc import Iterator
@@ -36,7 +38,7 @@ def render_snapshot(snap: ProgressSnapshot) -> RenderableType:
     head.add_row(
         Text("rendering", style="bold"),
         bar,
-        Text(f"{snap.done_images}/{snap.total_images} images ({snap.fraction:.0%})"),
+        Text(f"{snap.succeeded_images}/{snap.total_images} images made ({snap.fraction:.0%} done)"),
     )
     facts = Text()
     facts.append(f"{snap.rate:.2f} img/s", style="cyan")
@@ -87,6 +89,11 @@ class LogLines:
         self.tick()
 
 
+def _has_widgets() -> bool:
+    """Whether a notebook can show rich's live bar (it draws through ipywidgets)."""
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 @contextmanager
 def show_progress(
     tracker: ProgressTracker,
@@ -98,13 +105,14 @@ def show_progress(
     """Show ``tracker`` while the block runs: live on a terminal, else periodic lines.
 
     ``quiet`` shows nothing. ``console`` defaults to one on stderr; whether it is a terminal
-    decides the style (rich's rules: a TTY, or ``FORCE_COLOR``/``TTY_COMPATIBLE``).
+    or a notebook decides the style (rich's rules: a TTY, ``FORCE_COLOR``/``TTY_COMPATIBLE``,
+    or a Jupyter kernel; a notebook without ipywidgets gets the plain lines).
     """
     if quiet:
         yield tracker
         return
     console = console or Console(stderr=True)
-    if console.is_terminal:
+    if console.is_terminal or (console.is_jupyter and _has_widgets()):
         live = Live(
             get_renderable=lambda: render_snapshot(tracker.snapshot()),
             console=console,

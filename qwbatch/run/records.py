@@ -1,13 +1,10 @@
 """A run's records in its store, and which run a new invocation should resume.
 
-::
-
-    runs/<run_id>/plan.json              the plan, written once planning has finished
-    runs/<run_id>/shards/shard-NNNNN…    the shard files (see qwbatch.plan.shards)
-    runs/<run_id>/shards/shard-NNNNN.result.json  a shard's result (qwbatch.render.shard_results)
-    runs/<run_id>/journal/shard-NNNNN/…  the journal of unfinished shards (qwbatch.render.journal)
-    runs/<run_id>/summary.json           the last attempt's summary (``left`` > 0: stopped)
-    runs/_index/<fingerprint>/<run_id>   one empty object per run, keyed by what it renders
+A run keeps, under ``runs/`` in DEST (the keys are :mod:`qwbatch.storage.layout`'s): its plan,
+written once planning has finished; its shard files (:mod:`qwbatch.plan.shards`) and their
+results (:mod:`qwbatch.render.shard_results`); the journal of unfinished shards
+(:mod:`qwbatch.render.journal`); the last attempt's summary (``left`` > 0: stopped); and one
+empty index object, keyed by what the run renders.
 
 Resume is by run id (``qwbatch run … --resume RUN_ID``) or automatic: a run of the same
 manifest (same bytes, same default model, same strictness) into the same DEST that has no
@@ -18,41 +15,23 @@ Finished shards are not run again; unfinished ones replay their journal.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import fields, is_dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-
-from qwbatch.budget import policy as budgets
-from qwbatch.catalog.table import CATALOG_PREFIX
+from qwbatch import budget as budgets
 from qwbatch.core.costs import ZERO, CostLine, Estimate, PriceTable
 from qwbatch.core.errors import ConfigError, ManifestError, ObjectNotFoundError
 from qwbatch.manifest.files import S3ManifestFile, is_remote, manifest_files
 from qwbatch.plan import Plan
-from qwbatch.render.journal import journal_prefix, read_run_journal
+from qwbatch.render.journal import read_run_journal
+from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore
 
 if TYPE_CHECKING:
     from qwbatch.core.settings import Settings
-
-INDEX_PREFIX = "runs/_index/"
-
-
-def plan_key(run_id: str) -> str:
-    return f"runs/{run_id}/plan.json"
-
-
-def summary_key(run_id: str) -> str:
-    return f"runs/{run_id}/summary.json"
-
-
-def index_key(fingerprint: str, run_id: str) -> str:
-    return f"{INDEX_PREFIX}{fingerprint}/{run_id}"
 
 
 def manifest_fingerprint(
@@ -92,22 +71,22 @@ def manifest_fingerprint(
 def start_run(store: ObjectStore, run_id: str, fingerprint: str) -> None:
     """Mark that ``run_id`` renders ``fingerprint``: written once its plan is made, before its
     plan is saved and before anything is sent."""
-    store.put(index_key(fingerprint, run_id), b"", content_type="text/plain")
+    store.put(layout.index_key(fingerprint, run_id), b"", content_type="text/plain")
 
 
 def save_plan(store: ObjectStore, plan: Plan, fingerprint: str) -> None:
     body = {"fingerprint": fingerprint, "plan": _encode(plan)}
-    store.put(plan_key(plan.run_id), _json(body), content_type="application/json")
+    store.put(layout.plan_key(plan.run_id), _json(body), content_type="application/json")
 
 
 def load_plan(store: ObjectStore, run_id: str) -> tuple[Plan, str] | None:
     """The run's plan and the fingerprint it was made for; None if planning never finished."""
-    body = _load(store, plan_key(run_id))
+    body = _load(store, layout.plan_key(run_id))
     if body is None:
         return None
     plan = _decode(body["plan"])
     if not isinstance(plan, Plan):
-        raise ConfigError(f"{store.uri(plan_key(run_id))} does not hold a plan")
+        raise ConfigError(f"{store.uri(layout.plan_key(run_id))} does not hold a plan")
     return plan, str(body["fingerprint"])
 
 
@@ -152,7 +131,7 @@ def _decode(value: Any) -> Any:
 
 
 def run_exists(store: ObjectStore, run_id: str, fingerprint: str) -> bool:
-    return store.exists(index_key(fingerprint, run_id))
+    return store.exists(layout.index_key(fingerprint, run_id))
 
 
 # -- money spent by earlier attempts ----------------------------------------------------
@@ -167,7 +146,7 @@ def spent_so_far(store: ObjectStore, run_id: str, prices: PriceTable) -> Decimal
     """
     total = budgets.spent_by_run(store, run_id)
     for label, state in read_run_journal(store, run_id).items():
-        total -= _part_spend(store, f"{CATALOG_PREFIX}part-{run_id}-{label}.parquet")
+        total -= budgets.spent_in_part(store, layout.part_key(run_id, label))
         for key, request in state.requests.items():
             if request.finished is not None:
                 total += sum(
@@ -187,23 +166,12 @@ def spent_so_far(store: ObjectStore, run_id: str, prices: PriceTable) -> Decimal
     return max(total, ZERO)
 
 
-def _part_spend(store: ObjectStore, key: str) -> Decimal:
-    try:
-        table = pq.read_table(io.BytesIO(store.get(key)), columns=["cost", "possible_cost"])
-    except ObjectNotFoundError:
-        return ZERO
-    total = ZERO
-    for column in ("cost", "possible_cost"):
-        total += Decimal(str(pc.sum(table[column]).as_py() or 0.0))
-    return total
-
-
 # -- finding a run to resume ------------------------------------------------------------------
 
 
 def is_finished(store: ObjectStore, run_id: str) -> bool:
     """Whether the run's last attempt finished with nothing left."""
-    body = _load(store, summary_key(run_id))
+    body = _load(store, layout.summary_key(run_id))
     return body is not None and not body.get("left")
 
 
@@ -211,14 +179,14 @@ def has_started(store: ObjectStore, run_id: str) -> bool:
     """Whether the run has rendered anything yet: a shard in its journal, or one finished
     (its result file beside its shard file). A run planned by one process and rendered by
     the next is started there, not resumed."""
-    if next(iter(store.list(journal_prefix(run_id))), None) is not None:
+    if next(iter(store.list(layout.journal_prefix(run_id))), None) is not None:
         return True
-    return any(key.endswith(".result.json") for key in store.list(f"runs/{run_id}/shards/"))
+    return any(layout.is_shard_result(key) for key in store.list(layout.shards_prefix(run_id)))
 
 
 def find_unfinished(store: ObjectStore, fingerprint: str) -> str | None:
     """The newest run of ``fingerprint`` in ``store`` that has not finished, if any."""
-    prefix = f"{INDEX_PREFIX}{fingerprint}/"
+    prefix = layout.index_prefix(fingerprint)
     run_ids = sorted((key[len(prefix) :] for key in store.list(prefix)), reverse=True)
     return next((run_id for run_id in run_ids if not is_finished(store, run_id)), None)
 

@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 
 import pyarrow.parquet as pq
 
-from qwbatch.budget import policy as budgets
-from qwbatch.catalog.table import CATALOG_PREFIX
-from qwbatch.core.costs import PriceTable
-from qwbatch.core.errors import ObjectNotFoundError
+from qwbatch import budget as budgets
+from qwbatch.catalog import spend as catalog_spend
+from qwbatch.core.costs import MONEY_PLACES, PriceTable
+from qwbatch.core.errors import ObjectNotFoundError, StorageError, StorageTransientError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import STOP, StopSignal
@@ -36,12 +36,13 @@ from qwbatch.inputs.staging import InputStage, StagedInputs
 from qwbatch.plan import Plan, decode_shard, new_run_id, plan_run
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render import shard_loop
-from qwbatch.render.engine import Engine, ShardResult, run_shard, shard_label, store_retries
+from qwbatch.render.engine import Engine, ShardResult, run_shard, store_retries
 from qwbatch.render.journal import StoreJournal
 from qwbatch.render.shard_results import read_shard_result, write_shard_result
 from qwbatch.run import progress
 from qwbatch.run import records as runs
 from qwbatch.run.summary import RunSummary
+from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore, open_store
 
 log = logging.getLogger(__name__)
@@ -288,13 +289,13 @@ async def render_shard_async(
     """
     del manifest_dir  # kept in the signature: flows and deployments pass it
     store = store or open_store(out, settings)
-    label = shard_label(shard_key)
+    label = layout.shard_label(shard_key)
     tracker = progress.tracker_for(run_id)
     done = await _with_store(settings, read_shard_result, store, shard_key)
     if done is not None and done.left == 0:
         if tracker is not None and done.part_uri:
             # Finished by an earlier attempt: its rows still count towards this one's progress.
-            part = f"{CATALOG_PREFIX}{done.part_uri.rsplit('/', 1)[-1]}"
+            part = layout.catalog_key(done.part_uri.rsplit("/", 1)[-1])
             tracker.on_records(await _with_store(settings, _part_records, store, part))
         return done
     if stop.is_set():
@@ -366,20 +367,33 @@ def finish(
         prepared.plan,
         shards,
         out=out,
-        catalog_uri=store.uri(CATALOG_PREFIX.rstrip("/")),
+        catalog_uri=store.uri(layout.CATALOG_PREFIX.rstrip("/")),
         currency=settings.currency(),
         wall_s=time.monotonic() - began,
     )
     summary.resumed = prepared.resumed
+    note_lifetime_spend(store, summary)
     summary.stopped_by = stop.reason if stop.is_set() and summary.left else None
     if save:
         save_summary(store, summary)
     return summary
 
 
+def note_lifetime_spend(store: ObjectStore, summary: RunSummary) -> None:
+    """Set ``summary``'s lifetime spend from the catalog; a catalog that cannot be read
+    leaves it unknown (the run still stands)."""
+    try:
+        found = catalog_spend.spend(store, summary.run_id)
+    except (StorageError, StorageTransientError) as exc:
+        log.warning("lifetime spend unknown for %s: %s", summary.out, exc.message)
+        return
+    summary.lifetime_cost = round(found.lifetime_cost.get(summary.currency, 0.0), MONEY_PLACES)
+    summary.lifetime_runs = found.runs
+
+
 def save_summary(store: ObjectStore, summary: RunSummary) -> None:
     """Write ``runs/<run>/summary.json``: a run with nothing ``left`` is finished."""
-    key = runs.summary_key(summary.run_id)
+    key = layout.summary_key(summary.run_id)
     store.put(key, summary.to_json().encode(), content_type="application/json")
 
 

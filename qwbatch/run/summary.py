@@ -50,6 +50,10 @@ class RunSummary:
     budget: float | None = None
     budget_mode: str | None = None
     skipped_budget: int = 0
+    #: What DEST's catalog says every run there has spent, this one included (see
+    #: :mod:`qwbatch.catalog.spend`), over how many runs; None when it could not be read.
+    lifetime_cost: float | None = None
+    lifetime_runs: int = 0
 
     @classmethod
     def from_parts(
@@ -124,6 +128,11 @@ class RunSummary:
             f"images stored {self.images_stored}; billed {self.billed_images} images, "
             f"cost {self.cost:.4f} {self.currency}",
         ]
+        if self.lifetime_cost is not None:
+            out.append(
+                f"lifetime spend in {self.out}: {format_money(self.lifetime_cost, self.currency)} "
+                f"over {self.lifetime_runs} runs"
+            )
         if self.possible_extra_images:
             out.append(
                 f"possible extra spend from {self.ambiguous_calls} ambiguous calls: "

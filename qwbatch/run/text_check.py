@@ -100,7 +100,7 @@ async def _check(
 def _wanted(row: dict[str, Any], expected: Mapping[str, Sequence[str]], run_id: str | None) -> bool:
     if run_id is not None and row["run_id"] != run_id:
         return False
-    if row["status"] not in _JUDGED or not row.get("output_uri"):
+    if row["status"] not in _JUDGED or not (row.get("output_key") or row.get("output_uri")):
         return False
     return bool(expected.get(row["row_id"]) or row.get("text_expected"))
 
@@ -114,7 +114,8 @@ async def _judge(
     result: TextCheckResult,
 ) -> dict[str, Any]:
     wanted = tuple(expected.get(row["row_id"]) or row.get("text_expected") or ())
-    key, index = output_of(row["output_uri"], row["request_key"], row["image_index"] or 0)
+    stored = row.get("output_key") or row.get("output_uri")
+    key, index = output_of(stored, row["request_key"], row["image_index"] or 0)
     row = dict(row, text_expected=list(wanted))
     before = row["status"]
     result.checked += 1

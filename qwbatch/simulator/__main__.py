@@ -1,5 +1,7 @@
 """``python -m qwbatch.simulator --port P``: serve the simulator until Ctrl-C.
 
+``qwbatch simulator`` is the same command: it hands its arguments to :func:`main`.
+
 Common knobs have flags; any other knob is ``--set NAME=VALUE`` (VALUE parsed as JSON when it
 can be, e.g. ``--set error_5xx_rate=0.1 --set rps_by_model='{"qwen-image": 5}'``).
 """
@@ -17,11 +19,17 @@ from pydantic import ValidationError
 from qwbatch.simulator.config import SimulatorConfig
 from qwbatch.simulator.server import DEFAULT_PORT, serve
 
+DESCRIPTION = """Serve the DashScope-compatible simulator on loopback until Ctrl-C.
 
-def build_parser() -> argparse.ArgumentParser:
+Common knobs have flags; any other SimulatorConfig knob is --set NAME=VALUE (VALUE parsed as
+JSON when it can be), e.g. faults: --set error_5xx_rate=0.1 --set drop_connection_rate=0.05,
+or rates: --set rps_by_model='{"qwen-image": 5}'."""
+
+
+def build_parser(prog: str = "python -m qwbatch.simulator") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m qwbatch.simulator",
-        description=__doc__,
+        prog=prog,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1")
@@ -57,8 +65,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     return SimulatorConfig.model_validate(knobs)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    parser = build_parser(prog) if prog else build_parser()
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)

@@ -39,7 +39,7 @@ class SimulatorConfig(BaseModel):
     # Rendering
     #: Benchmark mode: text-free flat images whose PNG bytes are cached per size and colour.
     fast: bool = False
-    #: A TrueType/OpenType font for the prompt text; None looks for one on the machine.
+    #: A TrueType/OpenType font for the prompt text; None: the bundled Noto Sans CJK.
     font_path: str | None = None
     #: Spelling of ``usage``: "docs" (width/height/image_count), "output"
     #: (output_width/output_height/output_image_count) or "alternate" (switch per request).

@@ -15,16 +15,14 @@ import colorsys
 import hashlib
 import io
 import re
-import shutil
 import struct
-import subprocess
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from qwbatch.core.fonts import caption_font
 from qwbatch.simulator import lettering
 
 #: zlib level for every PNG: speed over size (the simulator's images are throwaway).
@@ -33,23 +31,6 @@ PNG_COMPRESS_LEVEL = 1
 FAST_CACHE_SIZE = 64
 #: Input formats the provider accepts (docs/providers/dashscope.md §3.5).
 INPUT_FORMATS = frozenset({"JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF", "MPO"})
-
-_FONT_CANDIDATES = (
-    # CJK-capable first: prompts are often Chinese.
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/System/Library/Fonts/PingFang.ttc",
-    "/System/Library/Fonts/Supplemental/Arial Unicode.ttf",
-    "C:/Windows/Fonts/msyh.ttc",
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "C:/Windows/Fonts/arial.ttf",
-)
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 RGB = tuple[int, int, int]
@@ -300,33 +281,11 @@ def _wrap(text: str, font: Font, max_width: int) -> list[str]:
 
 @lru_cache(maxsize=64)
 def _font(path: str | None, size: int) -> Font:
-    chosen = path or find_font()
-    if chosen is not None:
+    """``path`` when given (``SimulatorConfig.font_path``), else the captions' font: the
+    bundled Noto Sans CJK (:mod:`qwbatch.core.fonts`), so Chinese prompts draw as written."""
+    if path is not None:
         try:
-            return ImageFont.truetype(chosen, size)
+            return ImageFont.truetype(path, size)
         except OSError:
-            pass  # an unreadable font file: fall back to Pillow's own
-    return ImageFont.load_default(size=size)
-
-
-@lru_cache(maxsize=1)
-def find_font() -> str | None:
-    """A TrueType/OpenType font on this machine (CJK-capable if there is one), or None."""
-    for candidate in _FONT_CANDIDATES:
-        if Path(candidate).is_file():
-            return candidate
-    fc_match = shutil.which("fc-match")
-    if fc_match is None:
-        return None
-    try:
-        # Fixed argv, no shell: fontconfig's best sans font, preferring CJK coverage.
-        found = subprocess.run(  # noqa: S603
-            [fc_match, "-f", "%{file}", "sans:lang=zh"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return found if found and Path(found).is_file() else None
+            pass  # an unreadable font file: fall back to the captions' font
+    return caption_font(size)

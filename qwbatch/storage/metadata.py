@@ -22,14 +22,8 @@ from typing import Any
 
 from qwbatch.core.types import CatalogRecord, RenderRequest
 from qwbatch.core.uris import recorded_uri
-from qwbatch.storage.stores import MAX_METADATA_BYTES, metadata_size
-
-#: Name of the request document written beside the images when metadata cannot hold it.
-REQUEST_DOC = "request.json"
-
-
-def request_doc_key(request_key: str) -> str:
-    return f"images/{request_key[:2]}/{request_key}/{REQUEST_DOC}"
+from qwbatch.storage.base import MAX_METADATA_BYTES, metadata_size
+from qwbatch.storage.layout import REQUEST_DOC
 
 
 def image_metadata(

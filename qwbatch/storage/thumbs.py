@@ -12,16 +12,10 @@ import logging
 
 from qwbatch.core import images
 from qwbatch.core.errors import QwBatchError
-from qwbatch.storage.stores import ObjectStore
+from qwbatch.storage.base import ObjectStore
+from qwbatch.storage.layout import thumb_key
 
 log = logging.getLogger(__name__)
-
-THUMBS_PREFIX = "thumbs/"
-
-
-def thumb_key(request_key: str, index: int) -> str:
-    """Key of the thumbnail of a request's ``index``-th output image."""
-    return f"{THUMBS_PREFIX}{request_key[:2]}/{request_key}/{index}.webp"
 
 
 def store_thumbnail(store: ObjectStore, request_key: str, index: int, data: bytes) -> str | None:

@@ -93,3 +93,11 @@ def test_text_smoke_judges_and_runs_with_text_checks() -> None:
     output = _smoke("text")
     assert _row(output, "text judge (12 images)", "misspelt images passed")[2] == "0"
     assert _row(output, "text run (24 rows)", "admitted ÷ R")[2]
+
+
+@pytest.mark.slow
+def test_export_smoke_prints_throughput_and_memory() -> None:
+    output = _smoke("export")
+    assert "img/s" in _row(output, "export webdataset (2,000 images)", "throughput")[2]
+    memory = _row(output, "export webdataset (2,000 images)", "peak RSS (500 → 2,000 images)")
+    assert memory[2].endswith("MiB")

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import render_helpers
 
-from qwbatch.budget.policy import BUDGETS, BudgetSpec, LocalBudget
+from qwbatch.budget import BUDGETS, BudgetSpec, LocalBudget
 from qwbatch.core.costs import PriceTable
 from qwbatch.core.errors import BudgetExceededError
 from qwbatch.core.model_table import ModelTable

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from qwbatch.budget.policy import BudgetSpec, open_run_budget
+from qwbatch.budget import BudgetSpec, open_run_budget
 from qwbatch.budget.shared import PrefectBudget, create_counter, delete_counter, read_counter
 from qwbatch.core.costs import PriceTable
 from qwbatch.core.model_table import ModelTable
@@ -33,7 +33,7 @@ WORKER = """
 import json, sys, time
 from pathlib import Path
 from qwbatch.run import runner
-from qwbatch.budget.policy import BudgetSpec
+from qwbatch.budget import BudgetSpec
 from qwbatch.core.settings import Settings
 
 shard, out, folder, spec = sys.argv[1], sys.argv[2], Path(sys.argv[3]), json.loads(sys.argv[4])

@@ -17,7 +17,7 @@ from qwbatch.catalog import table as catalog
 from qwbatch.catalog.rebuild import rebuild
 from qwbatch.cli import app
 from qwbatch.run.compaction import compact, write_merged
-from qwbatch.storage.metadata import REQUEST_DOC
+from qwbatch.storage.layout import COMPACTION_PREFIX, REQUEST_DOC
 from qwbatch.storage.stores import LocalStore, open_store
 
 KEY = "sk-catalog-tools-key"
@@ -177,7 +177,7 @@ def test_an_interrupted_compaction_never_shows_rows_twice_and_is_finished_later(
     result = compact(store)
     assert result.recovered == 1
     assert catalog.read_catalog(store).num_rows == rows
-    assert list(store.list(catalog.COMPACTION_PREFIX)) == []
+    assert list(store.list(COMPACTION_PREFIX)) == []
 
 
 def test_compact_leaves_parts_of_unfinished_runs_alone(sim, tmp_path) -> None:

@@ -136,3 +136,19 @@ def test_a_rerun_with_nothing_new_finishes_without_prefect(
     assert "exit 0 prefect imported: False" in rerun.stdout, rerun.stdout + rerun.stderr
     assert "2 already rendered" in rerun.stdout or "deduplicated" in rerun.stdout, rerun.stdout
     assert sum(sim.ledger()["requests"].values()) == calls  # not one provider call
+
+
+def test_simulator_command_takes_the_simulator_modules_flags() -> None:
+    from qwbatch.simulator.__main__ import build_parser
+
+    shown = runner.invoke(app, ["simulator", "--help"])
+    assert shown.exit_code == 0, shown.output
+    assert "usage: qwbatch simulator" in shown.output
+    flags = [flag for action in build_parser()._actions for flag in action.option_strings]
+    assert {"--rps", "--no-rate-limit", "--set", "--seed", "--api-key"} <= set(flags)
+    for flag in flags:
+        assert flag in shown.output
+    # Knobs reach the simulator's own checks (a rate above 1 is refused before serving).
+    refused = runner.invoke(app, ["simulator", "--port", "0", "--set", "error_5xx_rate=2"])
+    assert refused.exit_code == 2
+    assert "error_5xx_rate" in refused.output

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.render import render_manifest
-from qwbatch.budget.policy import resolve_backend
+from qwbatch.budget import resolve_backend
 from qwbatch.cli import app
 from qwbatch.core.costs import PriceTable
 from qwbatch.core.model_table import ModelTable
@@ -177,3 +177,30 @@ def test_budget_refusal_bills_nothing_and_trim_never_exceeds(
     )
     assert again.exit_code == 0, again.output
     assert provider_env.ledger()["billed_images"] == 4  # low (priority 1) fits; none does not
+
+
+@pytest.mark.slow
+def test_a_digest_run_ends_with_its_digest_artifact(
+    prefect_server, provider_env, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    first = tmp_path / "first.parquet"
+    pq.write_table(pq.read_table(DEMO).slice(0, 5), first)
+    render_manifest(manifest=str(first), out=str(out))
+    state = render_manifest(manifest=str(DEMO), out=str(out), digest=True, return_state=True)
+    summary = state.result()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+
+    async def go():
+        async with get_client() as client:
+            return await client.read_artifacts(flow_run_filter=flow_run)
+
+    by_key = {artifact.key: artifact for artifact in asyncio.run(go())}
+    text = by_key["qwbatch-nightly-digest"].data
+    assert f"# qwbatch nightly `{summary.run_id}`" in text
+    assert "unchanged" in text
+    assert "lifetime" in text
+    assert "render-summary" in by_key  # the usual summary too

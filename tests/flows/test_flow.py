@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from flows.render import render_manifest
+from qwbatch.core.errors import ConfigError
 from qwbatch.plan import shard_codec
 
 DEMO = Path(__file__).parents[2] / "manifests" / "demo.parquet"
@@ -165,3 +166,17 @@ def test_render_into_s3_records_metadata_and_no_secrets(
     for row in rows:
         assert API_KEY not in json.dumps(row, default=str)
     assert API_KEY not in caplog.text
+
+
+@pytest.mark.slow
+def test_a_deployment_run_refuses_relative_paths_naming_its_folder(
+    prefect_server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # What a worker's run sees: a deployment id, and a temporary working folder.
+    monkeypatch.setenv("PREFECT__RUNTIME__DEPLOYMENT__ID", "7f0c1e52-0000-4000-8000-000000000000")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        render_manifest(manifest="manifests/demo.parquet", out="out")
+    assert "manifest 'manifests/demo.parquet' is a relative path" in refused.value.message
+    assert str(tmp_path) in refused.value.message
+    assert not (tmp_path / "out").exists()

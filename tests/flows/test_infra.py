@@ -166,10 +166,65 @@ def test_dockerignore_keeps_the_env_file_out() -> None:
 
 def test_deploy_script_is_valid_shell_that_applies_the_prefect_file() -> None:
     script = INFRA / "deploy.sh"
-    assert "--prefect-file infra/prefect.yaml --all" in script.read_text()
+    assert "PREFECT_FILE=infra/prefect.yaml" in script.read_text()
     if shutil.which("sh"):
         check = subprocess.run(["sh", "-n", str(script)], capture_output=True, check=False)
         assert check.returncode == 0, check.stderr
+
+
+FAKE_PREFECT = """#!/bin/sh
+echo "$*" >> "$PREFECT_CALLS"
+"""
+SYSTEM_PATH = "/usr/bin:/bin"
+
+
+def run_deploy(tmp_path: Path, env: dict[str, str], *, on_path: bool) -> tuple[str, list[str]]:
+    """Run deploy.sh from a copy of the repo's infra/ with a fake ``prefect`` that records its
+    arguments, on PATH or (``on_path`` False) in ``.venv/bin`` only; its output and calls."""
+    root = tmp_path / "repo"
+    shutil.copytree(INFRA, root / "infra")
+    fake = (tmp_path / "bin" if on_path else root / ".venv" / "bin") / "prefect"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(FAKE_PREFECT)
+    fake.chmod(0o755)
+    calls = tmp_path / "calls.txt"
+    path = f"{fake.parent}:{SYSTEM_PATH}" if on_path else SYSTEM_PATH
+    done = subprocess.run(
+        ["sh", "infra/deploy.sh"],
+        cwd=root,
+        env={"PATH": path, "PREFECT_CALLS": str(calls), **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout + done.stderr, calls.read_text().splitlines()
+
+
+@pytest.mark.skipif(
+    shutil.which("sh") is None or shutil.which("prefect", path=SYSTEM_PATH) is not None,
+    reason="needs sh, and no prefect in the system folders",
+)
+def test_deploy_skips_the_nightly_schedule_without_its_variables(tmp_path: Path) -> None:
+    output, calls = run_deploy(tmp_path, {}, on_path=False)  # prefect found in .venv/bin
+    assert "skipping nightly-catalog: set QWBATCH_NIGHTLY_MANIFEST and QWBATCH_NIGHTLY_OUT" in (
+        output
+    )
+    (deploy,) = [call for call in calls if call.startswith("--no-prompt deploy")]
+    assert deploy == (
+        "--no-prompt deploy --prefect-file infra/prefect.yaml "
+        "--name render-manifest --name render-shards"
+    )
+    assert calls[0].startswith("work-pool create qwbatch-process")
+    assert calls[-1] == "work-queue set-concurrency-limit runs 2 --pool qwbatch-process"
+
+    half = {"QWBATCH_NIGHTLY_MANIFEST": "s3://b/nightly.parquet"}
+    _, calls = run_deploy(tmp_path / "half", half, on_path=True)
+    assert "--all" not in " ".join(calls)  # one of the two is not enough
+
+    both = {**half, "QWBATCH_NIGHTLY_OUT": "s3://b/out"}
+    output, calls = run_deploy(tmp_path / "both", both, on_path=True)
+    assert "skipping" not in output
+    assert "--no-prompt deploy --prefect-file infra/prefect.yaml --all" in calls
 
 
 # --------------------------------------------------------------------------- Kubernetes
@@ -310,3 +365,19 @@ def test_deployment_docs_walk_through_scale_and_say_what_was_not_run() -> None:
     for piece in ("infra/prefect.yaml", "docker-compose.yml", "infra/k8s/", "Dockerfile"):
         assert piece in section
     assert "No container engine runs on the development machines" in section
+
+
+def test_deployment_docs_automation_is_one_prefect_accepts() -> None:
+    from prefect.events.schemas.automations import AutomationCore
+
+    page = (REPO / "docs" / "deployment.md").read_text()
+    (text,) = re.findall(r"```yaml\n# nightly-alert.yaml\n(.*?)```", page, re.DOTALL)
+    block_id = "0b6e1a3e-0000-4000-8000-000000000000"
+    automation = AutomationCore.model_validate(
+        yaml.safe_load(text.replace("<the block's id, from `prefect block ls`>", block_id))
+    )
+    assert automation.trigger.match_related["prefect.resource.name"] in (
+        "nightly-catalog",
+        ["nightly-catalog"],
+    )
+    assert {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"} <= automation.trigger.expect

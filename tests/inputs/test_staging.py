@@ -20,10 +20,11 @@ from PIL import Image, ImageDraw
 from qwbatch.catalog import table as catalog
 from qwbatch.core.settings import Settings
 from qwbatch.inputs.lineage import trace
-from qwbatch.inputs.staging import NORMALISER, staged_key
+from qwbatch.inputs.staging import NORMALISER
 from qwbatch.plan import Plan, new_run_id
 from qwbatch.render.engine import ShardResult
 from qwbatch.run import runner
+from qwbatch.storage.layout import staged_key
 from qwbatch.storage.stores import open_store
 
 KEY = "sk-staging-test-0123456789SECRET"

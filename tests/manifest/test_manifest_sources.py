@@ -4,7 +4,9 @@ annotated template."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import pyarrow as pa
@@ -239,3 +241,14 @@ def test_every_column_is_in_the_template_and_the_docs_with_an_example() -> None:
         assert row, f"docs/manifest.md's columns table lacks {name}"
         cells = [cell.strip() for cell in row.group(1).split("|")]
         assert all(cells), f"docs/manifest.md's row for {name} has an empty cell"
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027])
+def test_written_manifest_gets_the_users_umask(tmp_path: Path, mask: int) -> None:
+    source = read_csv(write(tmp_path / "m.csv", "id,prompt\na,a fox\n"))
+    previous = os.umask(mask)
+    try:
+        convert_file(source, tmp_path / "m.parquet")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "m.parquet").stat().st_mode) == 0o666 & ~mask

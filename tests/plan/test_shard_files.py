@@ -13,7 +13,7 @@ from qwbatch.core.types import Alias, PlanItem, RenderRequest
 from qwbatch.plan import shard_codec
 from qwbatch.plan.shard_writer import ShardWriter
 from qwbatch.plan.shards import decode_shard, encode_line, read_shard, write_shard
-from qwbatch.render.shard_results import result_key
+from qwbatch.storage.layout import shard_result_key
 from qwbatch.storage.stores import LocalStore
 
 
@@ -73,6 +73,6 @@ def test_the_shard_writer_cuts_arrow_lines_into_shards_in_order(tmp_path: Path) 
 
 def test_a_result_sits_beside_its_shard_whatever_its_format() -> None:
     for suffix in (".jsonl.zst", ".jsonl.gz"):
-        assert result_key(f"runs/r/shards/shard-00003{suffix}") == (
+        assert shard_result_key(f"runs/r/shards/shard-00003{suffix}") == (
             "runs/r/shards/shard-00003.result.json"
         )

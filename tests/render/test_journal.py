@@ -11,7 +11,8 @@ from store_helpers import FlakyStore
 
 from qwbatch.core.errors import JournalError, StorageError, StorageTransientError
 from qwbatch.core.types import CatalogRecord, RenderRequest
-from qwbatch.render.journal import Finished, StoreJournal, journal_prefix, read_journal
+from qwbatch.render.journal import Finished, StoreJournal, read_journal
+from qwbatch.storage.layout import journal_prefix
 from qwbatch.storage.stores import LocalStore
 
 

@@ -12,9 +12,9 @@ from qwbatch.render.engine import ShardResult
 from qwbatch.render.shard_results import (
     group_shards,
     read_shard_result,
-    result_key,
     write_shard_result,
 )
+from qwbatch.storage.layout import shard_result_key
 from qwbatch.storage.stores import LocalStore
 
 SHARD = "runs/r1/shards/shard-00003.jsonl.gz"
@@ -36,8 +36,8 @@ def test_a_result_round_trips_beside_its_shard(tmp_path: Path) -> None:
 
     uri = write_shard_result(store, result)
 
-    assert result_key(SHARD) == "runs/r1/shards/shard-00003.result.json"
-    assert uri == store.uri(result_key(SHARD))
+    assert shard_result_key(SHARD) == "runs/r1/shards/shard-00003.result.json"
+    assert uri == store.uri(shard_result_key(SHARD))
     again = read_shard_result(store, SHARD)
     assert again == result
     assert isinstance(again.statuses, Counter)
@@ -49,7 +49,7 @@ def test_an_unfinished_shard_has_no_result(tmp_path: Path) -> None:
 
 def test_an_unreadable_result_is_a_storage_error(tmp_path: Path) -> None:
     store = LocalStore(tmp_path)
-    store.put(result_key(SHARD), b"{not json")
+    store.put(shard_result_key(SHARD), b"{not json")
     with pytest.raises(StorageError, match="unreadable shard result"):
         read_shard_result(store, SHARD)
 

@@ -19,7 +19,7 @@ import pytest
 import render_helpers
 from PIL import Image
 
-from qwbatch.budget.policy import LocalBudget
+from qwbatch.budget import LocalBudget
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest

@@ -16,7 +16,7 @@ from qwbatch.cli import app
 from qwbatch.core.errors import ConfigError
 from qwbatch.core.fonts import caption_font, find_caption_font
 from qwbatch.core.types import CatalogRecord, PlanItem
-from qwbatch.report.contact_sheet import Layout, fit_lines, make_contact_sheet
+from qwbatch.report.contact_sheet import Layout, fit_lines, header_height, make_contact_sheet
 from qwbatch.simulator.render import colour
 from qwbatch.storage.stores import LocalStore
 
@@ -144,7 +144,7 @@ def test_sheet_lays_thumbnails_on_the_grid_in_order(dest: Path) -> None:
     page = sheet.image
     assert page.width == 3 * (150 + 10) + 10
     rows = select_rows(LocalStore(dest))
-    header_h = round(layout.title_size * 2.2)
+    header_h = header_height(layout, subtitle=True)
     caption_h = round(layout.id_size * 1.5) + round(layout.prompt_size * 1.35) * 2 + 5
     for number, row in enumerate(rows):
         x = 10 + (number % 3) * 160

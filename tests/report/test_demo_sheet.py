@@ -1,5 +1,6 @@
-"""The README's contact sheet is the one the demo draws: render the demo manifest as
-``make demo`` does and compare the sheet with ``docs/contact-sheet.png``."""
+"""The README's contact sheet is the one the demo draws: render the demo manifests (the
+generation demo, then the edit demo) as ``make demo`` does and compare the sheet with
+``docs/contact-sheet.png``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from qwbatch.storage.stores import LocalStore
 
 ROOT = Path(__file__).parents[2]
 DOCS_SHEET = ROOT / "docs" / "contact-sheet.png"
-DEMO = ROOT / "manifests" / "demo.parquet"
+DEMOS = [ROOT / "manifests" / "demo.parquet", ROOT / "manifests" / "edit-demo.parquet"]
 
 
 def demo_title() -> str:
@@ -51,15 +52,18 @@ def test_docs_sheet_is_what_the_demo_draws(sim, tmp_path: Path) -> None:
         max_in_flight=16,
     )
     out = tmp_path / "out"
-    plan = runner.plan(str(DEMO), str(out), settings=settings, run_id="20260101T000000Z-demo00")
-    for shard in plan.shard_keys:
-        runner.render_shard(
-            shard,
-            out=str(out),
-            run_id=plan.run_id,
-            manifest_dir=str(DEMO.parent),
-            settings=settings,
-        )
+    for number, demo in enumerate(DEMOS):
+        run_id = f"20260101T00000{number}Z-demo0{number}"
+        plan = runner.plan(str(demo), str(out), settings=settings, run_id=run_id)
+        for shard in plan.shard_keys:
+            runner.render_shard(
+                shard,
+                out=str(out),
+                run_id=plan.run_id,
+                manifest_dir=str(demo.parent),
+                settings=settings,
+            )
+    assert all(path.name in demo_title() for path in DEMOS), "the title names every manifest"
     drawn = make_contact_sheet(LocalStore(out), title=demo_title()).image
     with Image.open(DOCS_SHEET) as committed:
         committed = committed.convert("RGB")

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import io
 import re
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
-from PIL import Image
+from fontTools.ttLib import TTFont
+from PIL import Image, ImageChops
 from render_helpers import engine_settings, make_request, render
 from typer.testing import CliRunner
 
 from qwbatch.catalog import table as catalog
 from qwbatch.cli import app
+from qwbatch.core.errors import ConfigError
 from qwbatch.core.types import CatalogRecord, PlanItem
 from qwbatch.manifest import Reject, rejects_table
 from qwbatch.report.html import render_html_report
+from qwbatch.report.links import link_maker
 from qwbatch.simulator.render import colour
-from qwbatch.storage.stores import LocalStore
+from qwbatch.storage.stores import LocalStore, S3Store
 
 runner = CliRunner()
 RUN = "20260301T000000Z-cccccc"
@@ -106,6 +114,41 @@ def test_report_command_writes_the_page(dest: Path, tmp_path: Path) -> None:
     assert "overview" in terminal.output
 
 
+def test_each_card_links_its_full_size_image_relative_to_the_page(dest: Path, tmp_path) -> None:
+    page = tmp_path / "pages" / "report.html"
+    page.parent.mkdir()
+    result = runner.invoke(app, ["report", str(dest), "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    hrefs = re.findall(r'<a href="([^"]+)"', page.read_text(encoding="utf-8"))
+    assert len(hrefs) == 3  # the three stored images; the failed row has none
+    for href in hrefs:
+        assert not href.startswith(("/", "file:", "http"))
+        target = (page.parent / unquote(href)).resolve()
+        assert target.is_relative_to(dest.resolve())
+        assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Moved together, page and DEST keep working: links are relative.
+    none = runner.invoke(app, ["report", str(dest), "--html", str(page), "--links", "none"])
+    assert none.exit_code == 0, none.output
+    assert "<a href" not in page.read_text(encoding="utf-8")
+
+
+def test_s3_links_are_presigned_or_public(s3_client, s3_bucket: str) -> None:
+    store = S3Store(s3_client, s3_bucket, "dest")
+    store.put("images/ab/abcd/0.png", b"\x89PNG full size", content_type="image/png")
+    link = link_maker(store, mode="presigned", expires_s=600)
+    assert link is not None
+    url = link("images/ab/abcd/0.png")
+    assert "Signature" in url or "X-Amz-Signature" in url
+    with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 (the moto server)
+        assert answer.read() == b"\x89PNG full size"
+    public = link_maker(store, base_url="https://cdn.example.com/dest/")
+    assert public is not None
+    assert public("images/ab/abcd/0.png") == "https://cdn.example.com/dest/images/ab/abcd/0.png"
+    with pytest.raises(ConfigError, match="local DEST"):
+        link_maker(store, mode="relative", page_dir=Path())
+    assert link_maker(store) is None  # auto: nothing to link an S3 page to without a choice
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -123,6 +166,7 @@ def screenshot(page: Path, png: Path, profile: Path) -> None:
             "--hide-scrollbars",
             f"--user-data-dir={profile}",
             "--window-size=1200,1600",
+            "--virtual-time-budget=5000",  # let the embedded font load before the shot
             f"--screenshot={png}",
             page.as_uri(),
         ],
@@ -163,3 +207,88 @@ def test_chromium_shows_the_images_from_disk(dest: Path, tmp_path: Path) -> None
         assert pixels_near(shot, tint) > 5000, (row_id, index, tint)
     # A colour that is in no image is (nearly) absent: the count means something.
     assert pixels_near(shot, (255, 0, 255)) < 50
+
+
+ZH = "灯笼夜市，红色的海报"
+
+
+def zh_page(tmp_path: Path, prompt: str, *, embed_font: bool) -> str:
+    """The page of a one-row catalog whose prompt is ``prompt`` (no image: text only)."""
+    out = tmp_path / "zh-dest"  # one path: pages differ by their prompt alone
+    shutil.rmtree(out, ignore_errors=True)
+    record = CatalogRecord(
+        run_id=RUN,
+        row_id="lantern",
+        request_key="dd" * 32,
+        mode="generate",
+        model="qwen-image-2.0",
+        prompt=prompt,
+        size="1328*1328",
+        seed=8,
+        status="moderated",
+        error_code="DataInspectionFailed",
+        attempts=1,
+    )
+    store = LocalStore(out)
+    catalog.write_part(store, [record], run_id=RUN, label="zh")
+    when = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    return render_html_report(store, RUN, generated_at=when, embed_font=embed_font)
+
+
+def test_page_embeds_a_font_with_every_character_it_shows(tmp_path: Path) -> None:
+    html = zh_page(tmp_path, ZH, embed_font=True)
+    assert "font-src data:" in html
+    match = re.search(r"src:url\(data:font/otf;base64,([A-Za-z0-9+/=]+)\)", html)
+    assert match, "no embedded font"
+    assert len(match.group(1)) < 300_000  # a subset, not the 30 MB collection
+    font = TTFont(io.BytesIO(base64.b64decode(match.group(1))))
+    cmap = font.getBestCmap()
+    assert all(ord(char) in cmap for char in ZH + "qwbatch report")
+    assert ord("鼠") not in cmap  # only the page's characters
+    assert "font-src" not in zh_page(tmp_path, ZH, embed_font=False).split("</head>")[1]
+
+
+INK = (34, 34, 34)  # the page's text colour
+NO_FONTS_CONF = """<?xml version="1.0"?>
+<!DOCTYPE fontconfig SYSTEM "fonts.dtd">
+<fontconfig><cachedir>{cache}</cachedir></fontconfig>
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium is not installed (.ci/run installs it)"
+)
+def test_chromium_without_any_system_font_draws_chinese_from_the_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fontconfig that knows no font folder: Chromium has no system font at all, CJK or other.
+    conf = tmp_path / "fonts.conf"
+    conf.write_text(NO_FONTS_CONF.format(cache=tmp_path / "fc-cache"), encoding="utf-8")
+    monkeypatch.setenv("FONTCONFIG_FILE", str(conf))
+
+    def shot(prompt: str, *, embed_font: bool) -> Image.Image:
+        name = f"{len(list(tmp_path.glob('*.html')))}"
+        page = tmp_path / f"{name}.html"
+        page.write_text(zh_page(tmp_path, prompt, embed_font=embed_font), encoding="utf-8")
+        # On a loaded machine headless Chromium may shoot before a data: font has decoded
+        # (there is no script to wait on fonts.ready): a page with the font gets three tries.
+        for attempt in range(3 if embed_font else 1):
+            png = tmp_path / f"{name}-{attempt}.png"
+            screenshot(page, png, tmp_path / f"profile-{name}-{attempt}")
+            with Image.open(png) as image:
+                picture = image.convert("RGB")
+            if pixels_near(picture, INK, 60) > 2000:
+                break
+        return picture
+
+    # The same characters in another order: tofu boxes would look the same, glyphs do not.
+    reordered = ZH[::-1]
+    first, second = shot(ZH, embed_font=True), shot(reordered, embed_font=True)
+    for image in (first, second):
+        assert pixels_near(image, INK, 60) > 2000, "no text drawn"
+    assert ImageChops.difference(first, second).getbbox() is not None, "no distinct glyphs"
+    without = ImageChops.difference(shot(ZH, embed_font=False), shot(reordered, embed_font=False))
+    assert without.getbbox() is None, (
+        "Chromium found a CJK font of its own: the test proves nothing"
+    )

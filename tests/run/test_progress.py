@@ -98,7 +98,7 @@ def test_tracker_counts_images_failures_cost_rate_and_eta() -> None:
     assert snap.eta_s == pytest.approx(5 / (5 / 4.0))
     assert snap.last_failure == "c1: DataInspectionFailed"
     assert snap.line() == (
-        "progress: 5/10 images (50%), 1.25 img/s, spent 0.3000 of est. 1.0000 CNY, "
+        "progress: 3/10 images made, 50% done, 1.25 img/s, spent 0.3000 of est. 1.0000 CNY, "
         "ETA 4 s, 2 failed, 3 rows already rendered"
     )
 
@@ -178,8 +178,8 @@ def test_log_lines_write_a_line_per_tick_and_a_last_one() -> None:
     with lines:
         pass  # no interval passes: only the closing line
     assert stream.getvalue().splitlines() == [
-        "progress: 0/2 images (0%), 0.00 img/s, spent 0.0000 USD, ETA ?, 0 failed",
-        "progress: 1/2 images (50%), 0.00 img/s, spent 0.0000 USD, ETA ?, 0 failed",
+        "progress: 0/2 images made, 0% done, 0.00 img/s, spent 0.0000 USD, ETA ?, 0 failed",
+        "progress: 1/2 images made, 50% done, 0.00 img/s, spent 0.0000 USD, ETA ?, 0 failed",
     ]
 
 
@@ -191,7 +191,7 @@ def test_not_a_terminal_gives_plain_lines_and_quiet_gives_nothing() -> None:
         tracker.on_plan(planned(images=1, requests=1), currency="USD")
         tracker.on_records([record("a", "succeeded", cost=0.035)])
     (line,) = out.getvalue().splitlines()  # the interval never passed: the closing line only
-    assert line.startswith("progress: 1/1 images (100%), ")
+    assert line.startswith("progress: 1/1 images made, 100% done, ")
     assert line.endswith(" img/s, spent 0.0350 USD, ETA 0 s, 0 failed")
     assert "\x1b[" not in line
 
@@ -212,7 +212,7 @@ def test_terminal_gets_the_live_display() -> None:
         )
     text = out.getvalue()
     assert "\x1b[" in text  # drawn with terminal control codes
-    assert "2/4 images (50%)" in text
+    assert "1/4 images made (50% done)" in text  # a failure is no image
     assert "spent 0.5000 of budget 1.0000 USD" in text
     assert "1 failed" in text
     assert "last failure: bad-row: InvalidParameter" in text

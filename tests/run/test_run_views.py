@@ -46,7 +46,7 @@ def test_run_shows_progress_and_publishes_its_contact_sheet(
     # Not a terminal: plain progress lines, the last one complete.
     progress = [line for line in result.output.splitlines() if line.startswith("progress:")]
     assert progress, result.output
-    assert progress[-1].startswith("progress: 4/4 images (100%), ")
+    assert progress[-1].startswith("progress: 4/4 images made, 100% done, ")
     assert progress[-1].endswith(" of est. 0.1400 USD, ETA 0 s, 0 failed")
     assert "spent 0.1400" in progress[-1]
 

@@ -19,10 +19,9 @@ from qwbatch.core.costs import Estimate, PriceTable, money
 from qwbatch.core.errors import ConfigError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.stop import StopSignal
-from qwbatch.render.journal import journal_prefix
-from qwbatch.render.shard_results import result_key
 from qwbatch.run import progress, runner
 from qwbatch.run import records as runs
+from qwbatch.storage.layout import journal_prefix, shard_result_key
 from qwbatch.storage.stores import LocalStore
 
 KEY = "sk-runs-test-key"
@@ -125,7 +124,7 @@ def test_a_stopped_run_is_resumed_automatically_and_pays_nothing_twice(
     stopped = runner.finish(prepared, shards, out=out, settings=settings, began=began, stop=stop)
     assert (stopped.left, stopped.stopped_by) == (8, "SIGINT")
     assert f"--resume {run_id}" in stopped.left_line()
-    assert store.exists(result_key(prepared.plan.shard_keys[0]))
+    assert store.exists(shard_result_key(prepared.plan.shard_keys[0]))
     assert list(store.list(journal_prefix(run_id, "shard-00000"))) == []
     assert not runs.is_finished(store, run_id)
 

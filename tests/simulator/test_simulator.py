@@ -17,11 +17,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops
 
 from qwbatch.core.model_table import ModelTable, parse_size
 from qwbatch.simulator import SimulatorHandle
 from qwbatch.simulator.__main__ import build_parser, config_from_args
+from qwbatch.simulator.render import Recipe, colour, render
 from qwbatch.simulator.state import peak_rate
 
 GEN = "/services/aigc/multimodal-generation/generation"
@@ -743,3 +744,24 @@ def test_python_dash_m_serves_the_api() -> None:
         process.wait(10)
         if process.stderr:
             process.stderr.close()
+
+
+def test_chinese_prompts_are_drawn_with_glyphs_not_boxes() -> None:
+    """The placeholder's text uses the bundled Noto Sans CJK: the same characters in another
+    order draw another picture (boxes for missing glyphs would all look alike)."""
+
+    def ink(prompt: str) -> Image.Image:
+        recipe = Recipe(
+            model="qwen-image-2.0", prompt=prompt, seed=3, index=0, count=1, width=512, height=512
+        )
+        with Image.open(io.BytesIO(render(recipe))) as image:
+            rgb = image.convert("RGB")
+        tint = colour(prompt, 3, 0)
+        # Where the text is: every pixel not of the background colour.
+        distance = ImageChops.difference(rgb, Image.new("RGB", rgb.size, tint)).convert("L")
+        return Image.eval(distance, lambda v: 255 if v > 40 else 0)
+
+    # Below the header line (model, seed, size), which is the same text in both.
+    first, second = ink("灯笼夜市").crop((0, 50, 512, 512)), ink("市夜笼灯").crop((0, 50, 512, 512))
+    assert first.histogram()[255] > 500  # text was drawn
+    assert ImageChops.difference(first, second).getbbox() is not None

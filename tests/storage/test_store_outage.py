@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from local_run import fast_settings, render_all
 
 from qwbatch.catalog.table import read_catalog
-from qwbatch.render.journal import journal_prefix
+from qwbatch.storage.layout import journal_prefix
 from qwbatch.storage.stores import open_store
 
 KEY = "sk-store-outage-key"

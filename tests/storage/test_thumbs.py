@@ -15,9 +15,8 @@ from qwbatch.core import images
 from qwbatch.core.errors import ImageError, StorageError
 from qwbatch.core.types import PlanItem
 from qwbatch.simulator.render import colour
-from qwbatch.storage.layout import output_key
+from qwbatch.storage.layout import output_key, thumb_key
 from qwbatch.storage.stores import LocalStore, PutResult
-from qwbatch.storage.thumbs import thumb_key
 
 
 def png(width: int, height: int, rgb: tuple[int, int, int], mode: str = "RGB") -> bytes:
