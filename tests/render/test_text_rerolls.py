@@ -22,6 +22,7 @@ from PIL import Image
 from qwbatch.budget import LocalBudget
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
+from qwbatch.core.stop import StopSignal
 from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render.engine import Engine
@@ -82,6 +83,7 @@ def run_engine(
     *,
     provider_type: type[DashScopeProvider] = DashScopeProvider,
     budget: LocalBudget | None = None,
+    stop: StopSignal | None = None,
 ) -> tuple[list[CatalogRecord], Engine]:
     store = LocalStore(out)
 
@@ -97,6 +99,7 @@ def run_engine(
                 journal=journal,
                 budget=budget,
                 reader=reader,
+                stop=stop,
             )
             return await engine.run_items(items), engine
 
@@ -209,4 +212,42 @@ def test_a_kill_during_rerolls_resumes_without_paying_twice(sim, tmp_path, reade
     assert record.rerolls == 2
     billed = [(e["prompt_sha256"], e["seed"]) for e in ledger["entries"]]
     assert len(billed) == len(set(billed)) == 3  # the first re-roll harvested, not re-sent
+    assert Decimal(str(record.cost)) == PRICE * 3
+
+
+STOP = StopSignal()
+
+
+class StopsAfterTheFirstReroll(DashScopeProvider):
+    """A stop (Ctrl-C) arrives while the first re-roll's image is being fetched."""
+
+    downloads = 0
+
+    async def download(self, url: str) -> bytes:
+        StopsAfterTheFirstReroll.downloads += 1
+        if StopsAfterTheFirstReroll.downloads == 2:
+            STOP.set("test")
+        return await super().download(url)
+
+
+def test_a_stop_during_rerolls_leaves_the_row_and_a_resume_finishes_it(
+    sim, tmp_path, reader
+) -> None:
+    settings = settings_for(sim, text_rerolls=2)
+    sim.configure(misspell_rate=1.0, seed=6)
+    item = PlanItem(text_request(4, ("Fresh Bread",)))
+    STOP.clear()
+    records, engine = run_engine(
+        [item], settings, tmp_path, reader, provider_type=StopsAfterTheFirstReroll, stop=STOP
+    )
+    # The re-roll on the wire finished; the next one was not started; the row is left.
+    assert records == []
+    assert engine.left == 1
+    assert sim.ledger()["billed_images"] == 2
+
+    [record], _ = run_engine([item], settings, tmp_path, reader)
+    assert record.status == "text_mismatch"
+    assert record.rerolls == 2
+    billed = [(e["prompt_sha256"], e["seed"]) for e in sim.ledger()["entries"]]
+    assert len(billed) == len(set(billed)) == 3  # the row, re-roll 1 (restored), re-roll 2
     assert Decimal(str(record.cost)) == PRICE * 3
