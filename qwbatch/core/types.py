@@ -53,6 +53,12 @@ class RenderRequest:
     priority: int | None = None
     #: Strings that must be legible on each image (read back by OCR; not in the key).
     expected_text: tuple[str, ...] = ()
+    #: Provider-specific parameters (quality, safety_tolerance, steps …), checked against the
+    #: model table's ``params`` before sending; sent as given.
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,10 @@ class ProviderResult:
     orig_prompt: str | None = None
     #: Per-image failures inside a partly successful n>1 request: (code, message).
     item_errors: tuple[tuple[str, str], ...] = ()
+    #: What the provider reported the call cost, in the price table's currency (BFL's
+    #: ``cost`` credits / 100, OpenAI's usage tokens × token prices); None when it bills
+    #: per image (DashScope), and the cost is billed_images × unit price.
+    cost: float | None = None
 
 
 @dataclass(slots=True)

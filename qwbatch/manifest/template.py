@@ -51,6 +51,18 @@ COLUMNS: Final[tuple[ColumnDoc, ...]] = (
         "priority", "none", "with --budget-mode trim, higher renders first; not in the key", "10"
     ),
     ColumnDoc(
+        "params",
+        "none",
+        "provider parameters the model table allows (quality, safety_tolerance...): JSON object",
+        '{"quality": "low"}',
+    ),
+    ColumnDoc(
+        "models",
+        "model",
+        "render the row on each of these models (ids become ID@MODEL); comma-separated",
+        "qwen-image-2.0,flux-2-pro,gpt-image-2",
+    ),
+    ColumnDoc(
         "expected_text",
         "none",
         "words that must be legible on each image (OCR-checked); several split by |",

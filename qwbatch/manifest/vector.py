@@ -252,6 +252,10 @@ def _check(
     # expected text is parsed (lists, JSON, "|") by the row checker, like the inputs
     if "expected_text" in batch.schema.names:
         ok = pc.and_kleene(ok, pc.is_null(batch.column("expected_text")))
+    # provider params and several models per row: the row checker's work too
+    for name in ("params", "models"):
+        if name in batch.schema.names:
+            ok = pc.and_kleene(ok, pc.is_null(batch.column(name)))
     # model × mode × size: each distinct combination resolved once
     texts = [pc.fill_null(t, "") if t is not None else None for t in (model, mode, size)]
     for t in texts:
@@ -523,7 +527,6 @@ def shard_lines(rows: FastRows, chosen: pa.Array, keys: pa.Array, seeds: pa.Arra
         picked["tags"],
         ', "priority": ',
         pc.fill_null(text(picked["priority"]), "null"),
-        # Rows expecting text are the row checker's: a fast row never expects any.
-        ', "expected_text": []}, "aliases": []}\n',
+        '}, "aliases": []}\n',
         "",
     )
