@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     #: Look for the async task behind a submission whose answer was lost (task listing).
     recover_tasks: bool = True
 
+    # Text checks (qwbatch.text, qwbatch.render.rerolls): rows with expected_text
+    #: Extra renders of an image whose text reads wrong (0: read and report only).
+    text_rerolls: int = Field(default=2, ge=0)
+    #: Highest character error rate an expected string may read with and pass (0: exact).
+    text_max_cer: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: OCR worker processes per run process; None: one per core, at most two.
+    text_workers: int | None = Field(default=None, ge=1)
+
     # Throughput
     shard_size: int = 250
     max_parallel_shards: int = 4
@@ -206,6 +214,9 @@ def run_overrides(
     shard_size: int | None = None,
     rps: float | Literal["auto"] | None = None,
     max_in_flight: int | None = None,
+    text_rerolls: int | None = None,
+    text_max_cer: float | None = None,
+    text_workers: int | None = None,
 ) -> dict[str, Any]:
     """A run's options (``qwbatch run`` and the flows' parameters) as Settings fields; None
     means not given."""
@@ -214,6 +225,9 @@ def run_overrides(
         "shard_size": shard_size,
         "rps": rps,
         "max_in_flight": max_in_flight,
+        "text_rerolls": text_rerolls,
+        "text_max_cer": text_max_cer,
+        "text_workers": text_workers,
     }
 
 

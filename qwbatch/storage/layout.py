@@ -57,6 +57,7 @@ checked by :func:`qwbatch.storage.base.validate_key` wherever they are used.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -94,6 +95,17 @@ _SHARD_NAME: Final = "shard-"
 def output_key(request_key: str, index: int) -> str:
     """Content-addressed key of a request's ``index``-th output image."""
     return f"{IMAGES_PREFIX}{request_key[:2]}/{request_key}/{index}.png"
+
+
+_OUTPUT_KEY_RE = re.compile(rf"{IMAGES_PREFIX}[0-9a-f]{{2}}/([0-9a-f]{{64}})/(\d+)\.png$")
+
+
+def output_of(output: str | None, request_key: str, index: int) -> tuple[str, int]:
+    """``(request key, index)`` of the output a catalog row points at (its ``output_key``
+    or ``output_uri``): usually the row's own, but a row whose text was re-rolled keeps the
+    image of a re-roll, which lives under that re-roll's request key."""
+    match = _OUTPUT_KEY_RE.search(output or "")
+    return (match[1], int(match[2])) if match else (request_key, index)
 
 
 def output_keys(request_keys: pa.Array, indexes: pa.Array) -> pa.Array:

@@ -89,6 +89,14 @@ def test_limits_smoke_prints_every_scenario() -> None:
 
 
 @pytest.mark.slow
+def test_text_smoke_judges_and_runs_with_text_checks() -> None:
+    # 12 images judged, and a 24-row run with text checks at R=4 against the simulator.
+    output = _smoke("text")
+    assert _row(output, "text judge (12 images)", "misspelt images passed")[2] == "0"
+    assert _row(output, "text run (24 rows)", "admitted ÷ R")[2]
+
+
+@pytest.mark.slow
 def test_export_smoke_prints_throughput_and_memory() -> None:
     output = _smoke("export")
     assert "img/s" in _row(output, "export webdataset (2,000 images)", "throughput")[2]
