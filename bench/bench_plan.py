@@ -8,10 +8,11 @@ fresh child process (so its peak RSS is the plan's alone) on a fresh output fold
 catalog parts are hard links to the cached ones. Beside it, another child times a plain
 ``pyarrow.parquet.read_table`` of the same manifest: the ratio is plan ÷ read_table.
 
-A manifest this large is planned in two processes (``qwbatch.plan.split``). CPU is both
-processes' (the plan's own and its finished children's), and the peak RSS reported is the
-plan process's peak plus its children's (``RUSAGE_CHILDREN``: the largest child's peak):
-an upper bound of the two processes' peak together, as both peaks need not come at once.
+With ``QWBATCH_PLAN_SPLIT_ROWS`` set, a manifest this large is planned in two processes
+(``qwbatch.plan.split``; one by default). CPU is both processes' (the plan's own and its
+finished children's), and the peak RSS reported is the plan process's peak plus its
+children's (``RUSAGE_CHILDREN``: the largest child's peak): an upper bound of the two
+processes' peak together, as both peaks need not come at once.
 
 Deleting a run's thousands of shard files makes creating files slow on a filesystem that
 reuses no recently freed inode (ext4 without a journal, as on the machine these figures

@@ -2,7 +2,7 @@
 
 ``qwbatch.plan.planner.plan_run`` plans here every plan without a budget (a budget ranks the
 whole plan before cutting it, so it plans in memory): :func:`plan_in_one` in this process,
-or, from ``Settings.plan_split_rows`` rows, in two (``qwbatch.plan.split``), each running
+or, from ``Settings.plan_split_rows`` rows when set, in two (``qwbatch.plan.split``), each running
 the :class:`Planner` below on its part of the rows. Per record batch (``PLAN_BATCH_ROWS``
 rows):
 
