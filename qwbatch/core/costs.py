@@ -201,9 +201,17 @@ class Estimate:
 
         Picked without sorting every line: a manifest with an id as a tag has a line per
         row, and sorting a million of them took longer than the plan's hashing."""
-        return heapq.nsmallest(
-            count, self.by_tag.items(), key=lambda item: (-item[1].cost, item[0])
+        if count < 1 or not self.by_tag:
+            return []
+        # The count-th largest cost first (Decimals alone compare fast), then only the lines
+        # at or above it are ranked: lines tied at it by label, the fewest needed.
+        floor = heapq.nlargest(count, (line.cost for line in self.by_tag.values()))[-1]
+        above = [(tag, line) for tag, line in self.by_tag.items() if line.cost > floor]
+        tied = heapq.nsmallest(
+            count - len(above), (tag for tag, line in self.by_tag.items() if line.cost == floor)
         )
+        above.sort(key=lambda item: (-item[1].cost, item[0]))
+        return above + [(tag, self.by_tag[tag]) for tag in tied]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``total``, ``currency``, ``images``, ``by_model``, ``by_tag`` …"""
