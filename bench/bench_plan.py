@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -337,9 +338,9 @@ def _tree_rss_mib(pid: int) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure_shapes(rows: int, cache: Path = DEFAULT_CACHE) -> list[dict[str, object]]:
+def measure_shapes(rows: int, cache: Path = DEFAULT_CACHE) -> list[dict[str, Any]]:
     """Each shape's two commands (see the module docstring): one result dict each."""
-    results: list[dict[str, object]] = []
+    results: list[dict[str, Any]] = []
     # Written in a child: a process forked from a large one starts with its peak RSS.
     _child("--prepare-shapes", "--rows", str(rows), "--cache", str(cache))
     for shape, (manifest, catalog) in prepare_shapes(cache, rows).items():
@@ -373,7 +374,7 @@ def measure_shapes(rows: int, cache: Path = DEFAULT_CACHE) -> list[dict[str, obj
     return results
 
 
-def shapes_main(rows: int, cache: Path) -> list[dict[str, object]]:
+def shapes_main(rows: int, cache: Path) -> list[dict[str, Any]]:
     results = measure_shapes(rows, cache)
     for r in results:
         print(
