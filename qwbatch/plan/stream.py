@@ -213,7 +213,14 @@ class Planner:
         seen = self.seen
         fast_rows: list[int] = fast["row_number"].to_pylist() if slow else []
         next_slow = 0
-        for i, short in enumerate(shorts):
+        one_by_one = shorts
+        if not slow and 1 not in hits and _all_new(shorts, seen):
+            # The common block of a new manifest: every row a request of its own, placed
+            # in bulk (the loop below gives the same places, row by row).
+            new.extend(range(len(shorts)))
+            seen.update(zip(shorts, itertools.count(len(seen))))
+            one_by_one = []
+        for i, short in enumerate(one_by_one):
             while next_slow < len(slow) and slow[next_slow].row_number < fast_rows[i]:
                 self._take_slow(slow[next_slow], hits[len(shorts) + next_slow], new, slow_dedup)
                 next_slow += 1
@@ -318,6 +325,11 @@ class Planner:
             alias = Alias(row["row_id"], row["row_number"], tuple(row["tags"] or ()))
             self.aliases[place].append((alias, row["priority"]))
             self.plan.folded += 1
+
+
+def _all_new(shorts: list[bytes], seen: dict[bytes, int]) -> bool:
+    """Whether no key of ``shorts`` repeats, within them or in ``seen``."""
+    return len(set(shorts)) == len(shorts) and seen.keys().isdisjoint(shorts)
 
 
 #: What the estimate needs of a request.
