@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.common import ROOT
 
@@ -35,6 +36,7 @@ def _plan(smoke: bool) -> list[Row]:
         r = bench_plan.main([])
     name = f"plan ({int(r['rows']):,} rows vs {int(r['rows']):,}-row catalog)"
     return [
+        *_plan_shapes(smoke),
         (name, "wall time", f"{r['seconds']:.2f} s (CPU {r['cpu_seconds']:.2f} s)", "<= 10 s",
          r["seconds"] <= 10),
         (name, "peak RSS", f"{r['peak_rss_mib']:.0f} MiB", "<= 1024 MiB",
@@ -46,6 +48,47 @@ def _plan(smoke: bool) -> list[Row]:
         (name, "deduplicated / to render / shards",
          f"{int(r['deduplicated']):,} / {int(r['requests']):,} / {int(r['shards']):,}", "", None),
     ]  # fmt: skip
+
+
+def _plan_shapes(smoke: bool) -> list[Row]:
+    """Each manifest shape, by ``qwbatch run --dry-run`` and ``qwbatch estimate`` as whole
+    processes (``bench_plan --shapes``); CPU and the load average beside the wall time."""
+    from bench import bench_plan
+
+    if smoke:
+        with tempfile.TemporaryDirectory() as cache:
+            results = bench_plan.measure_shapes(20_000, Path(cache))
+    else:
+        results = bench_plan.measure_shapes(1_000_000)
+    goal_s, goal_mib = bench_plan.SHAPE_GOAL_S, bench_plan.SHAPE_GOAL_MIB
+    rows: list[Row] = []
+    for r in results:
+        name = f"plan shape: {r['shape']} ({r['row_groups']} row groups), {r['command']}"
+        seconds, summed = float(r["seconds"]), float(r["summed_rss_mib"])
+        rows += [
+            (
+                name,
+                "wall (CPU; load)",
+                f"{seconds:.2f} s ({float(r['cpu_seconds']):.2f} s; {float(r['load']):.1f})",
+                f"<= {goal_s:.0f} s",
+                seconds <= goal_s,
+            ),
+            (
+                name,
+                "peak RSS summed (largest process)",
+                f"{summed:.0f} MiB ({float(r['peak_rss_mib']):.0f} MiB)",
+                f"<= {goal_mib:.0f} MiB",
+                summed <= goal_mib,
+            ),
+            (
+                name,
+                "wall ÷ pq.read_table",
+                f"{float(r['ratio']):.1f}x ({float(r['read_table_s']):.2f} s)",
+                "",
+                None,
+            ),
+        ]
+    return rows  # fmt: skip
 
 
 def _overhead(smoke: bool) -> list[Row]:

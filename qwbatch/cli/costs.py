@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qwbatch.cli.app import _fail, _not_a_file, app
+from qwbatch.cli.dry_run import TAGS_SHOWN
 from qwbatch.core.costs import as_float, format_money
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.settings import Settings
@@ -45,11 +46,11 @@ def estimate_command(
     except QwBatchError as exc:
         _fail(str(exc))
         return
-    figures = estimate_figures(plan, text_rerolls=settings.text_rerolls)
     if as_json:
+        figures = estimate_figures(plan, text_rerolls=settings.text_rerolls)
         typer.echo(json.dumps(figures, ensure_ascii=False, indent=2))
     else:
-        _print_estimate(figures)
+        _print_estimate(plan, text_rerolls=settings.text_rerolls)
 
 
 def estimate_figures(plan: Plan, *, text_rerolls: int = 0) -> dict[str, Any]:
@@ -68,42 +69,48 @@ def estimate_figures(plan: Plan, *, text_rerolls: int = 0) -> dict[str, Any]:
     }
 
 
-def _print_estimate(figures: dict[str, Any]) -> None:
+def _print_estimate(plan: Plan, *, text_rerolls: int = 0) -> None:
+    """The estimate for people: counts, cost by model, what text re-rolls may add, and the
+    largest tag lines (all of them are in ``--json``; a manifest with an id as a tag has one
+    per row)."""
+    assert plan.estimate is not None  # plan_run always prices its plan
+    estimate = plan.estimate
     console = Console(highlight=False)
-    currency = figures["currency"]
+    currency = estimate.currency
     console.print(
-        f"{figures['rows_read']} rows read, {figures['rejected']} rejected, "
-        f"{figures['deduplicated']} already rendered, {figures['folded']} duplicate rows folded"
+        f"{plan.rows_read} rows read, {plan.rejected} rejected, "
+        f"{plan.deduplicated} already rendered, {plan.folded} duplicate rows folded"
     )
     console.print(
-        f"to render: {figures['requests']} requests, {figures['images']} images; "
-        f"estimated cost [bold]{format_money(figures['total'], currency)}[/bold] "
-        f"(region {figures['region']}, billed per image generated)"
+        f"to render: {estimate.requests} requests, {estimate.images} images; "
+        f"estimated cost [bold]{format_money(estimate.total, currency)}[/bold] "
+        f"(region {estimate.region}, billed per image generated)"
     )
-    if figures.get("text_images"):
+    if estimate.text_images:
         console.print(
-            f"text checks on {figures['text_images']} images: re-rolls may add at most "
-            f"{format_money(figures['rerolls_at_most'], currency)} "
-            f"({figures['text_rerolls']} per image; each billed, within any --budget)"
+            f"text checks on {estimate.text_images} images: re-rolls may add at most "
+            f"{format_money(estimate.rerolls_at_most(text_rerolls), currency)} "
+            f"({text_rerolls} per image; each billed, within any --budget)"
         )
     models = Table("model", "requests", "images", "unit price", "cost", title="by model")
-    for name, line in figures["by_model"].items():
-        price = line["unit_price"]
+    for name, line in sorted(estimate.by_model.items()):
+        price = estimate.unit_prices.get(name)
         models.add_row(
             name,
-            str(line["requests"]),
-            str(line["images"]),
+            str(line.requests),
+            str(line.images),
             format_money(price, currency) if price is not None else "unknown",
-            format_money(line["cost"], currency),
+            format_money(line.cost, currency),
         )
     console.print(models)
-    tags = Table("tag", "requests", "images", "cost", title="by tag (a request counts under each)")
-    for name, line in figures["by_tag"].items():
-        tags.add_row(
-            name, str(line["requests"]), str(line["images"]), format_money(line["cost"], currency)
-        )
+    more = len(estimate.by_tag) - TAGS_SHOWN
+    title = "by tag (a request counts under each"
+    title += f"; largest {TAGS_SHOWN}, {more} more in --json)" if more > 0 else ")"
+    tags = Table("tag", "requests", "images", "cost", title=title)
+    for name, line in estimate.largest_tags(TAGS_SHOWN):
+        tags.add_row(name, str(line.requests), str(line.images), format_money(line.cost, currency))
     console.print(tags)
-    for name, images in figures["unpriced"].items():
+    for name, images in sorted(estimate.unpriced.items()):
         console.print(
             f"[yellow]no price known for {name} ({images} images): not in the total; "
             "set QWBATCH_PRICES or QWBATCH_PRICES_FILE[/yellow]"

@@ -84,11 +84,10 @@ def dry_run_lines(plan: Plan, shard_size: int, *, text_rerolls: int = 0) -> list
         )
     lines.append(models)
     if estimate.by_tag:
-        ranked = sorted(estimate.by_tag.items(), key=lambda item: (-item[1].cost, item[0]))
-        more = len(ranked) - TAGS_SHOWN
+        more = len(estimate.by_tag) - TAGS_SHOWN
         title = "by tag" + (f" (largest {TAGS_SHOWN}; {more} more)" if more > 0 else "")
         tags = Table("tag", "requests", "images", "cost", title=title)
-        for name, line in ranked[:TAGS_SHOWN]:
+        for name, line in estimate.largest_tags(TAGS_SHOWN):
             tags.add_row(
                 name, str(line.requests), str(line.images), format_money(line.cost, currency)
             )

@@ -34,6 +34,7 @@ Money is :class:`~decimal.Decimal` here, so sums are exact (0.035 × 3 is 0.105,
 
 from __future__ import annotations
 
+import heapq
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -319,6 +320,23 @@ class Estimate:
     def rerolls_at_most(self, rerolls: int) -> Decimal:
         """The most ``rerolls`` text re-rolls per image may add to ``total``."""
         return self.reroll_round * rerolls
+
+    def largest_tags(self, count: int) -> list[tuple[str, CostLine]]:
+        """The ``count`` tag lines of largest cost (ties by label), largest first.
+
+        Picked without sorting every line: a manifest with an id as a tag has a line per
+        row, and sorting a million of them took longer than the plan's hashing."""
+        if count < 1 or not self.by_tag:
+            return []
+        # The count-th largest cost first (Decimals alone compare fast), then only the lines
+        # at or above it are ranked: lines tied at it by label, the fewest needed.
+        floor = heapq.nlargest(count, (line.cost for line in self.by_tag.values()))[-1]
+        above = [(tag, line) for tag, line in self.by_tag.items() if line.cost > floor]
+        tied = heapq.nsmallest(
+            count - len(above), (tag for tag, line in self.by_tag.items() if line.cost == floor)
+        )
+        above.sort(key=lambda item: (-item[1].cost, item[0]))
+        return above + [(tag, self.by_tag[tag]) for tag in tied]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``total``, ``currency``, ``images``, ``by_model``, ``by_tag`` …"""

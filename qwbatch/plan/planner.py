@@ -15,8 +15,8 @@ The paths, all giving the same plan for the same manifest:
   cutting it;
 - without one, streaming in one process (``qwbatch.plan.stream``), in memory that does not
   grow with the manifest;
-- or, from ``Settings.plan_split_rows`` rows, streaming in two processes
-  (``qwbatch.plan.split``).
+- or, from ``Settings.plan_split_rows`` rows when set (off by default), streaming in two
+  processes (``qwbatch.plan.split``).
 """
 
 from __future__ import annotations

@@ -103,6 +103,24 @@ class ShardWriter:
             self._pieces.append(text_of(piece))
             self.flush()
 
+    @property
+    def counts_only(self) -> bool:
+        """True when nothing is written (a dry run): :meth:`add_count` then does for
+        :meth:`add`, and the lines need not be built."""
+        return self._store is None
+
+    def add_count(self, count: int) -> None:
+        """Count the next ``count`` requests into shards without their lines (a writer
+        without a store: the shards and their keys come out as :meth:`add`'s would)."""
+        if self._store is not None:
+            raise ValueError("a writer with a store needs the lines")
+        while count:
+            taken = min(count, self._size - self._count)
+            count -= taken
+            self._count += taken
+            if self._count == self._size:
+                self.flush()
+
     def flush(self) -> None:
         """Write the shard being filled, if it holds anything."""
         if not self._count:

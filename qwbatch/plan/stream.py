@@ -2,7 +2,7 @@
 
 ``qwbatch.plan.planner.plan_run`` plans here every plan without a budget (a budget ranks the
 whole plan before cutting it, so it plans in memory): :func:`plan_in_one` in this process,
-or, from ``Settings.plan_split_rows`` rows, in two (``qwbatch.plan.split``), each running
+or, from ``Settings.plan_split_rows`` rows when set, in two (``qwbatch.plan.split``), each running
 the :class:`Planner` below on its part of the rows. Per record batch (``PLAN_BATCH_ROWS``
 rows):
 
@@ -244,7 +244,14 @@ class Planner:
         seen = self.seen
         fast_rows: list[int] = fast["row_number"].to_pylist() if slow else []
         next_slow = 0
-        for i, short in enumerate(shorts):
+        one_by_one = shorts
+        if not slow and 1 not in hits and _all_new(shorts, seen):
+            # The common block of a new manifest: every row a request of its own, placed
+            # in bulk (the loop below gives the same places, row by row).
+            new.extend(range(len(shorts)))
+            seen.update(zip(shorts, itertools.count(len(seen))))
+            one_by_one = []
+        for i, short in enumerate(one_by_one):
             while next_slow < len(slow) and slow[next_slow].row_number < fast_rows[i]:
                 self._take_slow(slow[next_slow], hits[len(shorts) + next_slow], new, slow_dedup)
                 next_slow += 1
@@ -306,9 +313,12 @@ class Planner:
         fast_new = [i for i in new if isinstance(i, int)]
         lines = pa.array([], pa.string())
         counted = REQUEST_COUNTS.empty_table()
+        # A dry run counts shards without their lines: building them was ~7 % of its CPU.
+        counts_only = self.writer.counts_only
         if fast_new and block.rows is not None:
             chosen = pa.array(fast_new, pa.int64())
-            lines = shard_lines(block.rows, chosen, keys, seeds)
+            if not counts_only:
+                lines = shard_lines(block.rows, chosen, keys, seeds)
             counted = _fast_counts(block.fast, chosen)
         if len(fast_new) < len(new):
             # Rows of the row checker among them: after the fast ones, then all put back in
@@ -324,10 +334,14 @@ class Planner:
                     order.append(slow_at)
                     slow_at += 1
             at = pa.array(order, pa.int64())
-            slow_lines = pa.array([encode_line(PlanItem(r)) + "\n" for r in slow], pa.string())
-            lines = pa.concat_arrays([lines, slow_lines]).take(at)
+            if not counts_only:
+                slow_lines = [encode_line(PlanItem(r)) + "\n" for r in slow]
+                lines = pa.concat_arrays([lines, pa.array(slow_lines, pa.string())]).take(at)
             counted = pa.concat_tables([counted, _request_counts(slow)]).take(at)
-        self.writer.add(lines)
+        if counts_only:
+            self.writer.add_count(len(new))
+        else:
+            self.writer.add(lines)
         if self.requests is None:
             self.tally.add(counted)
             self.tally.add_text(entry for entry in new if not isinstance(entry, int))
@@ -343,6 +357,11 @@ class Planner:
             alias = Alias(row["row_id"], row["row_number"], tuple(row["tags"] or ()))
             self.aliases[place].append((alias, row["priority"]))
             self.plan.folded += 1
+
+
+def _all_new(shorts: list[bytes], seen: dict[bytes, int]) -> bool:
+    """Whether no key of ``shorts`` repeats, within them or in ``seen``."""
+    return len(set(shorts)) == len(shorts) and seen.keys().isdisjoint(shorts)
 
 
 #: What the estimate needs of a request (size, inputs and quality price FLUX and GPT Image).

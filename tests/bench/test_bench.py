@@ -68,6 +68,12 @@ def test_plan_smoke_counts_dedup_and_shards() -> None:
     cells = _row(output, "plan (20,000 rows", "deduplicated / to render / shards")
     assert cells[2] == "10,000 / 10,000 / 40"
     assert _row(output, "plan (20,000 rows", "peak RSS")[2].endswith("MiB")
+    # Each shape, both commands, as whole processes.
+    for shape in ("DuckDB, all new", "polars, all new", "half new vs catalog"):
+        for command in ("dry-run", "estimate"):
+            name = f"plan shape: {shape}"
+            cells = [c for c in output.splitlines() if c.startswith(name) and command in c]
+            assert any("peak RSS summed" in c for c in cells), (shape, command)
 
 
 @pytest.mark.slow

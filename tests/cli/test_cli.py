@@ -161,3 +161,30 @@ def test_simulator_command_takes_the_simulator_modules_flags() -> None:
     refused = runner.invoke(app, ["simulator", "--port", "0", "--set", "error_5xx_rate=2"])
     assert refused.exit_code == 2
     assert "error_5xx_rate" in refused.output
+
+
+def test_estimate_prints_the_largest_tag_lines_and_counts_the_rest(tmp_path: Path) -> None:
+    # An id as a tag gives a tag line per row: the table shows the largest, --json has all.
+    manifest = tmp_path / "tagged.parquet"
+    rows = 14
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"r{i}" for i in range(rows)],
+                "prompt": [f"a lamp, variant {i}" for i in range(rows)],
+                "n": pa.array([2 if i == 5 else 1 for i in range(rows)], pa.int32()),
+                "tags": pa.array(
+                    [[("sku", f"{i:02d}")] for i in range(rows)],
+                    pa.map_(pa.string(), pa.string()),
+                ),
+            }
+        ),
+        manifest,
+    )
+    result = runner.invoke(app, ["estimate", str(manifest)])
+    assert result.exit_code == 0, result.output
+    assert "largest 10, 4 more in --json" in result.output
+    shown = re.findall(r"sku=(\d\d)", result.output)
+    assert shown == ["05", "00", "01", "02", "03", "04", "06", "07", "08", "09"]
+    figures = json.loads(runner.invoke(app, ["estimate", str(manifest), "--json"]).output)
+    assert len(figures["by_tag"]) == rows

@@ -376,3 +376,64 @@ def test_small_manifests_and_other_stores_stay_in_one_process(tmp_path: Path) ->
         """A store the second process could not open as this one is."""
 
     assert plan_split.split_row(manifest, Other(tmp_path), _settings(50), BATCH) is None
+
+
+def _written_by(writer: str, table: pa.Table, path: Path) -> Path:
+    """``table`` as ``writer`` writes Parquet with its defaults (row group sizes, string
+    types: polars writes large strings, DuckDB marks columns without nulls required)."""
+    if writer == "pyarrow":
+        pq.write_table(table, path)
+    elif writer == "duckdb":
+        import duckdb
+
+        connection = duckdb.connect()
+        connection.register("manifest", table)
+        # COPY takes no parameter for its target; the path is our own temporary file.
+        connection.execute(f"COPY (SELECT * FROM manifest) TO '{path}' (FORMAT parquet)")  # noqa: S608
+        connection.close()
+    else:
+        import polars
+
+        frame = polars.from_arrow(table)
+        assert isinstance(frame, polars.DataFrame)
+        frame.write_parquet(path)
+    return path
+
+
+def _shard_bytes(store: ObjectStore, plan: Plan) -> list[bytes]:
+    return [store.get(key) for key in plan.shard_keys]
+
+
+@pytest.mark.parametrize("writer", ["pyarrow", "duckdb", "polars"])
+def test_every_writers_manifest_plans_the_same_on_every_path(tmp_path: Path, writer: str) -> None:
+    # Tags and edit columns present, half the catalog's keys: each writer's file gives the
+    # pyarrow file's plan byte for byte in one process, the same plan in two, and a dry run
+    # counts the shards a run writes.
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    table = pa.Table.from_pylist(_edit_rows(inputs), schema=EDIT_SCHEMA)
+    reference = pq.ParquetFile(_written_by("pyarrow", table, inputs / "reference.parquet"))
+    manifest = _written_by(writer, table, inputs / f"{writer}.parquet")
+    assert pq.read_table(manifest).to_pylist() == reference.read().to_pylist()
+    plans, outcomes, shards = {}, {}, {}
+    for name, source, split_rows in (
+        ("reference", inputs / "reference.parquet", 0),
+        ("one", manifest, 0),
+        ("two", manifest, 50),
+    ):
+        store = LocalStore(tmp_path / name)
+        _catalog(store, inputs / "reference.parquet", all_images=True)
+        plans[name] = _plan(source, store, split_rows)
+        outcomes[name] = _outcome(store, plans[name])
+        shards[name] = _shard_bytes(store, plans[name])
+        dry = _plan(source, store, split_rows, dry_run=True)
+        assert dry.shards == plans[name].shards, name
+        for count in (*COUNTS, "images_by_model", "estimate"):
+            assert getattr(dry, count) == getattr(plans[name], count), (name, count)
+    assert shards["one"] == shards["reference"]
+    assert outcomes["one"] == outcomes["reference"]
+    assert outcomes["two"] == outcomes["reference"]
+    for count in (*COUNTS, "images_by_model", "estimate"):
+        assert getattr(plans["two"], count) == getattr(plans["reference"], count), count
+    assert [r for r, _ in outcomes["one"]["items"] if r.mode == "edit"]
+    assert plans["one"].deduplicated > 20

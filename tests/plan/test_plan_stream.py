@@ -303,3 +303,37 @@ def test_dedup_rows_join_each_request_to_its_stored_output(tmp_path: Path, absen
     assert [r["prompt"] for r in rows] == [f"prompt {int(i[4:])}" for i in expected_ids]
     assert {r["status"] for r in rows} == {"deduplicated"}
     assert {r["cost"] for r in rows} == {0.0}
+
+
+def test_blocks_of_new_rows_place_requests_as_row_by_row(tmp_path: Path) -> None:
+    # Clean rows and no catalog: whole blocks of new requests are placed in bulk; a block
+    # repeating an earlier block's request, or its own, goes row by row. Both as in memory.
+    rows = 60
+    prompts = [f"a lamp, variant {i}" for i in range(rows)]
+    prompts[35] = prompts[3]  # repeats a request of an earlier block
+    prompts[52] = prompts[51]  # repeats one of its own block
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(
+        pa.table({"id": [f"r{i}" for i in range(rows)], "prompt": prompts}),
+        manifest,
+        row_group_size=16,
+    )
+    settings = Settings(default_model=DEFAULT, shard_size=7)
+    plans = {}
+    for name in ("stream", "memory"):
+        store = LocalStore(tmp_path / name)
+        budget = BudgetPolicy(Decimal(10**9), "refuse") if name == "memory" else None
+        plan = (
+            stream_plan(manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10)
+            if budget is None
+            else plan_run(
+                manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget
+            )
+        )
+        shards = [[(i.request, i.aliases) for i in read_shard(store, k)] for k in plan.shard_keys]
+        plans[name] = (plan, shards)
+    (stream, s_shards), (memory, m_shards) = plans["stream"], plans["memory"]
+    assert s_shards == m_shards
+    assert [a.row_id for shard in s_shards for _, found in shard for a in found] == ["r35", "r52"]
+    assert stream.requests == memory.requests == rows - 2
+    assert stream.shard_keys == memory.shard_keys
