@@ -118,6 +118,7 @@ def render_manifest(
     resume: str | None = None,
     auto_resume: bool = True,
     digest: bool = False,
+    target_size: str | None = None,
 ) -> RunSummary:
     """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
 
@@ -150,6 +151,7 @@ def render_manifest(
             resume=resume,
             auto_resume=auto_resume,
             digest=digest,
+            target_size=target_size,
         )
 
 
@@ -170,6 +172,7 @@ def _render(
     resume: str | None,
     auto_resume: bool,
     digest: bool,
+    target_size: str | None = None,
 ) -> RunSummary:
     began = time.monotonic()
     logger = get_run_logger()
@@ -177,7 +180,11 @@ def _render(
         for what, value in (("manifest", manifest), ("out", out)):
             require_absolute(value, what=what, cwd=os.getcwd())
     overrides = run_overrides(
-        model=model, shard_size=shard_size, rps=rps, max_in_flight=max_in_flight
+        model=model,
+        shard_size=shard_size,
+        rps=rps,
+        max_in_flight=max_in_flight,
+        target_size=target_size,
     )
     settings = load_settings(overrides)
     policy = BudgetPolicy(money(budget), budget_mode) if budget is not None else None

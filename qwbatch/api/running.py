@@ -46,6 +46,7 @@ def run(
     quiet: bool = False,
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
+    target_size: str | None = None,
 ) -> RunSummary:
     """Render every new row of ``manifest`` into ``out`` and record it in ``out/catalog/``.
 
@@ -58,7 +59,8 @@ def run(
     the most the run may spend: over it, ``budget_mode`` "refuse" refuses the run before any
     call, "trim" renders in priority and row order up to it. ``quiet`` hides the progress
     display (a bar on a terminal or in a notebook, a plain line every 10 s elsewhere, on
-    stderr). ``qwbatch run --dry-run`` is :func:`estimate`.
+    stderr). ``target_size`` (``"300*250"``, ``"728*90:pad"``) delivers rows without their
+    own ``target_size`` at exactly that size. ``qwbatch run --dry-run`` is :func:`estimate`.
 
     Returns the run's summary (``summary.lines()`` is what the CLI prints); a run stopped by
     a signal returns with ``summary.left`` > 0. Raises ``QwBatchError`` (a refused manifest,
@@ -84,6 +86,7 @@ def run(
             budget_mode=budget_mode,
             resume=resume,
             auto_resume=not new_run,
+            target_size=target_size,
         )
     )
 
@@ -103,11 +106,18 @@ def _run(
     budget_mode: BudgetMode,
     resume: str | None,
     auto_resume: bool,
+    target_size: str | None = None,
 ) -> RunSummary:
     from qwbatch.run import runner
 
     settings = settings_with(
-        run_overrides(model=model, shard_size=shard_size, rps=rps, max_in_flight=max_in_flight)
+        run_overrides(
+            model=model,
+            shard_size=shard_size,
+            rps=rps,
+            max_in_flight=max_in_flight,
+            target_size=target_size,
+        )
     )
     policy = _policy(budget, budget_mode)
     with manifest_uri(manifest, out=out, settings=settings) as path:
@@ -147,6 +157,7 @@ def _run(
             budget_mode=budget_mode,
             resume=resume,
             auto_resume=auto_resume,
+            target_size=target_size,
         )
 
 
@@ -167,6 +178,7 @@ def _render_with_prefect(
     rps: float | None,
     max_in_flight: int | None,
     budget_mode: BudgetMode,
+    target_size: str | None = None,
 ) -> RunSummary:
     """The ``render-manifest`` flow on ``manifest``, its progress shown while it runs."""
     _quiet_prefect()
@@ -205,6 +217,7 @@ def _render_with_prefect(
             budget_mode=budget_mode,
             resume=resume,
             auto_resume=auto_resume,
+            target_size=target_size,
         )
 
 
@@ -217,6 +230,7 @@ def estimate(
     shard_size: int | None = None,
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
+    target_size: str | None = None,
 ) -> Plan:
     """Plan ``manifest`` as a run into ``out`` would, and return the plan; nothing is sent
     or written (``qwbatch run --dry-run``).
@@ -234,7 +248,9 @@ def estimate(
         print(plan.images, plan.estimate.total)
     """
     return off_the_loop(
-        lambda: _estimate(manifest, out, model, strict, shard_size, budget, budget_mode)
+        lambda: _estimate(
+            manifest, out, model, strict, shard_size, budget, budget_mode, target_size
+        )
     )
 
 
@@ -246,10 +262,13 @@ def _estimate(
     shard_size: int | None,
     budget: float | None,
     budget_mode: BudgetMode,
+    target_size: str | None = None,
 ) -> Plan:
     from qwbatch.run import runner
 
-    settings = settings_with({"default_model": model, "shard_size": shard_size})
+    settings = settings_with(
+        {"default_model": model, "shard_size": shard_size, "default_target_size": target_size}
+    )
     target = os.fspath(out) if out is not None else None
     # A table is not saved into OUT for an estimate: it writes nothing there.
     with manifest_uri(manifest, out=None, settings=settings) as path:

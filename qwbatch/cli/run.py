@@ -44,6 +44,10 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Plan and print the plan; no calls, no writes")
     ] = False,
+    target_size: Annotated[
+        str | None,
+        typer.Option(help="Deliver rows without a target_size at exactly W*H (W*H:pad pads)"),
+    ] = None,
 ) -> None:
     """Render every new row of MANIFEST into OUT and record it in OUT/catalog/.
 
@@ -61,6 +65,7 @@ def run(
                 shard_size=shard_size,
                 budget=budget,
                 budget_mode=budget_mode,
+                target_size=target_size,
             )
         )
     code = _run_flow(
@@ -77,6 +82,7 @@ def run(
         budget_mode=budget_mode,
         resume=resume,
         new_run=new_run,
+        target_size=target_size,
     )
     raise typer.Exit(code)
 

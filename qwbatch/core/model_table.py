@@ -6,6 +6,7 @@ of the same shape whose rows extend or replace it, so a new model is a row, not 
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,6 +27,42 @@ def parse_size(size: str) -> tuple[int, int] | None:
         return None
     width, height = int(parts[0]), int(parts[1])
     return (width, height) if width > 0 and height > 0 else None
+
+
+#: How a render is brought to a target size: cut to its aspect ratio, or fit inside and padded.
+Fit = Literal["crop", "pad"]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSize:
+    """A channel size to deliver at, exactly: ``300*250`` (crop) or ``300*250:pad``."""
+
+    width: int
+    height: int
+    fit: Fit = "crop"
+
+    def __str__(self) -> str:
+        size = f"{self.width}*{self.height}"
+        return size if self.fit == "crop" else f"{size}:pad"
+
+
+def parse_target_size(text: str) -> TargetSize | None:
+    """``"300*250"`` / ``"728x90:pad"`` → TargetSize; None when it is not of that form."""
+    size, _, fit = text.strip().lower().partition(":")
+    if fit not in ("", "crop", "pad"):
+        return None
+    try:
+        parsed = parse_size(size)
+    except ValueError:  # digits that int() refuses, such as "²"
+        return None
+    if parsed is None:
+        return None
+    return TargetSize(parsed[0], parsed[1], "pad" if fit == "pad" else "crop")
+
+
+def _multiple(value: float, step: int, *, up: bool) -> int:
+    rounded = math.ceil(value / step) if up else math.floor(value / step)
+    return max(step, rounded * step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +109,42 @@ class ModelSpec:
         if self.size_rule == "presets" and f"{width}*{height}" not in self.presets:
             return f"size {size} is not one of {self.name}'s sizes: {', '.join(self.presets)}"
         return None
+
+    def render_size_for(self, target: TargetSize) -> str | None:
+        """The size to render ``target`` at: the target itself when the model allows it,
+        else the nearest allowed size of (about) the same aspect ratio, in multiples of
+        16 px; None for a model that decides its own size. Cropping or padding the render
+        then makes the ratio exact (:func:`qwbatch.core.images.fit_to`)."""
+        if self.size_rule == "fixed":
+            return None
+        width, height = target.width, target.height
+        exact = f"{width}*{height}"
+        if self.size_problem(exact) is None:
+            return exact
+        ratio = width / height
+        if self.size_rule == "presets":
+            sizes = [parse_size(p) for p in self.presets]
+
+            def distance(size: tuple[int, int]) -> tuple[float, int]:
+                return abs(math.log(size[0] / size[1] / ratio)), abs(
+                    size[0] * size[1] - width * height
+                )
+
+            w, h = min((s for s in sizes if s is not None), key=distance)
+            return f"{w}*{h}"
+        if self.size_rule == "pixels":
+            pixels = min(max(width * height, self.min_pixels), self.max_pixels)
+            up = pixels == self.min_pixels
+            w = _multiple(math.sqrt(pixels * ratio), 16, up=up)
+            h = _multiple(math.sqrt(pixels / ratio), 16, up=up)
+            return f"{w}*{h}"
+        # "sides": scale so both sides fit, then clamp (a ratio too wide for the bounds
+        # is cut from the nearest one that fits)
+        scale = max(self.min_side / min(width, height), 1.0)
+        scale = min(scale, self.max_side / max(width, height))
+        w = min(max(round(width * scale), self.min_side), self.max_side)
+        h = min(max(round(height * scale), self.min_side), self.max_side)
+        return f"{w}*{h}"
 
     def price(self, region: str) -> float | None:
         return self.prices.get(region)

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     #: Optional workspace id, sent as ``X-DashScope-WorkSpace``.
     dashscope_workspace_id: str | None = None
     default_model: str = "qwen-image-2.0"
+    #: Channel size for rows without a ``target_size`` (``"300*250"``, ``"728*90:pad"``).
+    default_target_size: str | None = None
     #: A TOML file whose ``[models."name"]`` tables extend or replace the bundled model table.
     models_file: Path | None = None
     #: Models the user vouches for although no table knows them (rules: permissive).
@@ -165,6 +167,7 @@ def run_overrides(
     shard_size: int | None = None,
     rps: float | None = None,
     max_in_flight: int | None = None,
+    target_size: str | None = None,
 ) -> dict[str, Any]:
     """A run's options (``qwbatch run`` and the flows' parameters) as Settings fields; None
     means not given."""
@@ -173,6 +176,7 @@ def run_overrides(
         "shard_size": shard_size,
         "rps": rps,
         "max_in_flight": max_in_flight,
+        "default_target_size": target_size,
     }
 
 

@@ -125,6 +125,7 @@ COLUMN_TYPES: Final[dict[str, tuple[str, Callable[[pa.DataType], bool]]]] = {
     "input_images": ("a list of strings or a string column", _accepts_images),
     "tags": ("a map, struct, list of strings or string column", _accepts_tags),
     "priority": ("an integer column", _accepts_int),
+    "target_size": ("a string column ('W*H' or 'W*H:pad')", _is_text),
 }
 REQUIRED_COLUMNS: Final = ("id", "prompt")
 
@@ -372,4 +373,5 @@ COERCE: Final[dict[str, Callable[[pa.Array], list[Any]]]] = {
     "input_images": _images,
     "tags": _tags,
     "priority": _ints,
+    "target_size": _texts,
 }

@@ -168,7 +168,13 @@ class ManifestReader:
         )
         if duplicates is None:
             duplicates = DuplicateIds(duplicate_candidates(self._files))
-        self._checker = RowChecker(table, default_model, self._resolver, duplicates)
+        self._checker = RowChecker(
+            table,
+            default_model,
+            self._resolver,
+            duplicates,
+            settings.default_target_size if settings is not None else None,
+        )
         self._batches = self._read()
 
     @property

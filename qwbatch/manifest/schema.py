@@ -21,6 +21,8 @@ column             required / default            accepted Arrow types
 ``tags``           none                          map, list<string>, struct, or a string
 ``priority``       none                          same as ``n``; higher renders first when a
                                                  budget trims the run (``qwbatch.budget.policy``)
+``target_size``    none (``--target-size``)      string-like ``W*H`` or ``W*H:pad``: delivered
+                                                 at exactly that size (``size`` → render size)
 =================  ============================  =============================================
 
 .. [#s] string-like: ``string``, ``large_string``, ``string_view``, UTF-8 ``binary`` and any
@@ -72,6 +74,7 @@ MANIFEST_SCHEMA: Final = pa.schema(
         pa.field("input_images", pa.list_(pa.string())),
         pa.field("tags", pa.map_(pa.string(), pa.string())),
         pa.field("priority", pa.int32()),
+        pa.field("target_size", pa.string()),
     ]
 )
 

@@ -48,6 +48,12 @@ COLUMNS: Final[tuple[ColumnDoc, ...]] = (
     ColumnDoc(
         "priority", "none", "with --budget-mode trim, higher renders first; not in the key", "10"
     ),
+    ColumnDoc(
+        "target_size",
+        "none",
+        "deliver at exactly W*H (cropped; W*H:pad pads), rendered at the nearest allowed size",
+        "300*250",
+    ),
 )
 
 #: Example rows a run accepts (no edits: those need input files that the template cannot ship).
@@ -72,6 +78,12 @@ EXAMPLES: Final[tuple[dict[str, Any], ...]] = (
         "model": "qwen-image-2.0",
         "size": "1024*1536",
         "tags": {"campaign": "autumn", "lang": "zh"},
+    },
+    {
+        "id": "banner-mrec",
+        "prompt": 'Autumn sale banner, maple leaves, headline "20% off"',
+        "target_size": "300*250",
+        "tags": {"campaign": "autumn", "channel": "display"},
     },
 )
 

@@ -249,6 +249,9 @@ def _check(
     # input images belong to edit rows: the row checker resolves them
     if "input_images" in batch.schema.names:
         ok = pc.and_kleene(ok, pc.is_null(batch.column("input_images")))
+    # channel sizes change the render size and the key: the row checker decides them
+    if "target_size" in batch.schema.names:
+        ok = pc.and_kleene(ok, pc.is_null(batch.column("target_size")))
     # model × mode × size: each distinct combination resolved once
     texts = [pc.fill_null(t, "") if t is not None else None for t in (model, mode, size)]
     for t in texts:
@@ -520,6 +523,6 @@ def shard_lines(rows: FastRows, chosen: pa.Array, keys: pa.Array, seeds: pa.Arra
         picked["tags"],
         ', "priority": ',
         pc.fill_null(text(picked["priority"]), "null"),
-        '}, "aliases": []}\n',
+        ', "target_size": null}, "aliases": []}\n',  # fast rows have no target
         "",
     )

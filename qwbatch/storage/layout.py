@@ -8,6 +8,7 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
     ├── images/<ab>/<request_key>/<i>.png                 output_key
     ├── images/<ab>/<request_key>/request.json            request_doc_key
     ├── thumbs/<ab>/<request_key>/<i>.webp                thumb_key
+    ├── delivered/<ab>/<request_key>/<i>.png              delivered_key
     ├── inputs/<ab>/<sha256 of the original bytes>        staged_key
     ├── catalog/part-<run_id>-<label>[-<8 hex>].parquet   part_key
     ├── catalog/part-compact-<stamp>-<6 hex>-<NNN>.parquet  compacted_part_key
@@ -25,8 +26,10 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
             ├── shards/shard-<NNNNN>.result.json          shard_result_key
             └── journal/shard-<NNNNN>/<writer>-<seq>.jsonl  journal_key
 
-What they hold: an output image and, when its object metadata cannot hold the whole request,
-the request beside it (:mod:`qwbatch.storage.metadata`); the output's thumbnail; an edit input
+What they hold: an output image (as the model rendered it) and, when its object metadata
+cannot hold the whole request, the request beside it (:mod:`qwbatch.storage.metadata`); the
+output's thumbnail; the output cropped or padded to the request's channel size
+(``target_size``), when it has one; an edit input
 as it was sent (:mod:`qwbatch.inputs.staging`); the catalog's Parquet parts, one per shard of a
 run, and the markers of a compaction in progress (:mod:`qwbatch.run.compaction`); a run's
 rejected manifest rows; manifests given to the Python API as tables, saved by the hash of
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 
 IMAGES_PREFIX: Final = "images/"
 THUMBS_PREFIX: Final = "thumbs/"
+#: Outputs brought to their request's channel size (``target_size``).
+DELIVERED_PREFIX: Final = "delivered/"
 #: Staged edit inputs, by the sha256 of their original bytes.
 STAGE_PREFIX: Final = "inputs/"
 CATALOG_PREFIX: Final = "catalog/"
@@ -96,6 +101,20 @@ def output_keys(request_keys: pa.Array, indexes: pa.Array) -> pa.Array:
         ".png",
         "",
     )
+
+
+def delivered_key(request_key: str, index: int) -> str:
+    """Key of a request's ``index``-th output at its channel size (``target_size``)."""
+    return f"{DELIVERED_PREFIX}{request_key[:2]}/{request_key}/{index}.png"
+
+
+def delivered_keys(request_keys: pa.Array, indexes: pa.Array, targets: pa.Array) -> pa.Array:
+    """:func:`delivered_key` for whole Arrow columns (null where there is no target)."""
+    import pyarrow.compute as pc
+
+    keys = output_keys(request_keys, indexes)
+    delivered = pc.replace_substring(keys, IMAGES_PREFIX, DELIVERED_PREFIX, max_replacements=1)
+    return pc.if_else(pc.is_valid(targets), delivered, None)
 
 
 def request_doc_key(request_key: str) -> str:
