@@ -29,6 +29,7 @@ demo: $(STAMP)
 # references.
 docs: demo cli-docs api-docs
 	cp out/contact-sheet.png docs/contact-sheet.png
+	cp out/compare/compare.png docs/compare-sheet.png
 
 # docs/cli-reference.md, from the commands' own --help (a test fails when it is stale).
 cli-docs: $(STAMP)

@@ -48,7 +48,7 @@ class BudgetedProvider:
         self._guard = guard
         self._prices = prices
         #: Task id → (hold, model) for submitted tasks whose billing is still unknown.
-        self._tasks: dict[str, tuple[Hold, str]] = {}
+        self._tasks: dict[str, tuple[Hold, RenderRequest]] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._provider, name)
@@ -70,17 +70,19 @@ class BudgetedProvider:
         except BaseException as exc:
             await self._guard.settle(hold, hold.amount if _may_have_billed(exc) else ZERO)
             raise
-        await self._guard.settle(hold, self._prices.cost(request.model, result.billed_images))
+        billed = self._prices.billed_cost(request, result.billed_images, result.cost)
+        await self._guard.settle(hold, billed)
         return result
 
-    async def submit_task(self, request: RenderRequest) -> str:
+    async def submit_task(self, request: RenderRequest, images: Sequence[str] = ()) -> str:
         hold = await self._reserve(request)
         try:
-            task_id = await self._provider.submit_task(request)
+            submit = self._provider.submit_task
+            task_id = await (submit(request, images) if images else submit(request))
         except BaseException as exc:
             await self._guard.settle(hold, hold.amount if _may_have_billed(exc) else ZERO)
             raise
-        self._tasks[task_id] = (hold, request.model)
+        self._tasks[task_id] = (hold, request)
         return task_id
 
     async def wait_task(self, task_id: str) -> ProviderResult:
@@ -97,8 +99,9 @@ class BudgetedProvider:
             raise
         pending = self._tasks.pop(task_id, None)
         if pending is not None:
-            hold, model = pending
-            await self._guard.settle(hold, self._prices.cost(model, result.billed_images))
+            hold, held_for = pending
+            billed = self._prices.billed_cost(held_for, result.billed_images, result.cost)
+            await self._guard.settle(hold, billed)
         return result
 
     async def download(self, url: str) -> bytes:

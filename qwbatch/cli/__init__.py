@@ -8,6 +8,7 @@
     export.py         export (Hugging Face, WebDataset, files)
     costs.py          estimate, report (text, JSON, HTML)
     contact_sheet.py  contact-sheet
+    compare.py        compare (the same rows on several models, side by side)
     limits.py         limits
     lineage.py        lineage
     catalog.py        catalog rebuild, catalog compact

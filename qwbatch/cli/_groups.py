@@ -9,6 +9,7 @@ from qwbatch.cli import run as run
 
 # isort: split
 from qwbatch.cli import catalog as catalog
+from qwbatch.cli import compare as compare
 from qwbatch.cli import contact_sheet as contact_sheet
 from qwbatch.cli import costs as costs
 from qwbatch.cli import export as export

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import typer
 
 from qwbatch.cli.app import SIMULATOR_KEY, _fail, _run_flow, app
+from qwbatch.cli.compare import compare
 from qwbatch.core.errors import QwBatchError
 
 
@@ -19,6 +20,10 @@ def run(
     manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder or s3://bucket/prefix")],
     model: Annotated[str | None, typer.Option(help="Default model for rows without one")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Render every row on each of these models: a,b,c (ids ID@MODEL)"),
+    ] = None,
     strict: Annotated[bool, typer.Option(help="Refuse the whole manifest on any bad row")] = False,
     shard_size: Annotated[int | None, typer.Option(help="Requests per shard")] = None,
     rps: Annotated[float | None, typer.Option(help="Requests per second, every model")] = None,
@@ -53,6 +58,11 @@ def run(
 
     An unfinished run of the same MANIFEST in OUT (crashed or stopped) is resumed.
     """
+    if models:
+        from qwbatch.manifest.columns import models_from_text
+
+        # Settings are read from the environment by every step of the run (QWBATCH_MODELS).
+        os.environ["QWBATCH_MODELS"] = json.dumps(list(models_from_text(models) or ()))
     if dry_run:
         from qwbatch.cli.dry_run import print_dry_run
 
@@ -162,6 +172,11 @@ def simulator(ctx: typer.Context) -> None:
     raise typer.Exit(main(ctx.args, prog="qwbatch simulator"))
 
 
+#: The demo manifest rendered on three providers, and its compare sheet's columns.
+PROVIDERS_DEMO = "providers-demo.parquet"
+COMPARE_COLUMNS = "qwen-image-2.0,flux-2-pro,gpt-image-2"
+
+
 @app.command()
 def demo(
     out: Annotated[str, typer.Option("--out", "-o", help="Where to render")] = "out",
@@ -171,28 +186,53 @@ def demo(
     ] = None,
     real: Annotated[bool, typer.Option(help="Call the real DashScope API (needs the key)")] = False,
 ) -> None:
-    """Render the demo manifests into ./out against the bundled simulator.
+    """Render the demo manifests into ./out against the bundled simulators.
 
     The generation demo first, then the edit demo (which edits files, and one of the
-    generation demo's outputs).
+    generation demo's outputs), then a few rows on Qwen-Image, FLUX and GPT Image side by
+    side, drawn as the compare sheet in OUT/compare/.
     """
-    manifests = manifest or ["manifests/demo.parquet", "manifests/edit-demo.parquet"]
+    manifests = manifest or [
+        "manifests/demo.parquet",
+        "manifests/edit-demo.parquet",
+        "manifests/providers-demo.parquet",
+    ]
     if real:
         if not os.environ.get("DASHSCOPE_API_KEY"):
             _fail("--real needs DASHSCOPE_API_KEY in the environment")
         code = max(_run_flow(m, out) for m in manifests)
         raise typer.Exit(code)
-    from qwbatch.simulator import SimulatorConfig, running
+    from contextlib import ExitStack
 
-    with running(SimulatorConfig(api_key=SIMULATOR_KEY)) as sim:
+    from qwbatch.simulator import SimulatorConfig, running
+    from qwbatch.simulator.bfl_app import BflConfig, create_bfl_app
+    from qwbatch.simulator.openai_app import create_openai_app
+
+    with ExitStack() as stack:
+        sim = stack.enter_context(running(SimulatorConfig(api_key=SIMULATOR_KEY)))
+        bfl = stack.enter_context(running(app=create_bfl_app(BflConfig(api_key=SIMULATOR_KEY))))
+        gpt = stack.enter_context(running(app=create_openai_app(api_key=SIMULATOR_KEY)))
         os.environ["QWBATCH_DASHSCOPE_BASE_URL"] = sim.base_url
         os.environ["DASHSCOPE_API_KEY"] = SIMULATOR_KEY
-        typer.echo(f"simulator on {sim.base_url}")
+        os.environ["QWBATCH_BFL_BASE_URL"] = bfl.root_url
+        os.environ["BFL_API_KEY"] = SIMULATOR_KEY
+        os.environ["QWBATCH_OPENAI_BASE_URL"] = f"{gpt.root_url}/v1"
+        os.environ["OPENAI_API_KEY"] = SIMULATOR_KEY
+        typer.echo(
+            f"simulators: DashScope {sim.base_url}, BFL {bfl.root_url}, OpenAI {gpt.root_url}"
+        )
         code = 0
         for path in manifests:
             typer.echo(f"--- {path}")
-            code = max(code, _run_flow(path, out))
-        ledger = sim.ledger()
-    typer.echo(f"simulator ledger: {ledger['billed_images']} images billed this session")
+            # The side-by-side rows get a destination of their own: their compare sheet.
+            dest = str(Path(out) / "providers") if path.endswith(PROVIDERS_DEMO) else out
+            code = max(code, _run_flow(path, dest))
+        ledgers = (sim.ledger(), bfl.ledger(), gpt.ledger())
+    typer.echo(
+        f"simulator ledgers: DashScope {ledgers[0]['billed_images']} images, "
+        f"BFL {ledgers[1]['billed_usd']:.4f} USD, OpenAI {ledgers[2]['billed_usd']:.4f} USD"
+    )
+    if any(path.endswith(PROVIDERS_DEMO) for path in manifests):
+        compare(str(Path(out) / "providers"), out=Path(out) / "compare", models=COMPARE_COLUMNS)
     typer.echo(f"images and catalog are in {Path(out).resolve()}")
     raise typer.Exit(code)

@@ -20,6 +20,14 @@ override the defaults, most specific last:
 
 3. ``QWBATCH_PRICES='{"qwen-image-2.0": 0.03}'``: prices for the run's own region.
 
+**Other providers.** FLUX (BFL) and GPT Image (OpenAI) rows are billed in USD whatever the
+region, by their ``pricing_rule`` (``qwbatch.core.model_table.Pricing``): per megapixel of
+output and input (BFL), or per token (OpenAI, whose bill comes from ``usage``; estimates and
+budget holds use a per-image approximation by quality, scaled by area). Their prices count in
+runs whose currency is USD (regions singapore, virginia); :meth:`PriceTable.request_price`
+prices one request by its size and inputs, :meth:`PriceTable.unit_price` a model at its
+default size. What the provider reports (BFL's ``cost``, OpenAI's ``usage``) is the bill.
+
 Money is :class:`~decimal.Decimal` here, so sums are exact (0.035 × 3 is 0.105, not
 0.10500000000000001); a catalog row holds it as a float, rounded at that boundary.
 """
@@ -34,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from qwbatch.core.errors import ConfigError
-from qwbatch.core.model_table import ModelTable
+from qwbatch.core.model_table import MEGAPIXEL, ModelSpec, ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import RenderRequest
 
@@ -75,27 +83,90 @@ def tag_labels(tags: Iterable[tuple[str, str]]) -> list[str]:
     return labels or [UNTAGGED]
 
 
+def usd_image_price(
+    spec: ModelSpec, size: str | None, *, inputs: int = 0, quality: str | None = None
+) -> Decimal | None:
+    """The USD price of one image of a BFL or OpenAI model at ``size`` (its default if None).
+
+    Megapixel pricing: ``first_mp + (out_MP - 1) * per_mp + in_MP * per_mp`` (at least
+    ``first_mp``), each input counted at the output's size (the inputs' own sizes are not
+    known before they are sent). Token pricing: the quality's per-image figure (``high``
+    when not given: ``auto`` may choose it) scaled by area over 1024×1024. None when the row
+    names no price.
+    """
+    pricing = spec.pricing
+    megapixels = money(spec.size_pixels(size)) / MEGAPIXEL
+    if spec.pricing_rule == "megapixel":
+        if not pricing.first_mp:
+            return None
+        first, per = money(pricing.first_mp), money(pricing.per_mp)
+        return first + max(megapixels - 1, ZERO) * per + inputs * megapixels * per
+    if spec.pricing_rule == "token":
+        price = pricing.per_image.get(quality or "high") or pricing.per_image.get("high")
+        return None if price is None else money(price) * megapixels
+    price = pricing.per_image.get("any")
+    return None if price is None else money(price)
+
+
+def token_cost(
+    spec: ModelSpec, *, text_in: int = 0, image_in: int = 0, image_out: int = 0
+) -> Decimal:
+    """What usage tokens cost in USD at ``spec``'s per-million token prices."""
+    pricing = spec.pricing
+    millions = (
+        text_in * money(pricing.text_in)
+        + image_in * money(pricing.image_in)
+        + image_out * money(pricing.image_out)
+    )
+    return millions / 1_000_000
+
+
 class PriceTable:
     """Unit prices (per output image) for one region, in that region's currency."""
 
-    def __init__(self, region: str, currency: str, prices: Mapping[str, Decimal]) -> None:
+    def __init__(
+        self,
+        region: str,
+        currency: str,
+        prices: Mapping[str, Decimal],
+        usd_specs: Mapping[str, ModelSpec] | None = None,
+    ) -> None:
         self.region = region
         self.currency = currency
         self._prices = dict(prices)
+        #: Models priced by size or tokens in USD (BFL, OpenAI) without a negotiated price.
+        self._usd_specs = dict(usd_specs or {})
 
     @classmethod
     def load(cls, settings: Settings, table: ModelTable) -> PriceTable:
         """The run's prices: model table, then ``prices_file``, then ``prices`` (see above)."""
         region = settings.region
+        currency = settings.currency()
         prices: dict[str, Decimal] = {}
+        usd_specs: dict[str, ModelSpec] = {}
         for name in table.names():
-            price = table.get(name).price(region)
-            if price is not None:
-                prices[name] = money(price)
+            spec = table.get(name)
+            if spec.usd_priced:
+                price = usd_image_price(spec, None) if currency == "USD" else None
+                if price is not None:
+                    prices[name] = price
+                    usd_specs[name] = spec
+                continue
+            regional = spec.price(region)
+            if regional is not None:
+                prices[name] = money(regional)
+        overrides: dict[str, Decimal] = {}
         if settings.prices_file is not None:
-            prices.update(read_prices_file(settings.prices_file).get(region, {}))
-        prices.update({name: money(price) for name, price in settings.prices.items()})
-        return cls(region, settings.currency(), prices)
+            by_section = read_prices_file(settings.prices_file)
+            # [bfl] and [openai] sections: flat USD prices per image for those providers.
+            for provider in ("bfl", "openai") if currency == "USD" else ():
+                overrides.update(by_section.get(provider, {}))
+            overrides.update(by_section.get(region, {}))
+        overrides.update({name: money(price) for name, price in settings.prices.items()})
+        prices.update(overrides)
+        for name in overrides:
+            usd_specs.pop(name, None)  # a negotiated flat price wins over the formula
+        return cls(region, currency, prices, usd_specs)
 
     def unit_price(self, model: str) -> Decimal | None:
         """Price of one image of ``model``; None when no table or override names one."""
@@ -106,13 +177,52 @@ class PriceTable:
         price = self._prices.get(model)
         return as_float(price) if price is not None else 0.0
 
+    def request_price(self, request: RenderRequest) -> Decimal | None:
+        """Price of one image of ``request``: by its size and inputs for models priced per
+        megapixel or token (BFL, OpenAI), else the model's unit price."""
+        quality = dict(request.params).get("quality")
+        return self.price_for(
+            request.model,
+            request.size,
+            inputs=len(request.input_images),
+            quality=str(quality) if quality else None,
+        )
+
+    def priced_per_request(self, model: str) -> bool:
+        """Whether ``model``'s price depends on the request's size, inputs or quality."""
+        return model in self._usd_specs
+
+    def price_for(
+        self, model: str, size: str | None, *, inputs: int = 0, quality: str | None = None
+    ) -> Decimal | None:
+        """Price of one image of ``model`` at ``size`` with ``inputs`` edit inputs and
+        ``quality`` (see :meth:`request_price`)."""
+        spec = self._usd_specs.get(model)
+        if spec is None:
+            return self._prices.get(model)
+        return usd_image_price(spec, size, inputs=inputs, quality=quality)
+
+    def catalog_request_price(self, request: RenderRequest) -> float:
+        """:meth:`request_price` as a catalog float (0.0 when unpriced)."""
+        price = self.request_price(request)
+        return as_float(price) if price is not None else 0.0
+
     def cost(self, model: str, images: int) -> Decimal:
         """What ``images`` images of ``model`` cost (zero for an unpriced model)."""
         return images * (self._prices.get(model) or ZERO)
 
     def request_cost(self, request: RenderRequest) -> Decimal:
         """The most a request can cost: all of its ``n`` images billed."""
-        return self.cost(request.model, request.n)
+        return request.n * (self.request_price(request) or ZERO)
+
+    def billed_cost(
+        self, request: RenderRequest, billed_images: int, reported: float | None
+    ) -> Decimal:
+        """What a call cost: what the provider reported (BFL's cost, OpenAI's usage), else
+        ``billed_images`` at the request's price."""
+        if reported is not None:
+            return money(reported)
+        return billed_images * (self.request_price(request) or ZERO)
 
     def models(self) -> dict[str, Decimal]:
         return dict(sorted(self._prices.items()))
@@ -181,7 +291,7 @@ class Estimate:
 
     def add(self, request: RenderRequest, prices: PriceTable) -> Decimal:
         """Count one request; what it costs."""
-        price = prices.unit_price(request.model)
+        price = prices.request_price(request)
         if price is None:
             self.unpriced[request.model] = self.unpriced.get(request.model, 0) + request.n
         else:

@@ -21,7 +21,9 @@
         ├── ManifestError           a manifest that cannot be read at all, or --strict refusals
         ├── ProviderError           the provider refused the request (400/401/403, arrears)
         │   ├── ModerationError     DataInspectionFailed: content moderation, its own status
-        │   └── ResultExpiredError  a result URL or task id that is past its 24 h life
+        │   ├── ResultExpiredError  a result URL or task id that is past its life
+        │   └── QuotaExhaustedError credits or quota gone (BFL 402, OpenAI insufficient_quota):
+        │                           no further call goes to that provider in this process
         ├── ImageError              bytes that are not a valid image of the expected size
         ├── BudgetExceededError     the plan, or one more paid call, would pass the run's budget
         ├── InputError              an edit input that may not or cannot be fetched (outside the
@@ -185,6 +187,10 @@ class ModerationError(ProviderError):
 
 class ResultExpiredError(ProviderError):
     """A result URL or task id that the provider no longer serves (past its 24 h life)."""
+
+
+class QuotaExhaustedError(ProviderError):
+    """The account's credits or quota are gone: the client sends that provider nothing more."""
 
 
 class ObjectNotFoundError(StorageError):

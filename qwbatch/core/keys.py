@@ -6,7 +6,7 @@ folds them; the store already has them). The key covers everything that changes 
 the provider returns, and nothing else:
 
     model, mode, prompt, negative_prompt, size, n, prompt_extend, watermark,
-    the sha256 of each input image's bytes (in order), seed
+    the sha256 of each input image's bytes (in order), params (when any), seed
 
 The manifest row ``id``, its ``tags``, the input images' URIs and any priority are *not* in
 the key: two rows with different ids but identical requests fold onto one key.
@@ -27,6 +27,11 @@ RFC 8785 (JCS) serialisation of the array, so any language can recompute a key. 
 quoting makes field boundaries unambiguous (prompt ``"a"`` + negative ``"bc"`` cannot collide
 with ``"ab"`` + ``"c"``). Values are taken as given: normalising them (stripping the prompt,
 ``1024x768`` → ``1024*768``) is the manifest reader's job, before the key is computed.
+
+A row with provider parameters (the ``params`` column: quality, safety_tolerance …) has one
+more element before the seed: a JSON object of them, keys sorted, written as
+``json.dumps(params, ensure_ascii=False, separators=(",", ":"), sort_keys=True)`` does. A row
+without params has none, so its key is what it always was.
 
 ``request_key`` is the lower-case hex sha256 of the canonical form (64 characters).
 
@@ -51,8 +56,10 @@ Changing any of this changes every key: bump the version tag when you do.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from json.encoder import encode_basestring  # the C JSON string quoter (ensure_ascii=False)
+from typing import Any
 
 from qwbatch.core.types import RenderRequest
 
@@ -72,6 +79,7 @@ def _prefix(
     prompt_extend: bool | None,
     watermark: bool,
     input_sha256: Sequence[str],
+    params: Sequence[tuple[str, Any]] = (),
 ) -> bytes:
     """The canonical form up to (not including) the seed and the closing bracket."""
     # Written out with the C string quoter rather than json.dumps on a list: about 3x faster,
@@ -83,8 +91,16 @@ def _prefix(
     return (
         f'["{KEY_VERSION}",{encode_basestring(model)},{encode_basestring(mode)},'
         f"{encode_basestring(prompt)},{negative},{size_json},{n:d},"
-        f"{extend},{'true' if watermark else 'false'},[{inputs}],"
+        f"{extend},{'true' if watermark else 'false'},[{inputs}],{_params_json(params)}"
     ).encode()
+
+
+def _params_json(params: Sequence[tuple[str, Any]]) -> str:
+    """The params element with its comma, or nothing for a request without params."""
+    if not params:
+        return ""
+    text = json.dumps(dict(params), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return text + ","
 
 
 def _check_seed(seed: int) -> None:
@@ -104,6 +120,7 @@ def canonical_request(
     prompt_extend: bool | None = None,
     watermark: bool = False,
     input_sha256: Sequence[str] = (),
+    params: Sequence[tuple[str, Any]] = (),
     target_size: str | None = None,
 ) -> bytes:
     """The canonical form (UTF-8 JSON bytes) of a request; ``seed=None`` writes ``null``.
@@ -112,7 +129,16 @@ def canonical_request(
     b'["qwbatch/1","qwen-image-2.0","generate","a cat",null,null,1,null,false,[],7]'
     """
     prefix = _prefix(
-        model, mode, prompt, negative_prompt, size, n, prompt_extend, watermark, input_sha256
+        model,
+        mode,
+        prompt,
+        negative_prompt,
+        size,
+        n,
+        prompt_extend,
+        watermark,
+        input_sha256,
+        params,
     )
     if seed is None:
         return prefix + b"null" + _suffix(target_size)
@@ -139,6 +165,7 @@ def key_and_seed(
     prompt_extend: bool | None = None,
     watermark: bool = False,
     input_sha256: Sequence[str] = (),
+    params: Sequence[tuple[str, Any]] = (),
     target_size: str | None = None,
 ) -> tuple[str, int]:
     """``(request_key, seed)``: the seed given, or the derived one when ``seed`` is None.
@@ -147,7 +174,16 @@ def key_and_seed(
     seed-less prefix once (the manifest reader calls it once per row).
     """
     prefix = _prefix(
-        model, mode, prompt, negative_prompt, size, n, prompt_extend, watermark, input_sha256
+        model,
+        mode,
+        prompt,
+        negative_prompt,
+        size,
+        n,
+        prompt_extend,
+        watermark,
+        input_sha256,
+        params,
     )
     digest = hashlib.sha256(prefix)
     if seed is None:
@@ -175,6 +211,7 @@ def request_key(
     prompt_extend: bool | None = None,
     watermark: bool = False,
     input_sha256: Sequence[str] = (),
+    params: Sequence[tuple[str, Any]] = (),
     target_size: str | None = None,
 ) -> str:
     """Hex sha256 (64 chars) of the canonical form; a None seed is replaced by the derived one.
@@ -193,6 +230,7 @@ def request_key(
         prompt_extend=prompt_extend,
         watermark=watermark,
         input_sha256=input_sha256,
+        params=params,
         target_size=target_size,
     )
     return key
@@ -230,5 +268,6 @@ def key_of(request: RenderRequest) -> str:
         prompt_extend=request.prompt_extend,
         watermark=request.watermark,
         input_sha256=request.input_sha256,
+        params=request.params,
         target_size=request.target_size,
     )

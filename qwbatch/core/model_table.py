@@ -1,7 +1,9 @@
-"""The model table: each Qwen-Image model's endpoint, limits, rules and price, as data.
+"""The model table: each model's provider, endpoint, limits, rules and prices, as data.
 
 The bundled table is ``qwbatch/data/models.toml``; ``Settings.models_file`` names a TOML file
-of the same shape whose rows extend or replace it, so a new model is a row, not code.
+of the same shape whose rows extend or replace it, so a new model is a row, not code. A row's
+``provider`` names the client that serves it (``dashscope``, ``bfl``, ``openai``); how it is
+priced is its ``pricing`` (see :class:`Pricing` and ``qwbatch.core.costs``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,33 @@ from qwbatch.core.errors import ConfigError
 
 SizeRule = Literal["pixels", "sides", "presets", "fixed", "any"]
 Mode = Literal["generate", "edit"]
+ProviderName = Literal["dashscope", "bfl", "openai"]
+PROVIDERS: tuple[str, ...] = ("dashscope", "bfl", "openai")
+#: How a model is billed: per output image, per megapixel (BFL), or per token (OpenAI).
+PricingRule = Literal["image", "megapixel", "token"]
+#: One megapixel as BFL counts it, in pixels (1024 × 1024).
+MEGAPIXEL = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """A model's prices in USD for the providers billed in USD whatever the region
+    (BFL, OpenAI); DashScope's per-region prices stay in ``ModelSpec.prices``.
+
+    - ``megapixel`` (BFL): ``first_mp + (output_MP - 1) * per_mp + input_MP * per_mp``,
+      where a megapixel is :data:`MEGAPIXEL` pixels; ``per_image`` for models billed flat.
+    - ``token`` (OpenAI): ``text_in``, ``image_in`` and ``image_out`` per million tokens for
+      the bill; ``per_image`` maps a quality (low, medium, high) to an approximate price of one
+      1024×1024 image for estimates and budget holds, scaled by pixel area.
+    - ``image``: ``per_image["any"]`` per output image (gateways that report no usage).
+    """
+
+    first_mp: float = 0.0
+    per_mp: float = 0.0
+    text_in: float = 0.0
+    image_in: float = 0.0
+    image_out: float = 0.0
+    per_image: dict[str, float] = field(default_factory=dict)
 
 
 def parse_size(size: str) -> tuple[int, int] | None:
@@ -86,6 +115,27 @@ class ModelSpec:
     max_in_flight: int = 2
     prices: dict[str, float] = field(default_factory=dict)
     declared: bool = False
+    #: Which client serves the model (``qwbatch.providers.registry``).
+    provider: ProviderName = "dashscope"
+    #: Every call is an async task, generation and edits alike (BFL); the provider's limit is
+    #: on tasks in flight, so ``max_in_flight`` is the cap and ``rps`` only smooths bursts.
+    task_only: bool = False
+    #: Name of the limit several models share (BFL's active tasks per account); the model's
+    #: own name when empty.
+    limit_group: str = ""
+    #: Most edit inputs one request may send.
+    max_inputs: int = 3
+    #: Both sides must be multiples of this many pixels (0: any).
+    size_multiple: int = 0
+    #: Largest long side / short side ratio (0: any).
+    max_aspect: float = 0.0
+    #: The date the provider stopped serving the model (a dead model stays as a row).
+    shutdown: str = ""
+    pricing_rule: PricingRule = "image"
+    pricing: Pricing = field(default_factory=Pricing)
+    #: Provider-specific parameters the ``params`` column may set: name → allowed values
+    #: (a list of choices, or ``"int:LO..HI"`` / ``"float:LO..HI"`` / ``"bool"``).
+    params: dict[str, Any] = field(default_factory=dict)
 
     def size_problem(self, size: str | None) -> str | None:
         """Why ``size`` (already ``W*H``) is not allowed for this model, or None if it is."""
@@ -97,6 +147,11 @@ class ModelSpec:
         if parsed is None:
             return f"size {size!r} is not of the form W*H"
         width, height = parsed
+        if self.size_multiple and (width % self.size_multiple or height % self.size_multiple):
+            multiple = self.size_multiple
+            return f"size {size}: both sides must be multiples of {multiple} for {self.name}"
+        if self.max_aspect and max(width, height) > self.max_aspect * min(width, height):
+            return f"size {size}: {self.name} allows aspect ratios up to {self.max_aspect:g}:1"
         if self.size_rule == "pixels" and not self.min_pixels <= width * height <= self.max_pixels:
             return (
                 f"size {size} has {width * height} pixels; {self.name} needs between "
@@ -113,8 +168,10 @@ class ModelSpec:
     def render_size_for(self, target: TargetSize) -> str | None:
         """The size to render ``target`` at: the target itself when the model allows it,
         else the nearest allowed size of (about) the same aspect ratio, in multiples of
-        16 px; None for a model that decides its own size. Cropping or padding the render
-        then makes the ratio exact (:func:`qwbatch.core.images.fit_to`)."""
+        ``size_multiple`` (else 16) px, the ratio capped at ``max_aspect``; None for a model
+        that decides its own size (or when no such size is found: the model's default is
+        rendered). Cropping or padding the render then makes the size exact
+        (:func:`qwbatch.core.images.fit_to`)."""
         if self.size_rule == "fixed":
             return None
         width, height = target.width, target.height
@@ -122,32 +179,64 @@ class ModelSpec:
         if self.size_problem(exact) is None:
             return exact
         ratio = width / height
+        if self.max_aspect:
+            ratio = min(max(ratio, 1 / self.max_aspect), self.max_aspect)
+        step = self.size_multiple or 16
         if self.size_rule == "presets":
-            sizes = [parse_size(p) for p in self.presets]
+            sizes = [size for size in map(parse_size, self.presets) if size is not None]
 
             def distance(size: tuple[int, int]) -> tuple[float, int]:
                 return abs(math.log(size[0] / size[1] / ratio)), abs(
                     size[0] * size[1] - width * height
                 )
 
-            w, h = min((s for s in sizes if s is not None), key=distance)
-            return f"{w}*{h}"
-        if self.size_rule == "pixels":
-            pixels = min(max(width * height, self.min_pixels), self.max_pixels)
-            up = pixels == self.min_pixels
-            w = _multiple(math.sqrt(pixels * ratio), 16, up=up)
-            h = _multiple(math.sqrt(pixels / ratio), 16, up=up)
-            return f"{w}*{h}"
-        # "sides": scale so both sides fit, then clamp (a ratio too wide for the bounds
-        # is cut from the nearest one that fits)
-        scale = max(self.min_side / min(width, height), 1.0)
-        scale = min(scale, self.max_side / max(width, height))
-        w = min(max(round(width * scale), self.min_side), self.max_side)
-        h = min(max(round(height * scale), self.min_side), self.max_side)
-        return f"{w}*{h}"
+            w, h = min(sizes, key=distance)
+        elif self.size_rule == "sides":
+            # scale so both sides fit the range (a ratio too wide for it is cut later)
+            w0, h0 = math.sqrt(width * height * ratio), math.sqrt(width * height / ratio)
+            scale = max(self.min_side / min(w0, h0), 1.0)
+            scale = min(scale, self.max_side / max(w0, h0))
+            w = min(max(_multiple(w0 * scale, step, up=False), self.min_side), self.max_side)
+            h = min(max(_multiple(h0 * scale, step, up=False), self.min_side), self.max_side)
+        else:  # "pixels", or "any" with a multiple or an aspect cap
+            pixels = width * height
+            if self.size_rule == "pixels":
+                pixels = min(max(pixels, self.min_pixels), self.max_pixels)
+            up = self.size_rule == "pixels" and pixels == self.min_pixels
+            w = _multiple(math.sqrt(pixels * ratio), step, up=up)
+            h = _multiple(math.sqrt(pixels / ratio), step, up=up)
+        size = f"{w}*{h}"
+        return size if self.size_problem(size) is None else None
 
     def price(self, region: str) -> float | None:
         return self.prices.get(region)
+
+    def checked_params(self, params: dict[str, Any]) -> tuple[tuple[str, Any], ...] | str:
+        """``params`` normalised (sorted, values of the declared type), or why they are refused.
+
+        A rule is a list of choices, ``"int:LO..HI"``, ``"float:LO..HI"`` or ``"bool"``.
+        """
+        out: dict[str, Any] = {}
+        for name, value in params.items():
+            rule = self.params.get(name)
+            if rule is None:
+                allowed = ", ".join(sorted(self.params)) or "none"
+                return f"params.{name}: not a parameter of {self.name} (it takes: {allowed})"
+            checked = _param_value(rule, value)
+            if checked is None:
+                return f"params.{name}={value!r}: {self.name} takes {_rule_text(rule)}"
+            out[name] = checked
+        return tuple(sorted(out.items()))
+
+    @property
+    def usd_priced(self) -> bool:
+        """Whether the model is billed in USD whatever the region (BFL, OpenAI)."""
+        return self.provider != "dashscope"
+
+    def size_pixels(self, size: str | None) -> int:
+        """Pixels of ``size``, or of the model's default size when it is None."""
+        parsed = parse_size(size or self.default_size) or (1024, 1024)
+        return parsed[0] * parsed[1]
 
 
 def _spec_from_row(name: str, row: dict[str, Any], *, declared: bool = False) -> ModelSpec:
@@ -160,6 +249,18 @@ def _spec_from_row(name: str, row: dict[str, Any], *, declared: bool = False) ->
     for key in ("tasks", "presets"):
         if key in row:
             row[key] = tuple(row[key])
+    if "pricing" in row:
+        pricing = dict(row["pricing"])
+        unknown_pricing = set(pricing) - set(Pricing.__dataclass_fields__)
+        if unknown_pricing:
+            raise ConfigError(
+                f"model table row {name!r} has unknown pricing fields: {sorted(unknown_pricing)}"
+            )
+        row["pricing"] = Pricing(**pricing)
+    if row.get("provider", "dashscope") not in PROVIDERS:
+        raise ConfigError(
+            f"model table row {name!r}: provider must be one of {', '.join(PROVIDERS)}"
+        )
     known = set(ModelSpec.__dataclass_fields__)
     unknown = set(row) - known
     if unknown:
@@ -219,3 +320,29 @@ class ModelTable:
             f"unknown model {name!r}; known models: {', '.join(self.names())}. "
             "Declare it with QWBATCH_DECLARED_MODELS or add a row with QWBATCH_MODELS_FILE"
         )
+
+
+def _param_value(rule: Any, value: Any) -> Any:
+    """``value`` as ``rule`` types it, or None when it does not fit."""
+    text = str(value).strip()
+    if isinstance(rule, list):
+        return text if text in rule else None
+    if rule == "bool":
+        lowered = text.lower()
+        return True if lowered in ("true", "1") else False if lowered in ("false", "0") else None
+    kind, _, bounds = str(rule).partition(":")
+    low, _, high = bounds.partition("..")
+    try:
+        number: float = int(text) if kind == "int" else float(text)
+    except ValueError:
+        return None
+    return number if float(low) <= number <= float(high) else None
+
+
+def _rule_text(rule: Any) -> str:
+    if isinstance(rule, list):
+        return "one of " + ", ".join(map(str, rule))
+    if rule == "bool":
+        return "true or false"
+    kind, _, bounds = str(rule).partition(":")
+    return f"{'a whole number' if kind == 'int' else 'a number'} in {bounds.replace('..', '…')}"

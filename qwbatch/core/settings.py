@@ -62,6 +62,26 @@ class Settings(BaseSettings):
     declared_models: list[str] = Field(default_factory=list)
     #: Use the async task endpoint for models that offer it (exact resume by task id).
     prefer_async: bool = True
+    #: Render every manifest row on each of these models (``--models``); a row's own
+    #: ``models`` cell wins. Each becomes its own request, with id ``ID@MODEL``.
+    models: list[str] = Field(default_factory=list)
+
+    # Other providers (docs/providers/): keys from the environment only, never logged.
+    bfl_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("BFL_API_KEY", "bfl_api_key"), repr=False
+    )
+    #: BFL's API host, without ``/v1`` (also api.eu.bfl.ai, api.us.bfl.ai).
+    bfl_base_url: str = "https://api.bfl.ai"
+    openai_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"),
+        repr=False,
+    )
+    #: The Images API base, with ``/v1``.
+    openai_base_url: str = "https://api.openai.com/v1"
+    #: "openai" (size WxH, usage tokens) or "together" (width/height, response_format
+    #: base64, no usage: priced per image) for gateways that copy the path in another shape.
+    openai_dialect: Literal["openai", "together"] = "openai"
 
     # HTTP timeouts (seconds). A long read timeout beats aggressive retries: a sync image call
     # that times out on our side may still be billed on the provider's
@@ -155,6 +175,14 @@ class Settings(BaseSettings):
 
     def currency(self) -> str:
         return REGION_CURRENCY.get(self.region, "USD")
+
+    def bfl_key(self) -> str:
+        """BFL's raw key, for the ``x-key`` header only. Never log what this returns."""
+        return self.bfl_api_key.get_secret_value() if self.bfl_api_key else ""
+
+    def openai_key(self) -> str:
+        """OpenAI's raw key, for the Authorization header only. Never log it."""
+        return self.openai_api_key.get_secret_value() if self.openai_api_key else ""
 
     def api_key(self) -> str:
         """The raw key, for the Authorization header only. Never log what this returns."""

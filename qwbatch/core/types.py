@@ -50,6 +50,13 @@ class RenderRequest:
     tags: tuple[tuple[str, str], ...] = ()
     #: Order under a trimming budget: higher first, then manifest order; None is lowest.
     priority: int | None = None
+    #: Provider-specific parameters (quality, safety_tolerance, steps …), checked against the
+    #: model table's ``params`` before sending; sent as given.
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
     #: Channel size to deliver at exactly (``"300*250"``, ``"728*90:pad"``); ``size`` is
     #: then the size rendered. None: the render is the delivery.
     target_size: str | None = None
@@ -79,6 +86,10 @@ class ProviderResult:
     orig_prompt: str | None = None
     #: Per-image failures inside a partly successful n>1 request: (code, message).
     item_errors: tuple[tuple[str, str], ...] = ()
+    #: What the provider reported the call cost, in the price table's currency (BFL's
+    #: ``cost`` credits / 100, OpenAI's usage tokens × token prices); None when it bills
+    #: per image (DashScope), and the cost is billed_images × unit price.
+    cost: float | None = None
 
 
 @dataclass(slots=True)

@@ -113,21 +113,21 @@ class LimiterRegistry:
         spec = limit_spec(model, settings)
         scope = limit_scope(settings)
         reason = local_reason(settings)
+        # Models of one limit group (BFL's active tasks per account) share one limiter.
+        name = model.limit_group or model.name
         with self._lock:
-            limiter = self._limiters.get((scope, model.name))
+            limiter = self._limiters.get((scope, name))
             if limiter is not None and limiter.spec == spec and _sharing(limiter) == (not reason):
                 return limiter
             if limiter is not None:
                 limiter.close()
             shared = None
             if reason is None:
-                shared = PrefectBudget(scope=scope, model=model.name, spec=spec)
+                shared = PrefectBudget(scope=scope, model=name, spec=spec)
             else:
-                log.info(
-                    "limits for %s@%s are local to this process: %s", model.name, scope, reason
-                )
-            limiter = ModelLimiter(spec, name=model.name, shared=shared, local_reason=reason)
-            self._limiters[(scope, model.name)] = limiter
+                log.info("limits for %s@%s are local to this process: %s", name, scope, reason)
+            limiter = ModelLimiter(spec, name=name, shared=shared, local_reason=reason)
+            self._limiters[(scope, name)] = limiter
             return limiter
 
     def limiters(self) -> list[ModelLimiter]:

@@ -110,6 +110,14 @@ def _accepts_tags(t: pa.DataType) -> bool:
     return _is_text(t) or (_is_list(t) and _is_text(value_type(t.value_type)))
 
 
+def _accepts_params(t: pa.DataType) -> bool:
+    if pa.types.is_map(t):
+        return _is_text(value_type(t.key_type)) and _is_scalar(t.item_type)
+    if pa.types.is_struct(t):
+        return all(_is_scalar(t.field(i).type) for i in range(t.num_fields))
+    return _is_text(t)
+
+
 #: Column → (what it must be, type check on the dictionary-decoded type).
 COLUMN_TYPES: Final[dict[str, tuple[str, Callable[[pa.DataType], bool]]]] = {
     "id": ("a string or integer column", _accepts_id),
@@ -125,6 +133,8 @@ COLUMN_TYPES: Final[dict[str, tuple[str, Callable[[pa.DataType], bool]]]] = {
     "input_images": ("a list of strings or a string column", _accepts_images),
     "tags": ("a map, struct, list of strings or string column", _accepts_tags),
     "priority": ("an integer column", _accepts_int),
+    "params": ("a map, struct or JSON-object string column", _accepts_params),
+    "models": ("a list of strings or a string column", _accepts_images),
     "target_size": ("a string column ('W*H' or 'W*H:pad')", _is_text),
 }
 REQUIRED_COLUMNS: Final = ("id", "prompt")
@@ -358,6 +368,66 @@ def _tags(array: pa.Array) -> Cells[Tags]:
     return [None if v is None else _tags_from_text(_text_of(v)) for v in values]
 
 
+#: Provider parameters as a row gives them (checked against the model table later).
+Params = dict[str, Any]
+
+
+def _params_text(text: str) -> Params | Bad | None:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return Bad('is not a JSON object such as {"quality": "low"}')
+    if not isinstance(parsed, dict):
+        return Bad('is not a JSON object such as {"quality": "low"}')
+    return {str(k): v for k, v in parsed.items() if v is not None} or None
+
+
+def _params(array: pa.Array) -> Cells[Params]:
+    """Params cells: a map's pairs, a struct's fields (nulls left out) or JSON text."""
+    array = decoded(array)
+    values: list[Any] = array.to_pylist()
+    kind = array.type
+    if pa.types.is_map(kind):
+        return [
+            None if not v else {str(k): x for k, x in v if x is not None} or None for v in values
+        ]
+    if pa.types.is_struct(kind):
+        return [
+            None if v is None else {k: x for k, x in v.items() if x is not None} or None
+            for v in values
+        ]
+    return [None if v is None else _params_text(_text_of(v)) for v in values]
+
+
+def _models(array: pa.Array) -> Cells[tuple[str, ...]]:
+    """A row's models: a list of names, or one string of names separated by commas."""
+    array = decoded(array)
+    values: list[Any] = array.to_pylist()
+    if _is_text(array.type):
+        return [None if v is None else models_from_text(_text_of(v)) for v in values]
+    return [
+        None if not v else tuple(str(m).strip() for m in v if m and str(m).strip()) or None
+        for v in values
+    ]
+
+
+def models_from_text(text: str) -> tuple[str, ...] | None:
+    """``"a, b,c"`` (or a JSON list) → ``("a", "b", "c")``; None when it names none."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            items = []
+        names = [str(item).strip() for item in items if str(item).strip()]
+    else:
+        names = [part.strip() for part in text.split(",") if part.strip()]
+    return tuple(dict.fromkeys(names)) or None
+
+
 #: Column → coercion function, in the order the manifest's row checker takes the cells.
 COERCE: Final[dict[str, Callable[[pa.Array], list[Any]]]] = {
     "id": _ids,
@@ -373,5 +443,7 @@ COERCE: Final[dict[str, Callable[[pa.Array], list[Any]]]] = {
     "input_images": _images,
     "tags": _tags,
     "priority": _ints,
+    "params": _params,
+    "models": _models,
     "target_size": _texts,
 }

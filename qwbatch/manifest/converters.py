@@ -300,6 +300,8 @@ def _plain(cell: Any) -> Any:
         raise ManifestError(f"internal: an accepted row holds a bad cell ({cell.reason})")
     if isinstance(cell, tuple):
         return list(cell)
+    if isinstance(cell, dict):  # params: kept as the JSON object text the reader takes
+        return json.dumps(cell, ensure_ascii=False)
     return cell
 
 

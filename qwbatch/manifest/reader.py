@@ -17,6 +17,7 @@ a 1,000,000-row read.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 from collections.abc import Generator, Iterable, Iterator
@@ -41,11 +42,13 @@ from qwbatch.manifest.rejects import Reject
 from qwbatch.manifest.resolvers import InputResolver, LocalInputResolver, PrefetchingResolver
 from qwbatch.manifest.row_checker import RowChecker
 from qwbatch.manifest.schema import check_schema, open_parquet
-from qwbatch.manifest.vector import FastRows, check_block
+from qwbatch.manifest.vector import Block, FastRows, check_block
 
 #: Rejects quoted in a strict-mode ManifestError.
 STRICT_REASONS_SHOWN: Final = 5
 _IMAGES_CELL: Final = list(COERCE).index("input_images")  # its cells' place in a batch
+_MODEL_CELL: Final = list(COERCE).index("model")
+_MODELS_CELL: Final = list(COERCE).index("models")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,9 @@ class ManifestReader:
             duplicates,
             settings.default_target_size if settings is not None else None,
         )
+        #: ``--models`` / ``QWBATCH_MODELS``: every row renders on each of these (a row's own
+        #: ``models`` cell wins), as separate requests with ids ``ID@MODEL``.
+        self._models: tuple[str, ...] = tuple(settings.models) if settings is not None else ()
         self._batches = self._read()
 
     @property
@@ -255,12 +261,37 @@ class ManifestReader:
         check = self._checker.check
         with gc_paused():
             for row, values in zip(row_numbers, zip(*cells, strict=True), strict=True):
+                own = values[_MODELS_CELL]
+                on_models: tuple[str, ...] = own if isinstance(own, tuple) else self._models
+                if on_models:
+                    self._check_on_models(row, values, on_models, requests, rejects)
+                    continue
                 outcome = check(row, *values)
                 if isinstance(outcome, Reject):
                     rejects.append(outcome)
                 else:
                     requests.append(outcome)
         return requests, rejects
+
+    def _check_on_models(
+        self,
+        row: int,
+        values: tuple[Any, ...],
+        names: tuple[str, ...],
+        requests: list[RenderRequest],
+        rejects: list[Reject],
+    ) -> None:
+        """One row on each of ``names``: a request per model, id ``ID@MODEL`` (the compare
+        sheet's line is the ID, its column the model), each checked against its model."""
+        cells = list(values)
+        for name in names:
+            cells[_MODEL_CELL] = name
+            outcome = self._checker.check(row, *cells)
+            if isinstance(outcome, Reject):
+                row_id = f"{outcome.row_id}@{name}" if outcome.row_id is not None else None
+                rejects.append(dataclasses.replace(outcome, row_id=row_id))
+            else:
+                requests.append(dataclasses.replace(outcome, row_id=f"{outcome.row_id}@{name}"))
 
     def _count(self, rows: int, accepted: int, rejects: list[Reject], offset: int) -> None:
         """Count one batch in the summary; in strict mode, refuse it if it has rejects."""
@@ -288,6 +319,8 @@ class ManifestReader:
         for record_batch, offset in self._record_batches(start, stop):
             rows = record_batch.num_rows
             block = check_block(record_batch, offset, self._checker.vector_setting, candidates)
+            if self._models:  # every row renders on several models: the row checker's work
+                block = Block(fast=block.fast.slice(0, 0), slow=list(range(rows)), rows=None)
             requests: list[RenderRequest] = []
             rejects: list[Reject] = []
             if block.slow:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 from qwbatch.core.errors import PermanentError
 from qwbatch.core.keys import SEED_MAX, key_and_seed
 from qwbatch.core.model_table import ModelSpec, ModelTable, parse_size, parse_target_size
 from qwbatch.core.types import Mode, RenderRequest
-from qwbatch.manifest.columns import Bad, Tags
+from qwbatch.manifest.columns import Bad, Params, Tags
 from qwbatch.manifest.duplicates import DuplicateIds
 from qwbatch.manifest.rejects import Reject
 from qwbatch.manifest.resolvers import InputDigest, InputResolver
@@ -30,7 +31,8 @@ from qwbatch.manifest.vector import Setting
 
 #: Longest accepted row id, in characters.
 MAX_ID_CHARS: Final = 256
-#: Input images per edit request (docs/providers/dashscope.md §3.5; the same for every edit model).
+#: Input images per DashScope edit request (docs/providers/dashscope.md §3.5); every model
+#: row says its own (``max_inputs``: FLUX.2 8, GPT Image 16).
 MAX_INPUT_IMAGES: Final = 3
 
 _MODES: Final[dict[str, Mode]] = {"generate": "generate", "edit": "edit"}
@@ -95,6 +97,8 @@ class RowChecker:
             spec = self._table.get(name) if name in self._table else None
         if spec is None:
             return "model", self._table.unknown_message(name)
+        if spec.shutdown and spec.shutdown <= _today():
+            return "model", f"{spec.name} was shut down by its provider on {spec.shutdown}"
         if isinstance(mode_text, Bad):
             return "mode", f"mode {mode_text.reason}"
         mode = _MODES.get((mode_text.strip().lower() if mode_text else "") or "generate")
@@ -103,7 +107,7 @@ class RowChecker:
         if mode not in spec.tasks and mode == "generate":
             return "mode", (
                 f"{spec.name} only edits: set mode to 'edit' and give 1 to "
-                f"{MAX_INPUT_IMAGES} input_images, or use a model that generates"
+                f"{spec.max_inputs} input_images, or use a model that generates"
             )
         if mode not in spec.tasks:
             edit_models = [n for n in self._table.names() if "edit" in self._table.get(n).tasks]
@@ -187,9 +191,14 @@ class RowChecker:
         images: tuple[str, ...] | Bad | None,
         tags: Tags | Bad | None,
         priority: int | Bad | None = None,
+        params: Params | Bad | None = None,
+        models: tuple[str, ...] | Bad | None = None,
         target: str | Bad | None = None,
     ) -> RenderRequest | Reject:
-        """The normalised request for one row, or the first reason to refuse it."""
+        """The normalised request for one row, or the first reason to refuse it.
+
+        ``models`` is the reader's business (it checks the row once per model, with
+        ``model_text`` set); here it is only refused when unreadable."""
         # id: present, printable, bounded, and first of its kind
         if not isinstance(rid, str):
             return Reject(row, None, "id", f"id {'is missing' if rid is None else rid.reason}")
@@ -260,6 +269,16 @@ class RowChecker:
             return Reject(row, rid, "tags", f"tags {tags.reason}")
         if isinstance(priority, Bad):
             return Reject(row, rid, "priority", f"priority {priority.reason}")
+        if isinstance(models, Bad):
+            return Reject(row, rid, "models", f"models {models.reason}")
+        checked_params: tuple[tuple[str, object], ...] = ()
+        if isinstance(params, Bad):
+            return Reject(row, rid, "params", f"params {params.reason}")
+        if params:
+            outcome = spec.checked_params(params)
+            if isinstance(outcome, str):
+                return Reject(row, rid, "params", outcome)
+            checked_params = outcome
         sizes = _target(target or self._default_target, spec, setting.size)
         if isinstance(sizes, Bad):
             return Reject(row, rid, "target_size", sizes.reason)
@@ -279,12 +298,12 @@ class RowChecker:
             )
         if mode == "edit":
             count = len(images) if images else 0
-            if not 1 <= count <= MAX_INPUT_IMAGES:
+            if not 1 <= count <= spec.max_inputs:
                 return Reject(
                     row,
                     rid,
                     "input_images",
-                    f"mode 'edit' needs 1 to {MAX_INPUT_IMAGES} input_images, got {count}",
+                    f"mode 'edit' needs 1 to {spec.max_inputs} input_images, got {count}",
                 )
             digests = [self._input_sha256(uri) for uri in images or ()]
             for digest in digests:
@@ -307,6 +326,7 @@ class RowChecker:
             prompt_extend=extend,
             watermark=watermark,
             input_sha256=input_sha256,
+            params=checked_params,
             target_size=target_size,
         )
         return RenderRequest(
@@ -327,8 +347,14 @@ class RowChecker:
             input_notes=input_notes,
             tags=tags or (),
             priority=priority,
+            params=checked_params,
             target_size=target_size,
         )
+
+
+def _today() -> str:
+    """Today's date in UTC as ``YYYY-MM-DD`` (model shutdown dates compare as text)."""
+    return datetime.now(UTC).date().isoformat()
 
 
 #: Largest side of a delivered image, in pixels.

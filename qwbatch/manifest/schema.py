@@ -21,6 +21,11 @@ column             required / default            accepted Arrow types
 ``tags``           none                          map, list<string>, struct, or a string
 ``priority``       none                          same as ``n``; higher renders first when a
                                                  budget trims the run (``qwbatch.budget.policy``)
+``params``         none                          map<string, scalar>, struct, or a JSON-object
+                                                 string: provider parameters (quality, …)
+                                                 checked against the model's ``params``
+``models``         none (``model``)              list<string>, or a comma-separated string: the
+                                                 row renders once on each (id ``ID@MODEL``)
 ``target_size``    none (``--target-size``)      string-like ``W*H`` or ``W*H:pad``: delivered
                                                  at exactly that size (``size`` → render size)
 =================  ============================  =============================================
@@ -74,6 +79,8 @@ MANIFEST_SCHEMA: Final = pa.schema(
         pa.field("input_images", pa.list_(pa.string())),
         pa.field("tags", pa.map_(pa.string(), pa.string())),
         pa.field("priority", pa.int32()),
+        pa.field("params", pa.string()),  # a JSON object; map and struct columns are read too
+        pa.field("models", pa.list_(pa.string())),
         pa.field("target_size", pa.string()),
     ]
 )

@@ -49,6 +49,18 @@ COLUMNS: Final[tuple[ColumnDoc, ...]] = (
         "priority", "none", "with --budget-mode trim, higher renders first; not in the key", "10"
     ),
     ColumnDoc(
+        "params",
+        "none",
+        "provider parameters the model table allows (quality, safety_tolerance...): JSON object",
+        '{"quality": "low"}',
+    ),
+    ColumnDoc(
+        "models",
+        "model",
+        "render the row on each of these models (ids become ID@MODEL); comma-separated",
+        "qwen-image-2.0,flux-2-pro,gpt-image-2",
+    ),
+    ColumnDoc(
         "target_size",
         "none",
         "deliver at exactly W*H (cropped; W*H:pad pads), rendered at the nearest allowed size",

@@ -249,6 +249,10 @@ def _check(
     # input images belong to edit rows: the row checker resolves them
     if "input_images" in batch.schema.names:
         ok = pc.and_kleene(ok, pc.is_null(batch.column("input_images")))
+    # provider params and several models per row: the row checker's work too
+    for name in ("params", "models"):
+        if name in batch.schema.names:
+            ok = pc.and_kleene(ok, pc.is_null(batch.column(name)))
     # channel sizes change the render size and the key: the row checker decides them
     if "target_size" in batch.schema.names:
         ok = pc.and_kleene(ok, pc.is_null(batch.column("target_size")))
@@ -523,6 +527,6 @@ def shard_lines(rows: FastRows, chosen: pa.Array, keys: pa.Array, seeds: pa.Arra
         picked["tags"],
         ', "priority": ',
         pc.fill_null(text(picked["priority"]), "null"),
-        ', "target_size": null}, "aliases": []}\n',  # fast rows have no target
+        '}, "aliases": []}\n',
         "",
     )

@@ -20,7 +20,13 @@ from qwbatch.storage.stores import ObjectStore
 
 
 def _encode_item(item: PlanItem) -> dict[str, Any]:
-    return {"request": asdict(item.request), "aliases": [asdict(a) for a in item.aliases]}
+    request = asdict(item.request)
+    if not request["params"]:
+        # Lines without params stay byte-equal to the column-wise writer's (plan.stream).
+        del request["params"]
+    if request["target_size"] is None:  # likewise for channel sizes
+        del request["target_size"]
+    return {"request": request, "aliases": [asdict(a) for a in item.aliases]}
 
 
 def _decode_item(data: dict[str, Any]) -> PlanItem:
@@ -28,6 +34,7 @@ def _decode_item(data: dict[str, Any]) -> PlanItem:
     for name in ("input_images", "input_sha256", "input_notes"):
         req[name] = tuple(req.get(name, ()))
     req["tags"] = tuple(tuple(pair) for pair in req["tags"])
+    req["params"] = tuple(tuple(pair) for pair in req.get("params", ()))
     aliases = [
         Alias(
             a["row_id"],

@@ -70,6 +70,8 @@ class Tally:
 
     def __init__(self) -> None:
         self.models: dict[str, list[int]] = {}
+        #: Images by (model, size, inputs, quality): what prices FLUX and GPT Image requests.
+        self.priced: dict[tuple[str, str | None, int, str | None], int] = {}
         self._tag_tables: list[pa.Table] = []
 
     def add(self, requests: pa.Table) -> None:
@@ -83,6 +85,11 @@ class Tally:
             line = self.models.setdefault(row["model"], [0, 0])
             line[0] += row["n_count"]
             line[1] += row["n_sum"]
+        shapes = requests.select(["model", "size", "inputs", "quality", "n"])
+        grouped = shapes.group_by(["model", "size", "inputs", "quality"], use_threads=False)
+        for row in grouped.aggregate([("n", "sum")]).to_pylist():
+            shape = (row["model"], row["size"], row["inputs"], row["quality"])
+            self.priced[shape] = self.priced.get(shape, 0) + row["n_sum"]
         tags = requests["tags"].chunk(0).cast(_ENTRIES)  # list kernels do not take maps
         flat = tags.flatten()
         keys, values = flat.field("key"), flat.field("value")
@@ -109,18 +116,31 @@ class Tally:
     def estimate(self, prices: PriceTable) -> Estimate:
         """The estimate ``costs.estimate`` gives for the same requests."""
         result = Estimate(region=prices.region, currency=prices.currency)
+        shaped: dict[str, Decimal] = {}
+        for (model, size, inputs, quality), images in self.priced.items():
+            if prices.priced_per_request(model):
+                each = prices.price_for(model, size, inputs=inputs, quality=quality) or ZERO
+                shaped[model] = shaped.get(model, ZERO) + images * each
         for model, (requests, images) in self.models.items():
             price = prices.unit_price(model)
             if price is None:
                 result.unpriced[model] = images
             else:
                 result.unit_prices[model] = price
-            cost = images * (price or ZERO)
+            cost = shaped[model] if model in shaped else images * (price or ZERO)
             result.requests += requests
             result.images += images
             result.total += cost
             result.by_model[model] = CostLine(requests, images, cost)
-        price_of = {model: prices.unit_price(model) or ZERO for model in self.models}
+        # A model priced per request shares its cost among its tag lines by images.
+        price_of = {
+            model: (
+                shaped[model] / images
+                if model in shaped and images
+                else prices.unit_price(model) or ZERO
+            )
+            for model, (_, images) in self.models.items()
+        }
         # Tag lines are often one per row (an id as a tag): share their equal costs.
         costs: dict[tuple[str, int], Decimal] = {}
         by_tag = result.by_tag
@@ -278,7 +298,7 @@ class Planner:
         if fast_new and block.rows is not None:
             chosen = pa.array(fast_new, pa.int64())
             lines = shard_lines(block.rows, chosen, keys, seeds)
-            counted = block.fast.select(REQUEST_COUNTS.names).take(chosen)
+            counted = _fast_counts(block.fast, chosen)
         if len(fast_new) < len(new):
             # Rows of the row checker among them: after the fast ones, then all put back in
             # manifest order.
@@ -313,9 +333,16 @@ class Planner:
             self.plan.folded += 1
 
 
-#: What the estimate needs of a request.
+#: What the estimate needs of a request (size, inputs and quality price FLUX and GPT Image).
 REQUEST_COUNTS = pa.schema(
-    [("model", pa.string()), ("n", pa.int64()), ("tags", pa.map_(pa.string(), pa.string()))]
+    [
+        ("model", pa.string()),
+        ("n", pa.int64()),
+        ("tags", pa.map_(pa.string(), pa.string())),
+        ("size", pa.string()),
+        ("inputs", pa.int64()),
+        ("quality", pa.string()),
+    ]
 )
 
 
@@ -325,8 +352,25 @@ def _request_counts(requests: list[RenderRequest]) -> pa.Table:
             "model": [r.model for r in requests],
             "n": [r.n for r in requests],
             "tags": [list(r.tags) for r in requests],
+            "size": [r.size for r in requests],
+            "inputs": [len(r.input_images) for r in requests],
+            "quality": [_quality(r) for r in requests],
         },
         schema=REQUEST_COUNTS,
+    )
+
+
+def _quality(request: RenderRequest) -> str | None:
+    quality = dict(request.params).get("quality")
+    return str(quality) if quality else None
+
+
+def _fast_counts(fast: pa.Table, chosen: pa.Array) -> pa.Table:
+    """REQUEST_COUNTS of fast rows: no edit inputs and no params (those go slow)."""
+    picked = fast.select(["model", "n", "tags", "size"]).take(chosen)
+    rows = picked.num_rows
+    return picked.append_column("inputs", pa.array([0] * rows, pa.int64())).append_column(
+        "quality", pa.nulls(rows, pa.string())
     )
 
 

@@ -1,4 +1,4 @@
-"""Image providers: the seam the engine calls, and the DashScope client behind it.
+"""Image providers: the seam the engine calls, and the clients behind it.
 
 ::
 
@@ -7,9 +7,15 @@
     dashscope.py          DashScopeProvider: sync generation and editing, async tasks and
                           polling, on an ``httpx.AsyncClient`` handed in
     dashscope_errors.py   one table that classifies every DashScope answer into the error tree
+    bfl.py                BflProvider: FLUX tasks (submit, poll the polling_url, harvest)
+    openai.py             OpenAIProvider: GPT Image generations and multipart edits, and
+                          gateways of the same path (the together dialect)
+    registry.py           ProviderRouter: routes each call to its model's provider
+    http_calls.py         the send both newer clients share (httpx errors translated)
     aiohttp_transport.py  an httpx transport that sends through aiohttp (half the CPU a call)
 
-What the client relies on about the API is in docs/providers/dashscope.md.
+What each client relies on about its API is in docs/providers/ (dashscope.md, bfl.md,
+openai.md).
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ if TYPE_CHECKING:
     from qwbatch.providers.base import Provider as Provider
     from qwbatch.providers.base import TaskInfo as TaskInfo
     from qwbatch.providers.base import TaskListing as TaskListing
+    from qwbatch.providers.bfl import BflProvider as BflProvider
     from qwbatch.providers.dashscope import DashScopeProvider as DashScopeProvider
+    from qwbatch.providers.openai import OpenAIProvider as OpenAIProvider
+    from qwbatch.providers.registry import ProviderRouter as ProviderRouter
 
 #: Each re-exported name → the module that defines it.
 _HOME: dict[str, str] = {
@@ -29,11 +38,17 @@ _HOME: dict[str, str] = {
     "TaskInfo": "base",
     "TaskListing": "base",
     "DashScopeProvider": "dashscope",
+    "BflProvider": "bfl",
+    "OpenAIProvider": "openai",
+    "ProviderRouter": "registry",
 }
 
 __all__ = [
+    "BflProvider",
     "DashScopeProvider",
+    "OpenAIProvider",
     "Provider",
+    "ProviderRouter",
     "TaskInfo",
     "TaskListing",
 ]

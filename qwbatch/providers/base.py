@@ -42,8 +42,12 @@ class Provider(Protocol):
         """
         ...
 
-    async def submit_task(self, request: RenderRequest) -> str:
-        """Create an async task (text2image/image-synthesis); return its task id."""
+    async def submit_task(self, request: RenderRequest, images: Sequence[str] = ()) -> str:
+        """Create an async task; return its task id (a handle :meth:`wait_task` takes).
+
+        ``images`` are edit inputs, as for :meth:`generate` (providers whose every call is a
+        task, such as BFL's, edit this way).
+        """
         ...
 
     async def wait_task(self, task_id: str) -> ProviderResult:

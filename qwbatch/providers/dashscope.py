@@ -218,8 +218,12 @@ class DashScopeProvider:
             height=height,
         )
 
-    async def submit_task(self, request: RenderRequest) -> str:
-        """Create a text2image task (``qwen-image``/``qwen-image-plus`` only); its task id."""
+    async def submit_task(self, request: RenderRequest, images: Sequence[str] = ()) -> str:
+        """Create a text2image task (``qwen-image``/``qwen-image-plus`` only); its task id.
+
+        The task endpoint does not edit: ``images`` must be empty."""
+        if images:
+            raise ProviderError("DashScope's task endpoint does not edit", code="InvalidParameter")
         task_input = {"prompt": request.prompt}
         if request.negative_prompt:
             task_input["negative_prompt"] = request.negative_prompt

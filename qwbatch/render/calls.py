@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from qwbatch.core.costs import PriceTable
 from qwbatch.core.errors import (
@@ -103,7 +103,9 @@ class Caller:
     async def send(self, request: RenderRequest, spec: ModelSpec, ledger: Ledger) -> ProviderResult:
         """The paid call, retried only where retrying cannot bill twice (or within budget)."""
         limiter = self.limiter(spec)
-        use_task = spec.async_endpoint and self.settings.prefer_async and request.mode == "generate"
+        use_task = spec.task_only or (
+            spec.async_endpoint and self.settings.prefer_async and request.mode == "generate"
+        )
         retry_budget = self.settings.ambiguous_retries
         sent: list[str] = []
         if request.input_images:
@@ -158,7 +160,7 @@ class Caller:
                     async with limiter.slot():
                         first_sent = first_sent or time.monotonic()
                         if use_task:
-                            result = await self._submit_and_wait(request, ledger)
+                            result = await self._submit_and_wait(request, ledger, sent)
                         else:
                             with ledger.guarded():
                                 await self.journal.intent(request, "sync", ledger.attempts)
@@ -180,13 +182,17 @@ class Caller:
                 return result
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
-    async def _submit_and_wait(self, request: RenderRequest, ledger: Ledger) -> ProviderResult:
+    async def _submit_and_wait(
+        self, request: RenderRequest, ledger: Ledger, sent: Sequence[str] = ()
+    ) -> ProviderResult:
         """Create an async task (journaled before and after) and wait for it to end."""
         with ledger.guarded():
             await self.journal.intent(request, "async", ledger.attempts)
             sent_at = time.time()
             try:
-                ledger.task_id = await self.provider.submit_task(request)
+                # Edit inputs only when there are some: generation keeps the one-argument call.
+                submit = self.provider.submit_task
+                ledger.task_id = await (submit(request, sent) if sent else submit(request))
             except AmbiguousError:
                 # The task may exist: find it rather than pay for a second one.
                 found = await self._find_task(request, ledger, sent_at)
@@ -234,5 +240,6 @@ class Caller:
     def _count_ambiguous(
         self, request: RenderRequest, spec: ModelSpec, ledger: Ledger, calls: int = 1
     ) -> None:
-        price = self.prices.catalog_price(spec.name)
+        del spec  # priced by the request: size and inputs count for some providers
+        price = self.prices.catalog_request_price(request)
         self.totals.ambiguous(ledger, request.n, price, calls)

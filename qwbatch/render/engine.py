@@ -240,7 +240,7 @@ class Engine:
         if finished is not None:
             return self.recorder.restore(finished)
         spec = self.table.get(request.model)
-        unit_price = self.prices.catalog_price(request.model)
+        unit_price = self.prices.catalog_request_price(request)
         started = time.time()
         answered = self.caller.resume(request, spec, ledger)
         try:

@@ -44,6 +44,9 @@ class Harvester:
         """Download, verify and store each image; its records (one per image asked for)."""
         record = self.recorder.record
         records: list[CatalogRecord] = []
+        if result.cost is not None:
+            # The provider said what the call cost (BFL credits, OpenAI usage): that is the bill.
+            unit_price = round(result.cost / max(1, len(result.images)), 6)
         for image in result.images:
             try:
                 data, info, uri = await self._store_image(
@@ -99,7 +102,7 @@ class Harvester:
             )
         # Billed images beyond those recorded (usage says more than we got) cost all the same.
         extra = result.billed_images - len(result.images)
-        if extra > 0 and records:
+        if extra > 0 and records and result.cost is None:
             records[-1].cost += extra * unit_price
         return records
 

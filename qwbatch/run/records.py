@@ -160,7 +160,12 @@ def spent_so_far(store: ObjectStore, run_id: str, prices: PriceTable) -> Decimal
             price = prices.unit_price(last.model) or ZERO
             total += state.prior_ambiguous(key) * last.n * price
             if last.state == "answered" and last.result is not None:
-                total += last.result.billed_images * price
+                reported = last.result.cost
+                total += (
+                    Decimal(str(reported))
+                    if reported is not None
+                    else last.result.billed_images * price
+                )
             elif last.state == "accepted" or (last.state == "sent" and last.endpoint == "async"):
                 total += last.n * price  # a task that may yet bill, found or not
     return max(total, ZERO)

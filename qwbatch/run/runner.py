@@ -34,7 +34,7 @@ from qwbatch.core.stop import STOP, StopSignal
 from qwbatch.core.types import CatalogRecord
 from qwbatch.inputs.staging import InputStage, StagedInputs
 from qwbatch.plan import Plan, decode_shard, new_run_id, plan_run
-from qwbatch.providers.dashscope import DashScopeProvider
+from qwbatch.providers.registry import ProviderRouter
 from qwbatch.render import shard_loop
 from qwbatch.render.engine import Engine, ShardResult, run_shard, store_retries
 from qwbatch.render.journal import StoreJournal
@@ -309,7 +309,8 @@ async def render_shard_async(
     guard_scope = (
         budgets.shard_guard(budget) if budget is not None else contextlib.nullcontext(None)
     )
-    async with DashScopeProvider.from_settings(settings) as provider, guard_scope as guard:
+    router = ProviderRouter.from_settings(settings, model_table(settings))
+    async with router as provider, guard_scope as guard:
         engine = Engine(
             provider=provider,
             store=store,

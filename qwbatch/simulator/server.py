@@ -143,8 +143,11 @@ def running(
     *,
     host: str = "127.0.0.1",
     table: ModelTable | None = None,
+    app: Starlette | None = None,
 ) -> Iterator[SimulatorHandle]:
-    """Run the simulator in a background thread on ``host:port`` (0: a free port) until exit."""
+    """Run the simulator in a background thread on ``host:port`` (0: a free port) until exit.
+
+    ``app`` runs another ASGI app the same way (the FLUX and GPT Image siblings)."""
     config = config or SimulatorConfig()
     # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY only on sockets that say they are TCP;
     # without it every response pays a 40 ms Nagle + delayed-ACK stall.
@@ -153,7 +156,9 @@ def running(
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
     server = uvicorn.Server(
-        _uvicorn_config(create_app(config, table=table), host, bound_port, quiet_logging=True)
+        _uvicorn_config(
+            app or create_app(config, table=table), host, bound_port, quiet_logging=True
+        )
     )
     thread = threading.Thread(
         target=server.run,
