@@ -47,6 +47,7 @@ def run(
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
     target_size: str | None = None,
+    rerender_rejected: bool = False,
 ) -> RunSummary:
     """Render every new row of ``manifest`` into ``out`` and record it in ``out/catalog/``.
 
@@ -60,7 +61,9 @@ def run(
     call, "trim" renders in priority and row order up to it. ``quiet`` hides the progress
     display (a bar on a terminal or in a notebook, a plain line every 10 s elsewhere, on
     stderr). ``target_size`` (``"300*250"``, ``"728*90:pad"``) delivers rows without their
-    own ``target_size`` at exactly that size. ``qwbatch run --dry-run`` is :func:`estimate`.
+    own ``target_size`` at exactly that size. ``rerender_rejected`` renders again, with a
+    new seed, each row whose image a review rejected (``qwbatch review``; see
+    :mod:`qwbatch.run.rerender`). ``qwbatch run --dry-run`` is :func:`estimate`.
 
     Returns the run's summary (``summary.lines()`` is what the CLI prints); a run stopped by
     a signal returns with ``summary.left`` > 0. Raises ``QwBatchError`` (a refused manifest,
@@ -87,6 +90,7 @@ def run(
             resume=resume,
             auto_resume=not new_run,
             target_size=target_size,
+            rerender_rejected=rerender_rejected,
         )
     )
 
@@ -107,6 +111,7 @@ def _run(
     resume: str | None,
     auto_resume: bool,
     target_size: str | None = None,
+    rerender_rejected: bool = False,
 ) -> RunSummary:
     from qwbatch.run import runner
 
@@ -120,6 +125,8 @@ def _run(
         )
     )
     policy = _policy(budget, budget_mode)
+    if rerender_rejected:
+        manifest = _with_new_seeds(manifest, out, settings, quiet=quiet)
     with manifest_uri(manifest, out=out, settings=settings) as path:
         # Secrets in Prefect blocks need Prefect even to plan (S3 credentials).
         if not os.environ.get("QWBATCH_SECRET_BLOCKS"):
@@ -159,6 +166,26 @@ def _run(
             auto_resume=auto_resume,
             target_size=target_size,
         )
+
+
+def _with_new_seeds(
+    manifest: ManifestLike, out: str, settings: Settings, *, quiet: bool
+) -> ManifestLike:
+    """``manifest`` with a new seed for each row a review rejected (a table saved under
+    OUT, as any table manifest), or as it is when there is none."""
+    from qwbatch.run import rerender
+    from qwbatch.run.runner import input_stage
+    from qwbatch.storage.stores import open_store
+
+    store = open_store(out, settings)
+    with (
+        manifest_uri(manifest, out=None, settings=settings) as path,
+        input_stage(path, settings, store, stage=False) as check_only,
+    ):
+        seeds = rerender.rejected_seeds(path, store, settings, stage=check_only)
+        if not quiet:
+            _say(f"qwbatch: {len(seeds)} rejected row(s) to render again with a new seed")
+        return rerender.reseeded(path, seeds) if seeds else manifest
 
 
 def _render_with_prefect(

@@ -53,6 +53,10 @@ def run(
         str | None,
         typer.Option(help="Deliver rows without a target_size at exactly W*H (W*H:pad pads)"),
     ] = None,
+    rerender_rejected: Annotated[
+        bool,
+        typer.Option(help="Render rows whose image a review rejected again, with a new seed"),
+    ] = False,
 ) -> None:
     """Render every new row of MANIFEST into OUT and record it in OUT/catalog/.
 
@@ -93,6 +97,7 @@ def run(
         resume=resume,
         new_run=new_run,
         target_size=target_size,
+        rerender_rejected=rerender_rejected,
     )
     raise typer.Exit(code)
 

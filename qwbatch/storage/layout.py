@@ -14,6 +14,7 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
     ├── catalog/part-compact-<stamp>-<6 hex>-<NNN>.parquet  compacted_part_key
     ├── catalog/_compaction/<compaction>.json             compaction_marker_key
     ├── rejects/rejects-<run_id>.parquet                  rejects_key
+    ├── reviews/review-<stamp>-<8 hex>.parquet            review_key
     ├── quarantine/catalog/…                              quarantine_key
     ├── manifests/table-<24 hex>.parquet                  table_manifest_key
     └── runs/
@@ -32,7 +33,8 @@ output's thumbnail; the output cropped or padded to the request's channel size
 (``target_size``), when it has one; an edit input
 as it was sent (:mod:`qwbatch.inputs.staging`); the catalog's Parquet parts, one per shard of a
 run, and the markers of a compaction in progress (:mod:`qwbatch.run.compaction`); a run's
-rejected manifest rows; manifests given to the Python API as tables, saved by the hash of
+rejected manifest rows; the review decisions recorded by ``qwbatch review``
+(:mod:`qwbatch.catalog.review`); manifests given to the Python API as tables, saved by the hash of
 their bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); catalog parts too
 broken to read, set aside by ``catalog rebuild``; an index entry per run, keyed by what it
 renders, so a rerun finds the run to resume (:mod:`qwbatch.run.records`); and each run's plan,
@@ -60,6 +62,8 @@ CATALOG_PREFIX: Final = "catalog/"
 #: Markers of compactions in progress (``_`` keeps them out of pyarrow's dataset reads).
 COMPACTION_PREFIX: Final = f"{CATALOG_PREFIX}_compaction/"
 REJECTS_PREFIX: Final = "rejects/"
+#: Review decisions (approve / reject an image), one Parquet part per ``qwbatch review``.
+REVIEWS_PREFIX: Final = "reviews/"
 QUARANTINE_PREFIX: Final = "quarantine/"
 #: One empty object per run, keyed by what it renders: how a rerun finds the run to resume.
 INDEX_PREFIX: Final = "runs/_index/"
@@ -168,6 +172,11 @@ def compaction_marker_key(compaction: str) -> str:
 def rejects_key(run_id: str) -> str:
     """A run's rejected manifest rows, beside the catalog."""
     return f"{REJECTS_PREFIX}rejects-{run_id}.parquet"
+
+
+def review_key(name: str) -> str:
+    """Key of one recorded batch of review decisions (``name``: stamp and random hex)."""
+    return f"{REVIEWS_PREFIX}review-{name}.parquet"
 
 
 def quarantine_key(key: str) -> str:
