@@ -115,6 +115,7 @@ def _run(
 ) -> RunSummary:
     from qwbatch.run import runner
 
+    _check_target(target_size)
     settings = settings_with(
         run_overrides(
             model=model,
@@ -165,6 +166,17 @@ def _run(
             resume=resume,
             auto_resume=auto_resume,
             target_size=target_size,
+        )
+
+
+def _check_target(target_size: str | None) -> None:
+    """ConfigError for a ``target_size`` option that no row could use."""
+    from qwbatch.core.errors import ConfigError
+    from qwbatch.core.model_table import parse_target_size
+
+    if target_size is not None and parse_target_size(target_size) is None:
+        raise ConfigError(
+            f"--target-size {target_size!r} is not of the form W*H or W*H:pad (such as 300*250)"
         )
 
 
@@ -293,6 +305,7 @@ def _estimate(
 ) -> Plan:
     from qwbatch.run import runner
 
+    _check_target(target_size)
     settings = settings_with(
         {"default_model": model, "shard_size": shard_size, "default_target_size": target_size}
     )

@@ -202,11 +202,16 @@ class ModelSpec:
             pixels = width * height
             if self.size_rule == "pixels":
                 pixels = min(max(pixels, self.min_pixels), self.max_pixels)
-            up = self.size_rule == "pixels" and pixels == self.min_pixels
+            # Up, so the render covers the target, unless the pixel ceiling is in the way.
+            up = not (self.size_rule == "pixels" and pixels == self.max_pixels)
             w = _multiple(math.sqrt(pixels * ratio), step, up=up)
             h = _multiple(math.sqrt(pixels / ratio), step, up=up)
-        size = f"{w}*{h}"
-        return size if self.size_problem(size) is None else None
+        # Rounding may cross a bound (pixels, aspect): nudge one side a step at a time.
+        for dw, dh in ((0, 0), (-step, 0), (0, -step), (step, 0), (0, step), (-step, -step)):
+            size = f"{w + dw}*{h + dh}"
+            if w + dw > 0 and h + dh > 0 and self.size_problem(size) is None:
+                return size
+        return None
 
     def price(self, region: str) -> float | None:
         return self.prices.get(region)

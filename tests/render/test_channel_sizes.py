@@ -51,6 +51,8 @@ def test_keys_without_a_target_are_unchanged_and_with_one_it_follows_the_seed() 
         ("qwen-image-2.0", "1080*1920", "1080*1920"),  # allowed as it is
         ("qwen-image-max", "300*250", "1472*1104"),  # the preset nearest in aspect ratio
         ("qwen-image-edit-plus", "728*90", "2048*512"),  # sides: as wide as the range allows
+        ("flux-2-pro", "300*250", "304*256"),  # multiples of 16, rounded up to cover it
+        ("flux-kontext-pro", "728*90", "400*176"),  # the ratio capped at the model's 2.33:1
     ],
 )
 def test_render_size_is_the_nearest_allowed(model: str, target: str, render: str) -> None:

@@ -171,3 +171,27 @@ def test_rejected_rows_render_again_with_a_new_seed_once(
     assert rerender.rejected_seeds(str(manifest), store, settings) == seeds
     second = render_all(again, str(out), settings)
     assert (second.requests, sim.ledger()["billed_images"]) == (0, billed + 1)
+
+
+def test_run_rerender_rejected_on_the_command_line(
+    sim, dest: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI path: nothing rejected renders nothing (no Prefect needed); a rejected row is
+    a new request the budget counts (refused here before any call)."""
+    manifest, out = dest
+    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
+    monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
+    billed = sim.ledger()["billed_images"]
+    command = ["run", str(manifest), "--out", str(out), "--rerender-rejected", "--quiet"]
+    result = cli.invoke(app, [*command, "--budget", "0.001"])  # nothing new: within it
+    assert result.exit_code == 0, result.output
+
+    review.record_decisions(LocalStore(out), _decide(out, {"c": "rejected"})["decisions"])  # type: ignore[arg-type]
+    result = cli.invoke(app, [*command, "--budget", "0.001"])  # c is new: over it
+    assert result.exit_code == 2, result.output
+    assert "budget" in result.output
+    assert sim.ledger()["billed_images"] == billed  # refused before any call
+
+    result = cli.invoke(app, ["run", str(manifest), "--out", str(out), "--target-size", "wide"])
+    assert result.exit_code == 2
+    assert "--target-size 'wide' is not of the form W*H" in result.output
