@@ -166,7 +166,8 @@ ROWS += [
     # Channel sizes: rendered at the nearest size the model allows, delivered at exactly these.
     {
         "id": "ad-mrec",
-        "prompt": 'Display ad for an autumn sale: a ceramic mug on maple leaves, headline "20% off"',
+        "prompt": "Display ad for an autumn sale: a ceramic mug on maple leaves, "
+        'headline "20% off"',
         "model": "qwen-image-2.0",
         "target_size": "300*250",
         "tags": {"campaign": "autumn-catalog", "kind": "ad", "channel": "display-mrec"},
