@@ -182,7 +182,7 @@ def test_run_rerender_rejected_on_the_command_line(
     monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
     monkeypatch.setenv("DASHSCOPE_API_KEY", KEY)
     billed = sim.ledger()["billed_images"]
-    command = ["run", str(manifest), "--out", str(out), "--rerender-rejected", "--quiet"]
+    command = ["run", str(manifest), "--out", str(out), "--rerender-rejected"]
     result = cli.invoke(app, [*command, "--budget", "0.001"])  # nothing new: within it
     assert result.exit_code == 0, result.output
 
