@@ -51,7 +51,7 @@ from qwbatch.core.errors import StorageError, StorageTransientError
 from qwbatch.report.links import ImageLink
 from qwbatch.report.page_font import FAMILY, font_face_css
 from qwbatch.run.progress import GOOD_STATUSES
-from qwbatch.storage.layout import rejects_key
+from qwbatch.storage.layout import delivered_key, rejects_key
 from qwbatch.storage.stores import ObjectStore
 
 #: Images inlined at most by default; the page says how many more there were.
@@ -317,7 +317,11 @@ def _figure(
     image = catalog_review.image_of(row) if decisions is not None else None
     attrs, controls = ("", "") if image is None else _review_controls(row, image, decisions)
     if row.get("target_size"):
-        facts += f" · {escape('delivered at ' + row['target_size'])}"
+        delivered = escape(f"delivered at {row['target_size']}")
+        if image_link is not None and catalog_view.has_image(row):
+            href = image_link(delivered_key(row["request_key"], int(row["image_index"] or 0)))
+            delivered = f'<a href="{escape(href)}">{delivered}</a>' if href else delivered
+        facts += f" · {delivered}"
     return (
         f"<figure{attrs}>{picture}<figcaption><b>{escape(label)}</b>"
         f" <span class='st {status}'>{escape(_word(row['status']))}</span>"

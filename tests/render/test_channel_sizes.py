@@ -17,6 +17,8 @@ from qwbatch.core import images
 from qwbatch.core.keys import canonical_request, key_and_seed, request_key
 from qwbatch.core.model_table import ModelTable, parse_target_size
 from qwbatch.manifest.reader import read_manifest
+from qwbatch.report.html import render_html_report
+from qwbatch.report.links import link_maker
 from qwbatch.storage.layout import delivered_key, output_key
 from qwbatch.storage.stores import LocalStore
 
@@ -132,6 +134,12 @@ def test_channel_sizes_are_delivered_at_exactly_the_pixels(sim, tmp_path: Path) 
             assert f"{rendered.width}*{rendered.height}" == row["size"]
     assert catalog["story"]["size"] == "1080*1920"
     assert (catalog["plain"]["target_size"], catalog["plain"]["delivered_key"]) == (None, None)
+
+    # The report names the channel size and links the delivered image beside the render.
+    page = render_html_report(store, image_link=link_maker(store, page_dir=tmp_path))
+    for row_id, target in targets.items():
+        link = f'<a href="out/{catalog[row_id]["delivered_key"]}">delivered at {target}</a>'
+        assert link in page
 
     # A rerun renders nothing and its deduplicated rows still name both images.
     second = render_all(manifest, str(out), fast_settings(sim, KEY))
