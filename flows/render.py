@@ -123,6 +123,7 @@ def render_manifest(
     auto_resume: bool = True,
     wait: bool = False,
     digest: bool = False,
+    target_size: str | None = None,
 ) -> RunSummary:
     """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
 
@@ -162,6 +163,7 @@ def render_manifest(
             auto_resume=auto_resume,
             wait=wait,
             digest=digest,
+            target_size=target_size,
         )
 
 
@@ -186,6 +188,7 @@ def _render(
     auto_resume: bool,
     wait: bool,
     digest: bool,
+    target_size: str | None = None,
 ) -> RunSummary:
     began = time.monotonic()
     logger = get_run_logger()
@@ -200,6 +203,7 @@ def _render(
         text_rerolls=text_rerolls,
         text_max_cer=text_max_cer,
         text_workers=text_workers,
+        target_size=target_size,
     )
     settings = load_settings(overrides)
     # One run holds DEST (storage.lease): a no-op under `qwbatch run`, which holds it already.

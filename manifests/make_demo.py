@@ -4,7 +4,8 @@ Run ``python manifests/make_demo.py``; the output is deterministic and committed
 Product shots, a poster with English and Chinese text, slides, comic panels, several models
 (rows with ``expected_text`` have their words read back, and misspelt images re-rolled)
 (including the async-capable qwen-image-plus), two rows that ask for the same image (rendered
-once), and one bad row that lands in the rejects file.
+once), two channel-size rows (a 300*250 and a 728*90 ad, delivered at exactly those pixels) and
+one bad row that lands in the rejects file.
 """
 
 from __future__ import annotations
@@ -168,6 +169,22 @@ ROWS += [
         "watermark": True,
         "tags": {"campaign": "merch", "kind": "pattern"},
     },
+    # Channel sizes: rendered at the nearest size the model allows, delivered at exactly these.
+    {
+        "id": "ad-mrec",
+        "prompt": "Display ad for an autumn sale: a ceramic mug on maple leaves, "
+        'headline "20% off"',
+        "model": "qwen-image-2.0",
+        "target_size": "300*250",
+        "tags": {"campaign": "autumn-catalog", "kind": "ad", "channel": "display-mrec"},
+    },
+    {
+        "id": "ad-leaderboard",
+        "prompt": 'Wide leaderboard ad: a row of stoneware mugs, the words "Autumn Collection"',
+        "model": "qwen-image-2.0",
+        "target_size": "728*90",
+        "tags": {"campaign": "autumn-catalog", "kind": "ad", "channel": "display-leaderboard"},
+    },
     # A bad row: 4096*4096 is beyond qwen-image-2.0's 2048*2048 pixel limit → rejects file.
     {
         "id": "too-big",
@@ -193,6 +210,7 @@ SCHEMA = pa.schema(
         ("input_images", pa.list_(pa.string())),
         ("tags", pa.map_(pa.string(), pa.string())),
         ("expected_text", pa.list_(pa.string())),
+        ("target_size", pa.string()),
     ]
 )
 

@@ -52,6 +52,8 @@ def run(
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
     wait: bool = False,
+    target_size: str | None = None,
+    rerender_rejected: bool = False,
 ) -> RunSummary:
     """Render every new row of ``manifest`` into ``out`` and record it in ``out/catalog/``.
 
@@ -68,7 +70,10 @@ def run(
     the most the run may spend: over it, ``budget_mode`` "refuse" refuses the run before any
     call, "trim" renders in priority and row order up to it. ``quiet`` hides the progress
     display (a bar on a terminal or in a notebook, a plain line every 10 s elsewhere, on
-    stderr). ``qwbatch run --dry-run`` is :func:`estimate`.
+    stderr). ``target_size`` (``"300*250"``, ``"728*90:pad"``) delivers rows without their
+    own ``target_size`` at exactly that size. ``rerender_rejected`` renders again, with a
+    new seed, each row whose image a review rejected (``qwbatch review``; see
+    :mod:`qwbatch.run.rerender`). ``qwbatch run --dry-run`` is :func:`estimate`.
 
     One run holds ``out`` at a time (a lease, see ``docs/operations.md``): another run
     holding it raises ``DestBusyError`` naming its host and pid, unless ``wait``, which
@@ -103,6 +108,8 @@ def run(
             resume=resume,
             auto_resume=not new_run,
             wait=wait,
+            target_size=target_size,
+            rerender_rejected=rerender_rejected,
         )
     )
 
@@ -126,12 +133,15 @@ def _run(
     resume: str | None,
     auto_resume: bool,
     wait: bool,
+    target_size: str | None = None,
+    rerender_rejected: bool = False,
 ) -> RunSummary:
     from qwbatch.core.stop import STOP
     from qwbatch.run import runner
     from qwbatch.storage.lease import hold
     from qwbatch.storage.stores import open_store
 
+    _check_target(target_size)
     settings = settings_with(
         run_overrides(
             model=model,
@@ -141,6 +151,7 @@ def _run(
             text_rerolls=text_rerolls,
             text_max_cer=text_max_cer,
             text_workers=text_workers,
+            target_size=target_size,
         )
     )
     policy = _policy(budget, budget_mode)
@@ -158,6 +169,8 @@ def _run(
             on_lost=lambda message: STOP.set("lost DEST's lease"),
         )
     )
+    if rerender_rejected:
+        manifest = _with_new_seeds(manifest, out, settings, quiet=quiet)
     with held, manifest_uri(manifest, out=out, settings=settings) as path:
         # Secrets in Prefect blocks need Prefect even to plan (S3 credentials).
         if not os.environ.get("QWBATCH_SECRET_BLOCKS"):
@@ -198,7 +211,39 @@ def _run(
             budget_mode=budget_mode,
             resume=resume,
             auto_resume=auto_resume,
+            target_size=target_size,
         )
+
+
+def _check_target(target_size: str | None) -> None:
+    """ConfigError for a ``target_size`` option that no row could use."""
+    from qwbatch.core.errors import ConfigError
+    from qwbatch.core.model_table import parse_target_size
+
+    if target_size is not None and parse_target_size(target_size) is None:
+        raise ConfigError(
+            f"--target-size {target_size!r} is not of the form W*H or W*H:pad (such as 300*250)"
+        )
+
+
+def _with_new_seeds(
+    manifest: ManifestLike, out: str, settings: Settings, *, quiet: bool
+) -> ManifestLike:
+    """``manifest`` with a new seed for each row a review rejected (a table saved under
+    OUT, as any table manifest), or as it is when there is none."""
+    from qwbatch.run import rerender
+    from qwbatch.run.runner import input_stage
+    from qwbatch.storage.stores import open_store
+
+    store = open_store(out, settings)
+    with (
+        manifest_uri(manifest, out=None, settings=settings) as path,
+        input_stage(path, settings, store, stage=False) as check_only,
+    ):
+        seeds = rerender.rejected_seeds(path, store, settings, stage=check_only)
+        if not quiet:
+            _say(f"qwbatch: {len(seeds)} rejected row(s) to render again with a new seed")
+        return rerender.reseeded(path, seeds) if seeds else manifest
 
 
 def _render_with_prefect(
@@ -221,6 +266,7 @@ def _render_with_prefect(
     text_max_cer: float | None,
     text_workers: int | None,
     budget_mode: BudgetMode,
+    target_size: str | None = None,
 ) -> RunSummary:
     """The ``render-manifest`` flow on ``manifest``, its progress shown while it runs."""
     _quiet_prefect()
@@ -270,6 +316,7 @@ def _render_with_prefect(
             budget_mode=budget_mode,
             resume=resume,
             auto_resume=auto_resume,
+            target_size=target_size,
         )
 
 
@@ -282,6 +329,7 @@ def estimate(
     shard_size: int | None = None,
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
+    target_size: str | None = None,
 ) -> Plan:
     """Plan ``manifest`` as a run into ``out`` would, and return the plan; nothing is sent
     or written (``qwbatch run --dry-run``).
@@ -299,7 +347,9 @@ def estimate(
         print(plan.images, plan.estimate.total)
     """
     return off_the_loop(
-        lambda: _estimate(manifest, out, model, strict, shard_size, budget, budget_mode)
+        lambda: _estimate(
+            manifest, out, model, strict, shard_size, budget, budget_mode, target_size
+        )
     )
 
 
@@ -311,10 +361,14 @@ def _estimate(
     shard_size: int | None,
     budget: float | None,
     budget_mode: BudgetMode,
+    target_size: str | None = None,
 ) -> Plan:
     from qwbatch.run import runner
 
-    settings = settings_with({"default_model": model, "shard_size": shard_size})
+    _check_target(target_size)
+    settings = settings_with(
+        {"default_model": model, "shard_size": shard_size, "default_target_size": target_size}
+    )
     target = os.fspath(out) if out is not None else None
     # A table is not saved into OUT for an estimate: it writes nothing there.
     with manifest_uri(manifest, out=None, settings=settings) as path:

@@ -6,6 +6,7 @@
     key_set.py   the request keys that already have outputs, compactly, for the plan's dedup
     view.py      the rows a person looks at: one run, or the latest of every row, filtered
     spend.py     spend, defined once: a run's, the lifetime's, and each image's where rendered
+    review.py    review decisions (approve / reject each image), beside the catalog
     rebuild.py   the catalog rebuilt from the store, each image's metadata describing it
 
 The columns are listed in docs/outputs-and-catalog.md.

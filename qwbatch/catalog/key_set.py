@@ -56,6 +56,7 @@ REQUEST_SCHEMA = pa.schema(
         SCHEMA.field("input_images"),
         SCHEMA.field("input_sha256"),
         SCHEMA.field("input_notes"),
+        SCHEMA.field("target_size"),
     ]
 )
 
@@ -354,6 +355,11 @@ def _dedup_slice(
     )
     columns["output_key"] = layout.output_keys(
         pc.cast(columns["request_key"], pa.string()), pc.cast(columns["image_index"], pa.int32())
+    )
+    columns["delivered_key"] = layout.delivered_keys(
+        pc.cast(columns["request_key"], pa.string()),
+        pc.cast(columns["image_index"], pa.int32()),
+        pc.cast(columns["target_size"], pa.string()),
     )
     arrays = [
         pc.cast(columns[f.name], f.type) if f.name in columns else pa.nulls(rows, f.type)

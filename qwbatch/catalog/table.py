@@ -73,6 +73,10 @@ SCHEMA = pa.schema(
         # DEST-relative: output_uri is absolute (file://, s3://) and breaks when DEST moves.
         # Parts written before this column read it as null: see catalog.view.output_location.
         pa.field("output_key", _STR),
+        # Channel sizes: the size asked for and the delivered image's key (the rendered one
+        # stays at output_key). Null without a target, and in parts written before them.
+        pa.field("target_size", _STR),
+        pa.field("delivered_key", _STR),
     ]
 )
 
@@ -92,6 +96,8 @@ def records_to_table(records: Sequence[CatalogRecord]) -> pa.Table:
                 value = list(value.items())
             elif name == "output_key" and value is None and _has_output(record):
                 value = layout.output_key(record.request_key, record.image_index or 0)
+            elif name == "delivered_key" and value is None and _delivered(record):
+                value = layout.delivered_key(record.request_key, record.image_index or 0)
             columns[name].append(value)
     arrays = [pa.array(columns[f.name], type=f.type) for f in SCHEMA]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
@@ -99,6 +105,10 @@ def records_to_table(records: Sequence[CatalogRecord]) -> pa.Table:
 
 def _has_output(record: CatalogRecord) -> bool:
     return bool(record.output_uri) and record.image_index is not None
+
+
+def _delivered(record: CatalogRecord) -> bool:
+    return bool(record.target_size) and _has_output(record)
 
 
 def _table_bytes(table: pa.Table) -> bytes:

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from qwbatch.catalog import review
 from qwbatch.catalog import table as catalog
 from qwbatch.core import images
 from qwbatch.core.errors import ConfigError, ImageError, StorageError, StorageTransientError
@@ -117,12 +118,18 @@ def select_rows(
     *,
     run: str | None = None,
     filters: Sequence[RowFilter] = (),
+    approved_only: bool = False,
 ) -> list[dict[str, Any]]:
-    """The catalog rows to show (see the module docstring), as dicts with ``tags`` a dict."""
+    """The catalog rows to show (see the module docstring), as dicts with ``tags`` a dict;
+    with ``approved_only``, only images whose newest review approves them
+    (:mod:`qwbatch.catalog.review`)."""
     # Parts written before a column existed read it as nulls (output_key, the text checks').
-    table = catalog.catalog_columns(store, (*VIEW_COLUMNS, "output_key"))
+    table = catalog.catalog_columns(store, (*VIEW_COLUMNS, "output_key", "target_size"))
     rows = _rows_of(table, run, store)
     rows = [row for row in rows if all(f.matches(row) for f in filters)]
+    if approved_only:
+        keep = review.approved(review.read_decisions(store))
+        rows = [row for row in rows if review.image_of(row) in keep]
     for row in rows:
         row["tags"] = dict(row.get("tags") or [])
     rows.sort(key=lambda r: (r["row_id"], _index(r), r["status"]))

@@ -31,6 +31,9 @@ def contact_sheet(
     columns: Annotated[int, typer.Option(help="Tiles per row", min=1)] = 6,
     tile: Annotated[int, typer.Option(help="Tile size in pixels", min=64, max=1024)] = 200,
     title: Annotated[str | None, typer.Option(help="Heading (default: DEST and run)")] = None,
+    approved_only: Annotated[
+        bool, typer.Option(help="Only images a review approved (qwbatch review)")
+    ] = False,
 ) -> None:
     """Draw DEST's images on one PNG grid, each with its id and a short prompt."""
     from qwbatch.catalog.view import parse_filters
@@ -46,6 +49,7 @@ def contact_sheet(
             limit=limit,
             layout=Layout(columns=columns, tile=tile),
             title=title,
+            approved_only=approved_only,
         )
         out.write_bytes(sheet.png())
     except QwBatchError as exc:

@@ -151,6 +151,10 @@ def report_command(
     link_expiry: Annotated[
         int, typer.Option(help="With --links presigned: seconds a link works", min=1)
     ] = 7 * 24 * 3600,
+    review: Annotated[
+        bool,
+        typer.Option(help="With --html: approve/reject buttons and notes, exported as JSON"),
+    ] = False,
 ) -> None:
     """Counts, images, spend by model/tag/run, retries, failures and speed, from DEST's catalog."""
     from qwbatch.report.numbers import report
@@ -166,6 +170,7 @@ def report_command(
             filters=filters or [],
             max_images=max_images,
             links={"mode": links, "base_url": link_base_url, "expires_s": link_expiry},
+            review=review,
         )
         return
     try:
@@ -187,6 +192,7 @@ def _write_html(
     filters: list[str],
     max_images: int,
     links: dict[str, Any],
+    review: bool = False,
 ) -> None:
     from qwbatch.catalog.view import parse_filters
     from qwbatch.report.html import render_html_report
@@ -203,6 +209,7 @@ def _write_html(
             filters=parse_filters(filters),
             max_images=max_images,
             image_link=link_maker(store, page_dir=html.parent, **links),
+            review=review,
         )
         html.write_text(page, encoding="utf-8")
     except QwBatchError as exc:

@@ -32,6 +32,7 @@ def print_dry_run(
     shard_size: int | None,
     budget: float | None = None,
     budget_mode: Literal["refuse", "trim"] = "refuse",
+    target_size: str | None = None,
 ) -> int:
     """Plan ``manifest`` as a run into ``out`` would and print the plan; the exit code."""
     from qwbatch.api import estimate
@@ -46,6 +47,7 @@ def print_dry_run(
             shard_size=shard_size,
             budget=budget,
             budget_mode=budget_mode,
+            target_size=target_size,
         )
     except QwBatchError as exc:
         Console(stderr=True, highlight=False).print(f"qwbatch: {exc}")

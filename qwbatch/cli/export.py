@@ -42,6 +42,9 @@ def export(
     val_fraction: Annotated[
         float, typer.Option(help="Share of rows (by row id) in the validation split", min=0)
     ] = 0.0,
+    approved_only: Annotated[
+        bool, typer.Option(help="Only images a review approved (qwbatch review)")
+    ] = False,
 ) -> None:
     """Export DEST's images and their records as a dataset: Hugging Face Parquet shards with
     a dataset card, WebDataset tar shards, or a folder of PNGs with index.csv.
@@ -63,6 +66,7 @@ def export(
             caption_column=caption_column,
             split_by=split_by,
             val_fraction=val_fraction,
+            approved_only=approved_only,
         )
     except QwBatchError as exc:
         typer.echo(f"qwbatch: {exc}", err=True)

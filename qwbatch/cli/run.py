@@ -84,6 +84,14 @@ def run(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Plan and print the plan; no calls, no writes")
     ] = False,
+    target_size: Annotated[
+        str | None,
+        typer.Option(help="Deliver rows without a target_size at exactly W*H (W*H:pad pads)"),
+    ] = None,
+    rerender_rejected: Annotated[
+        bool,
+        typer.Option(help="Render rows whose image a review rejected again, with a new seed"),
+    ] = False,
 ) -> None:
     """Render every new row of MANIFEST into OUT and record it in OUT/catalog/.
 
@@ -106,6 +114,7 @@ def run(
                 shard_size=shard_size,
                 budget=budget,
                 budget_mode=budget_mode,
+                target_size=target_size,
             )
         )
     code = _run_flow(
@@ -126,6 +135,8 @@ def run(
         budget_mode=budget_mode,
         resume=resume,
         new_run=new_run,
+        target_size=target_size,
+        rerender_rejected=rerender_rejected,
     )
     raise typer.Exit(code)
 

@@ -134,6 +134,28 @@ def check_output(
     return CheckedOutput(info, small)
 
 
+def fit_to(
+    data: bytes, width: int, height: int, *, pad: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> bytes:
+    """A PNG of exactly ``width`` × ``height`` pixels made from the image ``data``.
+
+    The default cuts the image to the target's aspect ratio around its centre, then resizes
+    (Lanczos): the whole frame is filled. ``pad`` fits the whole image inside and fills the
+    rest with white. ImageError when ``data`` is not a sound image. CPU-bound (worker thread).
+    """
+    with _decoded(data, max_pixels=max_pixels, formats=DEFAULT_FORMATS) as image:
+        rgb = _rgb_or_rgba(image)
+        size = (width, height)
+        if pad:
+            fill = (255, 255, 255, 0) if rgb.mode == "RGBA" else (255, 255, 255)
+            fitted = ImageOps.pad(rgb, size, method=Image.Resampling.LANCZOS, color=fill)
+        else:
+            fitted = ImageOps.fit(rgb, size, method=Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        fitted.save(out, format="PNG")
+        return out.getvalue()
+
+
 def _info(image: Image.Image, data: bytes) -> ImageInfo:
     width, height = image.size
     return ImageInfo(

@@ -43,6 +43,13 @@ in [0, 2147483647]. Reruns reproduce it and identical rows fold onto one key. Th
 then computed with that seed in place, so a row with no seed and a row whose seed equals the
 derived value get the same key; that is intended (they ask for the same pixels).
 
+Channel sizes
+-------------
+A request with a ``target_size`` (delivered at exactly that size, cropped or padded from
+the render) appends it after the seed: ``[..., seed, "300*250"]``. Requests without one
+keep the form above, so every key made before channel sizes stays as it was. The derived
+seed ignores the target: a row rendered at 1456*184 gets the same seed with or without it.
+
 Changing any of this changes every key: bump the version tag when you do.
 """
 
@@ -114,6 +121,7 @@ def canonical_request(
     watermark: bool = False,
     input_sha256: Sequence[str] = (),
     params: Sequence[tuple[str, Any]] = (),
+    target_size: str | None = None,
 ) -> bytes:
     """The canonical form (UTF-8 JSON bytes) of a request; ``seed=None`` writes ``null``.
 
@@ -133,9 +141,9 @@ def canonical_request(
         params,
     )
     if seed is None:
-        return prefix + b"null]"
+        return prefix + b"null" + _suffix(target_size)
     _check_seed(seed)
-    return prefix + f"{int(seed)}]".encode("ascii")
+    return prefix + f"{int(seed)}".encode("ascii") + _suffix(target_size)
 
 
 def _seed_from(prefix_hash: hashlib._Hash) -> int:
@@ -158,6 +166,7 @@ def key_and_seed(
     watermark: bool = False,
     input_sha256: Sequence[str] = (),
     params: Sequence[tuple[str, Any]] = (),
+    target_size: str | None = None,
 ) -> tuple[str, int]:
     """``(request_key, seed)``: the seed given, or the derived one when ``seed`` is None.
 
@@ -181,8 +190,13 @@ def key_and_seed(
         seed = _seed_from(digest)
     else:
         _check_seed(seed)
-    digest.update(f"{int(seed)}]".encode("ascii"))
+    digest.update(f"{int(seed)}".encode("ascii") + _suffix(target_size))
     return digest.hexdigest(), seed
+
+
+def _suffix(target_size: str | None) -> bytes:
+    """What follows the seed: ``]``, or ``,"<target_size>"]`` when there is a target."""
+    return b"]" if target_size is None else f",{encode_basestring(target_size)}]".encode()
 
 
 def request_key(
@@ -198,6 +212,7 @@ def request_key(
     watermark: bool = False,
     input_sha256: Sequence[str] = (),
     params: Sequence[tuple[str, Any]] = (),
+    target_size: str | None = None,
 ) -> str:
     """Hex sha256 (64 chars) of the canonical form; a None seed is replaced by the derived one.
 
@@ -216,6 +231,7 @@ def request_key(
         watermark=watermark,
         input_sha256=input_sha256,
         params=params,
+        target_size=target_size,
     )
     return key
 
@@ -253,4 +269,5 @@ def key_of(request: RenderRequest) -> str:
         watermark=request.watermark,
         input_sha256=request.input_sha256,
         params=request.params,
+        target_size=request.target_size,
     )

@@ -8,6 +8,7 @@ priced is its ``pricing`` (see :class:`Pricing` and ``qwbatch.core.costs``).
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -55,6 +56,42 @@ def parse_size(size: str) -> tuple[int, int] | None:
         return None
     width, height = int(parts[0]), int(parts[1])
     return (width, height) if width > 0 and height > 0 else None
+
+
+#: How a render is brought to a target size: cut to its aspect ratio, or fit inside and padded.
+Fit = Literal["crop", "pad"]
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSize:
+    """A channel size to deliver at, exactly: ``300*250`` (crop) or ``300*250:pad``."""
+
+    width: int
+    height: int
+    fit: Fit = "crop"
+
+    def __str__(self) -> str:
+        size = f"{self.width}*{self.height}"
+        return size if self.fit == "crop" else f"{size}:pad"
+
+
+def parse_target_size(text: str) -> TargetSize | None:
+    """``"300*250"`` / ``"728x90:pad"`` → TargetSize; None when it is not of that form."""
+    size, _, fit = text.strip().lower().partition(":")
+    if fit not in ("", "crop", "pad"):
+        return None
+    try:
+        parsed = parse_size(size)
+    except ValueError:  # digits that int() refuses, such as "²"
+        return None
+    if parsed is None:
+        return None
+    return TargetSize(parsed[0], parsed[1], "pad" if fit == "pad" else "crop")
+
+
+def _multiple(value: float, step: int, *, up: bool) -> int:
+    rounded = math.ceil(value / step) if up else math.floor(value / step)
+    return max(step, rounded * step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +166,54 @@ class ModelSpec:
             return f"size {size}: each side must be within [{self.min_side}, {self.max_side}] px"
         if self.size_rule == "presets" and f"{width}*{height}" not in self.presets:
             return f"size {size} is not one of {self.name}'s sizes: {', '.join(self.presets)}"
+        return None
+
+    def render_size_for(self, target: TargetSize) -> str | None:
+        """The size to render ``target`` at: the target itself when the model allows it,
+        else the nearest allowed size of (about) the same aspect ratio, in multiples of
+        ``size_multiple`` (else 16) px, the ratio capped at ``max_aspect``; None for a model
+        that decides its own size (or when no such size is found: the model's default is
+        rendered). Cropping or padding the render then makes the size exact
+        (:func:`qwbatch.core.images.fit_to`)."""
+        if self.size_rule == "fixed":
+            return None
+        width, height = target.width, target.height
+        exact = f"{width}*{height}"
+        if self.size_problem(exact) is None:
+            return exact
+        ratio = width / height
+        if self.max_aspect:
+            ratio = min(max(ratio, 1 / self.max_aspect), self.max_aspect)
+        step = self.size_multiple or 16
+        if self.size_rule == "presets":
+            sizes = [size for size in map(parse_size, self.presets) if size is not None]
+
+            def distance(size: tuple[int, int]) -> tuple[float, int]:
+                return abs(math.log(size[0] / size[1] / ratio)), abs(
+                    size[0] * size[1] - width * height
+                )
+
+            w, h = min(sizes, key=distance)
+        elif self.size_rule == "sides":
+            # scale so both sides fit the range (a ratio too wide for it is cut later)
+            w0, h0 = math.sqrt(width * height * ratio), math.sqrt(width * height / ratio)
+            scale = max(self.min_side / min(w0, h0), 1.0)
+            scale = min(scale, self.max_side / max(w0, h0))
+            w = min(max(_multiple(w0 * scale, step, up=False), self.min_side), self.max_side)
+            h = min(max(_multiple(h0 * scale, step, up=False), self.min_side), self.max_side)
+        else:  # "pixels", or "any" with a multiple or an aspect cap
+            pixels = width * height
+            if self.size_rule == "pixels":
+                pixels = min(max(pixels, self.min_pixels), self.max_pixels)
+            # Up, so the render covers the target, unless the pixel ceiling is in the way.
+            up = not (self.size_rule == "pixels" and pixels == self.max_pixels)
+            w = _multiple(math.sqrt(pixels * ratio), step, up=up)
+            h = _multiple(math.sqrt(pixels / ratio), step, up=up)
+        # Rounding may cross a bound (pixels, aspect): nudge one side a step at a time.
+        for dw, dh in ((0, 0), (-step, 0), (0, -step), (step, 0), (0, step), (-step, -step)):
+            size = f"{w + dw}*{h + dh}"
+            if w + dw > 0 and h + dh > 0 and self.size_problem(size) is None:
+                return size
         return None
 
     def price(self, region: str) -> float | None:

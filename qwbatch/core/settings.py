@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     #: Optional workspace id, sent as ``X-DashScope-WorkSpace``.
     dashscope_workspace_id: str | None = None
     default_model: str = "qwen-image-2.0"
+    #: Channel size for rows without a ``target_size`` (``"300*250"``, ``"728*90:pad"``).
+    default_target_size: str | None = None
     #: A TOML file whose ``[models."name"]`` tables extend or replace the bundled model table.
     models_file: Path | None = None
     #: Models the user vouches for although no table knows them (rules: permissive).
@@ -220,6 +222,7 @@ def run_overrides(
     text_rerolls: int | None = None,
     text_max_cer: float | None = None,
     text_workers: int | None = None,
+    target_size: str | None = None,
 ) -> dict[str, Any]:
     """A run's options (``qwbatch run`` and the flows' parameters) as Settings fields; None
     means not given."""
@@ -231,6 +234,7 @@ def run_overrides(
         "text_rerolls": text_rerolls,
         "text_max_cer": text_max_cer,
         "text_workers": text_workers,
+        "default_target_size": target_size,
     }
 
 

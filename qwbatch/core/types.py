@@ -60,6 +60,10 @@ class RenderRequest:
     def params_dict(self) -> dict[str, Any]:
         return dict(self.params)
 
+    #: Channel size to deliver at exactly (``"300*250"``, ``"728*90:pad"``); ``size`` is
+    #: then the size rendered. None: the render is the delivery.
+    target_size: str | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class ProviderImage:
@@ -141,6 +145,10 @@ class CatalogRecord:
     #: The output's key under DEST (``images/…/<i>.png``): where it is wherever DEST moves;
     #: derived from ``request_key`` and ``image_index`` when the catalog is written.
     output_key: str | None = None
+    #: The channel size asked for, and the delivered image's key under DEST (derived from
+    #: ``request_key`` and ``image_index`` when the catalog is written); None without one.
+    target_size: str | None = None
+    delivered_key: str | None = None
 
     @classmethod
     def for_request(
@@ -173,6 +181,7 @@ class CatalogRecord:
             input_images=[recorded_uri(uri) for uri in request.input_images],
             input_sha256=list(request.input_sha256),
             input_notes=list(request.input_notes),
+            target_size=request.target_size,
             **details,
         )
 

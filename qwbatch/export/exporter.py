@@ -103,6 +103,7 @@ def export(
     workers: int = 8,
     settings: Settings | None = None,
     on_shard: Callable[[ShardDone], None] | None = None,
+    approved_only: bool = False,
 ) -> ExportResult:
     """Export the images of ``dest`` (a folder or ``s3://``) into ``to`` as ``format``.
 
@@ -116,7 +117,8 @@ def export(
     ``tag.NAME``; default the prompt) is the text. ``split_by`` (a column or ``tag.NAME``)
     names each row's split; else ``val_fraction`` of the rows, chosen by row id, go to
     ``validation``. ``workers`` images are read at once. ``on_shard`` is called after each
-    shard is stored. Re-running writes only what is missing (see the module docstring).
+    shard is stored. ``approved_only`` keeps the images a review approved
+    (``qwbatch review``). Re-running writes only what is missing (see the module docstring).
 
     Example::
 
@@ -137,6 +139,7 @@ def export(
         caption_column=caption_column or "prompt",
         split_by=split_by,
         val_fraction=val_fraction,
+        approved_only=approved_only,
     )
     _check_options(target, format, selection)
     table = selection.table(source)

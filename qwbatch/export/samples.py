@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from qwbatch.catalog import review
 from qwbatch.catalog.view import RowFilter, catalog_records
 from qwbatch.core.errors import ConfigError
 from qwbatch.storage.stores import ObjectStore, sanitize_key_part
@@ -146,6 +147,8 @@ class Selection:
     caption_column: str = "prompt"
     split_by: str | None = None
     val_fraction: float = 0.0
+    #: Only images whose newest review approves them (:mod:`qwbatch.catalog.review`).
+    approved_only: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -158,7 +161,17 @@ class Selection:
             pc.is_in(table["status"], value_set=pa.array(list(self.statuses), pa.string())),
             pc.and_(pc.is_valid(table["output_uri"]), pc.is_valid(table["image_index"])),
         )
-        return table.filter(keep)
+        table = table.filter(keep)
+        if self.approved_only:
+            keep = review.approved(review.read_decisions(store))
+            images = zip(
+                table["row_id"].to_pylist(),
+                table["request_key"].to_pylist(),
+                table["image_index"].to_pylist(),
+                strict=True,
+            )
+            table = table.filter(pa.array([image in keep for image in images], pa.bool_()))
+        return table
 
     def samples(self, table: pa.Table) -> Iterator[Sample]:
         """The samples of ``table`` that pass the filters, in its order."""

@@ -136,6 +136,7 @@ COLUMN_TYPES: Final[dict[str, tuple[str, Callable[[pa.DataType], bool]]]] = {
     "params": ("a map, struct or JSON-object string column", _accepts_params),
     "models": ("a list of strings or a string column", _accepts_images),
     "expected_text": ("a list of strings or a string column", _accepts_images),
+    "target_size": ("a string column ('W*H' or 'W*H:pad')", _is_text),
 }
 REQUIRED_COLUMNS: Final = ("id", "prompt")
 
@@ -479,4 +480,5 @@ COERCE: Final[dict[str, Callable[[pa.Array], list[Any]]]] = {
     "params": _params,
     "models": _models,
     "expected_text": _expected_texts,
+    "target_size": _texts,
 }

@@ -171,7 +171,13 @@ class ManifestReader:
         )
         if duplicates is None:
             duplicates = DuplicateIds(duplicate_candidates(self._files))
-        self._checker = RowChecker(table, default_model, self._resolver, duplicates)
+        self._checker = RowChecker(
+            table,
+            default_model,
+            self._resolver,
+            duplicates,
+            settings.default_target_size if settings is not None else None,
+        )
         #: ``--models`` / ``QWBATCH_MODELS``: every row renders on each of these (a row's own
         #: ``models`` cell wins), as separate requests with ids ``ID@MODEL``.
         self._models: tuple[str, ...] = tuple(settings.models) if settings is not None else ()

@@ -21,7 +21,7 @@ from typing import Final
 
 from qwbatch.core.errors import PermanentError
 from qwbatch.core.keys import SEED_MAX, key_and_seed
-from qwbatch.core.model_table import ModelSpec, ModelTable, parse_size
+from qwbatch.core.model_table import ModelSpec, ModelTable, parse_size, parse_target_size
 from qwbatch.core.types import Mode, RenderRequest
 from qwbatch.manifest.columns import Bad, Params, Tags
 from qwbatch.manifest.duplicates import DuplicateIds
@@ -71,8 +71,11 @@ class RowChecker:
         default_model: str,
         resolve_input: InputResolver,
         duplicates: DuplicateIds,
+        default_target_size: str | None = None,
     ) -> None:
         self._table = table
+        #: The target size of rows with none of their own (``--target-size``).
+        self._default_target = default_target_size
         self._default = table.get(default_model)
         self._resolve = resolve_input
         self._candidates = duplicates.candidates
@@ -151,6 +154,8 @@ class RowChecker:
     def vector_setting(self, model_text: str, mode_text: str, size_text: str) -> Setting | None:
         """The setting of a generate row for the column-wise path; None leaves the rows
         to ``check`` (a reject, or an edit row that needs its inputs resolved)."""
+        if self._default_target is not None:  # every row's key and size change: row by row
+            return None
         setting = self.setting(model_text or None, mode_text or None, size_text or None)
         if isinstance(setting, tuple) or setting.mode != "generate":
             return None
@@ -194,6 +199,7 @@ class RowChecker:
         params: Params | Bad | None = None,
         models: tuple[str, ...] | Bad | None = None,
         expected_text: tuple[str, ...] | Bad | None = None,
+        target: str | Bad | None = None,
     ) -> RenderRequest | Reject:
         """The normalised request for one row, or the first reason to refuse it.
 
@@ -292,6 +298,10 @@ class RowChecker:
             checked_params = outcome
         if isinstance(expected_text, Bad):
             return Reject(row, rid, "expected_text", f"expected_text {expected_text.reason}")
+        sizes = _target(target or self._default_target, spec, setting.size)
+        if isinstance(sizes, Bad):
+            return Reject(row, rid, "target_size", sizes.reason)
+        target_size, size = sizes
 
         # edit inputs: counted, then resolved (last: hashing a file is the costly check)
         input_sha256: tuple[str, ...] = ()
@@ -329,13 +339,14 @@ class RowChecker:
             mode=mode,
             prompt=prompt,
             negative_prompt=negative,
-            size=setting.size,
+            size=size,
             n=n,
             seed=seed,
             prompt_extend=extend,
             watermark=watermark,
             input_sha256=input_sha256,
             params=checked_params,
+            target_size=target_size,
         )
         return RenderRequest(
             row_id=rid,
@@ -345,7 +356,7 @@ class RowChecker:
             mode=mode,
             prompt=prompt,
             negative_prompt=negative,
-            size=setting.size,
+            size=size,
             n=n,
             seed=seed,
             prompt_extend=extend,
@@ -357,9 +368,32 @@ class RowChecker:
             priority=priority,
             params=checked_params,
             expected_text=expected_text or (),
+            target_size=target_size,
         )
 
 
 def _today() -> str:
     """Today's date in UTC as ``YYYY-MM-DD`` (model shutdown dates compare as text)."""
     return datetime.now(UTC).date().isoformat()
+
+
+#: Largest side of a delivered image, in pixels.
+MAX_TARGET_SIDE: Final = 16384
+
+
+def _target(
+    text: str | Bad | None, spec: ModelSpec, size: str | None
+) -> tuple[str | None, str | None] | Bad:
+    """``(target_size, size to render)`` for a row's ``target_size`` cell: the normal form
+    of the target and the size the model renders it at (the row's own ``size`` if it gave
+    one, else the nearest allowed), or Bad saying why the cell cannot be used."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None, size
+    if isinstance(text, Bad):
+        return Bad(f"target_size {text.reason}")
+    target = parse_target_size(text)
+    if target is None:
+        return Bad(f"target_size {text!r} is not of the form W*H or W*H:pad (such as 300*250)")
+    if max(target.width, target.height) > MAX_TARGET_SIDE:
+        return Bad(f"target_size {text!r}: each side must be at most {MAX_TARGET_SIDE} px")
+    return str(target), size if size is not None else spec.render_size_for(target)

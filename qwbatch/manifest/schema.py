@@ -28,6 +28,8 @@ column             required / default            accepted Arrow types
                                                  row renders once on each (id ``ID@MODEL``)
 ``expected_text``  none (text is not checked)    list<string-like>, a JSON-array string, or a
                                                  string; ``|`` separates several in a string
+``target_size``    none (``--target-size``)      string-like ``W*H`` or ``W*H:pad``: delivered
+                                                 at exactly that size (``size`` → render size)
 =================  ============================  =============================================
 
 .. [#s] string-like: ``string``, ``large_string``, ``string_view``, UTF-8 ``binary`` and any
@@ -82,6 +84,7 @@ MANIFEST_SCHEMA: Final = pa.schema(
         pa.field("params", pa.string()),  # a JSON object; map and struct columns are read too
         pa.field("models", pa.list_(pa.string())),
         pa.field("expected_text", pa.list_(pa.string())),
+        pa.field("target_size", pa.string()),
     ]
 )
 

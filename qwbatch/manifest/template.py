@@ -68,6 +68,12 @@ COLUMNS: Final[tuple[ColumnDoc, ...]] = (
         "words that must be legible on each image (OCR-checked); several split by |",
         "秋季新品|全场八折",
     ),
+    ColumnDoc(
+        "target_size",
+        "none",
+        "deliver at exactly W*H (cropped; W*H:pad pads), rendered at the nearest allowed size",
+        "300*250",
+    ),
 )
 
 #: Example rows a run accepts (no edits: those need input files that the template cannot ship).
@@ -93,6 +99,12 @@ EXAMPLES: Final[tuple[dict[str, Any], ...]] = (
         "size": "1024*1536",
         "tags": {"campaign": "autumn", "lang": "zh"},
         "expected_text": ["秋季新品", "全场八折"],
+    },
+    {
+        "id": "banner-mrec",
+        "prompt": 'Autumn sale banner, maple leaves, headline "20% off"',
+        "target_size": "300*250",
+        "tags": {"campaign": "autumn", "channel": "display"},
     },
 )
 

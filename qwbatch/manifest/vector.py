@@ -256,6 +256,9 @@ def _check(
     for name in ("params", "models"):
         if name in batch.schema.names:
             ok = pc.and_kleene(ok, pc.is_null(batch.column(name)))
+    # channel sizes change the render size and the key: the row checker decides them
+    if "target_size" in batch.schema.names:
+        ok = pc.and_kleene(ok, pc.is_null(batch.column("target_size")))
     # model × mode × size: each distinct combination resolved once
     texts = [pc.fill_null(t, "") if t is not None else None for t in (model, mode, size)]
     for t in texts:

@@ -25,6 +25,8 @@ def _encode_item(item: PlanItem) -> dict[str, Any]:
         if not request[name]:
             # Lines without them stay byte-equal to the column-wise writer's (plan.stream).
             del request[name]
+    if request["target_size"] is None:  # likewise for channel sizes
+        del request["target_size"]
     return {"request": request, "aliases": [asdict(a) for a in item.aliases]}
 
 

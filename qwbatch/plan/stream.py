@@ -426,6 +426,7 @@ def _fast_dedup(fast: pa.Table, keys: pa.Array, seeds: pa.Array, rows: list[int]
             "input_images": empty,
             "input_sha256": empty,
             "input_notes": empty,
+            "target_size": pa.nulls(count, pa.string()),  # fast rows have none
         }
     )
 
@@ -448,6 +449,7 @@ def _slow_dedup(requests: list[RenderRequest]) -> pa.Table:
             "input_images": [[recorded_uri(u) for u in r.input_images] for r in requests],
             "input_sha256": [list(r.input_sha256) for r in requests],
             "input_notes": [list(r.input_notes) for r in requests],
+            "target_size": [r.target_size for r in requests],
         },
         schema=schema,
     )

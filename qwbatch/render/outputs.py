@@ -7,6 +7,8 @@
   worker-thread hop (a hop costs the event loop more than the small writes themselves);
 - :meth:`~Outputs.write` is those writes alone, retried while the store is unreachable
   (``Settings.store_retry_s``) with the image bytes waiting in memory, never the download;
+- :meth:`~Outputs.deliver` writes an output at its request's channel size (``target_size``:
+  cropped or padded to exactly those pixels) beside it, under ``delivered/``;
 - :meth:`~Outputs.stored` finds the outputs a crash left stored but not catalogued, and
   writes the metadata of one that lost it again.
 """
@@ -22,11 +24,12 @@ from typing import Any, TypeVar
 
 from qwbatch.core import images
 from qwbatch.core.errors import ImageError, StorageTransientError
+from qwbatch.core.model_table import parse_target_size
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import ProviderResult, RenderRequest
 from qwbatch.render.retries import store_retries
 from qwbatch.storage import thumbs
-from qwbatch.storage.layout import output_key, request_doc_key
+from qwbatch.storage.layout import delivered_key, output_key, request_doc_key
 from qwbatch.storage.metadata import image_metadata
 from qwbatch.storage.stores import ObjectInfo, ObjectStore
 
@@ -83,6 +86,16 @@ class Outputs:
                 info = await self._restore_metadata(request, index, key, unit_price)
             if info is None:
                 return None
+            if request.target_size is not None:  # a crash may have come before the delivery
+                delivered = await self.store_call(
+                    self.store.head, delivered_key(request.request_key, index)
+                )
+                if delivered is None:
+                    data = await self.store_call(self.store.get, key)
+                    try:
+                        await self.store_call(self.deliver, request, index, data)
+                    except ImageError:
+                        return None
             infos.append(info)
         return infos
 
@@ -172,6 +185,8 @@ class Outputs:
         put = self.store.put(
             key, data, content_type=info.content_type, metadata=metadata, if_none_match=True
         )
+        if request.target_size is not None:
+            self.deliver(request, index, data)
         if checked.thumbnail is not None:
             thumbs.put_thumbnail(self.store, request.request_key, index, checked.thumbnail)
         else:
@@ -192,6 +207,21 @@ class Outputs:
                     bytes=existing.size,
                 )
         return info, put.uri
+
+    def deliver(self, request: RenderRequest, index: int, data: bytes) -> None:
+        """Store output ``data`` at its request's ``target_size`` (exactly those pixels) under
+        its delivered key; CPU-bound, on a worker thread. Derived from the output's bytes,
+        so writing it again (a store retry, a resume) writes the same image."""
+        target = parse_target_size(request.target_size or "")
+        if target is None:  # the manifest reader wrote it: it parses
+            raise ImageError(f"target_size {request.target_size!r} is not W*H")
+        fitted = images.fit_to(data, target.width, target.height, pad=target.fit == "pad")
+        self.store.put(
+            delivered_key(request.request_key, index),
+            fitted,
+            content_type="image/png",
+            metadata={"request-key": request.request_key, "target-size": str(target)},
+        )
 
 
 def int_or_none(text: str | None) -> int | None:

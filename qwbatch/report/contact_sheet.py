@@ -150,13 +150,14 @@ def make_contact_sheet(
     limit: int = DEFAULT_LIMIT,
     layout: Layout | None = None,
     title: str | None = None,
+    approved_only: bool = False,
 ) -> ContactSheet:
     """The contact sheet of ``store``'s catalog (selection as in :mod:`qwbatch.catalog.view`).
 
     Its header is ``title`` (default: DEST, the selection and the tile count), and under it a
-    line of spend.
+    line of spend. ``approved_only`` draws only the images a review approved.
     """
-    rows = catalog_view.select_rows(store, run=run, filters=filters)
+    rows = catalog_view.select_rows(store, run=run, filters=filters, approved_only=approved_only)
     tiles = tiles_for(store, rows[:limit])
     if title is None:
         scope = f"run {run}" if run else "latest of every row"

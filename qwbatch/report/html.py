@@ -9,10 +9,18 @@ shows an image paid for earlier), beside the selected run's own spend and the li
 spend of DEST. Thumbnails are inlined as ``data:`` URIs and the styles as one ``<style>``
 block, with a subset of Noto Sans CJK for the page's characters (:mod:`.page_font`), so
 Chinese reads on a machine without CJK fonts; the page loads nothing else (its
-Content-Security-Policy forbids it) and runs no script. Each image opens its full-size
-output when ``image_link`` is given (see :mod:`qwbatch.report.links`: relative for a local
-DEST, presigned or public for S3).
+Content-Security-Policy forbids it) and runs no script, except in review mode. Each image
+opens its full-size output when ``image_link`` is given (see :mod:`qwbatch.report.links`:
+relative for a local DEST, presigned or public for S3).
 Every catalog value is HTML-escaped. Money is in the catalog's currency.
+
+**Review mode** (``review=True``, ``qwbatch report DEST --html page.html --review``): each
+image gets Approve / Reject buttons and a note; decisions are kept in the browser's
+``localStorage`` (per DEST), shown as the card's colour, and "Export decisions" downloads
+them as ``decisions.json`` for ``qwbatch review DEST decisions.json``
+(:mod:`qwbatch.catalog.review`). Decisions already recorded in DEST show until changed. The
+one inline script is allowed by its hash in the page's Content-Security-Policy; it sends
+nothing anywhere.
 
 The selection of rows is :mod:`qwbatch.catalog.view`'s::
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import io
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -33,6 +42,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from qwbatch.catalog import review as catalog_review
 from qwbatch.catalog import spend as catalog_spend
 from qwbatch.catalog import view as catalog_view
 from qwbatch.catalog.spend import Origin
@@ -41,7 +51,7 @@ from qwbatch.core.errors import StorageError, StorageTransientError
 from qwbatch.report.links import ImageLink
 from qwbatch.report.page_font import FAMILY, font_face_css
 from qwbatch.run.progress import GOOD_STATUSES
-from qwbatch.storage.layout import rejects_key
+from qwbatch.storage.layout import delivered_key, rejects_key
 from qwbatch.storage.stores import ObjectStore
 from qwbatch.text import read_lines
 
@@ -85,8 +95,10 @@ def render_html_report(
     generated_at: dt.datetime | None = None,
     image_link: ImageLink | None = None,
     embed_font: bool = True,
+    review: bool = False,
 ) -> str:
-    """The report page for ``store`` (one run, ``"latest"``, or the latest of every row)."""
+    """The report page for ``store`` (one run, ``"latest"``, or the latest of every row);
+    ``review`` adds the review controls (see the module docstring)."""
     rows = catalog_view.select_rows(store, run=run, filters=filters)
     runs = sorted({row["run_id"] for row in rows})
     selected = run if run not in (None, "latest") else (runs[-1] if runs else None)
@@ -96,6 +108,7 @@ def render_html_report(
     found = catalog_spend.origins(store)
     origins = [catalog_spend.origin_of(row, found) for row in rows]
     money = catalog_spend.spend(store, selected)
+    decisions = catalog_review.read_decisions(store) if review else None
     body = "\n".join(
         [
             f"<h1>qwbatch report</h1><p class=meta>{escape(store.root_uri)} · {escape(scope)}"
@@ -105,13 +118,23 @@ def render_html_report(
             _text_checks(rows),
             _skipped(rows),
             _rejects(store, runs or ([selected] if selected else [])),
-            _gallery(store, rows, origins, max_images, currency, image_link),
+            _review_bar(store, rows) if review else "",
+            _gallery(store, rows, origins, max_images, currency, image_link, decisions),
             _by_tag(rows, origins, currency),
         ]
     )
     title = escape(f"qwbatch report · {scope}")
     style = _STYLE + (font_face_css(unescape(title + body)) if embed_font else "")
-    return _PAGE.format(title=title, style=style, body=body)
+    if not review:
+        return _PAGE.format(title=title, style=style, body=body, script="", script_src="")
+    digest = base64.b64encode(hashlib.sha256(_REVIEW_SCRIPT.encode()).digest()).decode()
+    return _PAGE.format(
+        title=title,
+        style=style + _REVIEW_STYLE,
+        body=body,
+        script=f"<script>{_REVIEW_SCRIPT}</script>",
+        script_src=f"; script-src 'sha256-{digest}'",
+    )
 
 
 # ------------------------------------------------------------------------------ sections
@@ -284,10 +307,13 @@ def _gallery(
     max_images: int,
     currency: str,
     image_link: ImageLink | None,
+    decisions: dict[catalog_review.ImageId, catalog_review.Decision] | None = None,
 ) -> str:
     shown = rows[:max_images]
     pairs = zip(shown, origins[: len(shown)], strict=True)
-    figures = [_figure(store, row, origin, currency, image_link) for row, origin in pairs]
+    figures = [
+        _figure(store, row, origin, currency, image_link, decisions) for row, origin in pairs
+    ]
     more = len(rows) - len(shown)
     tail = f"<p class=meta>… and {more} more rows not shown</p>" if more > 0 else ""
     return f"<h2>Images ({len(rows)})</h2><section class=grid>{''.join(figures)}</section>{tail}"
@@ -299,6 +325,7 @@ def _figure(
     origin: Origin,
     currency: str,
     image_link: ImageLink | None,
+    decisions: dict[catalog_review.ImageId, catalog_review.Decision] | None = None,
 ) -> str:
     thumb = catalog_view.load_thumbnail(store, row)
     label = _label(row)
@@ -329,11 +356,56 @@ def _figure(
         for k, v in sorted(row["tags"].items())
     )
     status = escape(row["status"])
+    image = catalog_review.image_of(row) if decisions is not None else None
+    attrs, controls = ("", "") if image is None else _review_controls(row, image, decisions)
+    if row.get("target_size"):
+        delivered = escape(f"delivered at {row['target_size']}")
+        if image_link is not None and catalog_view.has_image(row):
+            href = image_link(delivered_key(row["request_key"], int(row["image_index"] or 0)))
+            delivered = f'<a href="{escape(href)}">{delivered}</a>' if href else delivered
+        facts += f" · {delivered}"
     return (
-        f"<figure>{picture}<figcaption><b>{escape(label)}</b>"
+        f"<figure{attrs}>{picture}<figcaption><b>{escape(label)}</b>"
         f" <span class='st {status}'>{escape(_word(row['status']))}</span>"
         f"<br><small>{facts}</small><br><small class=paid>{cost}</small>"
-        f"{_text_lines(row)}<p>{escape(row['prompt'])}</p>{tags}</figcaption></figure>"
+        f"{_text_lines(row)}<p>{escape(row['prompt'])}</p>{tags}{controls}</figcaption></figure>"
+    )
+
+
+def _review_controls(
+    row: dict[str, Any],
+    image: catalog_review.ImageId,
+    decisions: dict[catalog_review.ImageId, catalog_review.Decision] | None,
+) -> tuple[str, str]:
+    """A reviewable card's data attributes (its image, and any decision recorded) and its
+    buttons and note."""
+    recorded = (decisions or {}).get(image)
+    values = {
+        "run": row["run_id"],
+        "row": row["row_id"],
+        "index": str(image[2]),
+        "key": row["request_key"],
+        "recorded": recorded.decision if recorded else "",
+        "note": recorded.note if recorded else "",
+    }
+    attrs = "".join(f' data-{name}="{escape(value)}"' for name, value in values.items())
+    controls = (
+        "<div class=review><button type=button class=approve>Approve</button>"
+        "<button type=button class=reject>Reject</button>"
+        f'<textarea rows=2 placeholder="note">{escape(values["note"])}</textarea></div>'
+    )
+    return attrs, controls
+
+
+def _review_bar(store: ObjectStore, rows: Sequence[dict[str, Any]]) -> str:
+    images = sum(1 for row in rows if catalog_review.image_of(row) is not None)
+    return (
+        f'<section id=review data-dest="{escape(store.root_uri)}"><h2>Review</h2>'
+        f"<p class=meta>Approve or reject each of the {images} image(s) and add a note; "
+        "your decisions stay in this browser until you export them, then record them with "
+        "<code>qwbatch review DEST decisions.json</code>.</p>"
+        "<p><b id=review-count></b> <button type=button id=review-export>"
+        "Export decisions</button></p></section>"
     )
 
 
@@ -378,12 +450,86 @@ def _table(
 _PAGE = """<!doctype html>
 <html lang=en><head><meta charset=utf-8>
 <meta http-equiv="Content-Security-Policy"
- content="default-src 'none'; img-src data:; font-src data:; style-src 'unsafe-inline'">
+ content="default-src 'none'; img-src data:; font-src data:; style-src 'unsafe-inline'{script_src}">
 <meta name=viewport content="width=device-width, initial-scale=1">
 <title>{title}</title><style>{style}</style></head>
 <body>
 {body}
+{script}
 </body></html>
+"""
+
+#: Review mode's script: decisions in localStorage, the export as a download. Kept plain
+#: (no template values) so its hash in the page's Content-Security-Policy is fixed.
+_REVIEW_SCRIPT = """
+(() => {
+  const bar = document.getElementById("review");
+  const dest = bar.dataset.dest;
+  const storeKey = "qwbatch-review:" + dest;
+  let state = {};
+  try { state = JSON.parse(localStorage.getItem(storeKey) || "{}"); } catch (e) { state = {}; }
+  const figures = [...document.querySelectorAll("figure[data-key]")];
+  const idOf = f => JSON.stringify([f.dataset.run, f.dataset.row, f.dataset.index]);
+  const verdictOf = f => (state[idOf(f)] || {}).decision || f.dataset.recorded || "";
+  function show(f) {
+    const verdict = verdictOf(f);
+    f.classList.toggle("approved", verdict === "approved");
+    f.classList.toggle("rejected", verdict === "rejected");
+  }
+  function count() {
+    const verdicts = figures.map(verdictOf);
+    const n = v => verdicts.filter(x => x === v).length;
+    document.getElementById("review-count").textContent =
+      `${n("approved")} approved, ${n("rejected")} rejected, ${n("")} to review`;
+  }
+  function save() { localStorage.setItem(storeKey, JSON.stringify(state)); count(); }
+  function decide(f, decision) {
+    state[idOf(f)] = {
+      run_id: f.dataset.run, row_id: f.dataset.row, image_index: Number(f.dataset.index),
+      request_key: f.dataset.key, decision: decision,
+      note: f.querySelector("textarea").value, reviewed_at: Date.now() / 1000,
+    };
+    save();
+    show(f);
+  }
+  function exportText() {
+    const decisions = Object.values(state).filter(d => d.decision);
+    return JSON.stringify({format: "qwbatch-review/1", dest: dest, decisions: decisions}, null, 1);
+  }
+  function download() {
+    const link = document.createElement("a");
+    link.href = "data:application/json;charset=utf-8," + encodeURIComponent(exportText());
+    link.download = "decisions.json";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+  }
+  for (const f of figures) {
+    const note = f.querySelector("textarea");
+    const saved = state[idOf(f)];
+    if (saved) note.value = saved.note || "";
+    f.querySelector("button.approve").addEventListener("click", () => decide(f, "approved"));
+    f.querySelector("button.reject").addEventListener("click", () => decide(f, "rejected"));
+    note.addEventListener("input", () => {
+      const d = state[idOf(f)];
+      if (d) { d.note = note.value; d.reviewed_at = Date.now() / 1000; save(); }
+    });
+    show(f);
+  }
+  document.getElementById("review-export").addEventListener("click", download);
+  window.qwbatchReview = {exportText: exportText, count: () => figures.length};
+  count();
+})();
+"""
+
+_REVIEW_STYLE = """
+.review{display:flex;gap:6px;flex-wrap:wrap;margin-top:6px}
+.review button{font:inherit;font-size:12px;padding:2px 10px;border:1px solid #bbb;
+border-radius:4px;background:#fff;cursor:pointer}
+.review textarea{flex:1 1 100%;font:inherit;font-size:12px}
+figure.approved{border:3px solid #2e8b57}figure.rejected{border:3px solid #c0392b;opacity:.8}
+figure.approved .approve{background:#2e8b57;color:#fff}
+figure.rejected .reject{background:#c0392b;color:#fff}
 """
 
 _STYLE = (

@@ -9,6 +9,7 @@
     progress.py          a thread-safe tally fed by the engine's records
     progress_display.py  that tally live on a terminal, or as log lines elsewhere
     compaction.py        the catalog's small parts merged into a few
+    rerender.py          a manifest with new seeds for the rows a review rejected
 """
 
 from __future__ import annotations

@@ -263,6 +263,8 @@ def _fingerprint(
     """What makes two invocations the same run: manifest bytes and the options that change
     its plan (a new budget is a new run, which dedups what the old one rendered)."""
     options = f"{budget.amount}:{budget.mode}" if budget is not None else ""
+    if settings.default_target_size is not None:  # another size: other keys, another run
+        options += f":target={settings.default_target_size}"
     return runs.manifest_fingerprint(
         manifest,
         default_model=settings.default_model,

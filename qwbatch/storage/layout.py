@@ -8,11 +8,13 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
     ├── images/<ab>/<request_key>/<i>.png                 output_key
     ├── images/<ab>/<request_key>/request.json            request_doc_key
     ├── thumbs/<ab>/<request_key>/<i>.webp                thumb_key
+    ├── delivered/<ab>/<request_key>/<i>.png              delivered_key
     ├── inputs/<ab>/<sha256 of the original bytes>        staged_key
     ├── catalog/part-<run_id>-<label>[-<8 hex>].parquet   part_key
     ├── catalog/part-compact-<stamp>-<6 hex>-<NNN>.parquet  compacted_part_key
     ├── catalog/_compaction/<compaction>.json             compaction_marker_key
     ├── rejects/rejects-<run_id>.parquet                  rejects_key
+    ├── reviews/review-<stamp>-<8 hex>.parquet            review_key
     ├── quarantine/catalog/…                              quarantine_key
     ├── manifests/table-<24 hex>.parquet                  table_manifest_key
     ├── lease/run.json                                    lease_key
@@ -30,11 +32,14 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
             ├── leases/shard-<NNNNN>.json                 shard_lease_key
             └── journal/shard-<NNNNN>/<writer>-<seq>.jsonl  journal_key
 
-What they hold: an output image and, when its object metadata cannot hold the whole request,
-the request beside it (:mod:`qwbatch.storage.metadata`); the output's thumbnail; an edit input
+What they hold: an output image (as the model rendered it) and, when its object metadata
+cannot hold the whole request, the request beside it (:mod:`qwbatch.storage.metadata`); the
+output's thumbnail; the output cropped or padded to the request's channel size
+(``target_size``), when it has one; an edit input
 as it was sent (:mod:`qwbatch.inputs.staging`); the catalog's Parquet parts, one per shard of a
 run, and the markers of a compaction in progress (:mod:`qwbatch.run.compaction`); a run's
-rejected manifest rows; manifests given to the Python API as tables, saved by the hash of
+rejected manifest rows; the review decisions recorded by ``qwbatch review``
+(:mod:`qwbatch.catalog.review`); manifests given to the Python API as tables, saved by the hash of
 their bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); catalog parts too
 broken to read, set aside by ``catalog rebuild``; the lease of the run that holds DEST, and
 of each shard while a worker renders it (:mod:`qwbatch.storage.lease`); an index entry per
@@ -65,12 +70,16 @@ if TYPE_CHECKING:
 
 IMAGES_PREFIX: Final = "images/"
 THUMBS_PREFIX: Final = "thumbs/"
+#: Outputs brought to their request's channel size (``target_size``).
+DELIVERED_PREFIX: Final = "delivered/"
 #: Staged edit inputs, by the sha256 of their original bytes.
 STAGE_PREFIX: Final = "inputs/"
 CATALOG_PREFIX: Final = "catalog/"
 #: Markers of compactions in progress (``_`` keeps them out of pyarrow's dataset reads).
 COMPACTION_PREFIX: Final = f"{CATALOG_PREFIX}_compaction/"
 REJECTS_PREFIX: Final = "rejects/"
+#: Review decisions (approve / reject an image), one Parquet part per ``qwbatch review``.
+REVIEWS_PREFIX: Final = "reviews/"
 QUARANTINE_PREFIX: Final = "quarantine/"
 #: One empty object per run, keyed by what it renders: how a rerun finds the run to resume.
 INDEX_PREFIX: Final = "runs/_index/"
@@ -125,6 +134,20 @@ def output_keys(request_keys: pa.Array, indexes: pa.Array) -> pa.Array:
     )
 
 
+def delivered_key(request_key: str, index: int) -> str:
+    """Key of a request's ``index``-th output at its channel size (``target_size``)."""
+    return f"{DELIVERED_PREFIX}{request_key[:2]}/{request_key}/{index}.png"
+
+
+def delivered_keys(request_keys: pa.Array, indexes: pa.Array, targets: pa.Array) -> pa.Array:
+    """:func:`delivered_key` for whole Arrow columns (null where there is no target)."""
+    import pyarrow.compute as pc
+
+    keys = output_keys(request_keys, indexes)
+    delivered = pc.replace_substring(keys, IMAGES_PREFIX, DELIVERED_PREFIX, max_replacements=1)
+    return pc.if_else(pc.is_valid(targets), delivered, None)
+
+
 def request_doc_key(request_key: str) -> str:
     """The request document beside a request's output images."""
     return f"{IMAGES_PREFIX}{request_key[:2]}/{request_key}/{REQUEST_DOC}"
@@ -176,6 +199,11 @@ def compaction_marker_key(compaction: str) -> str:
 def rejects_key(run_id: str) -> str:
     """A run's rejected manifest rows, beside the catalog."""
     return f"{REJECTS_PREFIX}rejects-{run_id}.parquet"
+
+
+def review_key(name: str) -> str:
+    """Key of one recorded batch of review decisions (``name``: stamp and random hex)."""
+    return f"{REVIEWS_PREFIX}review-{name}.parquet"
 
 
 def quarantine_key(key: str) -> str:

@@ -166,5 +166,5 @@ def test_cli_validate_reads_an_s3_manifest(
     result = CliRunner().invoke(app, ["validate", f"s3://{s3_bucket}/demo.parquet"])
 
     assert result.exit_code == 1, result.output
-    assert "21 valid rows, 1 rejected" in result.output
+    assert "23 valid rows, 1 rejected" in result.output
     assert "too-big" in result.output

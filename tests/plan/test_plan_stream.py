@@ -288,6 +288,7 @@ def test_dedup_rows_join_each_request_to_its_stored_output(tmp_path: Path, absen
                 name: [[]] * count
                 for name in ("tags", "input_images", "input_sha256", "input_notes")
             },
+            "target_size": [None] * count,
         },
         schema=catalog_keys.REQUEST_SCHEMA,
     )
