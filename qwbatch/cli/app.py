@@ -52,11 +52,14 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
     from qwbatch.api import run as run_manifest
 
     _not_a_file(out, "--out")
+    # Retries (stamina logs each one as a warning) and other passing troubles are the
+    # engine's business: --quiet leaves errors and the run's own lines. The levels are put
+    # back afterwards, so that a caller in the same process (a test, a notebook) keeps its own.
+    loggers = [logging.getLogger(name) for name in ("stamina", "qwbatch", "flows")]
+    levels = [logger.level for logger in loggers]
     if quiet:
-        # Retries (stamina logs each one as a warning) and other passing troubles are the
-        # engine's business: --quiet leaves errors and the run's own lines.
-        for name in ("stamina", "qwbatch", "flows"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
     try:
         summary = run_manifest(manifest, out, quiet=quiet, **params)
     except DestBusyError as exc:
@@ -65,6 +68,9 @@ def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) ->
     except QwBatchError as exc:
         _fail(str(exc))
         return 2
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
     if summary.left:
         # Stopped by a signal: one line of what is left, and the signal's exit code.
         from qwbatch.core.stop import STOP
