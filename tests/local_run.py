@@ -76,19 +76,3 @@ def _render_shards(
         )
         for key in prepared.plan.shard_keys
     ]
-
-
-def fast_settings(sim, api_key: str, **overrides: object) -> Settings:
-    """Settings aimed at the simulator with test-speed backoff and polling."""
-    values: dict[str, object] = {
-        "dashscope_base_url": sim.base_url,
-        "dashscope_api_key": api_key,
-        "backoff_base_s": 0.01,
-        "backoff_max_s": 0.05,
-        "poll_interval_s": 0.02,
-        "poll_max_interval_s": 0.05,
-        "rps": 500,
-        "max_in_flight": 16,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import render_helpers
+import support
 
 from qwbatch.budget import BUDGETS, BudgetSpec, LocalBudget
 from qwbatch.core.costs import PriceTable
@@ -27,7 +27,6 @@ from qwbatch.render.engine import Engine, ShardResult
 from qwbatch.run import runner
 from qwbatch.storage.stores import open_store
 
-KEY = "sk-budget-test-key-0123456789abcdef"
 TABLE = ModelTable.load()
 PRICES = PriceTable.load(Settings(), TABLE)
 
@@ -39,7 +38,7 @@ def make_request(
     n: int = 1,
     size: str | None = "512*512",
 ) -> RenderRequest:
-    return render_helpers.make_request(prompt, prompt, model=model, n=n, size=size)
+    return support.make_request(prompt, prompt, model=model, n=n, size=size)
 
 
 def billed(sim) -> Decimal:
@@ -52,18 +51,8 @@ def billed(sim) -> Decimal:
 
 @pytest.fixture
 def settings(sim) -> Settings:
-    sim.configure(api_key=KEY, fast=True)
-    return Settings(
-        dashscope_base_url=sim.base_url,
-        dashscope_api_key=KEY,
-        backoff_base_s=0.01,
-        backoff_max_s=0.02,
-        poll_interval_s=0.02,
-        poll_max_interval_s=0.05,
-        rps=500,
-        max_in_flight=16,
-        budget_backend="local",
-    )
+    sim.configure(fast=True)
+    return support.engine_settings(sim, budget_backend="local")
 
 
 def run(

@@ -9,8 +9,9 @@ import socket
 
 import httpx
 import pytest
-from render_helpers import KEY, TABLE
-from render_helpers import simple_request as make_request
+import support
+from support import TABLE
+from support import simple_request as make_request
 
 from qwbatch.core.errors import (
     ModerationError,
@@ -154,17 +155,9 @@ def run_engine(sim, tmp_path, settings: Settings, prompts: list[str]) -> list[Ca
 
 
 def engine_settings(sim, **changes: object) -> Settings:
-    sim.configure(api_key=KEY)
-    base: dict[str, object] = {
-        "dashscope_base_url": sim.base_url,
-        "dashscope_api_key": KEY,
-        "backoff_base_s": 0.01,
-        "backoff_max_s": 0.02,
-        "rps": 500,
-        "max_in_flight": 16,
-        "shared_limits": "off",
-    }
-    return Settings(**{**base, **changes})
+    """The shared settings with no shared limits: a Retry-After pause stays in this module's
+    own limiter registry."""
+    return support.engine_settings(sim, shared_limits="off", **changes)
 
 
 def test_throttled_requests_are_retried_and_their_attempts_recorded(sim, tmp_path) -> None:
