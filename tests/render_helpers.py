@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from support import TABLE
 
@@ -28,8 +29,10 @@ def render(
     on_records: RecordsCallback | None = None,
     store: ObjectStore | None = None,
     write_part: bool = True,
+    **engine_options: Any,
 ) -> list[CatalogRecord]:
-    """Render ``items`` into ``out`` and (by default) write their catalog part."""
+    """Render ``items`` into ``out`` and (by default) write their catalog part;
+    ``engine_options`` go to :class:`Engine` (``budget=``, ``limiters=`` …)."""
     store = store or open_store(str(out), settings)
 
     async def go() -> list[CatalogRecord]:
@@ -41,6 +44,7 @@ def render(
                 settings=settings,
                 run_id=run_id,
                 on_records=on_records,
+                **engine_options,
             )
             return await engine.run_items(list(items))
 

@@ -5,7 +5,6 @@ The simulator's ledger is the provider's bill; every test checks the bill, not o
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import support
+from render_helpers import render
 
 from qwbatch.budget import BUDGETS, BudgetSpec, LocalBudget
 from qwbatch.core.costs import PriceTable
@@ -22,8 +22,7 @@ from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest
 from qwbatch.plan.planner import plan_run
-from qwbatch.providers.dashscope import DashScopeProvider
-from qwbatch.render.engine import Engine, ShardResult
+from qwbatch.render.engine import ShardResult
 from qwbatch.run import runner
 from qwbatch.storage.stores import open_store
 
@@ -58,21 +57,8 @@ def settings(sim) -> Settings:
 def run(
     requests: list[RenderRequest], settings: Settings, out: Path, guard: LocalBudget
 ) -> list[CatalogRecord]:
-    store = open_store(str(out), settings)
-
-    async def go() -> list[CatalogRecord]:
-        async with DashScopeProvider.from_settings(settings) as provider:
-            engine = Engine(
-                provider=provider,
-                store=store,
-                table=TABLE,
-                settings=settings,
-                run_id="budget-test",
-                budget=guard,
-            )
-            return await engine.run_items([PlanItem(r) for r in requests])
-
-    return asyncio.run(go())
+    items = [PlanItem(r) for r in requests]
+    return render(items, settings, out, run_id="budget-test", write_part=False, budget=guard)
 
 
 def test_partial_failures_free_the_money_of_images_not_billed(sim, settings, tmp_path) -> None:

@@ -14,6 +14,7 @@ from collections import Counter
 
 import pytest
 from prefect.settings import PREFECT_API_URL
+from support import KEY
 
 from bench.bench_kill import RUN_ID, child_env, write_manifest
 from qwbatch.catalog.table import read_catalog
@@ -29,8 +30,8 @@ def test_sigterm_stops_the_cli_run_cleanly_and_a_rerun_finishes_it(
     prefect_server, sim, tmp_path
 ) -> None:
     signum = signal.SIGTERM  # the one Prefect also handles: ours must win during the run
-    sim.configure(api_key="sk-stop-test", fast=True, latency_s=0.4)
-    env = child_env(sim.base_url, "sk-stop-test", str(PREFECT_API_URL.value()), tmp_path)
+    sim.configure(fast=True, latency_s=0.4)
+    env = child_env(sim.base_url, KEY, str(PREFECT_API_URL.value()), tmp_path)
     manifest = write_manifest(tmp_path / "m.parquet", ROWS)
     out = tmp_path / "out"
     args = [
