@@ -46,6 +46,7 @@ from qwbatch.report import digest as digests
 from qwbatch.report import numbers as reports
 from qwbatch.run import runner
 from qwbatch.run.summary import RunSummary
+from qwbatch.storage import lease
 from qwbatch.storage.stores import open_store
 
 
@@ -117,6 +118,7 @@ def render_manifest(
     shards_per_run: int = 1,
     resume: str | None = None,
     auto_resume: bool = True,
+    wait: bool = False,
     digest: bool = False,
 ) -> RunSummary:
     """Render every new request of ``manifest`` into ``out`` and record it in the catalog.
@@ -128,6 +130,9 @@ def render_manifest(
     With ``shard_deployment`` (``"render-shards/<name>"``) the shards run as flow runs of that
     deployment, ``shards_per_run`` to a run, on every worker of its pool (``flows.fanout``);
     without it they run as tasks in this flow run.
+
+    The run holds ``out``'s lease while it plans and renders: another run on the same
+    ``out`` fails at once (DestBusyError, naming the holder), or waits with ``wait``.
 
     ``digest`` (the nightly deployment sets it) ends the run with a short Markdown artifact:
     rows new / changed / unchanged, spend, failures with reasons (:mod:`qwbatch.report.digest`).
@@ -149,6 +154,7 @@ def render_manifest(
             shards_per_run=shards_per_run,
             resume=resume,
             auto_resume=auto_resume,
+            wait=wait,
             digest=digest,
         )
 
@@ -169,6 +175,7 @@ def _render(
     shards_per_run: int,
     resume: str | None,
     auto_resume: bool,
+    wait: bool,
     digest: bool,
 ) -> RunSummary:
     began = time.monotonic()
@@ -180,6 +187,51 @@ def _render(
         model=model, shard_size=shard_size, rps=rps, max_in_flight=max_in_flight
     )
     settings = load_settings(overrides)
+    # One run holds DEST (storage.lease): a no-op under `qwbatch run`, which holds it already.
+    with lease.hold(
+        open_store(out, settings),
+        ttl_s=settings.lease_ttl_s,
+        wait=wait,
+        label=f"render-manifest {manifest}",
+        on_wait=logger.warning,
+        on_lost=lambda message: STOP.set("lost DEST's lease"),
+    ):
+        return _render_held(
+            manifest=manifest,
+            out=out,
+            strict=strict,
+            run_id=run_id,
+            budget=budget,
+            budget_mode=budget_mode,
+            shard_deployment=shard_deployment,
+            shards_per_run=shards_per_run,
+            resume=resume,
+            auto_resume=auto_resume,
+            overrides=overrides,
+            settings=settings,
+            began=began,
+            digest=digest,
+        )
+
+
+def _render_held(
+    *,
+    manifest: str,
+    out: str,
+    strict: bool,
+    run_id: str | None,
+    budget: float | None,
+    budget_mode: BudgetMode,
+    shard_deployment: str | None,
+    shards_per_run: int,
+    resume: str | None,
+    auto_resume: bool,
+    overrides: dict[str, Any],
+    settings: Settings,
+    began: float,
+    digest: bool,
+) -> RunSummary:
+    logger = get_run_logger()
     policy = BudgetPolicy(money(budget), budget_mode) if budget is not None else None
     run_id = runner.resolve_run_id(
         manifest,

@@ -83,6 +83,8 @@ class PrefectCluster:
     processes: list[Process] = field(default_factory=list)
     #: Seconds from ``prefect server start`` to a healthy API (measured by ``start``).
     startup_s: float | None = None
+    #: What ``start`` adds to the server's environment.
+    server_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -122,10 +124,16 @@ class PrefectCluster:
         self.processes.append(process)
         return process
 
-    def start(self, cwd: Path, timeout_s: float = 150.0) -> None:
-        """Start the server; return once ``/api/health`` answers."""
+    def start(
+        self, cwd: Path, timeout_s: float = 150.0, extra_env: dict[str, str] | None = None
+    ) -> None:
+        """Start the server; return once ``/api/health`` answers. ``extra_env`` adds to
+        the server's environment (a PostgreSQL database URL, say); a second call starts
+        the server again on the same port, with the same home and environment."""
         home = self.root / "home-server"
-        home.mkdir()
+        home.mkdir(exist_ok=True)
+        if extra_env is not None:
+            self.server_env = extra_env
         env = {
             **base_env(),
             "PREFECT_HOME": str(home),
@@ -138,6 +146,7 @@ class PrefectCluster:
             # SQLite serialises writers; on a loaded machine wait longer for the lock
             # (the default, 10 s, turns a busy moment into 503s).
             "PREFECT_SERVER_DATABASE_TIMEOUT": "30",
+            **self.server_env,
         }
         began = time.monotonic()
         server = self.spawn(
@@ -209,6 +218,47 @@ class PrefectCluster:
                         f"{timeout_s} s\n{self.report()}"
                     )
                 time.sleep(1.0)
+
+    def restart_server(self, cwd: Path, down_s: float = 2.0) -> float:
+        """Stop the server (SIGTERM), wait ``down_s``, start it again on the same port with
+        the same home and environment; the seconds the API was away."""
+        began = time.monotonic()
+        for process in self.processes:
+            if process.name == "server" and process.popen.poll() is None:
+                _signal_group(process.popen.pid, signal.SIGTERM)
+                process.popen.wait(timeout=30)
+        time.sleep(down_s)
+        self.start(cwd)
+        return time.monotonic() - began
+
+    def wait_for_workers(self, pool: str, names: set[str], timeout_s: float) -> None:
+        """Return once every worker in ``names`` is ONLINE in ``pool``."""
+        deadline = time.monotonic() + timeout_s
+        with self.api() as api:
+            while True:
+                workers = api.post(f"/work_pools/{pool}/workers/filter", json={}).json()
+                online = {w["name"] for w in workers if w["status"] == "ONLINE"}
+                if names <= online:
+                    return
+                assert time.monotonic() < deadline, f"workers online: {online}; wanted {names}"
+                time.sleep(0.5)
+
+    def kill_tree(self, process: Process) -> list[int]:
+        """SIGKILL ``process`` and every process below it, as a machine dying would (its
+        flow runs run in sessions of their own); the pids killed."""
+        below = _descendants(process.popen.pid)
+        _signal_group(process.popen.pid, signal.SIGKILL)
+        for pid, started in below:
+            stat = _stat(pid)
+            if stat is not None and stat[1] == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        process.popen.wait(timeout=10)
+        return [process.popen.pid, *(pid for pid, _ in below)]
+
+    def descendants(self, process: Process) -> set[int]:
+        """The pids of every live process below ``process``."""
+        return {pid for pid, _ in _descendants(process.popen.pid)}
 
     def report(self) -> str:
         """The last lines of every process's log, for a failure message."""

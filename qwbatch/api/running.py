@@ -12,7 +12,9 @@ of its own (:mod:`qwbatch.api.threads`), since the runner starts event loops of 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ def run(
     quiet: bool = False,
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
+    wait: bool = False,
 ) -> RunSummary:
     """Render every new row of ``manifest`` into ``out`` and record it in ``out/catalog/``.
 
@@ -59,6 +62,11 @@ def run(
     call, "trim" renders in priority and row order up to it. ``quiet`` hides the progress
     display (a bar on a terminal or in a notebook, a plain line every 10 s elsewhere, on
     stderr). ``qwbatch run --dry-run`` is :func:`estimate`.
+
+    One run holds ``out`` at a time (a lease, see ``docs/operations.md``): another run
+    holding it raises ``DestBusyError`` naming its host and pid, unless ``wait``, which
+    waits for it. Ctrl-C or SIGTERM stop the run cleanly (``summary.left`` counts what is
+    left for a resume); a second one ends the process at once.
 
     Returns the run's summary (``summary.lines()`` is what the CLI prints); a run stopped by
     a signal returns with ``summary.left`` > 0. Raises ``QwBatchError`` (a refused manifest,
@@ -84,6 +92,7 @@ def run(
             budget_mode=budget_mode,
             resume=resume,
             auto_resume=not new_run,
+            wait=wait,
         )
     )
 
@@ -103,14 +112,32 @@ def _run(
     budget_mode: BudgetMode,
     resume: str | None,
     auto_resume: bool,
+    wait: bool,
 ) -> RunSummary:
+    from qwbatch.core.stop import STOP
     from qwbatch.run import runner
+    from qwbatch.storage.lease import hold
+    from qwbatch.storage.stores import open_store
 
     settings = settings_with(
         run_overrides(model=model, shard_size=shard_size, rps=rps, max_in_flight=max_in_flight)
     )
     policy = _policy(budget, budget_mode)
-    with manifest_uri(manifest, out=out, settings=settings) as path:
+    # One run holds OUT from before it plans to its summary (storage.lease); with secrets in
+    # Prefect blocks the store opens only inside the flow, which takes the lease there.
+    held = (
+        contextlib.nullcontext()
+        if os.environ.get("QWBATCH_SECRET_BLOCKS")
+        else hold(
+            open_store(out, settings),
+            ttl_s=settings.lease_ttl_s,
+            wait=wait,
+            label=f"qwbatch run {manifest if isinstance(manifest, str) else 'a table'}",
+            on_wait=lambda line: _say(f"qwbatch: {line}"),
+            on_lost=lambda message: STOP.set("lost DEST's lease"),
+        )
+    )
+    with held, manifest_uri(manifest, out=out, settings=settings) as path:
         # Secrets in Prefect blocks need Prefect even to plan (S3 credentials).
         if not os.environ.get("QWBATCH_SECRET_BLOCKS"):
             if not quiet:
@@ -171,6 +198,8 @@ def _render_with_prefect(
     """The ``render-manifest`` flow on ``manifest``, its progress shown while it runs."""
     _quiet_prefect()
     from flows.render import render_manifest  # Prefect: only when there is work
+    from qwbatch.api.prefect_server import own_server
+    from qwbatch.core.stop import STOP
     from qwbatch.limits import reporting
     from qwbatch.run.progress_display import watch_run
     from qwbatch.run.runner import resolve_run_id
@@ -187,8 +216,14 @@ def _render_with_prefect(
         strict=strict,
         budget=policy,
     )
-    # Each model's rate, limit, in flight and 429s/min on stderr while the run goes.
+    STOP.resume_hint = f"finish with qwbatch run {manifest} --out {out} --resume {run_id}"
+    # Each model's rate, limit, in flight and 429s/min on stderr while the run goes. From
+    # here Ctrl-C (the terminal's, to the whole process group) or SIGTERM stops the run
+    # cleanly, and a second one at once; Prefect's server is kept out of the terminal's
+    # process group, so it lives until the run has recorded its end.
     with (
+        STOP.handling(signal.SIGINT, signal.SIGTERM),
+        own_server(),
         watch_run(run_id, quiet=quiet, budget=budget),
         reporting((lambda line: None) if quiet else _say, Settings().limits_status_s),
     ):

@@ -6,11 +6,13 @@ package, so the package can import them without a cycle; ``qwbatch.cli`` imports
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import typer
 
-from qwbatch.core.errors import QwBatchError
+from qwbatch.core.errors import DestBusyError, QwBatchError
 
 app = typer.Typer(
     name="qwbatch",
@@ -29,12 +31,37 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _not_a_file(where: str, what: str) -> None:
+    """Fail clearly when ``where``, meant as a folder (DEST), is an existing file."""
+    local = "://" not in where or where.startswith("file://")
+    path = Path(where.removeprefix("file://")) if local else None
+    if path is None:
+        return
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        inside = "" if existing == path else f" ({existing} is)"
+        _fail(
+            f"{what} {where} is a file, not a folder{inside}: give a folder (made if "
+            "missing) or s3://bucket/prefix"
+        )
+
+
 def _run_flow(manifest: str, out: str, *, quiet: bool = False, **params: Any) -> int:
-    """:func:`qwbatch.api.run` and its summary printed; the exit code."""
+    """:func:`qwbatch.api.run` and its summary printed; the exit code. Another run holding
+    OUT (``--wait`` not given) exits 75 (EX_TEMPFAIL), naming the holder."""
     from qwbatch.api import run as run_manifest
 
+    _not_a_file(out, "--out")
+    if quiet:
+        # Retries (stamina logs each one as a warning) and other passing troubles are the
+        # engine's business: --quiet leaves errors and the run's own lines.
+        for name in ("stamina", "qwbatch", "flows"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         summary = run_manifest(manifest, out, quiet=quiet, **params)
+    except DestBusyError as exc:
+        _fail(str(exc), code=75)
+        return 75
     except QwBatchError as exc:
         _fail(str(exc))
         return 2

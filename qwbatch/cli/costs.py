@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qwbatch.cli.app import _fail, app
+from qwbatch.cli.app import _fail, _not_a_file, app
 from qwbatch.core.costs import format_money
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.settings import Settings
@@ -140,6 +140,7 @@ def report_command(
     from qwbatch.storage.stores import open_store
 
     settings = Settings()
+    _not_a_file(dest, "DEST")
     if html is not None:
         _write_html(
             dest,
@@ -173,10 +174,12 @@ def _write_html(
     from qwbatch.catalog.view import parse_filters
     from qwbatch.report.html import render_html_report
     from qwbatch.report.links import link_maker
+    from qwbatch.report.numbers import require_catalog
     from qwbatch.storage.stores import open_store
 
     try:
         store = open_store(dest, Settings())
+        require_catalog(store)
         page = render_html_report(
             store,
             run,

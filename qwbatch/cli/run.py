@@ -38,6 +38,9 @@ def run(
         bool, typer.Option(help="Start a new run even if one of MANIFEST is unfinished")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="If another run holds OUT, wait for it instead of exiting")
+    ] = False,
     budget: Annotated[
         float | None,
         typer.Option(help="Most the run may spend, in the region's currency", min=0),
@@ -77,6 +80,7 @@ def run(
         manifest,
         out,
         quiet=quiet,
+        wait=wait,
         model=model,
         strict=strict,
         shard_size=shard_size,

@@ -16,6 +16,9 @@
     │   │                           within a separate, small budget
     │   └── ProviderAmbiguousError  a provider call whose outcome is unknown
     ├── PlanHelperError             the second process of a two-process plan failed or vanished
+    ├── ProviderUnavailableError    the circuit breaker stopped calling a provider that refused
+    │                               every call (bad key, arrears) or could not be reached:
+    │                               leave the row unrendered for the next run, never failed
     └── PermanentError              record and move on; retrying cannot help
         ├── ConfigError             bad settings (unknown region, missing key for --real …)
         ├── ManifestError           a manifest that cannot be read at all, or --strict refusals
@@ -34,6 +37,9 @@
 
 Every provider error carries the provider's ``code`` and ``request_id`` so the catalog can
 record them; none carries request headers, so an API key can never ride along in a message.
+A provider error marked ``account_wide`` (401/403, arrears, quota used up, connection
+refused) says nothing about its request: every request would get the same answer, so the
+engine leaves the row for the next run and its circuit breaker stops calling.
 Translate a dependency's exception at the boundary with ``raise … from exc``.
 """
 
@@ -115,11 +121,21 @@ class ShardRunError(TransientError):
     code = "ShardRunError"
 
 
+class DestBusyError(TransientError):
+    """Another live run holds DEST's lease (see ``qwbatch.storage.lease``); the message
+    names its host, pid and when the lease expires."""
+
+    code = "DestBusy"
+
+
 class _ProviderMixin:
     """Fields every provider-originated error carries."""
 
     status_code: int | None
     request_id: str | None
+    #: The same answer for every request of this account or endpoint (a wrong key, arrears,
+    #: quota used up, the provider unreachable): set by the provider where it classifies.
+    account_wide: bool = False
 
 
 class ProviderTransientError(TransientError, _ProviderMixin):
@@ -191,6 +207,16 @@ class ResultExpiredError(ProviderError):
 
 class QuotaExhaustedError(ProviderError):
     """The account's credits or quota are gone: the client sends that provider nothing more."""
+
+    account_wide = True
+
+
+class ProviderUnavailableError(QwBatchError):
+    """The circuit breaker (``render.breaker``) stopped calling the provider: its first calls
+    were all refused account-wide or never connected. Not retried, not recorded as a row's
+    failure: the row is left unrendered for the next run."""
+
+    code = "ProviderUnavailable"
 
 
 class ObjectNotFoundError(StorageError):

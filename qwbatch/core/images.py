@@ -410,6 +410,15 @@ def sniff_format(data: bytes) -> str:
         raise ImageError("not an image (unknown format)") from exc
 
 
+def header_pixels(data: bytes) -> int:
+    """Width × height from the image's header, decoding no pixel; 0 when it has none."""
+    try:
+        with Image.open(io.BytesIO(data), formats=list(INPUT_FORMATS)) as image:
+            return int(image.width) * int(image.height)
+    except (UnidentifiedImageError, *_DECODE_ERRORS):
+        return 0
+
+
 def _inspect(data: bytes, limits: InputLimits) -> tuple[str, int, int, int]:
     """(format, width, height, frames) from the header, after the pixel and structure checks."""
     try:

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     limit_scope: str | None = None
     #: Seconds between limit status lines (rate, limit, in flight, 429s) while a run goes.
     limits_status_s: float = Field(default=15.0, gt=0)
+    #: Seconds a run's lease on DEST lasts unless renewed (every third of it): how long a
+    #: run that died without a trace keeps DEST from others (``storage.lease``).
+    lease_ttl_s: float = Field(default=60.0, gt=0)
 
     # Prices and budgets (qwbatch.core.costs, qwbatch.budget)
     #: A TOML file of negotiated prices: ``[singapore] "qwen-image-2.0" = 0.03``.
@@ -153,6 +156,11 @@ class Settings(BaseSettings):
     input_fetch_timeout_s: float = 30.0
     #: Inputs fetched and checked at once while planning.
     input_fetch_concurrency: int = 8
+    #: Pixels of edit inputs decoded at once, over every thread (width × height, summed):
+    #: converting an image takes about 4–12 bytes a pixel, so the default bounds that memory
+    #: near 1 GB however many large inputs arrive together. An input larger than this
+    #: is decoded alone.
+    input_decode_pixels: int = Field(default=100_000_000, gt=0)
     #: Manifests of at least this many rows are planned in two processes (0: always one).
     plan_split_rows: int = 200_000
 

@@ -7,7 +7,13 @@ waiting (for a limiter slot, a retry, or an async task already journaled) is aba
 left to a resume, which polls its task id instead of paying again. Each shard then writes
 its catalog part, and the run ends with a summary that counts what is left.
 
-A second signal stops at once: SIGINT raises KeyboardInterrupt, SIGTERM ends the process.
+A second signal ends the process at once, exit 128 + its number, with one line on stderr
+saying how to resume: a person pressing Ctrl-C twice means it, and Python's own exit would
+wait for the shards' threads. That is a crash as far as the journal is concerned, and the
+journal is made for crashes (:mod:`qwbatch.render.journal`): every call was journaled before
+it was sent, so the next run polls accepted async tasks and harvests answered calls instead
+of paying again; only a call cut on the wire is unknown, and is counted as possibly billed.
+Callbacks given to :meth:`StopSignal.at_hard_exit` run first (a server child to end).
 
 Example::
 
@@ -24,7 +30,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 from typing import Any
 
@@ -36,6 +42,25 @@ class StopSignal:
         self._event = threading.Event()
         self.reason: str | None = None
         self.signum: int | None = None
+        #: How to finish the run, for the line a second signal prints (set once known).
+        self.resume_hint: str | None = None
+        self._at_hard_exit: list[Callable[[], object]] = []
+        self._depth = 0
+
+    def at_hard_exit(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` (quick, never raising) before a second signal ends the process."""
+        self._at_hard_exit.append(callback)
+
+    def hard_exit(self, signum: int) -> None:
+        """End the process now with 128 + ``signum``, after the hard-exit callbacks."""
+        for callback in self._at_hard_exit:
+            with contextlib.suppress(Exception):
+                callback()
+        hint = self.resume_hint or "run the same command again to resume"
+        name = signal.Signals(signum).name
+        with contextlib.suppress(OSError):
+            os.write(2, f"qwbatch: stopped at once by a second {name}; {hint}\n".encode())
+        os._exit(128 + signum)
 
     def set(self, reason: str = "stop", signum: int | None = None) -> None:
         if not self._event.is_set():
@@ -59,18 +84,18 @@ class StopSignal:
 
         Only the main thread can install handlers; elsewhere (a Prefect worker thread) this
         is a plain block and the process keeps its own handlers. Handlers are restored after.
+        Nested (the CLI handles signals around the flow, which handles them too), the inner
+        block installs its handlers again (Prefect's may sit in between) but keeps the flag:
+        a stop asked before the flow began still stops it.
         """
-        self.clear()
+        if self._depth == 0:
+            self.clear()
+        self._depth += 1
         previous: dict[int, object] = {}
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             if self.is_set():
-                # A second signal: the user means it. Stop now, the default way.
-                signal.signal(signum, signal.SIG_DFL)
-                if signum == signal.SIGINT:
-                    raise KeyboardInterrupt
-                os.kill(os.getpid(), signum)
-                return
+                self.hard_exit(signum)  # a second signal: the user means it
             self.set(signal.Signals(signum).name, signum)
 
         if threading.current_thread() is threading.main_thread():
@@ -79,6 +104,7 @@ class StopSignal:
         try:
             yield self
         finally:
+            self._depth -= 1
             for signum, handler in previous.items():
                 signal.signal(signum, handler)  # type: ignore[arg-type]  # getsignal's union
 

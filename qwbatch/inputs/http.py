@@ -8,7 +8,9 @@ service on loopback. So for the URL and for every redirect hop:
   URL may not carry user info;
 - the host name is resolved once and *every* address it resolves to must be public: not
   loopback, link-local, private, shared (CGNAT), multicast, reserved or unspecified, IPv4
-  inside IPv6 included, unless the host is on the allowlist;
+  inside IPv6 included (mapped, NAT64, 6to4), by a table of our own rather than the
+  interpreter's ``ipaddress`` flags, which differ between Python versions; unless the host
+  is on the allowlist;
 - the connection goes to an address that was checked: the request names the IP, and the
   host travels in ``Host`` and in TLS SNI, so the certificate is still verified against the
   name; a DNS answer that changes between check and connect (DNS rebinding) changes nothing.
@@ -51,15 +53,49 @@ DEFAULT_MAX_BYTES = 50_000_000
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _ALLOW_SETTING = "QWBATCH_INPUT_ALLOW_HOSTS"
-#: (ipaddress property, adjective) in the order a refusal names them.
-_NOT_PUBLIC = (
-    ("is_loopback", "loopback"),
-    ("is_link_local", "link-local"),
-    ("is_private", "private"),
-    ("is_multicast", "multicast"),
-    ("is_reserved", "reserved"),
-    ("is_unspecified", "unspecified"),
+#: Non-public networks, our own table (from IANA's special-purpose address registries), so
+#: the answer does not depend on the Python version: older ``ipaddress`` releases call some
+#: of these global. First match wins; the adjective is what a refusal says.
+_V4_TABLE: tuple[tuple[ipaddress.IPv4Network, str], ...] = tuple(
+    (ipaddress.IPv4Network(net), kind)
+    for net, kind in (
+        ("0.0.0.0/32", "unspecified"),
+        ("0.0.0.0/8", "private"),  # "this network"
+        ("10.0.0.0/8", "private"),
+        ("100.64.0.0/10", "non-public"),  # shared address space (CGNAT)
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("172.16.0.0/12", "private"),
+        ("192.0.0.0/24", "reserved"),  # IETF protocol assignments
+        ("192.0.2.0/24", "reserved"),  # documentation
+        ("192.88.99.0/24", "reserved"),  # 6to4 relay anycast
+        ("192.168.0.0/16", "private"),
+        ("198.18.0.0/15", "reserved"),  # benchmarking
+        ("198.51.100.0/24", "reserved"),  # documentation
+        ("203.0.113.0/24", "reserved"),  # documentation
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),  # and the broadcast address
+    )
 )
+_V6_TABLE: tuple[tuple[ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.IPv6Network(net), kind)
+    for net, kind in (
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("64:ff9b:1::/48", "private"),  # local-use NAT64
+        ("100::/64", "reserved"),  # discard-only
+        ("2001::/23", "reserved"),  # IETF protocol assignments (Teredo included)
+        ("2001:db8::/32", "reserved"),  # documentation
+        ("3fff::/20", "reserved"),  # documentation
+        ("5f00::/16", "reserved"),  # segment routing
+        ("fc00::/7", "private"),  # unique local
+        ("fe80::/10", "link-local"),
+        ("fec0::/10", "private"),  # site-local (deprecated)
+        ("ff00::/8", "multicast"),
+    )
+)
+#: Only global unicast (2000::/3) is public in IPv6; the rest is unassigned or special.
+_V6_GLOBAL = ipaddress.IPv6Network("2000::/3")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +114,42 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 
 def non_public_kind(address: str) -> str | None:
-    """What kind of non-public address ``address`` is ("loopback" …), None when public."""
+    """What kind of non-public address ``address`` is ("loopback" …), None when public.
+
+    An IPv4 address carried inside an IPv6 one (mapped ``::ffff:a.b.c.d``, the deprecated
+    compatible ``::a.b.c.d``, NAT64 ``64:ff9b::a.b.c.d``, 6to4 ``2002:AABB:CCDD::``) is
+    judged as that IPv4 address: a router would deliver it there.
+    """
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone ("fe80::1%eth0")
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    for attribute, adjective in _NOT_PUBLIC:
-        if getattr(ip, attribute):
-            return adjective
-    return None if ip.is_global else "non-public"
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = _embedded_v4(ip)
+        if inner is not None:
+            return _v4_kind(inner)
+        for network, kind in _V6_TABLE:
+            if ip in network:
+                return kind
+        return None if ip in _V6_GLOBAL else "reserved"
+    return _v4_kind(ip)
+
+
+def _v4_kind(ip: ipaddress.IPv4Address) -> str | None:
+    for network, kind in _V4_TABLE:
+        if ip in network:
+            return kind
+    return None
+
+
+def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    value = int(ip)
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:  # 2002::/16: the IPv4 address in bits 16..48
+        return ip.sixtofour
+    if value >> 32 == 0x0064_FF9B << 64:  # 64:ff9b::/96, NAT64's well-known prefix
+        return ipaddress.IPv4Address(value & 0xFFFF_FFFF)
+    if value >> 32 == 0 and value > 1:  # ::a.b.c.d, IPv4-compatible (deprecated)
+        return ipaddress.IPv4Address(value & 0xFFFF_FFFF)
+    return None
 
 
 def display_url(url: str) -> str:

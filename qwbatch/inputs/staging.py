@@ -27,10 +27,13 @@ Normalisation is a deterministic function of those bytes under a fixed set of ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +95,7 @@ class InputStage:
         store: ObjectStore | None,
         limits: images.InputLimits = images.DEFAULT_INPUT_LIMITS,
         concurrency: int = 8,
+        decode_pixels: int = 100_000_000,
         attempts: int = 3,
         backoff_s: float = 1.0,
         backoff_max_s: float = 10.0,
@@ -100,6 +104,8 @@ class InputStage:
         self.store = store
         self.limits = limits
         self.concurrency = max(1, concurrency)
+        #: Bounds the pixels decoded at once by the ``concurrency`` threads (memory).
+        self.pixels = PixelBudget(decode_pixels)
         self.stats = InputStats()
         self._attempts = attempts
         self._backoff = (backoff_s, backoff_max_s)
@@ -124,6 +130,7 @@ class InputStage:
             InputFetcher.from_settings(settings, manifest_dir=manifest_dir, store=store),
             store=store if stage else None,
             concurrency=settings.input_fetch_concurrency,
+            decode_pixels=settings.input_decode_pixels,
             backoff_s=settings.backoff_base_s,
             backoff_max_s=settings.backoff_max_s,
         )
@@ -219,7 +226,8 @@ class InputStage:
                 with self._lock:
                     self.stats.reused += 1
                 return info.metadata.get("changes", "")
-        image = images.normalise_input(data, self.limits)
+        with self.pixels.hold(images.header_pixels(data)):
+            image = images.normalise_input(data, self.limits)
         if self.store is not None:
             self.store.put(
                 key, image.data, content_type=image.content_type, metadata=_metadata(sha, image)
@@ -240,6 +248,58 @@ class InputStage:
             with attempt:
                 return call()
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+
+class PixelBudget:
+    """Pixels (width × height) that may be decoded at once across threads; a decode waits
+    for room. One larger than the whole budget waits for all of it, and runs alone.
+
+    After a large decode the C allocator is asked to hand freed memory back (glibc's
+    ``malloc_trim``; elsewhere nothing): each thread has its own malloc arena, which keeps
+    what a decode freed, so eight threads decoding one image after another would otherwise
+    end up holding eight images' worth between them.
+    """
+
+    def __init__(self, pixels: int) -> None:
+        self.total = max(1, pixels)
+        self.free = self.total
+        #: The most pixels held at once so far (for tests and measurements).
+        self.peak = 0
+        self._room = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        want = min(max(0, pixels), self.total)
+        with self._room:
+            self._room.wait_for(lambda: self.free >= want)
+            self.free -= want
+            self.peak = max(self.peak, self.total - self.free)
+        try:
+            yield
+        finally:
+            if want >= _TRIM_FROM_PIXELS:
+                _trim_malloc()
+            with self._room:
+                self.free += want
+                self._room.notify_all()
+
+
+#: Decodes from this size (pixels) give their memory back to the system when they end.
+_TRIM_FROM_PIXELS = 4_000_000
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+def _trim_malloc() -> None:
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _metadata(sha: str, image: images.NormalisedImage) -> dict[str, str]:

@@ -29,8 +29,10 @@ Asking blindly cost a single worker about 7 % of 20 req/s that way; read first, 
 nothing alone, and with four workers only the rare race between two reads of the same room.
 
 When no shared limit can be had — no Prefect server configured (the ephemeral server serves
-one process only), the server unreachable, the limit gone — the budget *opens*: the local
-limiter alone paces the process, and a log line says so.
+one process only), the server unreachable at the start, the limit gone — the budget *opens*:
+the local limiter alone paces the process, and a log line says so. A server that goes away
+once leasing works (a restart) is waited for, sending nothing, for up to
+:data:`OUTAGE_WAIT_S`: opening then would let every worker send at the whole rate.
 
 All Prefect I/O runs on one daemon thread with its own event loop (:class:`_LoopThread`):
 shards come and go on other threads' loops, but the leasing must outlive them.
@@ -41,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import contextlib
 import contextvars
 import logging
 import math
@@ -81,6 +82,10 @@ SLOTS_PER_REQUEST = 100
 ASK_JITTER_S = 0.03
 #: Seconds allowed to create the limits before falling back to local limiting.
 SETUP_TIMEOUT_S = 15.0
+#: Seconds a limit that worked waits for its unreachable server (a restart) before the
+#: process paces itself alone; and between two tries meanwhile.
+OUTAGE_WAIT_S = 120.0
+OUTAGE_RETRY_S = 1.0
 
 State = Literal["starting", "shared", "local"]
 
@@ -273,13 +278,24 @@ class PrefectBudget:
         self._fall_back(f"leasing failed: {type(exc).__name__}: {exc}")
 
     async def _setup(self, client: PrefectClient) -> None:
-        from prefect.exceptions import ObjectAlreadyExists
+        from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
         await client.__aenter__()
         self._client = client
         # ObjectAlreadyExists: another worker created it between our read and our create.
-        with contextlib.suppress(ObjectAlreadyExists):
+        try:
             await ensure_rate_limit(client, self.rate_name, self.spec.rps)
+        except ObjectAlreadyExists:
+            pass
+        except httpx.HTTPStatusError as exc:
+            # On PostgreSQL the loser of that race gets a 500 (a unique violation), not a
+            # 409: the limit exists if another worker made it.
+            if exc.response.status_code < 500:
+                raise
+            try:
+                await client.read_global_concurrency_limit_by_name(self.rate_name)
+            except ObjectNotFound:
+                raise exc from None
 
     def _fall_back(self, reason: str) -> None:
         self.state, self.reason = "local", reason
@@ -318,19 +334,34 @@ class PrefectBudget:
         rate = self._rate()
         lease = self.lease = lease_size(rate)
         self.pool.low_water = lease
-        try:
-            granted = await self._acquire_tokens(client, lease)
-        except (httpx.HTTPError, OSError) as exc:
-            self._fall_back(f"leasing from {self.rate_name!r} failed: {_reason(exc)}")
-        else:
-            if granted:
-                self.leases_taken += 1
-                self.pool.put(
-                    lease, interval=1 / rate, expires_at=time.monotonic() + 2 * lease / rate
-                )
-                return True
+        away_since: float | None = None
+        while True:
+            try:
+                granted = await self._acquire_tokens(client, lease)
+                break
+            except (httpx.HTTPError, OSError) as exc:
+                now = time.monotonic()
+                if away_since is None:
+                    away_since = now
+                    log.warning(
+                        "the shared limit %s cannot be read (%s): sends wait for the Prefect "
+                        "server, up to %g s",
+                        self.rate_name,
+                        _reason(exc),
+                        OUTAGE_WAIT_S,
+                    )
+                if self._closed or now - away_since >= OUTAGE_WAIT_S:
+                    self._fall_back(f"leasing from {self.rate_name!r} failed: {_reason(exc)}")
+                    return False
+                await asyncio.sleep(OUTAGE_RETRY_S)
+        if away_since is not None:
+            log.warning("the shared limit %s is back", self.rate_name)
+        if not granted:
             self._fall_back(f"the limit {self.rate_name!r} does not exist")
-        return False
+            return False
+        self.leases_taken += 1
+        self.pool.put(lease, interval=1 / rate, expires_at=time.monotonic() + 2 * lease / rate)
+        return True
 
     async def _acquire_tokens(self, client: PrefectClient, tokens: int) -> bool:
         """``rate_limit(name, occupy=tokens, strict=True)``, on our client and our schedule.

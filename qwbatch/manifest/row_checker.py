@@ -38,10 +38,15 @@ MAX_INPUT_IMAGES: Final = 3
 _MODES: Final[dict[str, Mode]] = {"generate": "generate", "edit": "edit"}
 
 
-def _has_control(text: str) -> bool:
+def _has_control(text: str, allowed: str = "") -> bool:
     # Callers try str.isprintable() first (a fast C check); it is also False for spaces
     # other than " " and for format characters, which ids may hold, hence the categories.
-    return any(unicodedata.category(c) == "Cc" for c in text)
+    return any(unicodedata.category(c) == "Cc" and c not in allowed for c in text)
+
+
+#: Controls a prompt may hold: a prompt may span lines. Any other (NUL, ESC, DEL, C1 …) is
+#: refused, as in ids: it is invisible in every report and may reach a terminal or a log.
+_PROMPT_WHITESPACE: Final = "\t\n\r"
 
 
 #: Cached settings before the cache is cleared: distinct (model, mode, size) cells seen.
@@ -218,6 +223,10 @@ class RowChecker:
         prompt = prompt.strip()
         if not prompt:
             return Reject(row, rid, "prompt", "prompt is empty")
+        if not prompt.isprintable() and _has_control(prompt, _PROMPT_WHITESPACE):
+            return Reject(
+                row, rid, "prompt", "prompt contains control characters (other than tab, newline)"
+            )
 
         setting = self.setting(model_text, mode_text, size_text)
         if isinstance(setting, tuple):
@@ -235,6 +244,13 @@ class RowChecker:
         if isinstance(negative, Bad):
             return Reject(row, rid, "negative_prompt", f"negative_prompt {negative.reason}")
         negative = negative.strip() or None if negative else None
+        if negative and not negative.isprintable() and _has_control(negative, _PROMPT_WHITESPACE):
+            return Reject(
+                row,
+                rid,
+                "negative_prompt",
+                "negative_prompt contains control characters (other than tab, newline)",
+            )
         if negative is not None and len(negative) > spec.negative_prompt_max_chars:
             return Reject(
                 row,

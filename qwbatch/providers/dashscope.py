@@ -413,9 +413,10 @@ class DashScopeProvider:
             return await self._client.send(self._request(method, url, headers, body, timeout_s))
         except _BEFORE_SEND as exc:
             name = type(exc).__name__
-            raise ProviderTransientError(
-                f"{what}: {name} before the request was sent", code=name
-            ) from exc
+            error = ProviderTransientError(f"{what}: {name} before the request was sent", code=name)
+            # Refused, DNS, TLS, connect timeout: the endpoint, not this request.
+            error.account_wide = not isinstance(exc, httpx.PoolTimeout)
+            raise error from exc
         except httpx.UnsupportedProtocol as exc:
             raise ProviderError(
                 f"{what}: unsupported URL scheme", code="UnsupportedProtocol"

@@ -12,6 +12,10 @@ kind           error                    what the engine does
 ``permanent``  :class:`ProviderError`   record status ``failed`` with code and message
 =============  =======================  ==========================================================
 
+A ``permanent`` answer that refuses the account rather than the request (401, 403,
+Arrearage, a quota used up) is marked ``account_wide``: the engine leaves such rows
+unrendered and its circuit breaker stops calling (``qwbatch.render.breaker``).
+
 Transport failures are classified where they happen (``DashScopeProvider._send``): before
 the request was sent they are transient; after a billable request was sent, ambiguous.
 """
@@ -127,6 +131,32 @@ def classify_error(
     text = f"{context}: {status}{code or ''}".rstrip() + (f": {message}" if message else "")
     fallback = code or (f"HTTP{status_code}" if status_code is not None else None)
     kind = error_kind(status_code, code, message)
+    error = _error_of_kind(kind, text, fallback, status_code, request_id, retry_after)
+    error.account_wide = kind == "permanent" and _account_wide(status_code, code, message)
+    return error
+
+
+#: Codes that refuse the account, not the request: every call would get the same answer.
+ACCOUNT_CODES: Final = ("InvalidApiKey", "Arrearage", "AllocationQuota", "insufficient_quota")
+
+
+def _account_wide(status_code: int | None, code: str | None, message: str | None) -> bool:
+    """A wrong or missing key (401), no access (403), arrears or quota used up."""
+    return (
+        status_code in (401, 403)
+        or (code or "").startswith(ACCOUNT_CODES)
+        or "quota exhausted" in (message or "").lower()
+    )
+
+
+def _error_of_kind(
+    kind: Kind,
+    text: str,
+    fallback: str | None,
+    status_code: int | None,
+    request_id: str | None,
+    retry_after: float | None,
+) -> ProviderTransientError | ProviderError:
     if kind in ("throttled", "transient"):
         cls = ThrottledError if kind == "throttled" else ProviderTransientError
         return cls(

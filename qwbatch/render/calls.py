@@ -26,6 +26,7 @@ from qwbatch.core.errors import (
     PermanentError,
     ProviderAmbiguousError,
     ProviderTransientError,
+    ProviderUnavailableError,
     QwBatchError,
     TaskDeadlineError,
     ThrottledError,
@@ -33,9 +34,11 @@ from qwbatch.core.errors import (
 )
 from qwbatch.core.model_table import ModelSpec
 from qwbatch.core.settings import Settings
+from qwbatch.core.stop import StopSignal
 from qwbatch.core.types import ProviderResult, RenderRequest
 from qwbatch.limits import Limiter, LimiterRegistry
 from qwbatch.providers.base import Provider
+from qwbatch.render.breaker import Breaker
 from qwbatch.render.journal import Journal
 from qwbatch.render.ledger import Ledger, Totals
 from qwbatch.render.recovery import ABSENT, KNOWN_TASKS, Absent, TaskFinder
@@ -60,6 +63,8 @@ class Caller:
         totals: Totals,
         finder: TaskFinder | None = None,
         input_loader: InputLoader | None = None,
+        breaker: Breaker | None = None,
+        stop: StopSignal | None = None,
     ) -> None:
         self.provider = provider
         self.settings = settings
@@ -69,6 +74,10 @@ class Caller:
         self.totals = totals
         self.finder = finder
         self.input_loader = input_loader
+        #: Stops calling a provider that refuses the account or is gone (render.breaker);
+        #: the failure that opens it sets ``stop``, ending the run as Ctrl-C would.
+        self.breaker = breaker if breaker is not None else Breaker()
+        self.stop = stop if stop is not None else StopSignal()
         #: Waits and stops for provider-call retries (full jitter, caps, time per request).
         self.retry_policy = RetryPolicy.from_settings(settings)
 
@@ -152,12 +161,16 @@ class Caller:
             with attempt:
                 if ledger.task_id is not None:
                     # The provider accepted a task: poll it again, never resubmit.
-                    result = await self._wait_task(ledger)
+                    try:
+                        result = await self._wait_task(ledger)
+                    except QwBatchError as exc:
+                        self._account_wide(exc)
+                        raise
                     self._answered(request, ledger, result)
                     return result
                 ledger.attempts += 1
                 try:
-                    async with limiter.slot():
+                    async with self.breaker.probe(), limiter.slot():
                         first_sent = first_sent or time.monotonic()
                         if use_task:
                             result = await self._submit_and_wait(request, ledger, sent)
@@ -170,17 +183,37 @@ class Caller:
                     self._count_ambiguous(request, spec, ledger)
                     self.journal.ambiguous(request)
                     raise
+                except ProviderUnavailableError:
+                    ledger.attempts -= 1  # the breaker was open: nothing was sent
+                    raise
                 except QwBatchError as exc:
                     self.journal.failed(request)  # answered with an error: nothing billed
                     if isinstance(exc, ThrottledError):
                         limiter.on_throttle(exc.retry_after)
                     elif isinstance(exc, BudgetExceededError):
                         ledger.attempts -= 1  # refused before it was sent: not a provider call
+                    self._account_wide(exc)
                     raise
                 limiter.on_success()
+                self.breaker.succeeded()
                 self._answered(request, ledger, result)
                 return result
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    def _account_wide(self, exc: QwBatchError) -> None:
+        """An error the whole account or endpoint gets: count it on the breaker, and leave
+        the row for the next run (ProviderUnavailableError) unless it may pass on a retry.
+        The failure that opens the breaker stops the run, as Ctrl-C would, saying why."""
+        if not getattr(exc, "account_wide", False):
+            return
+        if self.breaker.failed(exc):
+            self.stop.set(
+                f"the provider, which refused or could not be reached on {self.breaker.probes} "
+                f"calls in a row ({self.breaker.reason})"
+            )
+            raise ProviderUnavailableError(f"stopped calling the provider: {exc.message}") from exc
+        if not isinstance(exc, TransientError):
+            raise ProviderUnavailableError(f"refused account-wide: {exc.message}") from exc
 
     async def _submit_and_wait(
         self, request: RenderRequest, ledger: Ledger, sent: Sequence[str] = ()
@@ -200,6 +233,7 @@ class Caller:
                     raise
                 return found
             KNOWN_TASKS.add(ledger.task_id)
+            self.breaker.succeeded()  # the account's call was accepted
             await self.journal.task(request, ledger.task_id)
         return await self._wait_task(ledger)
 

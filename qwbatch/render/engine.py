@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from qwbatch.budget import BudgetedProvider, BudgetGuard
 from qwbatch.catalog import table as catalog
 from qwbatch.core.costs import PriceTable
-from qwbatch.core.errors import JournalError, QwBatchError
+from qwbatch.core.errors import JournalError, ProviderUnavailableError, QwBatchError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import Guard, StopSignal, cancel_when_stopped
@@ -51,6 +51,7 @@ from qwbatch.core.types import CatalogRecord, PlanItem
 from qwbatch.limits import LIMITERS, LimiterRegistry
 from qwbatch.plan import decode_shard
 from qwbatch.providers.base import Provider
+from qwbatch.render.breaker import Breaker
 from qwbatch.render.calls import Caller, InputLoader
 from qwbatch.render.harvest import Harvester
 from qwbatch.render.journal import Journal
@@ -117,6 +118,7 @@ class Engine:
         journal: Journal | None = None,
         finder: TaskFinder | None = None,
         stop: StopSignal | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         #: Unit prices for the catalog's unit_price and cost (qwbatch.core.costs).
         self.prices = prices or PriceTable.load(settings, table)
@@ -145,6 +147,8 @@ class Engine:
             totals=self.totals,
             finder=self.finder,
             input_loader=input_loader,
+            breaker=breaker,
+            stop=self.stop,
         )
         self.outputs = Outputs(store=store, settings=settings, run_id=run_id)
         self.recorder = Recorder(
@@ -215,6 +219,8 @@ class Engine:
             except asyncio.CancelledError:
                 if not self.stop.is_set():
                     raise  # not our stop: someone cancelled the shard itself
+            except ProviderUnavailableError:
+                pass  # refused account-wide, or the breaker is open: left for the next run
             self.totals.left += 1
             return []
 
@@ -258,7 +264,7 @@ class Engine:
                     records = await self.harvester.harvest(
                         request, result, ledger, unit_price, started
                     )
-        except JournalError:
+        except (JournalError, ProviderUnavailableError):
             raise
         except QwBatchError as exc:
             records = [self.recorder.failure(request, exc, ledger, started)]

@@ -238,9 +238,8 @@ def report(store: ObjectStore, *, run_id: str | None = None, missing_ok: bool = 
     A store without a catalog, or a run with no rows, is a ConfigError (naming the latest
     runs), unless ``missing_ok``.
     """
-    if not missing_ok and not catalog.part_keys(store):
-        where = store.uri(layout.CATALOG_PREFIX.rstrip("/"))
-        raise ConfigError(f"no catalog at {where}: nothing has been rendered there")
+    if not missing_ok:
+        require_catalog(store)
     table = catalog_columns(store, REPORT_COLUMNS, run_id=run_id)
     if run_id is not None and table.num_rows == 0 and not missing_ok:
         runs = sorted(set(catalog_columns(store, ("run_id",))["run_id"].to_pylist()))
@@ -249,6 +248,16 @@ def report(store: ObjectStore, *, run_id: str | None = None, missing_ok: bool = 
     result = build_report(row for batch in table.to_batches() for row in batch.to_pylist())
     result.spend = spend(store, run_id)
     return result
+
+
+def require_catalog(store: ObjectStore) -> None:
+    """ConfigError unless ``store`` is a DEST with a catalog: a report of anything else
+    would be an empty page that looks like a run that rendered nothing."""
+    if not catalog.part_keys(store):
+        where = store.uri(layout.CATALOG_PREFIX.rstrip("/"))
+        raise ConfigError(
+            f"no catalog at {where}: nothing has been rendered there (is it a run's --out?)"
+        )
 
 
 # --------------------------------------------------------------------------- run artifacts

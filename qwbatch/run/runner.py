@@ -36,6 +36,7 @@ from qwbatch.inputs.staging import InputStage, StagedInputs
 from qwbatch.plan import Plan, decode_shard, new_run_id, plan_run
 from qwbatch.providers.registry import ProviderRouter
 from qwbatch.render import shard_loop
+from qwbatch.render.breaker import breaker_for, forget
 from qwbatch.render.engine import Engine, ShardResult, run_shard, store_retries
 from qwbatch.render.journal import StoreJournal
 from qwbatch.render.shard_results import read_shard_result, write_shard_result
@@ -212,6 +213,9 @@ def prepare(
     chosen, loaded = runs.choose_run(
         store, fingerprint, run_id=run_id, resume=resume, auto_resume=auto_resume
     )
+    if loaded is not None or chosen is not None:
+        # Each attempt of a run probes the provider afresh (render.breaker).
+        forget(loaded.run_id if loaded is not None else chosen or "")
     if loaded is not None:
         if loaded.budget is not None:
             prices = PriceTable.load(settings, model_table(settings))
@@ -320,6 +324,7 @@ async def render_shard_async(
             budget=guard,
             journal=journal,
             stop=stop,
+            breaker=breaker_for(run_id),
         )
         result = await run_shard(engine, shard_key)
     if result.left == 0:

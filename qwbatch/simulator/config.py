@@ -88,6 +88,10 @@ class SimulatorConfig(BaseModel):
     strict_input_sides: bool = False
     max_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
+    #: The account is in arrears: every paid call (sync or a task's submission) answers
+    #: 400 Arrearage, as DashScope does for an account with an unpaid bill; nothing billed.
+    arrears: bool = False
+
     # Faults (probabilities; reproducible for a given seed)
     seed: int = 0
     #: 500 InternalError (JSON) or 503 (gateway HTML); nothing billed.

@@ -123,6 +123,7 @@ class Simulator:
         self.ledger.requests["generation"] += 1
         try:
             self._authorize(config, authorization)
+            self._in_good_standing(config)
             job = parse_generation(_json(config, raw), self.table)
             images = await load_images(
                 job.image_refs,
@@ -202,6 +203,7 @@ class Simulator:
         self.ledger.requests["image-synthesis"] += 1
         try:
             self._authorize(config, authorization)
+            self._in_good_standing(config)
             if (async_header or "").strip().lower() != "enable":
                 raise ApiError(
                     400, "AccessDenied", "current user api does not support synchronous calls"
@@ -472,6 +474,15 @@ class Simulator:
             raise ApiError(401, "InvalidApiKey", "No API-key provided.")
         if config.api_key is not None and key != config.api_key:
             raise ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
+
+    @staticmethod
+    def _in_good_standing(config: SimulatorConfig) -> None:
+        if config.arrears:
+            raise ApiError(
+                400,
+                "Arrearage",
+                "Access denied, please make sure your account is in good standing.",
+            )
 
     def _throttle(self, config: SimulatorConfig, spec: ModelSpec, key: str) -> None:
         now = time.time()

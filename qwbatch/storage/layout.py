@@ -15,6 +15,7 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
     ├── rejects/rejects-<run_id>.parquet                  rejects_key
     ├── quarantine/catalog/…                              quarantine_key
     ├── manifests/table-<24 hex>.parquet                  table_manifest_key
+    ├── lease/run.json                                    lease_key
     └── runs/
         ├── _index/<fingerprint>/<run_id>                 index_key
         └── <run_id>/
@@ -23,6 +24,7 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
             ├── contact-sheet.png                         run_sheet_key
             ├── shards/shard-<NNNNN>.jsonl.zst            shard_key
             ├── shards/shard-<NNNNN>.result.json          shard_result_key
+            ├── leases/shard-<NNNNN>.json                 shard_lease_key
             └── journal/shard-<NNNNN>/<writer>-<seq>.jsonl  journal_key
 
 What they hold: an output image and, when its object metadata cannot hold the whole request,
@@ -31,10 +33,11 @@ as it was sent (:mod:`qwbatch.inputs.staging`); the catalog's Parquet parts, one
 run, and the markers of a compaction in progress (:mod:`qwbatch.run.compaction`); a run's
 rejected manifest rows; manifests given to the Python API as tables, saved by the hash of
 their bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); catalog parts too
-broken to read, set aside by ``catalog rebuild``; an index entry per run, keyed by what it
-renders, so a rerun finds the run to resume (:mod:`qwbatch.run.records`); and each run's plan,
-summary, contact sheet, shard files, shard results (:mod:`qwbatch.render.shard_results`) and
-journal (:mod:`qwbatch.render.journal`).
+broken to read, set aside by ``catalog rebuild``; the lease of the run that holds DEST, and
+of each shard while a worker renders it (:mod:`qwbatch.storage.lease`); an index entry per
+run, keyed by what it renders, so a rerun finds the run to resume (:mod:`qwbatch.run.records`);
+and each run's plan, summary, contact sheet, shard files, shard results
+(:mod:`qwbatch.render.shard_results`) and journal (:mod:`qwbatch.render.journal`).
 
 A shard's *label* (``shard-00003``) names its journal folder and its catalog part. Keys are
 checked by :func:`qwbatch.storage.base.validate_key` wherever they are used.
@@ -232,3 +235,17 @@ def journal_key(prefix: str, writer: str, seq: int) -> str:
 def table_manifest_key(sha256_hex: str) -> str:
     """A table manifest whose Parquet bytes hash to ``sha256_hex`` (its first 24 digits)."""
     return f"{TABLE_MANIFEST_PREFIX}table-{sha256_hex[:24]}.parquet"
+
+
+# -- the run that holds DEST ------------------------------------------------------------------
+
+
+def lease_key() -> str:
+    """The lease a run holds on DEST while it plans and renders (``storage.lease``)."""
+    return "lease/run.json"
+
+
+def shard_lease_key(shard_key: str) -> str:
+    """The lease of the worker rendering one shard (its heartbeat, ``storage.lease``)."""
+    run_id = shard_key.split("/", 2)[1]
+    return f"{run_prefix(run_id)}leases/{shard_label(shard_key)}.json"

@@ -52,6 +52,18 @@ def table_resolver(table: dict[str, list[str]]):
         ("0.1.2.3", "private"),  # "this network": Python files it as private
         ("8.8.8.8", None),
         ("2606:4700:4700::1111", None),
+        # Our own table, whatever the interpreter's ipaddress says (older ones: "global").
+        ("192.0.0.8", "reserved"),
+        ("192.0.0.170", "reserved"),
+        ("198.18.0.1", "reserved"),
+        ("2002:c0a8:0101::1", "private"),  # 6to4 around 192.168.1.1
+        ("2002:a9fe:a9fe::", "link-local"),  # 6to4 around 169.254.169.254
+        ("2002:7f00:0001::", "loopback"),  # 6to4 around 127.0.0.1
+        ("2002:0808:0808::1", None),  # 6to4 around a public address
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 around the metadata service
+        ("::127.0.0.1", "loopback"),  # IPv4-compatible (deprecated)
+        ("2001:db8::1", "reserved"),  # documentation
+        ("4000::1", "reserved"),  # outside global unicast
     ],
 )
 def test_address_kinds(address: str, kind: str | None) -> None:

@@ -449,3 +449,24 @@ def test_two_step_chained_edit_is_traceable_in_the_catalog(
     text = "\n".join(lineage.lines())
     for name in ("mug-snow", "mug-marble", "mug.jpg"):
         assert name in text
+
+
+@pytest.mark.parametrize(("budget", "at_most"), [(10_000_000, 8_000_000), (3_000_000, 3_000_000)])
+def test_decodes_at_once_are_bounded_by_the_pixel_budget(
+    tmp_path: Path, budget: int, at_most: int
+) -> None:
+    from qwbatch.inputs.staging import InputStage
+
+    names = []
+    for i in range(8):  # 4 megapixels each, distinct bytes (the stage decodes each once)
+        (tmp_path / f"big-{i}.png").write_bytes(picture((2500, 1600), (i * 30, 90, 200)))
+        names.append(f"big-{i}.png")
+    settings = Settings(input_decode_pixels=budget, input_fetch_concurrency=8)
+    with InputStage.from_settings(
+        settings, manifest_dir=tmp_path, store=None, stage=False
+    ) as stage:
+        stage.prefetch(names)
+        digests = [stage(name) for name in names]
+    assert len({d.sha256 for d in digests}) == 8  # every one checked, none refused
+    # Two 4 MP decodes fit in 10 MP; one larger than the budget runs alone, holding all of it.
+    assert stage.pixels.peak <= at_most

@@ -700,6 +700,23 @@ def test_bad_id(tmp_path: Path, row_id: str | None, reason: str) -> None:
     assert (reject.row_number, reject.column, reject.reason) == (0, "id", reason)
 
 
+@pytest.mark.parametrize("column", ["prompt", "negative_prompt"])
+@pytest.mark.parametrize("text", ["a cat\x00", "a \x1b[31mred\x1b[0m cat", "bell\x07", "c1\x85in"])
+def test_control_characters_in_prompts_are_refused(tmp_path: Path, column: str, text: str) -> None:
+    reject = rejected(tmp_path, **{column: text})
+    assert (reject.column, reject.reason) == (
+        column,
+        f"{column} contains control characters (other than tab, newline)",
+    )
+
+
+def test_prompts_may_span_lines(tmp_path: Path) -> None:
+    request = accepted(
+        tmp_path, prompt="a cat\n\ton a mat\r\nat noon", negative_prompt="blur\nnoise"
+    )
+    assert request.prompt == "a cat\n\ton a mat\r\nat noon"
+
+
 @pytest.mark.parametrize("row_id", ["x" * MAX_ID_CHARS, "sku 12/ä/🧋", "nbsp\u00a0ok", "zwj\u200d"])
 def test_good_unusual_ids(tmp_path: Path, row_id: str) -> None:
     assert accepted(tmp_path, id=row_id).row_id == row_id
