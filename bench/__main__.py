@@ -69,6 +69,24 @@ def _overhead(smoke: bool) -> list[Row]:
     ]  # fmt: skip
 
 
+def _text(smoke: bool) -> list[Row]:
+    from bench import bench_text
+
+    r = bench_text.main(["--images", "12", "--rows", "24"] if smoke else [])
+    judged, run = f"text judge ({int(r['images'])} images)", f"text run ({int(r['run_rows'])} rows)"
+    return [
+        (judged, "judged right", f"{r['right_share']:.1%}", ">= 99 %", r["right_share"] >= 0.99),
+        (judged, "misspelt images passed", f"{int(r['misspelt_passed'])}", "0",
+         r["misspelt_passed"] == 0),
+        (judged, "OCR images/s per core", f"{r['ocr_images_per_cpu_s']:.2f}", "", None),
+        (judged, f"OCR images/s, {int(r['workers'])} workers",
+         f"{r['ocr_images_per_s']:.2f}", "", None),
+        (run, "admitted ÷ R", f"{r['run_ratio']:.3f} ({r['run_rate']:.2f} of "
+         f"{r['run_rps']:g} req/s, {int(r['run_rerolls'])} re-rolls)", ">= 0.95",
+         r["run_ratio"] >= 0.95),
+    ]  # fmt: skip
+
+
 def _export(smoke: bool) -> list[Row]:
     from bench import bench_export
 
@@ -118,11 +136,12 @@ class Script:
 BENCHMARKS: dict[str, Callable[[bool], list[Row]]] = {
     "plan": _plan,
     "overhead": _overhead,
+    "text": _text,
     "export": _export,
 }
 #: Benchmarks from other issues, run when their script exists.
 SCRIPTS: dict[str, Script] = {
-    "limits": Script("bench_limits", smoke_args=("--duration", "5", "--cases", "2x1")),
+    "limits": Script("bench_limits", smoke_args=("--smoke",)),
     "kill": Script("bench_kill", smoke_args=("--rows", "50", "--kills", "1")),
 }
 
@@ -141,7 +160,8 @@ def _script(name: str, script: Script, smoke: bool) -> tuple[list[Row], list[str
     )
     ok = child.returncode == 0
     lines = [line for line in child.stdout.splitlines() if line.strip()]
-    tail = lines[-12:] if ok else child.stderr.splitlines()[-12:]
+    # The script's closing table (bench_limits: a row per scenario and goal), or its error.
+    tail = lines[-40:] if ok else child.stderr.splitlines()[-12:]
     row: Row = (name, "exit status", str(child.returncode), "0", ok)
     return [row], [f"[{name}] {line}" for line in tail]
 

@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
@@ -110,8 +110,11 @@ def render_manifest(
     strict: bool = False,
     run_id: str | None = None,
     shard_size: int | None = None,
-    rps: float | None = None,
+    rps: float | Literal["auto"] | None = None,
     max_in_flight: int | None = None,
+    text_rerolls: int | None = None,
+    text_max_cer: float | None = None,
+    text_workers: int | None = None,
     budget: float | None = None,
     budget_mode: BudgetMode = "refuse",
     shard_deployment: str | None = None,
@@ -148,6 +151,9 @@ def render_manifest(
             shard_size=shard_size,
             rps=rps,
             max_in_flight=max_in_flight,
+            text_rerolls=text_rerolls,
+            text_max_cer=text_max_cer,
+            text_workers=text_workers,
             budget=budget,
             budget_mode=budget_mode,
             shard_deployment=shard_deployment,
@@ -167,8 +173,11 @@ def _render(
     strict: bool,
     run_id: str | None,
     shard_size: int | None,
-    rps: float | None,
+    rps: float | Literal["auto"] | None,
     max_in_flight: int | None,
+    text_rerolls: int | None,
+    text_max_cer: float | None,
+    text_workers: int | None,
     budget: float | None,
     budget_mode: BudgetMode,
     shard_deployment: str | None,
@@ -184,7 +193,13 @@ def _render(
         for what, value in (("manifest", manifest), ("out", out)):
             require_absolute(value, what=what, cwd=os.getcwd())
     overrides = run_overrides(
-        model=model, shard_size=shard_size, rps=rps, max_in_flight=max_in_flight
+        model=model,
+        shard_size=shard_size,
+        rps=rps,
+        max_in_flight=max_in_flight,
+        text_rerolls=text_rerolls,
+        text_max_cer=text_max_cer,
+        text_workers=text_workers,
     )
     settings = load_settings(overrides)
     # One run holds DEST (storage.lease): a no-op under `qwbatch run`, which holds it already.

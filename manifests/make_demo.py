@@ -2,6 +2,7 @@
 
 Run ``python manifests/make_demo.py``; the output is deterministic and committed.
 Product shots, a poster with English and Chinese text, slides, comic panels, several models
+(rows with ``expected_text`` have their words read back, and misspelt images re-rolled)
 (including the async-capable qwen-image-plus), two rows that ask for the same image (rendered
 once), and one bad row that lands in the rejects file.
 """
@@ -48,6 +49,8 @@ ROWS += [
         "size": "928*1664",
         "n": 2,
         "tags": {"campaign": "lantern-night", "kind": "poster"},
+        # Text checks: each image is read back (OCR), a misspelt one re-rendered.
+        "expected_text": ["Lantern Night Market", "灯笼夜市"],
     },
     {
         "id": "poster-zh",
@@ -55,6 +58,7 @@ ROWS += [
         "model": "qwen-image-2.0",
         "size": "1024*1536",
         "tags": {"campaign": "autumn-catalog", "kind": "poster"},
+        "expected_text": ["秋季新品", "全场八折"],
     },
     {
         "id": "slide-q3",
@@ -97,6 +101,7 @@ ROWS += [
         "model": "qwen-image-2.0",
         "size": "2048*1024",
         "tags": {"campaign": "web", "kind": "banner"},
+        "expected_text": ["Find your quiet"],
     },
     {
         "id": "icon-set",
@@ -113,6 +118,7 @@ ROWS += [
         "model": "qwen-image-2.0",
         "size": "1024*1280",
         "tags": {"campaign": "cafe", "kind": "print"},
+        "expected_text": ["Flat white 4.50", "Matcha latte 5.00", "Croissant 3.20"],
     },
     {
         "id": "book-cover",
@@ -186,6 +192,7 @@ SCHEMA = pa.schema(
         ("watermark", pa.bool_()),
         ("input_images", pa.list_(pa.string())),
         ("tags", pa.map_(pa.string(), pa.string())),
+        ("expected_text", pa.list_(pa.string())),
     ]
 )
 

@@ -12,6 +12,12 @@ from typing import Any
 
 from support import TABLE
 
+# Older spellings, re-exported: tests/render/test_text_rerolls.py and tests/run/test_text_check.py
+# (new on main while these moved to support, left to their owner) still reach them here.
+# Re-point those two files to support, then delete these two lines.
+from support import engine_settings as engine_settings
+from support import make_request as make_request
+
 from qwbatch.catalog import table as catalog
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import CatalogRecord, PlanItem

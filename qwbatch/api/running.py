@@ -40,8 +40,11 @@ def run(
     model: str | None = None,
     strict: bool = False,
     shard_size: int | None = None,
-    rps: float | None = None,
+    rps: float | Literal["auto"] | None = None,
     max_in_flight: int | None = None,
+    text_rerolls: int | None = None,
+    text_max_cer: float | None = None,
+    text_workers: int | None = None,
     run_id: str | None = None,
     resume: str | None = None,
     new_run: bool = False,
@@ -56,8 +59,12 @@ def run(
     ``out`` is resumed unless ``new_run``; rows already in the catalog are not rendered
     again. ``model`` is the default for rows without one; ``strict`` refuses the whole
     manifest on any bad row (else bad rows are rejected, each with its reason, and the rest
-    run). ``shard_size`` is requests per shard, ``rps`` requests per second and
-    ``max_in_flight`` requests in flight, per model. ``budget`` (the region's currency) is
+    run). ``shard_size`` is requests per shard, ``rps`` requests per second (or "auto":
+    find the account's limit from the model table's figure) and ``max_in_flight`` requests
+    in flight, per model. Rows with ``expected_text`` have each
+    image read back (OCR, ``text_workers`` processes) and re-rendered up to ``text_rerolls``
+    times while an expected string reads with a character error rate over ``text_max_cer``
+    (docs/text-checks.md). ``budget`` (the region's currency) is
     the most the run may spend: over it, ``budget_mode`` "refuse" refuses the run before any
     call, "trim" renders in priority and row order up to it. ``quiet`` hides the progress
     display (a bar on a terminal or in a notebook, a plain line every 10 s elsewhere, on
@@ -87,6 +94,9 @@ def run(
             shard_size=shard_size,
             rps=rps,
             max_in_flight=max_in_flight,
+            text_rerolls=text_rerolls,
+            text_max_cer=text_max_cer,
+            text_workers=text_workers,
             run_id=run_id,
             budget=budget,
             budget_mode=budget_mode,
@@ -105,8 +115,11 @@ def _run(
     model: str | None,
     strict: bool,
     shard_size: int | None,
-    rps: float | None,
+    rps: float | Literal["auto"] | None,
     max_in_flight: int | None,
+    text_rerolls: int | None,
+    text_max_cer: float | None,
+    text_workers: int | None,
     run_id: str | None,
     budget: float | None,
     budget_mode: BudgetMode,
@@ -120,7 +133,15 @@ def _run(
     from qwbatch.storage.stores import open_store
 
     settings = settings_with(
-        run_overrides(model=model, shard_size=shard_size, rps=rps, max_in_flight=max_in_flight)
+        run_overrides(
+            model=model,
+            shard_size=shard_size,
+            rps=rps,
+            max_in_flight=max_in_flight,
+            text_rerolls=text_rerolls,
+            text_max_cer=text_max_cer,
+            text_workers=text_workers,
+        )
     )
     policy = _policy(budget, budget_mode)
     # One run holds OUT from before it plans to its summary (storage.lease); with secrets in
@@ -169,6 +190,9 @@ def _run(
             shard_size=shard_size,
             rps=rps,
             max_in_flight=max_in_flight,
+            text_rerolls=text_rerolls,
+            text_max_cer=text_max_cer,
+            text_workers=text_workers,
             run_id=run_id,
             budget=budget,
             budget_mode=budget_mode,
@@ -191,8 +215,11 @@ def _render_with_prefect(
     strict: bool,
     model: str | None,
     shard_size: int | None,
-    rps: float | None,
+    rps: float | Literal["auto"] | None,
     max_in_flight: int | None,
+    text_rerolls: int | None,
+    text_max_cer: float | None,
+    text_workers: int | None,
     budget_mode: BudgetMode,
 ) -> RunSummary:
     """The ``render-manifest`` flow on ``manifest``, its progress shown while it runs."""
@@ -236,6 +263,9 @@ def _render_with_prefect(
             shard_size=shard_size,
             rps=rps,
             max_in_flight=max_in_flight,
+            text_rerolls=text_rerolls,
+            text_max_cer=text_max_cer,
+            text_workers=text_workers,
             budget=budget,
             budget_mode=budget_mode,
             resume=resume,

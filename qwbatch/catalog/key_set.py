@@ -346,6 +346,9 @@ def _dedup_slice(
         currency=pa.array([currency] * rows, pa.string()),
         cost=pa.array([0.0] * rows, pa.float64()),
         possible_cost=pa.array([0.0] * rows, pa.float64()),
+        # as CatalogRecord's defaults: no text checked here, no re-rolls
+        text_expected=pa.array([[]] * rows, pa.list_(pa.string())),
+        rerolls=pa.array([0] * rows, pa.int32()),
         started_at=now,
         finished_at=now,
     )

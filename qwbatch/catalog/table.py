@@ -65,6 +65,11 @@ SCHEMA = pa.schema(
         pa.field("input_images", pa.list_(_STR)),
         pa.field("input_sha256", pa.list_(_STR)),
         pa.field("input_notes", pa.list_(_STR)),
+        pa.field("text_expected", pa.list_(_STR)),
+        pa.field("text_found", _STR),
+        pa.field("text_cer", pa.float64()),
+        pa.field("text_ok", pa.bool_()),
+        pa.field("rerolls", pa.int32()),
         # DEST-relative: output_uri is absolute (file://, s3://) and breaks when DEST moves.
         # Parts written before this column read it as null: see catalog.view.output_location.
         pa.field("output_key", _STR),
@@ -269,6 +274,23 @@ def write_rejects(store: ObjectStore, table: pa.Table, *, run_id: str) -> str | 
 
 def concat_records(groups: Iterable[Sequence[CatalogRecord]]) -> list[CatalogRecord]:
     return [record for group in groups for record in group]
+
+
+def read_part(store: ObjectStore, key: str) -> pa.Table:
+    """One catalog part in :data:`SCHEMA`: columns added since it was written read as nulls."""
+    table = pq.read_table(io.BytesIO(store.get(key)))
+    for name in SCHEMA.names:
+        if name not in table.column_names:
+            kind = SCHEMA.field(name).type
+            table = table.append_column(pa.field(name, kind), pa.nulls(table.num_rows, kind))
+    return table.select(SCHEMA.names).cast(SCHEMA)
+
+
+def rewrite_part(store: ObjectStore, key: str, table: pa.Table) -> None:
+    """Replace the part at ``key`` with ``table`` (of :data:`SCHEMA`), whole, in one write."""
+    data = encode_tables([table])
+    if data is not None:
+        store.put(key, data, content_type="application/x-parquet")
 
 
 def catalog_columns(

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from qwbatch.catalog import table as catalog
 from qwbatch.core import images
 from qwbatch.core.errors import ConfigError, ImageError, StorageError, StorageTransientError
-from qwbatch.storage.layout import output_key, thumb_key
+from qwbatch.storage.layout import output_key, output_of, thumb_key
 from qwbatch.storage.stores import ObjectStore
 
 #: Catalog columns a view reads (everything but the timings and provider ids).
@@ -53,6 +53,11 @@ VIEW_COLUMNS = (
     "currency",
     "cost",
     "tags",
+    "text_expected",
+    "text_found",
+    "text_cer",
+    "text_ok",
+    "rerolls",
 )
 #: Filter names that are not catalog columns: ``id`` is ``row_id``.
 _ALIASES = {"id": "row_id"}
@@ -114,6 +119,7 @@ def select_rows(
     filters: Sequence[RowFilter] = (),
 ) -> list[dict[str, Any]]:
     """The catalog rows to show (see the module docstring), as dicts with ``tags`` a dict."""
+    # Parts written before a column existed read it as nulls (output_key, the text checks').
     table = catalog.catalog_columns(store, (*VIEW_COLUMNS, "output_key"))
     rows = _rows_of(table, run, store)
     rows = [row for row in rows if all(f.matches(row) for f in filters)]
@@ -214,7 +220,8 @@ def load_thumbnail(store: ObjectStore, row: dict[str, Any]) -> bytes | None:
     image = output_key_of(row)
     if image is None:
         return None
-    key, index = row["request_key"], int(row["image_index"])
+    # A re-rolled row's image (and thumbnail) is its re-roll's: named by its output key.
+    key, index = output_of(image, row["request_key"], int(row["image_index"]))
     try:
         small = store.get(thumb_key(key, index))
         # Thumbnails are stored without fsync: one a power failure cut short is made again.

@@ -16,3 +16,4 @@ from qwbatch.cli import export as export
 from qwbatch.cli import limits as limits
 from qwbatch.cli import lineage as lineage
 from qwbatch.cli import manifest as manifest
+from qwbatch.cli import text_check as text_check

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qwbatch.cli.app import _fail, _not_a_file, app
-from qwbatch.core.costs import format_money
+from qwbatch.core.costs import as_float, format_money
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.settings import Settings
 from qwbatch.plan import Plan
@@ -45,18 +45,22 @@ def estimate_command(
     except QwBatchError as exc:
         _fail(str(exc))
         return
-    figures = estimate_figures(plan)
+    figures = estimate_figures(plan, text_rerolls=settings.text_rerolls)
     if as_json:
         typer.echo(json.dumps(figures, ensure_ascii=False, indent=2))
     else:
         _print_estimate(figures)
 
 
-def estimate_figures(plan: Plan) -> dict[str, Any]:
-    """The estimate's JSON: ``total``, ``currency``, ``images``, ``by_model``, ``by_tag`` …"""
+def estimate_figures(plan: Plan, *, text_rerolls: int = 0) -> dict[str, Any]:
+    """The estimate's JSON: ``total``, ``currency``, ``images``, ``by_model``, ``by_tag`` …
+    and ``rerolls_at_most``: what ``text_rerolls`` re-rolls of every text-checked image
+    would add, at most."""
     assert plan.estimate is not None  # plan_run always prices its plan
     return {
         **plan.estimate.to_dict(),
+        "text_rerolls": text_rerolls,
+        "rerolls_at_most": as_float(plan.estimate.rerolls_at_most(text_rerolls)),
         "rows_read": plan.rows_read,
         "rejected": plan.rejected,
         "deduplicated": plan.deduplicated,
@@ -76,6 +80,12 @@ def _print_estimate(figures: dict[str, Any]) -> None:
         f"estimated cost [bold]{format_money(figures['total'], currency)}[/bold] "
         f"(region {figures['region']}, billed per image generated)"
     )
+    if figures.get("text_images"):
+        console.print(
+            f"text checks on {figures['text_images']} images: re-rolls may add at most "
+            f"{format_money(figures['rerolls_at_most'], currency)} "
+            f"({figures['text_rerolls']} per image; each billed, within any --budget)"
+        )
     models = Table("model", "requests", "images", "unit price", "cost", title="by model")
     for name, line in figures["by_model"].items():
         price = line["unit_price"]
@@ -215,6 +225,13 @@ def _print_report(report: Report) -> None:
     overview.add_row("provider calls", f"{report.calls} ({report.retries} retries)")
     overview.add_row("wall time", f"{report.wall_s:.1f} s")
     overview.add_row("throughput", f"{report.images_per_minute:.1f} images/min")
+    if report.text.checked:
+        text = report.text
+        overview.add_row(
+            "text checks",
+            f"{text.checked} images: {text.passed} read right, {text.mismatched} misspelt "
+            f"after re-rolls, {text.unread} unreadable; {text.rerolls} re-rolls",
+        )
     console.print(overview)
 
     statuses = Table("status", "rows", title="by status")

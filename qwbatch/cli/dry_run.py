@@ -50,13 +50,14 @@ def print_dry_run(
     except QwBatchError as exc:
         Console(stderr=True, highlight=False).print(f"qwbatch: {exc}")
         return 1
-    for line in dry_run_lines(plan, settings.shard_size):
+    for line in dry_run_lines(plan, settings.shard_size, text_rerolls=settings.text_rerolls):
         Console(highlight=False).print(line)
     return 0
 
 
-def dry_run_lines(plan: Plan, shard_size: int) -> list[str | Table]:
-    """What ``--dry-run`` prints: the counts, then cost by model and the largest tags."""
+def dry_run_lines(plan: Plan, shard_size: int, *, text_rerolls: int = 0) -> list[str | Table]:
+    """What ``--dry-run`` prints: the counts, what text re-rolls may add (``text_rerolls`` a
+    text-checked image at most), then cost by model and the largest tags."""
     assert plan.estimate is not None  # plan_run always prices its plan
     estimate = plan.estimate
     currency = estimate.currency
@@ -70,6 +71,12 @@ def dry_run_lines(plan: Plan, shard_size: int) -> list[str | Table]:
         f"(up to {shard_size} requests each); estimated cost "
         f"{format_money(estimate.total, currency)} (region {estimate.region})",
     ]
+    if estimate.text_images:
+        at_most = format_money(estimate.rerolls_at_most(text_rerolls), currency)
+        lines.append(
+            f"text checks on {estimate.text_images} images: re-rolls may add at most "
+            f"{at_most} ({text_rerolls} per image)"
+        )
     models = Table("model", "requests", "images", "cost", title="by model")
     for name, line in sorted(estimate.by_model.items()):
         models.add_row(

@@ -62,7 +62,7 @@ def limits_command(
     )
     for row in rows:
         line = (
-            f"  {row.model}: {row.rps:g} req/s ({row.rps_from}), "
+            f"  {row.model}: {'auto from ' if row.auto else ''}{row.rps:g} req/s ({row.rps_from}), "
             f"{row.max_in_flight} in flight ({row.max_in_flight_from})"
         )
         state = states.get(row.model)

@@ -15,6 +15,21 @@ from qwbatch.cli.compare import compare
 from qwbatch.core.errors import QwBatchError
 
 
+def _rps(text: str | None) -> float | Literal["auto"] | None:
+    """``--rps``: a positive figure or "auto"."""
+    if text is None:
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise typer.BadParameter(f"{text!r} is neither a positive number nor 'auto'")
+    return value
+
+
 @app.command()
 def run(
     manifest: Annotated[str, typer.Argument(help="Parquet manifest (path or s3://…)")],
@@ -26,8 +41,25 @@ def run(
     ] = None,
     strict: Annotated[bool, typer.Option(help="Refuse the whole manifest on any bad row")] = False,
     shard_size: Annotated[int | None, typer.Option(help="Requests per shard")] = None,
-    rps: Annotated[float | None, typer.Option(help="Requests per second, every model")] = None,
+    rps: Annotated[
+        str | None,
+        typer.Option(
+            help="Requests per second, every model; 'auto': find the account's limit, "
+            "starting from the model table's figure"
+        ),
+    ] = None,
     max_in_flight: Annotated[int | None, typer.Option(help="Requests in flight per model")] = None,
+    text_rerolls: Annotated[
+        int | None,
+        typer.Option(help="Re-renders of an image whose expected_text reads wrong [2]", min=0),
+    ] = None,
+    text_max_cer: Annotated[
+        float | None,
+        typer.Option(help="Character error rate an expected text may read with [0: exact]"),
+    ] = None,
+    text_workers: Annotated[
+        int | None, typer.Option(help="OCR worker processes [one per core, at most 2]", min=1)
+    ] = None,
     run_id: Annotated[
         str | None, typer.Option(help="Run id: resumed if OUT has it, else started")
     ] = None,
@@ -84,8 +116,11 @@ def run(
         model=model,
         strict=strict,
         shard_size=shard_size,
-        rps=rps,
+        rps=_rps(rps),
         max_in_flight=max_in_flight,
+        text_rerolls=text_rerolls,
+        text_max_cer=text_max_cer,
+        text_workers=text_workers,
         run_id=run_id,
         budget=budget,
         budget_mode=budget_mode,
@@ -174,6 +209,11 @@ def simulator(ctx: typer.Context) -> None:
 PROVIDERS_DEMO = "providers-demo.parquet"
 COMPARE_COLUMNS = "qwen-image-2.0,flux-2-pro,gpt-image-2"
 
+#: Share of the demo simulator's images with quoted text that are misspelt on purpose.
+DEMO_MISSPELL_RATE = 0.35
+#: The demo simulator's dice: with it, one demo image is re-rolled and every text reads right.
+DEMO_SIMULATOR_SEED = 3
+
 
 @app.command()
 def demo(
@@ -207,7 +247,12 @@ def demo(
     from qwbatch.simulator.openai_app import create_openai_app
 
     with ExitStack() as stack:
-        sim = stack.enter_context(running(SimulatorConfig(api_key=SIMULATOR_KEY)))
+        # A third of the images with quoted text come back misspelt, so the demo's text
+        # checks have re-rolls to make (seeded: the same ones every time).
+        demo_sim = SimulatorConfig(
+            api_key=SIMULATOR_KEY, misspell_rate=DEMO_MISSPELL_RATE, seed=DEMO_SIMULATOR_SEED
+        )
+        sim = stack.enter_context(running(demo_sim))
         bfl = stack.enter_context(running(app=create_bfl_app(BflConfig(api_key=SIMULATOR_KEY))))
         gpt = stack.enter_context(running(app=create_openai_app(api_key=SIMULATOR_KEY)))
         os.environ["QWBATCH_DASHSCOPE_BASE_URL"] = sim.base_url

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from qwbatch.core.errors import StorageError as StorageError
     from qwbatch.core.errors import StorageTransientError as StorageTransientError
     from qwbatch.core.errors import TaskDeadlineError as TaskDeadlineError
+    from qwbatch.core.errors import TextReadError as TextReadError
     from qwbatch.core.errors import ThrottledError as ThrottledError
     from qwbatch.core.errors import TransientError as TransientError
     from qwbatch.core.fonts import Font as Font
@@ -107,6 +108,7 @@ _HOME: dict[str, str] = {
     "BudgetExceededError": "errors",
     "ConfigError": "errors",
     "ImageError": "errors",
+    "TextReadError": "errors",
     "InputError": "errors",
     "InputTransientError": "errors",
     "JournalError": "errors",
@@ -199,6 +201,7 @@ __all__ = [
     "StorageError",
     "StorageTransientError",
     "TaskDeadlineError",
+    "TextReadError",
     "ThrottledError",
     "TransientError",
     "__version__",

@@ -288,6 +288,10 @@ class Estimate:
     by_tag: dict[str, CostLine] = field(default_factory=dict)
     unit_prices: dict[str, Decimal] = field(default_factory=dict)
     unpriced: dict[str, int] = field(default_factory=dict)
+    #: Images whose row expects text, and what re-rendering each of them once costs: the
+    #: most one round of text re-rolls may add (``--text-rerolls`` rounds at most).
+    text_images: int = 0
+    reroll_round: Decimal = ZERO
 
     def add(self, request: RenderRequest, prices: PriceTable) -> Decimal:
         """Count one request; what it costs."""
@@ -303,7 +307,18 @@ class Estimate:
         self.by_model.setdefault(request.model, CostLine()).add(request.n, cost)
         for label in tag_labels(request.tags):
             self.by_tag.setdefault(label, CostLine()).add(request.n, cost)
+        if request.expected_text:
+            self.add_text(request.n, price or ZERO)
         return cost
+
+    def add_text(self, images: int, unit_price: Decimal) -> None:
+        """Count ``images`` whose text is checked (each may be re-rendered)."""
+        self.text_images += images
+        self.reroll_round += images * unit_price
+
+    def rerolls_at_most(self, rerolls: int) -> Decimal:
+        """The most ``rerolls`` text re-rolls per image may add to ``total``."""
+        return self.reroll_round * rerolls
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``total``, ``currency``, ``images``, ``by_model``, ``by_tag`` …"""
@@ -322,6 +337,8 @@ class Estimate:
             "by_model": by_model,
             "by_tag": {tag: line.to_dict() for tag, line in sorted(self.by_tag.items())},
             "unpriced": dict(sorted(self.unpriced.items())),
+            "text_images": self.text_images,
+            "reroll_round": as_float(self.reroll_round),
         }
 
 

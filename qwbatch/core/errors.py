@@ -28,6 +28,7 @@
         │   └── QuotaExhaustedError credits or quota gone (BFL 402, OpenAI insufficient_quota):
         │                           no further call goes to that provider in this process
         ├── ImageError              bytes that are not a valid image of the expected size
+        ├── TextReadError           an image's text could not be read (an OCR worker died)
         ├── BudgetExceededError     the plan, or one more paid call, would pass the run's budget
         ├── InputError              an edit input that may not or cannot be fetched (outside the
         │                           allowed folders, a private address, too large, not found)
@@ -87,6 +88,12 @@ class ManifestError(PermanentError):
 
 class ImageError(PermanentError):
     code = "ImageError"
+
+
+class TextReadError(PermanentError):
+    """The text on an image could not be read: an OCR worker process died."""
+
+    code = "TextReadError"
 
 
 class BudgetExceededError(PermanentError):

@@ -76,6 +76,9 @@ class ModelSpec:
     negative_prompt_max_chars: int = 500
     rps: float = 1.0
     max_in_flight: int = 2
+    #: ``rps = "auto"`` in the row: ``rps`` is where the search for the account's limit
+    #: starts (the bundled row's figure when a models file says "auto"), not a ceiling.
+    auto_rps: bool = False
     prices: dict[str, float] = field(default_factory=dict)
     declared: bool = False
     #: Which client serves the model (``qwbatch.providers.registry``).
@@ -159,6 +162,10 @@ class ModelSpec:
         return parsed[0] * parsed[1]
 
 
+#: ``ModelSpec.rps`` when a row gives none.
+_DEFAULT_RPS = 1.0
+
+
 def _spec_from_row(name: str, row: dict[str, Any], *, declared: bool = False) -> ModelSpec:
     row = dict(row)
     prices = {
@@ -169,6 +176,9 @@ def _spec_from_row(name: str, row: dict[str, Any], *, declared: bool = False) ->
     for key in ("tasks", "presets"):
         if key in row:
             row[key] = tuple(row[key])
+    if row.get("rps") == "auto":
+        del row["rps"]
+        row["auto_rps"] = True
     if "pricing" in row:
         pricing = dict(row["pricing"])
         unknown_pricing = set(pricing) - set(Pricing.__dataclass_fields__)
@@ -206,7 +216,10 @@ class ModelTable:
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError(f"cannot read models file {extra_file}: {exc}") from exc
             for name, row in extra.get("models", {}).items():
-                rows[name] = {**rows.get(name, {}), **row}
+                base = rows.get(name, {})
+                if row.get("rps") == "auto":  # search from the bundled figure
+                    row = {**row, "rps": base.get("rps", _DEFAULT_RPS), "auto_rps": True}
+                rows[name] = {**base, **row}
         specs = {name: _spec_from_row(name, row) for name, row in rows.items()}
         for name in declared:
             # A declared model: the user vouches for it; we check nothing we cannot know.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,13 +25,18 @@ REGION_BASE_URLS: dict[str, str] = {
 REGION_CURRENCY: dict[str, str] = {"singapore": "USD", "beijing": "CNY", "virginia": "USD"}
 
 
+#: Requests per second: a figure, or "auto" — find the account's limit, starting from the
+#: model table's figure (``qwbatch.limits.learning``).
+Rps = Annotated[float, Field(gt=0)] | Literal["auto"]
+
+
 class ModelLimits(BaseModel):
     """One model's limits set in settings; a field left out keeps the model table's value."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    #: Requests per second for the whole account.
-    rps: float | None = Field(default=None, gt=0)
+    #: Requests per second for the whole account, or "auto".
+    rps: Rps | None = None
     #: Requests in flight for the whole account.
     max_in_flight: int | None = Field(default=None, gt=0)
 
@@ -107,11 +112,19 @@ class Settings(BaseSettings):
     #: Look for the async task behind a submission whose answer was lost (task listing).
     recover_tasks: bool = True
 
+    # Text checks (qwbatch.text, qwbatch.render.rerolls): rows with expected_text
+    #: Extra renders of an image whose text reads wrong (0: read and report only).
+    text_rerolls: int = Field(default=2, ge=0)
+    #: Highest character error rate an expected string may read with and pass (0: exact).
+    text_max_cer: float = Field(default=0.0, ge=0.0, le=1.0)
+    #: OCR worker processes per run process; None: one per core, at most two.
+    text_workers: int | None = Field(default=None, ge=1)
+
     # Throughput
     shard_size: int = 250
     max_parallel_shards: int = 4
-    #: Overrides of the model table's per-model limits for this run.
-    rps: float | None = None
+    #: Overrides of the model table's per-model limits for this run; ``rps`` may be "auto".
+    rps: Rps | None = None
     max_in_flight: int | None = None
     #: Per-model limits, e.g. ``{"qwen-image-2.0-pro": {"rps": 0.5}}``; they win over ``rps``
     #: and ``max_in_flight`` above (the more specific setting wins).
@@ -199,8 +212,11 @@ def run_overrides(
     *,
     model: str | None = None,
     shard_size: int | None = None,
-    rps: float | None = None,
+    rps: float | Literal["auto"] | None = None,
     max_in_flight: int | None = None,
+    text_rerolls: int | None = None,
+    text_max_cer: float | None = None,
+    text_workers: int | None = None,
 ) -> dict[str, Any]:
     """A run's options (``qwbatch run`` and the flows' parameters) as Settings fields; None
     means not given."""
@@ -209,6 +225,9 @@ def run_overrides(
         "shard_size": shard_size,
         "rps": rps,
         "max_in_flight": max_in_flight,
+        "text_rerolls": text_rerolls,
+        "text_max_cer": text_max_cer,
+        "text_workers": text_workers,
     }
 
 

@@ -18,6 +18,7 @@ Status = Literal[
     "ambiguous",  # the provider may have billed it but we never got the answer
     "expired",  # the provider succeeded but its result URL expired before we fetched it
     "skipped_budget",  # not rendered because the run's budget would be exceeded
+    "text_mismatch",  # stored, but its expected text did not read right after every re-roll
 ]
 STATUSES: tuple[str, ...] = get_args(Status)
 
@@ -50,6 +51,8 @@ class RenderRequest:
     tags: tuple[tuple[str, str], ...] = ()
     #: Order under a trimming budget: higher first, then manifest order; None is lowest.
     priority: int | None = None
+    #: Strings that must be legible on each image (read back by OCR; not in the key).
+    expected_text: tuple[str, ...] = ()
     #: Provider-specific parameters (quality, safety_tolerance, steps …), checked against the
     #: model table's ``params`` before sending; sent as given.
     params: tuple[tuple[str, Any], ...] = ()
@@ -127,6 +130,14 @@ class CatalogRecord:
     input_images: list[str] = field(default_factory=list)
     input_sha256: list[str] = field(default_factory=list)
     input_notes: list[str] = field(default_factory=list)
+    #: The row's expected text (empty: not checked), what OCR read on this image, the worst
+    #: expected string's character error rate, and the verdict (None: not read).
+    text_expected: list[str] = field(default_factory=list)
+    text_found: str | None = None
+    text_cer: float | None = None
+    text_ok: bool | None = None
+    #: Extra renders of this image because its text read wrong (each billed, in ``cost``).
+    rerolls: int = 0
     #: The output's key under DEST (``images/…/<i>.png``): where it is wherever DEST moves;
     #: derived from ``request_key`` and ``image_index`` when the catalog is written.
     output_key: str | None = None

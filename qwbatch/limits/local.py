@@ -11,9 +11,12 @@ second, burst protection ("Request rate increased too quickly") and requests in 
   before (never a burst of more than one), so waiters sleep once, to their own time;
 - **ramp**: after a start or an idle spell the rate climbs from ``ramp_start × rps`` to
   ``rps`` over ``ramp_s`` seconds, because the provider punishes sudden increases;
-- **AIMD**: a 429 halves the rate (at most once per second, however many answers of one burst
-  come back) and pauses sending for ``Retry-After`` when the server gave one; each success
-  adds back 5 % of the ceiling, never above it.
+- **learning**: a :class:`~qwbatch.limits.learning.RateLearner` moves the rate: a 429 cuts it
+  (at most once per second, however many answers of one burst come back) and remembers the
+  rate at which 429s began; successes bring it back slowly towards that learned limit, not
+  the ceiling, with a rare, gentle probe above it. ``LimitSpec.auto`` (``--rps auto``)
+  searches upward from the figure it starts at as well. A ``Retry-After`` from the server
+  pauses sending for that long.
 
 With a :class:`SharedBudget` (see :mod:`qwbatch.limits.shared`) the rate tokens are also
 leased from a limit that every worker of the account shares, and a 429 drops the rate
@@ -23,6 +26,7 @@ tokens this process holds (they would go out late, into the same crowd).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections import deque
@@ -32,21 +36,33 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from qwbatch.limits.gate import Gate, TokenPool
+from qwbatch.limits.learning import Learned, RateLearner
 
 #: Seconds of history kept for the status line (the 429s-per-minute count needs 60).
 HISTORY_S = 60.0
 #: Seconds without a send after which the next send ramps up again from the start.
 IDLE_RESTART_S = 30.0
-#: Seconds between two rate cuts: the 429s of one burst arrive together and count once.
-CUT_COOLDOWN_S = 1.0
+#: Seconds after pacing last made a request wait during which the rate counts as in use
+#: (held back by it): the learned rate climbs only then.
+IN_USE_S = 2.0
+
+#: The clock time of this task's last send: a 429 is judged by when its request went out
+#: (the engine reports it after the slot, in the same task).
+_SENT_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "qwbatch_limits_sent_at", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)
 class LimitSpec:
-    """The ceiling for one model: ``rps`` requests per second, ``max_in_flight`` at once."""
+    """The limits for one model: ``rps`` requests per second, ``max_in_flight`` at once.
+
+    ``auto``: ``rps`` is where the search for the account's limit starts, not a ceiling.
+    """
 
     rps: float
     max_in_flight: int
+    auto: bool = False
     #: Seconds to ramp from ``ramp_start × rps`` to the full rate (burst protection).
     ramp_s: float = 5.0
     #: Fraction of ``rps`` to start at.
@@ -59,8 +75,13 @@ class SharedBudget(Protocol):
     #: Rate tokens leased from the shared limit; opened when there is none.
     pool: TokenPool
 
-    def start(self, rate: Callable[[], float]) -> None:
-        """Begin leasing; ``rate()`` is the limiter's current rate (leases are sized to it)."""
+    def start(self, rate: Callable[[], float], learning: ModelLimiter | None = None) -> None:
+        """Begin leasing; ``rate()`` is the limiter's current rate (leases are sized to it).
+        ``learning``: the limiter whose learned limit is shared with the other workers."""
+
+    def binding(self) -> bool | None:
+        """Whether the shared rate held this worker back lately (its rate is in use); None
+        when not sharing (judge by this worker's own sends)."""
 
     def describe(self) -> str:
         """How limits are shared right now, for the status line."""
@@ -83,6 +104,7 @@ class ModelLimiter:
         name: str = "",
         shared: SharedBudget | None = None,
         local_reason: str | None = None,
+        learned: Learned | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if spec.rps <= 0 or spec.max_in_flight <= 0:
@@ -94,11 +116,17 @@ class ModelLimiter:
         self._clock = clock
         self._lock = threading.Lock()
         self._gate = Gate(spec.max_in_flight)  # this process's requests in flight
-        self._rate_cap = spec.rps  # lowered by throttling, raised by success
+        #: The rate, moved by 429s and successes; ``learned`` is an earlier run's (or another
+        #: worker's) limit to start from.
+        self.learner = RateLearner(
+            start=learned.rate if learned and spec.auto else spec.rps,
+            ceiling=None if spec.auto else spec.rps,
+            learned=learned.learned if learned else None,
+        )
         self._ramp_from: float | None = None
         self._next_send = 0.0
         self._paused_until = 0.0
-        self._last_cut = float("-inf")
+        self._held_at = float("-inf")  # the last time pacing made a request wait
         self._epoch = 0  # bumped by every cut: reservations made before it are redone
         self._sending = 0
         self._sends: deque[float] = deque()
@@ -106,7 +134,7 @@ class ModelLimiter:
         self.sent = 0
         self.throttled = 0
         if shared is not None:
-            shared.start(self.current_rate)
+            shared.start(self.current_rate, self)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -141,6 +169,24 @@ class ModelLimiter:
         with self._lock:
             return self._paused_until
 
+    def learned(self) -> Learned:
+        """The rate and the learned limit now (``at``: Unix time), to keep and to share."""
+        with self._lock:
+            return self.learner.snapshot(at=time.time())
+
+    def adopt(self, other: Learned) -> None:
+        """Take the rate and limit another worker learned."""
+        with self._lock:
+            before = self.learner.cap
+            self.learner.adopt(other, self._clock())
+            if self.learner.cap < before:
+                self._epoch += 1  # sends reserved at the old rate queue again
+
+    def learning(self) -> str:
+        """Whether the rate is configured, learned or probing, for the status line."""
+        with self._lock:
+            return self.learner.describe()
+
     def _rate_locked(self, now: float) -> float:
         spec = self.spec
         frac = 1.0
@@ -148,7 +194,7 @@ class ModelLimiter:
             elapsed = now - self._ramp_from
             if elapsed < spec.ramp_s:
                 frac = spec.ramp_start + (1 - spec.ramp_start) * max(elapsed, 0.0) / spec.ramp_s
-        return max(min(self._rate_cap, spec.rps * frac), spec.rps / 64)
+        return max(self.learner.cap * frac, self.learner.floor)
 
     # -- use ------------------------------------------------------------------------------
 
@@ -167,7 +213,7 @@ class ModelLimiter:
             await self._pace()
             if self.shared is not None:
                 await self.shared.pool.take()
-            await self._sit_out_pause()  # a 429 may have come while we waited
+            _SENT_AT.set(await self._sit_out_pause())  # a 429 may have come while we waited
             try:
                 yield
             finally:
@@ -188,6 +234,8 @@ class ModelLimiter:
                 at = max(now, self._next_send, self._paused_until)
                 self._next_send = at + 1.0 / self._rate_locked(at)
                 epoch = self._epoch
+                if at > now:
+                    self._held_at = now
             if at <= now:
                 return
             await asyncio.sleep(at - now)
@@ -196,42 +244,51 @@ class ModelLimiter:
                     return
             # Throttled while we slept: queue again behind the pause, at the new rate.
 
-    async def _sit_out_pause(self) -> None:
-        """Wait until no ``Retry-After`` pause holds, then count the send."""
+    async def _sit_out_pause(self) -> float:
+        """Wait until no ``Retry-After`` pause holds, then count the send; its time."""
         while True:
             with self._lock:
                 now = self._clock()
                 if now >= self._paused_until:
                     self._sending += 1
                     self._record_send_locked(now)
-                    return
+                    return now
                 wait = self._paused_until - now
             await asyncio.sleep(wait)
 
     def _record_send_locked(self, now: float) -> None:
         self.sent += 1
         self._sends.append(now)
+        self.learner.on_send(now)
         _trim(self._sends, now)
 
     def on_success(self) -> None:
-        """Additive increase: creep back towards the ceiling."""
+        """An answer that was not a 429: the rate climbs (see :mod:`qwbatch.limits.learning`)."""
         with self._lock:
-            self._rate_cap = min(self.spec.rps, self._rate_cap + self.spec.rps * 0.05)
+            now = self._clock()
+            # The rate is in use when it holds sends back: pacing made one wait lately, or (a
+            # rate shared by workers, of which this one sends a share) the shared limit held
+            # a lease back. Requests held back by the in-flight cap do not count.
+            held = now - self._held_at <= IN_USE_S
+            in_use = held or (self.shared is not None and bool(self.shared.binding()))
+            self.learner.on_success(now, self._rate_locked(now), in_use)
 
     def on_throttle(self, retry_after: float | None = None) -> None:
-        """Multiplicative decrease, and a pause when the server said how long to wait."""
+        """A 429: cut the rate and remember where 429s began; pause when the server said how
+        long to wait."""
         with self._lock:
             now = self._clock()
             self.throttled += 1
             self._throttles.append(now)
             _trim(self._throttles, now)
-            if now - self._last_cut >= CUT_COOLDOWN_S:
-                self._last_cut = now
-                self._rate_cap = max(self.spec.rps / 64, self._rate_cap / 2)
+            self.learner.on_throttle(now, _SENT_AT.get())
             if retry_after:
                 self._paused_until = max(self._paused_until, now + retry_after)
-            # Reservations made at the old rate are void: queue again from the pause.
-            self._next_send = max(now, self._paused_until)
+            # Reservations made at the old rate are void: queue again at the new rate, from
+            # the last send (not from now: the throttled requests come straight back, and
+            # must not go out together) or the pause.
+            last = self._sends[-1] if self._sends else now
+            self._next_send = max(now, last + 1.0 / self._rate_locked(now), self._paused_until)
             self._epoch += 1
         if self.shared is not None:
             # Tokens leased before the 429 would go out late, bunched with other workers'.

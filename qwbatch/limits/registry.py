@@ -2,7 +2,8 @@
 
 Precedence, most specific first: ``Settings.model_limits[model]`` (per-model settings), then
 the run-wide ``Settings.rps`` / ``max_in_flight`` (``qwbatch run --rps``), then the model
-table's row (``qwbatch/data/models.toml``).
+table's row (``qwbatch/data/models.toml``). ``rps`` "auto" at any of these levels means: find
+the account's limit, starting from the model table's figure.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Literal, Protocol
 
 from qwbatch.core.model_table import ModelSpec, ModelTable
 from qwbatch.core.settings import Settings
+from qwbatch.limits.learning import Learned
 from qwbatch.limits.local import LimitSpec, ModelLimiter
 from qwbatch.limits.shared import PrefectBudget, default_scope, prefect_api_url
 
@@ -34,9 +36,13 @@ class Limiter(Protocol):
 def limit_spec(model: ModelSpec, settings: Settings) -> LimitSpec:
     """The limits for ``model`` under ``settings`` (see the module docstring for precedence)."""
     own = settings.model_limits.get(model.name)
-    rps = (own.rps if own else None) or settings.rps or model.rps
+    rps = (own.rps if own else None) or settings.rps or ("auto" if model.auto_rps else model.rps)
     in_flight = (own.max_in_flight if own else None) or settings.max_in_flight
-    return LimitSpec(rps=rps, max_in_flight=in_flight or model.max_in_flight)
+    return LimitSpec(
+        rps=model.rps if rps == "auto" else rps,
+        max_in_flight=in_flight or model.max_in_flight,
+        auto=rps == "auto",
+    )
 
 
 Source = Literal["model setting", "run setting", "model table"]
@@ -49,6 +55,8 @@ class LimitRow:
     model: str
     rps: float
     rps_from: Source
+    #: ``rps`` is where the search for the account's limit starts ("auto").
+    auto: bool
     max_in_flight: int
     max_in_flight_from: Source
 
@@ -65,6 +73,7 @@ def limit_rows(table: ModelTable, settings: Settings) -> list[LimitRow]:
                 model=name,
                 rps=spec.rps,
                 rps_from=_source(own.rps if own else None, settings.rps),
+                auto=spec.auto,
                 max_in_flight=spec.max_in_flight,
                 max_in_flight_from=_source(
                     own.max_in_flight if own else None, settings.max_in_flight
@@ -107,6 +116,7 @@ class LimiterRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._limiters: dict[tuple[str, str], ModelLimiter] = {}
+        self._seeds: dict[tuple[str, str], Learned] = {}
 
     def for_model(self, model: ModelSpec, settings: Settings) -> ModelLimiter:
         """The limiter for ``model``, rebuilt when its limits or sharing changed."""
@@ -126,9 +136,33 @@ class LimiterRegistry:
                 shared = PrefectBudget(scope=scope, model=name, spec=spec)
             else:
                 log.info("limits for %s@%s are local to this process: %s", name, scope, reason)
-            limiter = ModelLimiter(spec, name=name, shared=shared, local_reason=reason)
+            limiter = ModelLimiter(
+                spec,
+                name=name,
+                shared=shared,
+                local_reason=reason,
+                learned=self._seeds.get((scope, name)),
+            )
             self._limiters[(scope, name)] = limiter
             return limiter
+
+    def seed(self, scope: str, model: str, learned: Learned) -> None:
+        """What an earlier run learned about ``model`` on account ``scope``: a limiter made
+        after this starts near it (one that exists already knows better)."""
+        with self._lock:
+            self._seeds[(scope, model)] = learned
+
+    def learned(self, scope: str) -> dict[str, Learned]:
+        """What the limiters of account ``scope`` learned, by model: those that learned a
+        limit, and ``auto`` ones (their rate is worth starting from)."""
+        with self._lock:
+            limiters = [(m, lim) for (s, m), lim in self._limiters.items() if s == scope]
+        out = {}
+        for model, limiter in limiters:
+            now = limiter.learned()
+            if now.learned is not None or limiter.spec.auto:
+                out[model] = now
+        return out
 
     def limiters(self) -> list[ModelLimiter]:
         with self._lock:
@@ -139,6 +173,7 @@ class LimiterRegistry:
         with self._lock:
             limiters = list(self._limiters.values())
             self._limiters.clear()
+            self._seeds.clear()
         for limiter in limiters:
             limiter.close()
 

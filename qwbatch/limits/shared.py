@@ -28,6 +28,14 @@ stamps the limit as updated without decaying it, so the decay since the last gra
 Asking blindly cost a single worker about 7 % of 20 req/s that way; read first, it loses
 nothing alone, and with four workers only the rare race between two reads of the same room.
 
+**What one worker learns, all use** (:mod:`qwbatch.limits.learning`): the limit a worker
+learns from 429s and the rate it sends at are the account's, so every
+:data:`SYNC_S` seconds each worker reads a Prefect variable (:func:`variable_name`) holding
+the last ones any worker published, takes them when another worker wrote them, and publishes
+its own when they moved (a cut, a climb, a probe); the shared rate limit is set to the
+published rate, so the workers' sum follows it. A run's limiter starts from the variable
+when there is one: a new worker, or the next run, starts near the learned limit.
+
 When no shared limit can be had — no Prefect server configured (the ephemeral server serves
 one process only), the server unreachable at the start, the limit gone — the budget *opens*:
 the local limiter alone paces the process, and a log line says so. A server that goes away
@@ -43,20 +51,25 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import contextvars
 import logging
 import math
 import random
+import re
 import threading
 import time
+import uuid
+import zlib
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
 from qwbatch.limits.gate import TokenPool
+from qwbatch.limits.learning import Learned
 from qwbatch.limits.local import LimitSpec
 
 if TYPE_CHECKING:
@@ -86,6 +99,17 @@ SETUP_TIMEOUT_S = 15.0
 #: process paces itself alone; and between two tries meanwhile.
 OUTAGE_WAIT_S = 120.0
 OUTAGE_RETRY_S = 1.0
+#: Seconds between two reads of what the workers learned (one HTTP round trip each).
+SYNC_S = 0.5
+#: A rate or limit that moved by less than this fraction is not published again.
+SYNC_MOVED = 0.01
+#: Seconds between two raises of the shared rate limit to a climbing rate (a cut lowers it
+#: at once). Each change is a write on the Prefect server, and writes every half second
+#: stalled the leasing of every worker for seconds on a loaded machine.
+RAISE_EVERY_S = 3.0
+#: Seconds after a lease waited for room in the shared limit during which its rate counts as
+#: in use (holding the workers back): the learned rate climbs only then.
+BINDING_S = 2.0
 
 State = Literal["starting", "shared", "local"]
 
@@ -104,6 +128,25 @@ def limit_name(scope: str, model: str) -> str:
     """The name of the shared rate limit of ``model`` on account ``scope``."""
     clean = scope.translate({ord(c): "_" for c in "/%&><"})
     return f"qwbatch-rps:{model}@{clean}"
+
+
+def variable_name(scope: str, model: str) -> str:
+    """The Prefect variable holding what the workers of account ``scope`` learned about
+    ``model``'s limit. Variable names allow lowercase letters, digits, ``-`` and ``_``
+    only, so the rest becomes ``_`` and a checksum of the whole keeps names apart."""
+    whole = f"{model}@{scope}"
+    clean = re.sub(r"[^a-z0-9_-]", "_", whole.lower())[:200]
+    return f"qwbatch-learned-{clean}-{zlib.crc32(whole.encode()):08x}"
+
+
+class Learning(Protocol):
+    """What a shared budget needs from its limiter to share what it learns."""
+
+    def learned(self) -> Learned:
+        """The limiter's rate and learned limit now."""
+
+    def adopt(self, other: Learned) -> None:
+        """Take another worker's rate and learned limit."""
 
 
 def default_scope(base_url: str) -> str:
@@ -211,18 +254,34 @@ class PrefectBudget:
         self._rate_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._client: PrefectClient | None = None
+        self._learning: Learning | None = None
+        self.variable = variable_name(scope, model)
+        self._writer = uuid.uuid4().hex[:12]  # tells our own publications from others'
+        self._published: Learned | None = None
+        self._seen: tuple[int, str] | None = None
+        self._seq = 0
+        self._room_waited_at = float("-inf")  # a lease last waited for room (monotonic)
+        self._limit_rate: float | None = None  # the shared rate limit's rate, as last set
+        self._limit_set_at = float("-inf")
         _OPEN_BUDGETS.add(self)
 
     # -- SharedBudget ----------------------------------------------------------------------
 
-    def start(self, rate: Callable[[], float]) -> None:
+    def start(self, rate: Callable[[], float], learning: Learning | None = None) -> None:
         """Create the limit and start leasing, on the background loop.
 
         ``rate()`` is the limiter's current rate (ramp and cuts applied): leases are sized
         to it, so a slowed-down worker does not sit on tokens the others could spend.
+        ``learning``: share what the limiter learns with the other workers.
         """
         self._rate = rate
+        self._learning = learning
         LOOP.spawn(self._run(), self._context)
+
+    def binding(self) -> bool | None:
+        if self.state != "shared":
+            return None
+        return time.monotonic() - self._room_waited_at <= BINDING_S
 
     def describe(self) -> str:
         if self.state == "shared":
@@ -267,6 +326,8 @@ class PrefectBudget:
         self._tasks = [asyncio.create_task(self._lease_tokens(client))]
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)
+        if self._learning is not None:
+            self._tasks.append(asyncio.create_task(self._share_learning(client, self._learning)))
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         """A leasing task that dies of an unforeseen error must not leave requests waiting
@@ -282,9 +343,14 @@ class PrefectBudget:
 
         await client.__aenter__()
         self._client = client
+        rps = self.spec.rps
+        if self._learning is not None:
+            # Start from what the workers of the account learned, when they did.
+            await self._sync_once(client, self._learning, publish=False)
+            rps = self._learning.learned().rate
         # ObjectAlreadyExists: another worker created it between our read and our create.
         try:
-            await ensure_rate_limit(client, self.rate_name, self.spec.rps)
+            await ensure_rate_limit(client, self.rate_name, rps)
         except ObjectAlreadyExists:
             pass
         except httpx.HTTPStatusError as exc:
@@ -326,8 +392,10 @@ class PrefectBudget:
                     return
 
     def _ahead(self) -> int:
-        """Tokens left in the pool at which the next lease is asked for."""
-        return math.floor(self.lease * BUCKET_SLACK)
+        """Tokens left in the pool at which the next lease is asked for: at least one, so
+        that a lease of one token is asked for while the last is spent, not after (the
+        shared limit's room still paces the grants)."""
+        return max(1, math.floor(self.lease * BUCKET_SLACK))
 
     async def _lease_once(self, client: PrefectClient) -> bool:
         """One lease into the pool; False when leasing failed and the budget fell back."""
@@ -360,13 +428,16 @@ class PrefectBudget:
             self._fall_back(f"the limit {self.rate_name!r} does not exist")
             return False
         self.leases_taken += 1
-        self.pool.put(lease, interval=1 / rate, expires_at=time.monotonic() + 2 * lease / rate)
+        self.lease = granted
+        self.pool.put(granted, interval=1 / rate, expires_at=time.monotonic() + 2 * granted / rate)
         return True
 
-    async def _acquire_tokens(self, client: PrefectClient, tokens: int) -> bool:
-        """``rate_limit(name, occupy=tokens, strict=True)``, on our client and our schedule.
+    async def _acquire_tokens(self, client: PrefectClient, tokens: int) -> int:
+        """``rate_limit(name, occupy=tokens, strict=True)``, on our client and our schedule;
+        the tokens granted: ``tokens``, or fewer when the limit holds fewer (it follows the
+        learned rate, which another worker may have lowered).
 
-        False when the limit does not exist (what ``strict=True`` refuses). The limit is read
+        0 when the limit does not exist (what ``strict=True`` refuses). The limit is read
         first and asked only when it has room: on Prefect's server a denied request (HTTP
         423) stamps the limit as updated without decaying it, so every denial throws away
         the decay since the last grant, and a worker asking blindly, early, lost up to a
@@ -379,14 +450,18 @@ class PrefectBudget:
         from prefect.exceptions import ObjectNotFound
 
         slots = tokens * SLOTS_PER_REQUEST
-        decay = self.spec.rps * SLOTS_PER_REQUEST
         while True:
             try:
                 limit = await client.read_global_concurrency_limit_by_name(self.rate_name)
             except ObjectNotFound:
-                return False
+                return 0
+            # The limit's rate follows what the workers learned (not only the configured one).
+            decay = limit.slot_decay_per_second or self.spec.rps * SLOTS_PER_REQUEST
+            tokens = max(1, min(tokens, int(limit.limit // SLOTS_PER_REQUEST)))
+            slots = tokens * SLOTS_PER_REQUEST
             missing = limit.active_slots + slots - limit.limit
             if missing > 0:
+                self._room_waited_at = time.monotonic()
                 await asyncio.sleep(missing / decay + random.uniform(0.0, ASK_JITTER_S))
                 continue
             try:
@@ -394,11 +469,63 @@ class PrefectBudget:
                     names=[self.rate_name], slots=slots, mode="rate_limit"
                 )
             except httpx.HTTPStatusError as exc:
-                if exc.response.status_code != 423:
+                # 423: another worker read the same room and asked first. 422 ("slots
+                # requested is greater than the limit"): another worker lowered the limit
+                # (a cut) between our read and our ask. Either way: read it again. 404: the
+                # limit was deleted between the read and the ask (not an outage to wait out).
+                if exc.response.status_code == 404:
+                    return 0
+                if exc.response.status_code not in (422, 423):
                     raise
-                self.leases_denied += 1  # another worker read the same room and asked first
+                self.leases_denied += 1
                 continue
-            return bool(response.json())
+            return tokens if response.json() else 0
+
+    async def _share_learning(self, client: PrefectClient, learning: Learning) -> None:
+        """Every :data:`SYNC_S` seconds: take what another worker published, publish what
+        this one learned. A failed round trip is tried again at the next tick."""
+        while not self._closed and self.state == "shared":
+            await asyncio.sleep(SYNC_S)
+            try:
+                await self._sync_once(client, learning)
+            except (httpx.HTTPError, OSError) as exc:
+                log.debug("sharing what %s learned failed: %s", self.rate_name, _reason(exc))
+
+    async def _sync_once(
+        self, client: PrefectClient, learning: Learning, *, publish: bool = True
+    ) -> None:
+        from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+        from prefect.exceptions import ObjectAlreadyExists
+
+        variable = await client.read_variable_by_name(self.variable)
+        value = variable.value if variable is not None else None
+        if isinstance(value, dict):
+            theirs = Learned.from_json(value)
+            seq, writer = int(value.get("seq", 0) or 0), str(value.get("by", ""))
+            self._seq = max(self._seq, seq)
+            if theirs is not None and (seq, writer) != self._seen:
+                self._seen = (seq, writer)
+                if writer != self._writer:
+                    learning.adopt(theirs)
+                    self._published = theirs
+        if not publish:
+            return
+        mine = learning.learned()
+        if self._published is not None and not _moved(mine, self._published):
+            return
+        self._seq += 1
+        payload: dict[str, Any] = {**mine.to_json(), "seq": self._seq, "by": self._writer}
+        if variable is None:
+            with contextlib.suppress(ObjectAlreadyExists):
+                await client.create_variable(VariableCreate(name=self.variable, value=payload))
+        else:
+            await client.update_variable(VariableUpdate(name=self.variable, value=payload))
+        self._seen, self._published = (self._seq, self._writer), mine
+        now = time.monotonic()
+        lower = self._limit_rate is None or mine.rate < self._limit_rate
+        if lower or now - self._limit_set_at >= RAISE_EVERY_S:
+            await ensure_rate_limit(client, self.rate_name, mine.rate)
+            self._limit_rate, self._limit_set_at = mine.rate, now
 
     async def _shutdown(self) -> None:
         for task in self._tasks:
@@ -444,6 +571,17 @@ async def ensure_rate_limit(client: PrefectClient, name: str, rps: float) -> Non
             active_slots=min(existing.active_slots, size),
         ),
     )
+
+
+def _moved(now: Learned, then: Learned) -> bool:
+    """Whether ``now`` differs from ``then`` enough to publish (:data:`SYNC_MOVED`)."""
+
+    def apart(a: float | None, b: float | None) -> bool:
+        if a is None or b is None:
+            return a is not b
+        return abs(a - b) > SYNC_MOVED * max(a, b)
+
+    return apart(now.rate, then.rate) or apart(now.learned, then.learned)
 
 
 def _reason(exc: BaseException) -> str:

@@ -2,8 +2,13 @@
 
 Example line::
 
-    limits qwen-image-2.0: 1.96 req/s, limit 2.00 of 2.00 req/s, in flight 3/4, 429s 0/min,
-    shared via Prefect limit 'qwbatch-rps:qwen-image-2.0@dashscope-intl.aliyuncs.com' (leases of 1)
+    limits qwen-image-2.0: 1.96 req/s, limit 2.00 of 2.00 req/s (configured), in flight 3/4,
+    429s 0/min, shared via Prefect limit 'qwbatch-rps:qwen-image-2.0@dashscope-intl…' (leases of 1)
+
+The part in brackets says where the limit comes from: ``configured`` (the figure the run was
+told), ``learned 7.90 req/s`` (where 429s began; see :mod:`qwbatch.limits.learning`),
+``probing above learned 7.90 req/s``, or ``auto, searching upward`` (``--rps auto``, with
+``of auto from 2.00 req/s`` as the ceiling).
 
 ``reporting(sink)`` sends such a line per active model to ``sink`` every ``every_s`` seconds
 while a run goes, from a daemon thread, and a last one when the block ends.
@@ -37,12 +42,17 @@ class LimitStatus:
     throttled_per_min: int
     sent: int
     sharing: str
+    #: Where the limit comes from: configured, learned, probing, searching (see above).
+    learning: str = "configured"
+    #: ``ceiling`` is where ``--rps auto`` started, not a ceiling.
+    auto: bool = False
 
     def line(self) -> str:
+        ceiling = f"auto from {self.ceiling:.2f}" if self.auto else f"{self.ceiling:.2f}"
         return (
             f"limits {self.model}: {self.rate:.2f} req/s, limit {self.limit:.2f} of "
-            f"{self.ceiling:.2f} req/s, in flight {self.in_flight}/{self.max_in_flight}, "
-            f"429s {self.throttled_per_min}/min, {self.sharing}"
+            f"{ceiling} req/s ({self.learning}), in flight {self.in_flight}/"
+            f"{self.max_in_flight}, 429s {self.throttled_per_min}/min, {self.sharing}"
         )
 
 
@@ -63,6 +73,8 @@ def status_of(limiter: ModelLimiter, now: float | None = None) -> LimitStatus:
         throttled_per_min=sum(1 for t in limiter.throttle_times() if now - t <= 60.0),
         sent=limiter.sent,
         sharing=limiter.describe_sharing(),
+        learning=limiter.learning(),
+        auto=limiter.spec.auto,
     )
 
 

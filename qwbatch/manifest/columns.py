@@ -135,6 +135,7 @@ COLUMN_TYPES: Final[dict[str, tuple[str, Callable[[pa.DataType], bool]]]] = {
     "priority": ("an integer column", _accepts_int),
     "params": ("a map, struct or JSON-object string column", _accepts_params),
     "models": ("a list of strings or a string column", _accepts_images),
+    "expected_text": ("a list of strings or a string column", _accepts_images),
 }
 REQUIRED_COLUMNS: Final = ("id", "prompt")
 
@@ -252,6 +253,39 @@ def _images(array: pa.Array) -> Cells[tuple[str, ...]]:
     if _is_text(array.type):
         return [None if v is None else _image_text(_text_of(v)) for v in values]
     return [None if not v else _image_tuple(v) for v in values]
+
+
+#: Separates several expected strings in one text cell (CSV has no lists).
+EXPECTED_TEXT_SEPARATOR: Final = "|"
+
+
+def _expected_tuple(items: list[Any]) -> tuple[str, ...] | None:
+    texts = (_text_of(item).strip() for item in items if isinstance(item, str | bytes))
+    kept = tuple(text for text in texts if text)
+    return kept or None
+
+
+def _expected_text(text: str) -> tuple[str, ...] | Bad | None:
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError:
+            return Bad("is not a valid JSON array of strings")
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            return Bad("is not a valid JSON array of strings")
+        return _expected_tuple(items)
+    return _expected_tuple(text.split(EXPECTED_TEXT_SEPARATOR))
+
+
+def _expected_texts(array: pa.Array) -> Cells[tuple[str, ...]]:
+    """Each cell's expected strings: a list, a JSON array, or text split at ``|``; empty
+    strings dropped, so an empty cell expects nothing."""
+    array = decoded(array)
+    values: list[Any] = array.to_pylist()
+    if _is_text(array.type):
+        return [None if v is None else _expected_text(_text_of(v)) for v in values]
+    return [None if not v else _expected_tuple(v) for v in values]
 
 
 def _tag_text(value: Any) -> str:
@@ -444,4 +478,5 @@ COERCE: Final[dict[str, Callable[[pa.Array], list[Any]]]] = {
     "priority": _ints,
     "params": _params,
     "models": _models,
+    "expected_text": _expected_texts,
 }

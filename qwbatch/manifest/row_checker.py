@@ -193,6 +193,7 @@ class RowChecker:
         priority: int | Bad | None = None,
         params: Params | Bad | None = None,
         models: tuple[str, ...] | Bad | None = None,
+        expected_text: tuple[str, ...] | Bad | None = None,
     ) -> RenderRequest | Reject:
         """The normalised request for one row, or the first reason to refuse it.
 
@@ -289,6 +290,8 @@ class RowChecker:
             if isinstance(outcome, str):
                 return Reject(row, rid, "params", outcome)
             checked_params = outcome
+        if isinstance(expected_text, Bad):
+            return Reject(row, rid, "expected_text", f"expected_text {expected_text.reason}")
 
         # edit inputs: counted, then resolved (last: hashing a file is the costly check)
         input_sha256: tuple[str, ...] = ()
@@ -353,6 +356,7 @@ class RowChecker:
             tags=tags or (),
             priority=priority,
             params=checked_params,
+            expected_text=expected_text or (),
         )
 
 

@@ -26,6 +26,8 @@ column             required / default            accepted Arrow types
                                                  checked against the model's ``params``
 ``models``         none (``model``)              list<string>, or a comma-separated string: the
                                                  row renders once on each (id ``ID@MODEL``)
+``expected_text``  none (text is not checked)    list<string-like>, a JSON-array string, or a
+                                                 string; ``|`` separates several in a string
 =================  ============================  =============================================
 
 .. [#s] string-like: ``string``, ``large_string``, ``string_view``, UTF-8 ``binary`` and any
@@ -79,6 +81,7 @@ MANIFEST_SCHEMA: Final = pa.schema(
         pa.field("priority", pa.int32()),
         pa.field("params", pa.string()),  # a JSON object; map and struct columns are read too
         pa.field("models", pa.list_(pa.string())),
+        pa.field("expected_text", pa.list_(pa.string())),
     ]
 )
 

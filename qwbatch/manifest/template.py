@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+from qwbatch.manifest.columns import EXPECTED_TEXT_SEPARATOR
+
 TemplateFormat = Literal["csv", "jsonl"]
 
 
@@ -60,6 +62,12 @@ COLUMNS: Final[tuple[ColumnDoc, ...]] = (
         "render the row on each of these models (ids become ID@MODEL); comma-separated",
         "qwen-image-2.0,flux-2-pro,gpt-image-2",
     ),
+    ColumnDoc(
+        "expected_text",
+        "none",
+        "words that must be legible on each image (OCR-checked); several split by |",
+        "秋季新品|全场八折",
+    ),
 )
 
 #: Example rows a run accepts (no edits: those need input files that the template cannot ship).
@@ -84,6 +92,7 @@ EXAMPLES: Final[tuple[dict[str, Any], ...]] = (
         "model": "qwen-image-2.0",
         "size": "1024*1536",
         "tags": {"campaign": "autumn", "lang": "zh"},
+        "expected_text": ["秋季新品", "全场八折"],
     },
 )
 
@@ -127,13 +136,15 @@ def template_text(fmt: TemplateFormat = "csv") -> str:
     names = [c.name for c in COLUMNS]
     writer.writerow(names)
     for row in EXAMPLES:
-        writer.writerow([_csv_cell(row.get(name)) for name in names])
+        writer.writerow([_csv_cell(row.get(name), name) for name in names])
     return out.getvalue()
 
 
-def _csv_cell(value: Any) -> str:
+def _csv_cell(value: Any, name: str) -> str:
     if value is None:
         return ""
+    if name == "expected_text" and isinstance(value, list):
+        return EXPECTED_TEXT_SEPARATOR.join(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):

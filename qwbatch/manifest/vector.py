@@ -249,6 +249,9 @@ def _check(
     # input images belong to edit rows: the row checker resolves them
     if "input_images" in batch.schema.names:
         ok = pc.and_kleene(ok, pc.is_null(batch.column("input_images")))
+    # expected text is parsed (lists, JSON, "|") by the row checker, like the inputs
+    if "expected_text" in batch.schema.names:
+        ok = pc.and_kleene(ok, pc.is_null(batch.column("expected_text")))
     # provider params and several models per row: the row checker's work too
     for name in ("params", "models"):
         if name in batch.schema.names:

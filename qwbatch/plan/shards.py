@@ -21,15 +21,16 @@ from qwbatch.storage.stores import ObjectStore
 
 def _encode_item(item: PlanItem) -> dict[str, Any]:
     request = asdict(item.request)
-    if not request["params"]:
-        # Lines without params stay byte-equal to the column-wise writer's (plan.stream).
-        del request["params"]
+    for name in ("expected_text", "params"):
+        if not request[name]:
+            # Lines without them stay byte-equal to the column-wise writer's (plan.stream).
+            del request[name]
     return {"request": request, "aliases": [asdict(a) for a in item.aliases]}
 
 
 def _decode_item(data: dict[str, Any]) -> PlanItem:
     req = dict(data["request"])
-    for name in ("input_images", "input_sha256", "input_notes"):
+    for name in ("input_images", "input_sha256", "input_notes", "expected_text"):
         req[name] = tuple(req.get(name, ()))
     req["tags"] = tuple(tuple(pair) for pair in req["tags"])
     req["params"] = tuple(tuple(pair) for pair in req.get("params", ()))

@@ -73,6 +73,15 @@ class Tally:
         #: Images by (model, size, inputs, quality): what prices FLUX and GPT Image requests.
         self.priced: dict[tuple[str, str | None, int, str | None], int] = {}
         self._tag_tables: list[pa.Table] = []
+        #: Images of rows that expect text, by model (only row-checker rows can).
+        self.text_images: dict[str, int] = {}
+
+    def add_text(self, requests: Iterable[RenderRequest]) -> None:
+        """Count the images of ``requests`` whose text will be checked (and may re-roll)."""
+        for request in requests:
+            if request.expected_text:
+                images = self.text_images.get(request.model, 0)
+                self.text_images[request.model] = images + request.n
 
     def add(self, requests: pa.Table) -> None:
         """Count requests: columns ``model``, ``n`` and ``tags`` (map<string,string>)."""
@@ -141,6 +150,8 @@ class Tally:
             )
             for model, (_, images) in self.models.items()
         }
+        for model, text_images in self.text_images.items():
+            result.add_text(text_images, prices.unit_price(model) or ZERO)
         # Tag lines are often one per row (an id as a tag): share their equal costs.
         costs: dict[tuple[str, int], Decimal] = {}
         by_tag = result.by_tag
@@ -319,6 +330,7 @@ class Planner:
         self.writer.add(lines)
         if self.requests is None:
             self.tally.add(counted)
+            self.tally.add_text(entry for entry in new if not isinstance(entry, int))
         else:
             self.requests.append(counted)
 

@@ -141,11 +141,18 @@ class Caller:
                 f"connection); not sent again (QWBATCH_AMBIGUOUS_RETRIES={retry_budget})"
             )
 
-        first_sent: float | None = None  # the request's time budget starts at its first send
-        tries = 0
+        # The request's time budget starts at its first send, again after each 429.
+        first_sent: float | None = None
+        tries = throttled = 0
 
         def retryable(exc: Exception) -> bool | float:
-            """Whether to retry, as the wait (full jitter, Retry-After a floor): render.retries."""
+            """Whether to retry, as the wait (full jitter, Retry-After a floor): render.retries.
+
+            A 429 is the limiter's business, not the row's: retried while the run lives, with
+            no attempt cap and no time budget, after ``Retry-After`` when the server gave one
+            (the limiter then paces the send)."""
+            if isinstance(exc, ThrottledError):
+                return exc.retry_after or 0.0
             if isinstance(exc, AmbiguousError):
                 if ledger.ambiguous > retry_budget:
                     return False
@@ -153,10 +160,10 @@ class Caller:
                 return False
             elapsed = time.monotonic() - (first_sent or time.monotonic())
             retry_after = exc.retry_after if isinstance(exc, ProviderTransientError) else None
-            wait = self.retry_policy.next_wait(tries, elapsed, retry_after)
+            wait = self.retry_policy.next_wait(tries - throttled, elapsed, retry_after)
             return False if wait is None else wait
 
-        async for attempt in provider_retries(self.settings, retryable):
+        async for attempt in provider_retries(self.settings, retryable, attempts=None):
             tries += 1
             with attempt:
                 if ledger.task_id is not None:
@@ -190,6 +197,8 @@ class Caller:
                     self.journal.failed(request)  # answered with an error: nothing billed
                     if isinstance(exc, ThrottledError):
                         limiter.on_throttle(exc.retry_after)
+                        throttled += 1
+                        first_sent = None
                     elif isinstance(exc, BudgetExceededError):
                         ledger.attempts -= 1  # refused before it was sent: not a provider call
                     self._account_wide(exc)

@@ -47,7 +47,7 @@ from qwbatch.core.errors import JournalError, ProviderUnavailableError, QwBatchE
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import Guard, StopSignal, cancel_when_stopped
-from qwbatch.core.types import CatalogRecord, PlanItem
+from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest
 from qwbatch.limits import LIMITERS, LimiterRegistry
 from qwbatch.plan import decode_shard
 from qwbatch.providers.base import Provider
@@ -59,9 +59,11 @@ from qwbatch.render.ledger import Ledger, Totals
 from qwbatch.render.outputs import Outputs
 from qwbatch.render.recorder import Recorder, RecordsCallback
 from qwbatch.render.recovery import TaskFinder
+from qwbatch.render.rerolls import TextChecks, shared_reader
 from qwbatch.render.retries import store_retries
 from qwbatch.storage.layout import shard_label
 from qwbatch.storage.stores import ObjectStore
+from qwbatch.text import TextReader
 
 __all__ = [
     "Engine",
@@ -119,6 +121,7 @@ class Engine:
         finder: TaskFinder | None = None,
         stop: StopSignal | None = None,
         breaker: Breaker | None = None,
+        reader: TextReader | None = None,
     ) -> None:
         #: Unit prices for the catalog's unit_price and cost (qwbatch.core.costs).
         self.prices = prices or PriceTable.load(settings, table)
@@ -161,6 +164,15 @@ class Engine:
         )
         self.harvester = Harvester(
             provider=self.provider, settings=settings, outputs=self.outputs, recorder=self.recorder
+        )
+        #: Rows with expected text: read back, re-rolled while misspelt (render.rerolls).
+        #: The reader's worker processes start on the first row that needs them.
+        self.text = TextChecks(
+            reader=reader if reader is not None else shared_reader(settings.text_workers),
+            settings=settings,
+            store=store,
+            get=lambda key: self.outputs.store_call(store.get, key),
+            stop=self.stop,
         )
 
     # -- what it ran (summed over every request) -------------------------------------------
@@ -268,7 +280,17 @@ class Engine:
             raise
         except QwBatchError as exc:
             records = [self.recorder.failure(request, exc, ledger, started)]
+        if request.expected_text:
+            # Held for the re-rolls: a stop waits for the call on the wire, and the checks
+            # start no new re-roll once it is set (the row is then left to a resume).
+            with ledger.guarded():
+                records = await self.text.check(request, records, self._reroll)
         return self.recorder.finish(item, records, ledger, unit_price)
+
+    async def _reroll(self, request: RenderRequest) -> list[CatalogRecord]:
+        """One re-roll of a misspelt image: a request of its own (journaled, billed, budgeted
+        and restored on resume like any other), with no text of its own to check."""
+        return await self._render(PlanItem(request), Ledger())
 
 
 def summarize(

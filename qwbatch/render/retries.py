@@ -1,10 +1,17 @@
 """How long to wait before retrying a provider call, and when to stop.
 
 Exponential backoff with *full jitter* — a wait drawn uniformly from
-``[0, min(cap, base × 2^(attempt-1))]`` — so that requests throttled together do not come back
-together; a ``Retry-After`` from the server is a floor. A request stops being retried after
-``max_attempts`` attempts, or when the next attempt would start more than ``max_total_s``
-seconds after its first send (time spent queueing for a first send does not count).
+``[0, min(cap, base × 2^(attempt-1))]`` — so that requests that failed together do not come
+back together; a ``Retry-After`` from the server is a floor. A request stops being retried
+after ``max_attempts`` attempts, or when the next attempt would start more than
+``max_total_s`` seconds after its first send (time spent queueing for a first send does not
+count).
+
+A 429 is not among these: it is the limiter's business (``qwbatch.limits``), never the
+row's. A throttled request is retried for as long as its run lives — no attempt cap, no time
+budget; its attempts are not counted against ``max_attempts`` and the time budget starts
+again at its next send. Only the run's end (a signal, ``qwbatch`` stopped, a budget) ends
+it.
 
 The retry loops themselves are stamina's: :func:`provider_retries` builds the one a provider
 call or a download runs in (:class:`RetryPolicy` answers its hook), :func:`store_retries` the
@@ -18,6 +25,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import stamina
 
@@ -71,13 +79,17 @@ class RetryPolicy:
 
 
 def provider_retries(
-    settings: Settings, on: Callable[[Exception], bool | float], *, attempts: int | None = None
+    settings: Settings,
+    on: Callable[[Exception], bool | float],
+    *,
+    attempts: int | Literal["settings"] | None = "settings",
 ) -> stamina._core._RetryContextIterator:
     """Retries of a provider call or a download: ``on`` decides (and may name the wait, in
-    seconds); at most ``attempts`` (``Settings.max_attempts`` by default)."""
+    seconds); at most ``attempts`` (``Settings.max_attempts`` by default; None: no cap, when
+    ``on`` counts attempts itself)."""
     return stamina.retry_context(
         on=on,
-        attempts=settings.max_attempts if attempts is None else attempts,
+        attempts=settings.max_attempts if attempts == "settings" else attempts,
         timeout=None,
         wait_initial=settings.backoff_base_s,
         wait_max=settings.backoff_max_s,

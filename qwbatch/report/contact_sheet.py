@@ -32,6 +32,7 @@ from qwbatch.core.fonts import Font, caption_font
 from qwbatch.run.summary import RunSummary
 from qwbatch.storage.layout import run_sheet_key
 from qwbatch.storage.stores import ObjectStore
+from qwbatch.text import read_lines
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class Tile:
     note: str | None = None
     image_index: int | None = None
     n: int = 1
+    #: A row whose expected text did not read right: framed red, expected beside read.
+    text_failed: bool = False
 
     @property
     def caption_id(self) -> str:
@@ -118,15 +121,22 @@ def tiles_for(store: ObjectStore, rows: Sequence[dict[str, Any]]) -> list[Tile]:
             note = row["status"] if row["status"] != "succeeded" else "image missing"
             if row.get("error_code"):
                 note += f" · {row['error_code']}"
+        caption = row["prompt"]
+        if row.get("text_expected"):
+            # Checked text: what was asked for beside what was read, instead of the prompt.
+            found = row.get("text_found") or ""
+            read = " / ".join(read_lines(row["text_expected"], found)) or "—"
+            caption = f"expected {' | '.join(row['text_expected'])} · read {read}"
         tiles.append(
             Tile(
                 row_id=row["row_id"],
-                prompt=row["prompt"],
+                prompt=caption,
                 status=row["status"],
                 image=image,
                 note=note,
                 image_index=row.get("image_index"),
                 n=int(row.get("n") or 1),
+                text_failed=bool(row.get("text_expected")) and row.get("text_ok") is not True,
             )
         )
     return tiles
@@ -274,12 +284,16 @@ def _draw_tile(
                 font=id_font,
                 fill=_BAD_INK,
             )
+    if tile.text_failed:
+        draw.rectangle((x - 3, y - 3, x + box + 2, y + box + 2), outline=_BAD_INK, width=3)
     text_y = y + box + lay.padding // 2
     caption = fit_lines(tile.caption_id, id_font, box, 1)[0]
-    draw.text((x, text_y), caption, font=id_font, fill=_INK)
+    draw.text((x, text_y), caption, font=id_font, fill=_BAD_INK if tile.text_failed else _INK)
     text_y += round(lay.id_size * 1.5)
     for text in fit_lines(tile.prompt, prompt_font, box, lay.prompt_lines):
-        draw.text((x, text_y), text, font=prompt_font, fill=_MUTED)
+        draw.text(
+            (x, text_y), text, font=prompt_font, fill=_BAD_INK if tile.text_failed else _MUTED
+        )
         text_y += line
 
 

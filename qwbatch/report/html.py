@@ -43,6 +43,7 @@ from qwbatch.report.page_font import FAMILY, font_face_css
 from qwbatch.run.progress import GOOD_STATUSES
 from qwbatch.storage.layout import rejects_key
 from qwbatch.storage.stores import ObjectStore
+from qwbatch.text import read_lines
 
 #: Images inlined at most by default; the page says how many more there were.
 DEFAULT_MAX_IMAGES = 1000
@@ -101,6 +102,7 @@ def render_html_report(
             f" · {len(runs)} run(s) · generated {when}</p>",
             _totals(rows, origins, money, currency),
             _failures(rows),
+            _text_checks(rows),
             _skipped(rows),
             _rejects(store, runs or ([selected] if selected else [])),
             _gallery(store, rows, origins, max_images, currency, image_link),
@@ -215,6 +217,48 @@ def _failures(rows: Sequence[dict[str, Any]]) -> str:
     return _table(f"Failures ({len(bad)})", head, body, numeric={5}, empty="no failures")
 
 
+def _text_checks(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows whose text was checked: what was asked for beside what was read, failures first."""
+    checked = [row for row in rows if row.get("text_expected")]
+    if not checked:
+        return ""
+    checked.sort(key=lambda row: (row.get("text_ok") is True, row["row_id"]))
+    body = [
+        [
+            _label(row),
+            " | ".join(row["text_expected"]),
+            _read(row),
+            "" if row.get("text_cer") is None else f"{row['text_cer']:.3f}",
+            str(row.get("rerolls") or 0),
+            _verdict(row),
+        ]
+        for row in checked
+    ]
+    passed = sum(1 for row in checked if row.get("text_ok") is True)
+    head = ["id", "expected", "read", "CER", "re-rolls", "verdict"]
+    return _table(
+        f"Text checks ({passed} of {len(checked)} read right)", head, body, numeric={3, 4}
+    )
+
+
+def _read(row: dict[str, Any]) -> str:
+    """What was read where the expected text should be (the image's other words left out)."""
+    found = row.get("text_found") or ""
+    return " / ".join(read_lines(row["text_expected"], found)) or found.replace("\n", " / ")
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    ok = row.get("text_ok")
+    return "right" if ok is True else ("MISSPELT" if ok is False else "UNREAD")
+
+
+def _label(row: dict[str, Any]) -> str:
+    label = str(row["row_id"])
+    if (row.get("n") or 1) > 1 and row.get("image_index") is not None:
+        label += f" #{row['image_index'] + 1}"
+    return label
+
+
 def _rejects(store: ObjectStore, runs: Sequence[str]) -> str:
     """The manifest rows each of ``runs`` rejected, in one table with a run column."""
     body = []
@@ -257,9 +301,7 @@ def _figure(
     image_link: ImageLink | None,
 ) -> str:
     thumb = catalog_view.load_thumbnail(store, row)
-    label = row["row_id"]
-    if (row.get("n") or 1) > 1 and row.get("image_index") is not None:
-        label += f" #{row['image_index'] + 1}"
+    label = _label(row)
     if thumb is not None:
         uri = "data:image/webp;base64," + base64.b64encode(thumb).decode("ascii")
         picture = f'<img src="{uri}" alt="{escape(label)}">'
@@ -291,7 +333,22 @@ def _figure(
         f"<figure>{picture}<figcaption><b>{escape(label)}</b>"
         f" <span class='st {status}'>{escape(_word(row['status']))}</span>"
         f"<br><small>{facts}</small><br><small class=paid>{cost}</small>"
-        f"<p>{escape(row['prompt'])}</p>{tags}</figcaption></figure>"
+        f"{_text_lines(row)}<p>{escape(row['prompt'])}</p>{tags}</figcaption></figure>"
+    )
+
+
+def _text_lines(row: dict[str, Any]) -> str:
+    """Expected beside read, for a row whose text was checked (marked when it failed)."""
+    if not row.get("text_expected"):
+        return ""
+    ok = row.get("text_ok") is True
+    read = _read(row) or "—"
+    rerolls = row.get("rerolls") or 0
+    again = f" · {rerolls} re-roll(s)" if rerolls else ""
+    return (
+        f"<dl class='text {'ok' if ok else 'bad'}'><dt>expected</dt>"
+        f"<dd>{escape(' | '.join(row['text_expected']))}</dd><dt>read</dt>"
+        f"<dd>{escape(read)}</dd><dt>verdict</dt><dd>{escape(_verdict(row) + again)}</dd></dl>"
     )
 
 
@@ -351,7 +408,10 @@ align-items:center;background:#ece9e6;color:#b02828;font-weight:600;padding:0 12
 text-align:center}.noimg small{font-weight:400;color:#444;margin-top:6px}
 figcaption{padding:8px 10px}figcaption p{margin:6px 0;color:#444}
 .st{font-size:12px;padding:1px 6px;border-radius:4px;background:#e6f0e6;color:#225522}
-.st.failed,.st.moderated,.st.ambiguous,.st.expired{background:#f6e0e0;
+.text{display:grid;grid-template-columns:auto 1fr;gap:0 8px;margin:6px 0;font-size:12px;
+padding:4px 6px;border-radius:4px}.text dt{color:#666}.text dd{margin:0}
+.text.ok{background:#eef6ee}.text.bad{background:#f9e3e3;color:#8a1c1c}
+.st.failed,.st.moderated,.st.ambiguous,.st.expired,.st.text_mismatch{background:#f6e0e0;
 color:#a02020}.st.skipped_budget{background:#f7eed8;color:#7a5a10}.st.deduplicated{background:#e8ecf4;color:#2a3f66}
 .tag{display:inline-block;font-size:12px;background:#f0eee9;border-radius:4px;
 padding:0 6px;margin:0 4px 4px 0;color:#555}

@@ -10,8 +10,12 @@ the same numbers:
   add up to more than the total;
 - ``calls``: per request (run id, request key) the largest ``attempts`` of its rows, summed;
   ``retries`` the same less one call per request that made any;
-- ``failures``: rows with status ``failed``, ``moderated``, ``ambiguous`` or ``expired``, by
+- ``failures``: rows with status ``failed``, ``moderated``, ``ambiguous``, ``expired`` or
+  ``text_mismatch``, by
   status and ``error_code`` (the provider's code, or our error class);
+- ``text``: images whose row expected text (``text_expected``), how many read right
+  (``text_ok``), how many ended ``text_mismatch``, how many could not be read, and the
+  re-rolls they took (``rerolls``, each billed and in ``cost``);
 - wall time of a run: its first ``started_at`` to its last ``finished_at`` (plan rows
   included), and throughput: images stored per minute of it;
 - ``spend``: the selected run's spend beside the lifetime spend of DEST, as
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
     from qwbatch.run.summary import RunSummary
 
 #: Statuses that mean a request ended without its image, for a reason worth reading.
-FAILURE_STATUSES = ("failed", "moderated", "ambiguous", "expired")
+FAILURE_STATUSES = ("failed", "moderated", "ambiguous", "expired", "text_mismatch")
 
 REPORT_COLUMNS = (
     "run_id",
@@ -52,6 +56,9 @@ REPORT_COLUMNS = (
     "started_at",
     "finished_at",
     "tags",
+    "text_expected",
+    "text_ok",
+    "rerolls",
 )
 
 
@@ -122,6 +129,36 @@ class RunLine:
 
 
 @dataclass(slots=True)
+class TextCounts:
+    """Text checks over the rows of a report: images checked, passed, failed, re-rolls."""
+
+    checked: int = 0
+    passed: int = 0
+    mismatched: int = 0
+    #: Checked images whose text could not be read at all (a worker died).
+    unread: int = 0
+    rerolls: int = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        if not row.get("text_expected"):
+            return
+        self.checked += 1
+        self.passed += row.get("text_ok") is True
+        self.mismatched += row["status"] == "text_mismatch"
+        self.unread += row.get("text_ok") is None
+        self.rerolls += row.get("rerolls") or 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "checked": self.checked,
+            "passed": self.passed,
+            "mismatched": self.mismatched,
+            "unread": self.unread,
+            "rerolls": self.rerolls,
+        }
+
+
+@dataclass(slots=True)
 class Report:
     """Counts, spend, retries, failures and speed of the runs in a catalog (see module doc)."""
 
@@ -137,6 +174,7 @@ class Report:
     by_model: list[SpendLine] = field(default_factory=list)
     by_tag: list[SpendLine] = field(default_factory=list)
     failures: dict[str, dict[str, int]] = field(default_factory=dict)
+    text: TextCounts = field(default_factory=TextCounts)
     #: The selected run's spend and the lifetime spend (None: built from rows alone).
     spend: Spend | None = None
 
@@ -165,6 +203,7 @@ class Report:
             "by_model": [line.to_dict() for line in self.by_model],
             "by_tag": [line.to_dict() for line in self.by_tag],
             "failures": self.failures,
+            "text": self.text.to_dict(),
             "spend": self.spend.to_dict() if self.spend is not None else None,
         }
 
@@ -212,6 +251,7 @@ def build_report(rows: Iterable[dict[str, Any]]) -> Report:
             run.started_at = started
         if finished is not None and (run.finished_at is None or finished > run.finished_at):
             run.finished_at = finished
+        report.text.add(row)
         key = (row["run_id"], row["request_key"])
         attempts[key] = max(attempts.get(key, 0), row["attempts"] or 0)
         if status in FAILURE_STATUSES:

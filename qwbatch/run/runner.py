@@ -40,7 +40,7 @@ from qwbatch.render.breaker import breaker_for, forget
 from qwbatch.render.engine import Engine, ShardResult, run_shard, store_retries
 from qwbatch.render.journal import StoreJournal
 from qwbatch.render.shard_results import read_shard_result, write_shard_result
-from qwbatch.run import progress
+from qwbatch.run import learned_limits, progress
 from qwbatch.run import records as runs
 from qwbatch.run.summary import RunSummary
 from qwbatch.storage import layout
@@ -311,12 +311,15 @@ async def render_shard_async(
     guard_scope = (
         budgets.shard_guard(budget) if budget is not None else contextlib.nullcontext(None)
     )
-    router = ProviderRouter.from_settings(settings, model_table(settings))
+    table = model_table(settings)
+    # Start near the limits earlier runs learned (once per process), keep what this one did.
+    await _with_store(settings, learned_limits.load, store, settings, table)
+    router = ProviderRouter.from_settings(settings, table)
     async with router as provider, guard_scope as guard:
         engine = Engine(
             provider=provider,
             store=store,
-            table=model_table(settings),
+            table=table,
             settings=settings,
             run_id=run_id,
             input_loader=StagedInputs(store),
@@ -327,6 +330,7 @@ async def render_shard_async(
             breaker=breaker_for(run_id),
         )
         result = await run_shard(engine, shard_key)
+    await _with_store(settings, learned_limits.save, store, settings)
     if result.left == 0:
         await _with_store(settings, write_shard_result, store, result)
         await _with_store(settings, journal.discard)

@@ -108,6 +108,9 @@ class SimulatorConfig(BaseModel):
     task_failure_rate: Probability = 0.0
     #: Per result image: its URL is born expired (403 "Request has expired"); still billed.
     expired_url_rate: Probability = 0.0
+    #: Per result image whose prompt quotes text: one character of the drawn text is
+    #: replaced (qwbatch.simulator.lettering); the image is billed as usual.
+    misspell_rate: Probability = 0.0
 
     def updated(self, patch: dict[str, Any]) -> SimulatorConfig:
         """A copy with ``patch`` applied, validated like a fresh config (ValidationError if not)."""

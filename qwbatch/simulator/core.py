@@ -450,6 +450,7 @@ class Simulator:
             is_edit=bool(job.image_refs),
             fast=config.fast,
             font_path=config.font_path,
+            misspell=self.dice.hit(config.misspell_rate, f"misspell{index}", key),
         )
         corrupt = self.dice.hit(config.corrupt_image_rate, f"corrupt{index}", key)
         expired = self.dice.hit(config.expired_url_rate, f"expired{index}", key)

@@ -23,6 +23,7 @@ from functools import lru_cache
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from qwbatch.core.fonts import caption_font
+from qwbatch.simulator import lettering
 
 #: zlib level for every PNG: speed over size (the simulator's images are throwaway).
 PNG_COMPRESS_LEVEL = 1
@@ -55,6 +56,8 @@ class Recipe:
     is_edit: bool = False
     fast: bool = False
     font_path: str | None = None
+    #: Draw the prompt's quoted phrases with one character replaced (``misspell_rate``).
+    misspell: bool = False
 
 
 def colour(prompt: str, seed: int, index: int) -> RGB:
@@ -92,6 +95,9 @@ def render(recipe: Recipe) -> bytes:
     info = PngImagePlugin.PngInfo()
     info.add_itxt("prompt", recipe.prompt)
     info.add_text("qwbatch-simulator", _label(recipe))
+    if recipe.misspell and lettering.quoted(recipe.prompt):
+        # Ground truth for tests and benchmarks: this image's text was misspelt on purpose.
+        info.add_text("qwbatch-simulator-misspelt", "1")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=info)
     return buffer.getvalue()
@@ -201,6 +207,17 @@ def _draw_caption(image: Image.Image, recipe: Recipe, tint: RGB) -> None:
     line_height = round(body_size * 1.25)
     top = margin * 2 + small_size
     bottom = height - margin * 2 - small_size
+    phrases = lettering.quoted(recipe.prompt)
+    if phrases and not recipe.is_edit:
+        # Text was asked for: draw the quoted words large instead of the prompt (whose
+        # quotes, written small, would let a misspelt image read right).
+        if recipe.misspell:
+            phrases = lettering.misspell(
+                phrases, f"{recipe.prompt}\x00{recipe.seed}\x00{recipe.index}"
+            )
+        lettering.draw_phrases(draw, phrases, box=(margin, top, width - margin, bottom), ink=ink)
+        _draw_watermark(draw, recipe, width, height, margin, small, small_size, ink)
+        return
     max_lines = max(1, (bottom - top) // line_height)
     lines = _wrap(recipe.prompt, body, width - 2 * margin)
     if len(lines) > max_lines:
@@ -216,6 +233,19 @@ def _draw_caption(image: Image.Image, recipe: Recipe, tint: RGB) -> None:
     for line in lines:
         draw.text((margin, y), line, font=body, fill=ink)
         y += line_height
+    _draw_watermark(draw, recipe, width, height, margin, small, small_size, ink)
+
+
+def _draw_watermark(
+    draw: ImageDraw.ImageDraw,
+    recipe: Recipe,
+    width: int,
+    height: int,
+    margin: int,
+    small: Font,
+    small_size: int,
+    ink: RGB,
+) -> None:
     if recipe.watermark:
         mark = "Qwen-Image"
         mark_width = round(draw.textlength(mark, font=small))

@@ -16,6 +16,9 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
     ├── quarantine/catalog/…                              quarantine_key
     ├── manifests/table-<24 hex>.parquet                  table_manifest_key
     ├── lease/run.json                                    lease_key
+
+
+    ├── limits/learned/<model>@<scope>.json              learned_limit_key
     └── runs/
         ├── _index/<fingerprint>/<run_id>                 index_key
         └── <run_id>/
@@ -39,12 +42,22 @@ run, keyed by what it renders, so a rerun finds the run to resume (:mod:`qwbatch
 and each run's plan, summary, contact sheet, shard files, shard results
 (:mod:`qwbatch.render.shard_results`) and journal (:mod:`qwbatch.render.journal`).
 
+
+rejected manifest rows; manifests given to the Python API as tables, saved by the hash of their
+bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); the request limit learned
+per model and account, for the next run (:mod:`qwbatch.run.learned_limits`); catalog parts too
+broken to read, set aside by ``catalog rebuild``; an index entry per run, keyed by what it
+renders, so a rerun finds the run to resume (:mod:`qwbatch.run.records`); and each run's plan,
+summary, contact sheet, shard files, shard results (:mod:`qwbatch.render.shard_results`) and
+journal (:mod:`qwbatch.render.journal`).
+
 A shard's *label* (``shard-00003``) names its journal folder and its catalog part. Keys are
 checked by :func:`qwbatch.storage.base.validate_key` wherever they are used.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -82,6 +95,17 @@ _SHARD_NAME: Final = "shard-"
 def output_key(request_key: str, index: int) -> str:
     """Content-addressed key of a request's ``index``-th output image."""
     return f"{IMAGES_PREFIX}{request_key[:2]}/{request_key}/{index}.png"
+
+
+_OUTPUT_KEY_RE = re.compile(rf"{IMAGES_PREFIX}[0-9a-f]{{2}}/([0-9a-f]{{64}})/(\d+)\.png$")
+
+
+def output_of(output: str | None, request_key: str, index: int) -> tuple[str, int]:
+    """``(request key, index)`` of the output a catalog row points at (its ``output_key``
+    or ``output_uri``): usually the row's own, but a row whose text was re-rolled keeps the
+    image of a re-roll, which lives under that re-roll's request key."""
+    match = _OUTPUT_KEY_RE.search(output or "")
+    return (match[1], int(match[2])) if match else (request_key, index)
 
 
 def output_keys(request_keys: pa.Array, indexes: pa.Array) -> pa.Array:
@@ -249,3 +273,14 @@ def shard_lease_key(shard_key: str) -> str:
     """The lease of the worker rendering one shard (its heartbeat, ``storage.lease``)."""
     run_id = shard_key.split("/", 2)[1]
     return f"{run_prefix(run_id)}leases/{shard_label(shard_key)}.json"
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+
+def learned_limit_key(scope: str, model: str) -> str:
+    """Where the request limit learned for ``model`` on account ``scope`` is kept for the
+    next run (JSON; see ``qwbatch.limits.learning.Learned``). Both names are quoted whole."""
+    from urllib.parse import quote
+
+    return f"limits/learned/{quote(model, safe='')}@{quote(scope, safe='')}.json"

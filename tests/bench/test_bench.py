@@ -78,13 +78,22 @@ def test_overhead_smoke_reruns_without_a_provider_call() -> None:
 
 
 @pytest.mark.slow
-def test_limits_smoke_prints_both_limiters() -> None:
-    # bench_limits in the registry's smoke form: R=2 with one shard, 5 s a row, its own
-    # Prefect server; both limiters side by side in one table (too short to judge the goal).
+def test_limits_smoke_prints_every_scenario() -> None:
+    # bench_limits in the registry's smoke form: R=8, one worker, 10 s a row, its own Prefect
+    # server; a row per scenario and goal in one table (too short to judge the goals).
     output = _smoke("limits")
     assert _row(output, "limits", "exit status")[2:5] == ["0", "0", "yes"]
-    rows = [line for line in output.splitlines() if line.startswith("[limits] | 2 | 1 |")]
-    assert [row.split("|")[3].strip() for row in rows] == ["qwbatch", "prefect-1"]
+    rows = [line.split("|") for line in output.splitlines() if line.startswith("[limits] | ")]
+    assert {row[1].strip() for row in rows} >= {"right", "told-2R", "auto", "halved"}
+    assert {row[4].strip() for row in rows if row[1].strip() == "auto"} == {"auto"}  # told
+
+
+@pytest.mark.slow
+def test_text_smoke_judges_and_runs_with_text_checks() -> None:
+    # 12 images judged, and a 24-row run with text checks at R=4 against the simulator.
+    output = _smoke("text")
+    assert _row(output, "text judge (12 images)", "misspelt images passed")[2] == "0"
+    assert _row(output, "text run (24 rows)", "admitted ÷ R")[2]
 
 
 @pytest.mark.slow

@@ -134,6 +134,15 @@ def test_a_rerun_with_nothing_new_finishes_without_prefect(
     assert sum(sim.ledger()["requests"].values()) == calls  # not one provider call
 
 
+def test_run_takes_a_figure_or_auto_for_rps(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", str(DEMO), "--out", str(tmp_path), "--rps", "fast"])
+    assert result.exit_code == 2
+    assert "neither a positive number nor 'auto'" in result.output
+    for good in ("auto", "2.5"):
+        dry = ["run", str(DEMO), "--out", str(tmp_path), "--rps", good, "--dry-run"]
+        assert runner.invoke(app, dry).exit_code in (0, 1)  # the demo has rejects
+
+
 def test_simulator_command_takes_the_simulator_modules_flags() -> None:
     from qwbatch.simulator.__main__ import build_parser
 

@@ -22,6 +22,18 @@ from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 
 DEMO = Path(__file__).parents[2] / "manifests" / "demo.parquet"
+
+
+@pytest.fixture
+def demo(tmp_path: Path) -> Path:
+    """The demo manifest without its expected_text: the fast simulator draws no text, so
+    every checked image would fail and re-roll, and the bill would no longer be the
+    estimate (text checks are tested in tests/render/test_text_rerolls.py)."""
+    path = tmp_path / "demo.parquet"
+    pq.write_table(pq.read_table(DEMO).drop_columns(["expected_text"]), path)
+    return path
+
+
 PRICES = PriceTable.load(Settings(), ModelTable.load())
 cli = CliRunner()
 
@@ -51,16 +63,16 @@ def read_artifacts(flow_run_id):
 
 @pytest.mark.slow
 def test_estimate_equals_the_bill_per_model_and_in_total(
-    prefect_server, provider_env, tmp_path: Path
+    prefect_server, provider_env, tmp_path: Path, demo: Path
 ) -> None:
     out = tmp_path / "out"
     # Part of the manifest is already rendered: the estimate must not count it again.
     first = tmp_path / "first.parquet"
-    pq.write_table(pq.read_table(DEMO).slice(0, 5), first)
+    pq.write_table(pq.read_table(demo).slice(0, 5), first)
     render_manifest(manifest=str(first), out=str(out))
     before = ledger_by_model(provider_env)
 
-    result = cli.invoke(app, ["estimate", str(DEMO), "--out", str(out), "--json"])
+    result = cli.invoke(app, ["estimate", str(demo), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
     assert figures["deduplicated"] == 5
@@ -68,7 +80,7 @@ def test_estimate_equals_the_bill_per_model_and_in_total(
     assert figures["currency"] == "USD"
     assert provider_env.ledger()["billed_images"] == sum(before.values())  # estimate is free
 
-    state = render_manifest(manifest=str(DEMO), out=str(out), return_state=True)
+    state = render_manifest(manifest=str(demo), out=str(out), return_state=True)
     summary = state.result()
     assert summary.failed == 0
     after = ledger_by_model(provider_env)
@@ -176,13 +188,13 @@ def test_budget_refusal_bills_nothing_and_trim_never_exceeds(
 
 @pytest.mark.slow
 def test_a_digest_run_ends_with_its_digest_artifact(
-    prefect_server, provider_env, tmp_path: Path
+    prefect_server, provider_env, tmp_path: Path, demo: Path
 ) -> None:
     out = tmp_path / "out"
     first = tmp_path / "first.parquet"
-    pq.write_table(pq.read_table(DEMO).slice(0, 5), first)
+    pq.write_table(pq.read_table(demo).slice(0, 5), first)
     render_manifest(manifest=str(first), out=str(out))
-    state = render_manifest(manifest=str(DEMO), out=str(out), digest=True, return_state=True)
+    state = render_manifest(manifest=str(demo), out=str(out), digest=True, return_state=True)
     summary = state.result()
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

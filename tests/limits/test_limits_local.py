@@ -4,6 +4,7 @@ the status lines."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -82,31 +83,40 @@ async def test_the_ramp_starts_at_a_quarter_and_reaches_the_ceiling() -> None:
     assert limiter.current_rate() == pytest.approx(2.0)
 
 
-def test_a_burst_of_429s_halves_the_rate_once_and_successes_creep_back() -> None:
+def test_a_burst_of_429s_cuts_the_rate_once_and_remembers_where_they_began() -> None:
     clock = FakeClock()
     limiter = ModelLimiter(LimitSpec(rps=10, max_in_flight=4, ramp_s=0), clock=clock)
+    assert limiter.learning() == "configured"
     for _ in range(6):  # the answers of one burst arrive together
         limiter.on_throttle()
-    assert limiter.current_rate() == pytest.approx(5.0)
+    assert limiter.current_rate() == pytest.approx(10 * 0.9 * 0.85)
     assert limiter.throttled == 6
-    clock.now = 1.5
-    limiter.on_throttle()
-    assert limiter.current_rate() == pytest.approx(2.5)
+    assert limiter.learning() == "learned 9.00 req/s"
+    assert len(limiter.throttle_times()) == 6
+
+
+async def send_and_succeed(limiter: ModelLimiter, pause_s: float = 0.0) -> None:
+    async with limiter.slot():
+        pass
     limiter.on_success()
-    assert limiter.current_rate() == pytest.approx(3.0)  # + 5 % of the ceiling
-    for _ in range(100):
-        limiter.on_success()
-    assert limiter.current_rate() == pytest.approx(10.0)  # never above the ceiling
-    assert len(limiter.throttle_times()) == 7
+    await asyncio.sleep(pause_s)
 
 
-def test_the_rate_never_falls_below_a_64th_of_the_ceiling() -> None:
-    clock = FakeClock()
-    limiter = ModelLimiter(LimitSpec(rps=64, max_in_flight=4, ramp_s=0), clock=clock)
-    for step in range(20):
-        clock.now = step * 2.0
-        limiter.on_throttle()
-    assert limiter.current_rate() == pytest.approx(1.0)
+@pytest.mark.anyio
+async def test_auto_climbs_above_the_table_figure_while_sends_queue_for_the_rate() -> None:
+    limiter = ModelLimiter(LimitSpec(rps=20, max_in_flight=50, ramp_s=0, auto=True))
+    assert limiter.learning() == "auto, searching upward"
+    await asyncio.gather(*(send_and_succeed(limiter) for _ in range(40)))
+    assert limiter.current_rate() > 20.0
+    assert limiter.learning() == "auto, searching upward"
+
+
+@pytest.mark.anyio
+async def test_the_rate_does_not_climb_while_nothing_waits_for_it() -> None:
+    limiter = ModelLimiter(LimitSpec(rps=20, max_in_flight=50, ramp_s=0, auto=True))
+    for _ in range(10):  # one at a time, far under the rate
+        await send_and_succeed(limiter, pause_s=0.1)
+    assert limiter.current_rate() == pytest.approx(20.0)
 
 
 @pytest.mark.anyio
@@ -131,6 +141,23 @@ def test_limits_come_from_model_settings_then_run_flags_then_the_table() -> None
     )
     assert limit_spec(pro, per_model) == LimitSpec(rps=0.5, max_in_flight=7)
     assert limit_spec(plain, per_model) == LimitSpec(rps=5.0, max_in_flight=7)
+
+
+def test_rps_auto_at_every_level_starts_from_the_table_figure(tmp_path: Path) -> None:
+    plain, pro = TABLE.get("qwen-image-2.0"), TABLE.get("qwen-image-2.0-pro")
+    auto = LimitSpec(rps=plain.rps, max_in_flight=4, auto=True)
+    assert limit_spec(plain, Settings(rps="auto")) == auto
+    per_model = Settings(rps=5.0, model_limits={"qwen-image-2.0": {"rps": "auto"}})
+    assert limit_spec(plain, per_model) == auto
+    assert not limit_spec(pro, per_model).auto
+    models = tmp_path / "models.toml"
+    models.write_text('[models."qwen-image-2.0"]\nrps = "auto"\n', encoding="utf-8")
+    table = ModelTable.load(models)
+    assert table.get("qwen-image-2.0").rps == plain.rps  # the bundled figure is the start
+    assert limit_spec(table.get("qwen-image-2.0"), Settings()) == auto
+    assert limit_spec(table.get("qwen-image-2.0"), Settings(rps=3.0)).auto is False
+    with pytest.raises(ValidationError):
+        Settings(rps="fast")
 
 
 def test_per_model_limits_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -196,3 +196,62 @@ def test_a_limit_set_to_a_lower_rate_keeps_no_slots_leased_at_the_higher_one(
     held, size, decay = asyncio.run(scenario())
     assert (size, decay) == (bucket_slots(2), 2 * SLOTS_PER_REQUEST)
     assert held <= size  # at most one bucket of the new rate to wait for (0.75 s)
+
+
+@pytest.mark.anyio
+async def test_what_one_worker_learns_every_worker_uses(prefect_server, scope: str) -> None:
+    spec = LimitSpec(rps=16, max_in_flight=4, ramp_s=0)
+    first, first_budget = shared_limiter(scope, spec)
+    second, second_budget = shared_limiter(scope, spec)
+    try:
+        await asyncio.gather(hold(first), hold(second))
+        await until(lambda: first_budget.state == second_budget.state == "shared")
+        # The first worker's request is answered 429: it cuts and remembers where 429s began.
+        async with first.slot():
+            pass
+        first.on_throttle()
+        learned = first.learned()
+        assert learned.learned is not None
+        assert learned.rate < 16
+        # The second takes it from the Prefect variable; the shared rate limit follows.
+        await until(lambda: second.learned().learned == pytest.approx(learned.learned))
+        assert second.current_rate() == pytest.approx(learned.rate, rel=0.02)
+        assert second.learning().startswith("learned ")
+        async with get_client() as client:
+            await until_async(
+                lambda: _shared_rps(client, first_budget.rate_name),
+                lambda rps: rps == pytest.approx(learned.rate, rel=0.02),
+            )
+        # A third worker, started now, starts from what the others learned.
+        third, _ = shared_limiter(scope, spec)
+        try:
+            await hold(third)
+            await until(lambda: third.learned().learned == pytest.approx(learned.learned))
+        finally:
+            third.close()
+    finally:
+        first.close()
+        second.close()
+
+
+async def _shared_rps(client, name: str) -> float:
+    limit = await client.read_global_concurrency_limit_by_name(name)
+    return limit.slot_decay_per_second / SLOTS_PER_REQUEST
+
+
+async def until_async(read, check, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check(await read()):
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.1)
+
+
+def test_variable_names_are_what_prefect_allows_and_keep_accounts_apart() -> None:
+    from qwbatch.limits.shared import variable_name
+
+    one = variable_name("dashscope-intl.aliyuncs.com", "qwen-image-2.0")
+    other = variable_name("dashscope.aliyuncs.com", "qwen-image-2.0")
+    assert one != other
+    for name in (one, other, variable_name("Host:8080/Path", "Model.X")):
+        assert all(c.islower() or c.isdigit() or c in "-_" for c in name)

@@ -165,15 +165,35 @@ def test_a_server_error_that_persists_stops_at_max_attempts(sim, tmp_path) -> No
 
 
 def test_a_request_is_not_retried_past_its_total_time(sim, tmp_path) -> None:
-    # Retry-After of 5 s against a budget of 1 s: the first 429 ends the request.
-    sim.configure(rps_by_model={"qwen-image-2.0": 0.01}, burst=1, retry_after_s=5.0)
-    settings = engine_settings(sim, max_attempts=50, max_request_s=1.0)
-    records = run_engine(sim, tmp_path, settings, ["first", "second"])
-    statuses = sorted(r.status for r in records)
-    assert statuses == ["failed", "succeeded"]  # the bucket held one request
-    failed = next(r for r in records if r.status == "failed")
+    # A server error, a wait of up to 1 s against a budget of a microsecond: no retry.
+    sim.configure(error_5xx_rate=1.0)
+    settings = engine_settings(
+        sim, max_attempts=50, max_request_s=1e-6, backoff_base_s=1.0, backoff_max_s=1.0
+    )
+    [failed] = run_engine(sim, tmp_path, settings, ["first"])
+    assert failed.status == "failed"
     assert failed.attempts == 1
-    assert failed.error_code == "Throttling.RateQuota"
+
+
+def test_a_throttled_request_is_never_failed_for_being_throttled(sim, tmp_path) -> None:
+    # Half the answers are 429s (seeded dice): far more 429s than the attempt cap of 2 or the
+    # time budget allow a request, and every row succeeds.
+    sim.configure(throttle_rate=0.5, retry_after_s=0.01)
+    settings = engine_settings(sim, max_attempts=2, max_request_s=0.05)
+    prompts = [f"throttled {i}" for i in range(12)]
+    records = run_engine(sim, tmp_path, settings, prompts)
+    assert [r.status for r in records] == ["succeeded"] * 12
+    assert max(r.attempts for r in records) > 2
+    assert sum(r.attempts for r in records) == 12 + sim.ledger()["throttled"]
+
+
+def test_errors_other_than_429_still_stop_at_the_attempt_cap_between_429s(sim, tmp_path) -> None:
+    sim.configure(throttle_rate=0.5, error_5xx_rate=0.5, retry_after_s=0.01)
+    settings = engine_settings(sim, max_attempts=1)
+    records = run_engine(sim, tmp_path, settings, [f"mixed {i}" for i in range(12)])
+    failed = [r for r in records if r.status == "failed"]
+    assert failed  # a 5xx ends a request at once with max_attempts=1
+    assert not any((r.error_code or "").startswith("Throttling") for r in failed)
 
 
 def test_moderation_is_recorded_without_a_retry(sim, tmp_path) -> None:

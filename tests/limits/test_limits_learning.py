@@ -1,0 +1,223 @@
+"""The rate learner in simulated time: cut, remember, slow approach, rare probe, forget, a
+halved limit, and ``auto``'s search upward. No sleeps: every event carries its own time."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from qwbatch.limits import learning
+from qwbatch.limits.learning import RateLearner
+
+
+@dataclass
+class Account:
+    """The provider's side: a token bucket of one second of traffic at ``limit(t)`` req/s,
+    answers ``latency`` seconds after the send (a 429 as well)."""
+
+    limit: Callable[[float], float]
+    latency: float = 0.5
+    tokens: float = 0.0
+    at: float = 0.0
+    rate: float = 0.0
+    sends: list[tuple[float, bool]] = field(default_factory=list)
+
+    def admit(self, now: float) -> bool:
+        rate = self.limit(now)
+        if rate != self.rate:  # a new limit: a full bucket at the new rate
+            self.rate, self.tokens = rate, rate
+        self.tokens = min(rate, self.tokens + (now - self.at) * rate)
+        self.at = now
+        ok = self.tokens >= 1
+        self.tokens -= ok
+        self.sends.append((now, ok))
+        return ok
+
+    def admitted_per_s(self, start: float, end: float) -> float:
+        return sum(1 for t, ok in self.sends if ok and start <= t < end) / (end - start)
+
+    def share_429(self, start: float = 0.0, end: float = float("inf")) -> float:
+        window = [ok for t, ok in self.sends if start <= t < end]
+        return window.count(False) / max(len(window), 1)
+
+
+def drive(learner: RateLearner, account: Account, until: float, start: float = 0.0) -> None:
+    """Send as fast as the learner lets (one every ``1 / cap`` s) until ``until``; answers
+    come back ``latency`` later, in order."""
+    answers: list[tuple[float, bool, float]] = []
+    t = start
+    while t < until:
+        while answers and answers[0][0] <= t:
+            answer(learner, *heapq.heappop(answers))
+        learner.on_send(t)
+        heapq.heappush(answers, (t + account.latency, account.admit(t), t))
+        t += 1 / learner.cap
+    for item in sorted(answers):
+        answer(learner, *item)
+
+
+def answer(learner: RateLearner, at: float, ok: bool, sent_at: float) -> None:
+    if ok:
+        learner.on_success(at)
+    else:
+        learner.on_throttle(at, sent_at)
+
+
+def test_a_429_cuts_and_remembers_where_429s_began() -> None:
+    learner = RateLearner(start=16, ceiling=16)
+    assert learner.state == "configured"
+    assert learner.on_throttle(now=3.0)
+    # Reached by a fast climb, so it overshot: remembered a little below.
+    assert learner.learned == pytest.approx(16 * learning.OVERSHOOT)
+    assert learner.cap == pytest.approx(learning.CUT_TO * 16 * learning.OVERSHOOT)
+    assert learner.state == "learned"
+    # The other answers of the burst count once.
+    assert not learner.on_throttle(now=3.5)
+    assert learner.cap == pytest.approx(learning.CUT_TO * 16 * learning.OVERSHOOT)
+
+
+def test_429s_that_go_on_after_a_cut_halve_the_rate() -> None:
+    learner = RateLearner(start=16, ceiling=16)
+    learner.on_throttle(now=0.0)
+    cut = learner.cap
+    learner.on_throttle(now=1.5)  # the cut was not deep enough
+    assert learner.cap == pytest.approx(cut / 2)
+
+
+def test_after_a_cut_the_rate_approaches_the_learned_limit_slowly_not_the_ceiling() -> None:
+    learner = RateLearner(start=8, ceiling=16, learned=10)
+    assert learner.cap == pytest.approx(learning.HOLD * 10)
+    # Started near a limit learned earlier; a 429 there: the limit is where it began (a
+    # little under: the provider's bucket let the last of the climb through).
+    learner.on_throttle(now=1.0)
+    limit = learning.NEAR * learning.HOLD * 10
+    assert learner.learned == pytest.approx(limit)
+    assert learner.cap == pytest.approx(learning.CUT_TO * limit)
+    t, caps = 1.0, {}
+    while t < 15.0:  # a probe would begin PROBE_QUIET_S after the approach
+        t = round(t + 0.1, 1)
+        learner.on_send(t)
+        learner.on_success(t)
+        caps[t] = learner.cap
+    # Back to APPROACH_FROM of the limit within about a second, then slowly to HOLD.
+    assert caps[3.2] >= learning.APPROACH_FROM * limit  # (in use from 2.1 s: 12 sends)
+    assert caps[5.0] < learning.HOLD * limit
+    assert caps[15.0] == pytest.approx(learning.HOLD * limit)
+    assert max(caps.values()) < learning.HOLD * 10  # never back above where 429s began
+
+
+def test_a_probe_comes_rarely_and_goes_gently_above_the_limit() -> None:
+    account = Account(limit=lambda t: 8.0)
+    learner = RateLearner(start=16, ceiling=16)
+    drive(learner, account, until=200.0)
+    # The probes' 429s: a few per probe, one probe per PROBE_QUIET_S and more.
+    late = [t for t, ok in account.sends if not ok and t > 30.0]
+    probes = _episodes(late)
+    assert 1 <= len(probes) <= 170 / learning.PROBE_QUIET_S
+    assert all(count <= 6 for _, count in probes)
+    assert account.share_429(start=30.0) < 0.01
+    assert account.admitted_per_s(30.0, 200.0) >= 0.95 * 8
+
+
+def test_told_twice_the_limit_it_settles_under_it_with_few_429s() -> None:
+    account = Account(limit=lambda t: 8.0)
+    learner = RateLearner(start=16, ceiling=16)
+    drive(learner, account, until=120.0)
+    assert account.admitted_per_s(0.0, 120.0) >= 0.95 * 8
+    assert account.share_429() <= 0.02
+    assert learner.learned is not None
+    assert 7.5 <= learner.learned <= 8.6
+
+
+def test_auto_finds_a_limit_four_times_its_start_within_30_seconds() -> None:
+    account = Account(limit=lambda t: 8.0)
+    learner = RateLearner(start=2, ceiling=None)
+    assert learner.state == "searching"
+    drive(learner, account, until=120.0)
+    reached = next(t for t in range(1, 120) if account.admitted_per_s(t - 5.0, float(t)) >= 0.9 * 8)
+    assert reached <= 30
+    assert account.share_429() <= 0.03
+    assert learner.learned is not None
+    assert 7.5 <= learner.learned <= 8.6
+
+
+def test_a_halved_limit_is_respected_within_5_seconds_and_used_after_30() -> None:
+    account = Account(limit=lambda t: 16.0 if t < 60.0 else 8.0)
+    learner = RateLearner(start=16, ceiling=16)
+    drive(learner, account, until=60.0)
+    assert account.admitted_per_s(20.0, 60.0) >= 0.95 * 16
+    drive(learner, account, until=65.0, start=60.0)
+    assert learner.cap < 8.0  # back under the new limit
+    drive(learner, account, until=120.0, start=65.0)
+    assert account.admitted_per_s(90.0, 120.0) >= 0.9 * 8
+    assert account.share_429(start=65.0) <= 0.02
+
+
+def test_the_limit_is_forgotten_when_probes_find_room() -> None:
+    account = Account(limit=lambda t: 8.0 if t < 40.0 else 100.0)
+    learner = RateLearner(start=16, ceiling=16)
+    drive(learner, account, until=40.0)
+    assert learner.state in ("learned", "probing")
+    drive(learner, account, until=200.0, start=40.0)
+    # Each probe that finds room raises the limit; the ceiling (or FORGET_AFTER of them in
+    # a row) and it is forgotten: the rate is the configured one again.
+    assert learner.learned is None
+    assert learner.state == "configured"
+    assert learner.cap == pytest.approx(16.0)
+
+
+def test_auto_forgets_and_searches_upward_again_when_the_limit_rises() -> None:
+    account = Account(limit=lambda t: 8.0 if t < 40.0 else 20.0)
+    learner = RateLearner(start=2, ceiling=None)
+    drive(learner, account, until=40.0)
+    assert learner.learned is not None
+    assert learner.learned < 9
+    drive(learner, account, until=240.0, start=40.0)
+    assert account.admitted_per_s(200.0, 240.0) >= 0.9 * 20
+    assert account.share_429() <= 0.03
+
+
+def test_the_rate_climbs_only_while_it_is_in_use() -> None:
+    learner = RateLearner(start=4, ceiling=None)
+    for step in range(100):  # one success every second, far under the rate
+        learner.on_send(float(step))
+        learner.on_success(float(step))
+    assert learner.cap == pytest.approx(4.0)
+
+
+def test_the_rate_never_falls_below_a_64th_of_the_start() -> None:
+    learner = RateLearner(start=64, ceiling=64)
+    for step in range(40):
+        learner.on_throttle(now=step * 2.0)
+    assert learner.cap == pytest.approx(1.0)
+
+
+def _episodes(times: list[float], gap: float = 5.0) -> list[tuple[float, int]]:
+    """429 times grouped into episodes (first time, count) separated by ``gap`` seconds."""
+    out: list[tuple[float, int]] = []
+    for t in times:
+        if out and t - out[-1][0] < gap:
+            out[-1] = (out[-1][0], out[-1][1] + 1)
+        else:
+            out.append((t, 1))
+    return out
+
+
+def test_what_is_kept_reads_back_and_anything_else_is_ignored() -> None:
+    kept = learning.Learned(rate=7.5, learned=8.0, at=1.0)
+    assert learning.Learned.from_json(kept.to_json()) == kept
+    assert learning.Learned.from_json({"rate": 3.0, "learned": None}) == learning.Learned(3.0, None)
+    for bad in (None, [], {"rate": -1}, {"rate": "8"}, {"rate": 8, "learned": 0}, {"rate": True}):
+        assert learning.Learned.from_json(bad) is None
+
+
+def test_another_workers_lower_rate_counts_as_a_cut() -> None:
+    learner = RateLearner(start=16, ceiling=16)
+    learner.adopt(learning.Learned(rate=6.0, learned=7.0), now=10.0)
+    assert (learner.cap, learner.learned, learner.state) == (6.0, 7.0, "learned")
+    # 429s for requests sent before we took it count with that cut.
+    assert not learner.on_throttle(now=10.5, sent_at=9.8)
+    assert learner.cap == 6.0
