@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from local_run import fast_settings, render_all
+from local_run import render_all
+from support import engine_settings
 
 from qwbatch.core.settings import Settings
 from qwbatch.simulator import SimulatorHandle
@@ -48,7 +49,7 @@ def render_dest(
     """Render :data:`ROWS` into ``out`` with the simulator's fast images; the settings used."""
     simulator.reset(restore_config=True)
     simulator.configure(fast=True)
-    settings = fast_settings(simulator, simulator.api_key, **overrides)
+    settings = engine_settings(simulator, **overrides)
     summary = render_all(write_manifest(folder / "m.parquet", ROWS), out, settings)
     assert summary.statuses == {"succeeded": IMAGES}, summary.statuses
     return settings

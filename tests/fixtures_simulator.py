@@ -4,9 +4,12 @@ Fixtures:
 
 - ``simulator`` (session): a running :class:`~qwbatch.simulator.SimulatorHandle` with the
   documented rules but rate limits at 1000 requests per second, so tests are not throttled
-  unless they ask to be. Its key is ``SIM_API_KEY`` (also ``handle.api_key``).
+  unless they ask to be. Its key is ``support.KEY`` (also ``handle.api_key``).
 - ``sim`` (function): the same handle after a reset — empty ledger and counters, no results
   or tasks, every knob back to the session defaults — so knobs a test flips stay in it.
+- ``sim_env`` (function): ``sim``, with the environment aimed at it (its URL and the key), as
+  the CLI, the Python API and flows read it.
+- ``fast_sim_env`` (function): ``sim_env`` at test speed (backoff 10-50 ms, polls every 50 ms).
 """
 
 from __future__ import annotations
@@ -14,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from support import KEY
 
 from qwbatch.simulator import SimulatorConfig, SimulatorHandle, running
 
-SIM_API_KEY = "sk-simulator-test-key"
 #: Session defaults: the model table's rules, faithful images, no faults, high rate limits.
-SIM_TEST_CONFIG = SimulatorConfig(api_key=SIM_API_KEY, rps=1000.0)
+SIM_TEST_CONFIG = SimulatorConfig(api_key=KEY, rps=1000.0)
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +35,18 @@ def simulator() -> Iterator[SimulatorHandle]:
 def sim(simulator: SimulatorHandle) -> SimulatorHandle:
     simulator.reset(restore_config=True)
     return simulator
+
+
+@pytest.fixture
+def sim_env(sim: SimulatorHandle, monkeypatch: pytest.MonkeyPatch) -> SimulatorHandle:
+    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
+    monkeypatch.setenv("DASHSCOPE_API_KEY", sim.api_key)
+    return sim
+
+
+@pytest.fixture
+def fast_sim_env(sim_env: SimulatorHandle, monkeypatch: pytest.MonkeyPatch) -> SimulatorHandle:
+    monkeypatch.setenv("QWBATCH_BACKOFF_BASE_S", "0.01")
+    monkeypatch.setenv("QWBATCH_BACKOFF_MAX_S", "0.05")
+    monkeypatch.setenv("QWBATCH_POLL_INTERVAL_S", "0.05")
+    return sim_env

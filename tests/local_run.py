@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
+
+from support import engine_settings
 
 from qwbatch.budget import BudgetPolicy, BudgetSpec
 from qwbatch.core.settings import Settings
@@ -16,6 +19,7 @@ from qwbatch.core.stop import StopSignal
 from qwbatch.render.engine import ShardResult
 from qwbatch.run import runner
 from qwbatch.run.summary import RunSummary
+from qwbatch.simulator import SimulatorHandle
 from qwbatch.storage.stores import ObjectStore
 
 
@@ -78,17 +82,10 @@ def _render_shards(
     ]
 
 
-def fast_settings(sim, api_key: str, **overrides: object) -> Settings:
-    """Settings aimed at the simulator with test-speed backoff and polling."""
-    values: dict[str, object] = {
-        "dashscope_base_url": sim.base_url,
-        "dashscope_api_key": api_key,
-        "backoff_base_s": 0.01,
-        "backoff_max_s": 0.05,
-        "poll_interval_s": 0.02,
-        "poll_max_interval_s": 0.05,
-        "rps": 500,
-        "max_in_flight": 16,
-    }
-    values.update(overrides)
-    return Settings(**values)  # type: ignore[arg-type]
+def fast_settings(sim: SimulatorHandle, api_key: str, **overrides: Any) -> Settings:
+    """:func:`support.engine_settings` with ``api_key`` and a 50 ms backoff cap, as this helper
+    used to spell it. Only tests/render/test_breaker.py (new on main while the shared settings
+    moved; left to its owner) still calls it: re-point that file, then delete this."""
+    return engine_settings(
+        sim, **{"dashscope_api_key": api_key, "backoff_max_s": 0.05, **overrides}
+    )

@@ -1,87 +1,29 @@
 """Render a few requests through the real engine (simulator over HTTP, a local store), and
-write their catalog part: the ground that views (contact sheets, HTML reports) are tested on."""
+write their catalog part: the ground that views (contact sheets, HTML reports) are tested on.
+
+Requests and settings for it come from ``support``."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from support import TABLE
+
+# Older spellings, re-exported: tests/render/test_text_rerolls.py and tests/run/test_text_check.py
+# (new on main while these moved to support, left to their owner) still reach them here.
+# Re-point those two files to support, then delete these two lines.
+from support import engine_settings as engine_settings
+from support import make_request as make_request
 
 from qwbatch.catalog import table as catalog
-from qwbatch.core.keys import request_key
-from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest
+from qwbatch.core.types import CatalogRecord, PlanItem
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render.engine import Engine, RecordsCallback
 from qwbatch.storage.stores import ObjectStore, open_store
-
-KEY = "sk-views-test-key-0123456789abcdef"
-TABLE = ModelTable.load()
-
-
-def make_request(
-    row_id: str,
-    prompt: str,
-    *,
-    n: int = 1,
-    size: str | None = "512*512",
-    seed: int = 1,
-    model: str = "qwen-image-2.0",
-    tags: tuple[tuple[str, str], ...] = (),
-    row_number: int = 0,
-) -> RenderRequest:
-    key = request_key(
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        negative_prompt=None,
-        size=size,
-        n=n,
-        seed=seed,
-        prompt_extend=None,
-        watermark=False,
-        input_sha256=(),
-    )
-    return RenderRequest(
-        row_id=row_id,
-        row_number=row_number,
-        request_key=key,
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        size=size,
-        n=n,
-        seed=seed,
-        tags=tags,
-    )
-
-
-def simple_request(
-    prompt: str = "a red bicycle",
-    *,
-    model: str = "qwen-image-2.0",
-    n: int = 1,
-    size: str | None = "512*512",
-    seed: int = 1,
-    row_id: str = "r1",
-) -> RenderRequest:
-    """A generate request with the prompt first, for tests that vary one field."""
-    return make_request(row_id, prompt, model=model, n=n, size=size, seed=seed)
-
-
-def engine_settings(sim) -> Settings:
-    sim.configure(api_key=KEY)
-    return Settings(
-        dashscope_base_url=sim.base_url,
-        dashscope_api_key=KEY,
-        backoff_base_s=0.01,
-        backoff_max_s=0.02,
-        poll_interval_s=0.02,
-        poll_max_interval_s=0.05,
-        rps=500,
-        max_in_flight=16,
-    )
 
 
 def render(
@@ -93,8 +35,10 @@ def render(
     on_records: RecordsCallback | None = None,
     store: ObjectStore | None = None,
     write_part: bool = True,
+    **engine_options: Any,
 ) -> list[CatalogRecord]:
-    """Render ``items`` into ``out`` and (by default) write their catalog part."""
+    """Render ``items`` into ``out`` and (by default) write their catalog part;
+    ``engine_options`` go to :class:`Engine` (``budget=``, ``limiters=`` …)."""
     store = store or open_store(str(out), settings)
 
     async def go() -> list[CatalogRecord]:
@@ -106,6 +50,7 @@ def render(
                 settings=settings,
                 run_id=run_id,
                 on_records=on_records,
+                **engine_options,
             )
             return await engine.run_items(list(items))
 

@@ -96,11 +96,10 @@ def test_estimate_of_a_dataframe_writes_nothing_even_from_a_running_loop(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sim_env")
 def test_run_inside_a_loop_then_reruns_and_read_catalog(
-    prefect_server, sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_server, sim, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("DASHSCOPE_API_KEY", sim.api_key)
     out = tmp_path / "out"
 
     async def notebook_cell() -> RunSummary:
@@ -143,11 +142,8 @@ def test_run_inside_a_loop_then_reruns_and_read_catalog(
 
 
 @pytest.mark.slow
-def test_run_with_a_path_as_the_cli_does(
-    prefect_server, sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("DASHSCOPE_API_KEY", sim.api_key)
+@pytest.mark.usefixtures("sim_env")
+def test_run_with_a_path_as_the_cli_does(prefect_server, sim, tmp_path: Path) -> None:
     path = tmp_path / "m.parquet"
     pq.write_table(pa.table(ROWS), path)
     summary = qwbatch.run(str(path), str(tmp_path / "out"), quiet=True, max_in_flight=2)

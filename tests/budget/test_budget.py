@@ -5,7 +5,6 @@ The simulator's ledger is the provider's bill; every test checks the bill, not o
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -13,7 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import render_helpers
+import support
+from render_helpers import render
 
 from qwbatch.budget import BUDGETS, BudgetSpec, LocalBudget
 from qwbatch.core.costs import PriceTable
@@ -22,12 +22,10 @@ from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest
 from qwbatch.plan.planner import plan_run
-from qwbatch.providers.dashscope import DashScopeProvider
-from qwbatch.render.engine import Engine, ShardResult
+from qwbatch.render.engine import ShardResult
 from qwbatch.run import runner
 from qwbatch.storage.stores import open_store
 
-KEY = "sk-budget-test-key-0123456789abcdef"
 TABLE = ModelTable.load()
 PRICES = PriceTable.load(Settings(), TABLE)
 
@@ -39,7 +37,7 @@ def make_request(
     n: int = 1,
     size: str | None = "512*512",
 ) -> RenderRequest:
-    return render_helpers.make_request(prompt, prompt, model=model, n=n, size=size)
+    return support.make_request(prompt, prompt, model=model, n=n, size=size)
 
 
 def billed(sim) -> Decimal:
@@ -52,38 +50,15 @@ def billed(sim) -> Decimal:
 
 @pytest.fixture
 def settings(sim) -> Settings:
-    sim.configure(api_key=KEY, fast=True)
-    return Settings(
-        dashscope_base_url=sim.base_url,
-        dashscope_api_key=KEY,
-        backoff_base_s=0.01,
-        backoff_max_s=0.02,
-        poll_interval_s=0.02,
-        poll_max_interval_s=0.05,
-        rps=500,
-        max_in_flight=16,
-        budget_backend="local",
-    )
+    sim.configure(fast=True)
+    return support.engine_settings(sim, budget_backend="local")
 
 
 def run(
     requests: list[RenderRequest], settings: Settings, out: Path, guard: LocalBudget
 ) -> list[CatalogRecord]:
-    store = open_store(str(out), settings)
-
-    async def go() -> list[CatalogRecord]:
-        async with DashScopeProvider.from_settings(settings) as provider:
-            engine = Engine(
-                provider=provider,
-                store=store,
-                table=TABLE,
-                settings=settings,
-                run_id="budget-test",
-                budget=guard,
-            )
-            return await engine.run_items([PlanItem(r) for r in requests])
-
-    return asyncio.run(go())
+    items = [PlanItem(r) for r in requests]
+    return render(items, settings, out, run_id="budget-test", write_part=False, budget=guard)
 
 
 def test_partial_failures_free_the_money_of_images_not_billed(sim, settings, tmp_path) -> None:

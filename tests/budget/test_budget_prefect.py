@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import KEY
 
 from qwbatch.budget import BudgetSpec, open_run_budget
 from qwbatch.budget.shared import PrefectBudget, create_counter, delete_counter, read_counter
@@ -24,7 +25,6 @@ from qwbatch.plan.planner import plan_run
 from qwbatch.storage.stores import open_store
 
 ROOT = Path(__file__).parents[2]
-KEY = "sk-budget-prefect-test-key-0123456789"
 TABLE = ModelTable.load()
 PRICES = PriceTable.load(Settings(), TABLE)
 
@@ -76,7 +76,7 @@ def test_counter_reserves_only_what_fits_and_settles_on_spend(prefect_server) ->
 def test_two_worker_processes_share_one_budget(prefect_server, sim, tmp_path: Path) -> None:
     from prefect.settings import PREFECT_API_URL
 
-    sim.configure(api_key=KEY, fast=True, latency_s=0.05, partial_failure_rate=0.2, seed=2)
+    sim.configure(fast=True, latency_s=0.05, partial_failure_rate=0.2, seed=2)
     manifest = tmp_path / "m.parquet"
     rows = 24
     pq.write_table(

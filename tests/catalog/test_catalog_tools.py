@@ -10,7 +10,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from local_run import fast_settings, render_all
+from local_run import render_all
+from support import engine_settings
 from typer.testing import CliRunner
 
 from qwbatch.catalog import table as catalog
@@ -20,7 +21,6 @@ from qwbatch.run.compaction import compact, write_merged
 from qwbatch.storage.layout import COMPACTION_PREFIX, REQUEST_DOC
 from qwbatch.storage.stores import LocalStore, open_store
 
-KEY = "sk-catalog-tools-key"
 #: Columns a rebuild restores exactly from object metadata.
 RESTORED = [
     "run_id",
@@ -83,10 +83,9 @@ def succeeded(store) -> list[dict]:
 def test_rebuild_restores_every_image_row_from_s3_metadata(
     sim, s3_settings, s3_bucket, tmp_path
 ) -> None:
-    sim.configure(api_key=KEY, fast=True)
-    settings = fast_settings(
+    sim.configure(fast=True)
+    settings = engine_settings(
         sim,
-        KEY,
         s3_endpoint_url=s3_settings.s3_endpoint_url,
         s3_region="us-east-1",
         s3_addressing_style="path",
@@ -111,8 +110,8 @@ def test_rebuild_restores_every_image_row_from_s3_metadata(
 
 
 def test_rebuild_repairs_a_lost_part_and_sets_unreadable_parts_aside(sim, tmp_path) -> None:
-    sim.configure(api_key=KEY, fast=True)
-    settings = fast_settings(sim, KEY, shard_size=2)
+    sim.configure(fast=True)
+    settings = engine_settings(sim, shard_size=2)
     out = tmp_path / "out"
     render_all(write_manifest(tmp_path / "m.parquet"), str(out), settings)
     store = LocalStore(out)
@@ -131,8 +130,8 @@ def test_rebuild_repairs_a_lost_part_and_sets_unreadable_parts_aside(sim, tmp_pa
 
 
 def test_compact_merges_parts_of_finished_runs_without_changing_rows(sim, tmp_path) -> None:
-    sim.configure(api_key=KEY, fast=True)
-    settings = fast_settings(sim, KEY, shard_size=2)
+    sim.configure(fast=True)
+    settings = engine_settings(sim, shard_size=2)
     out = tmp_path / "out"
     manifest = write_manifest(tmp_path / "m.parquet")
     render_all(manifest, str(out), settings)
@@ -156,11 +155,9 @@ def test_compact_merges_parts_of_finished_runs_without_changing_rows(sim, tmp_pa
 def test_an_interrupted_compaction_never_shows_rows_twice_and_is_finished_later(
     sim, tmp_path
 ) -> None:
-    sim.configure(api_key=KEY, fast=True)
+    sim.configure(fast=True)
     out = tmp_path / "out"
-    render_all(
-        write_manifest(tmp_path / "m.parquet"), str(out), fast_settings(sim, KEY, shard_size=2)
-    )
+    render_all(write_manifest(tmp_path / "m.parquet"), str(out), engine_settings(sim, shard_size=2))
     store = LocalStore(out)
     rows = catalog.read_catalog(store).num_rows
     parts = catalog.part_keys(store)
@@ -183,8 +180,8 @@ def test_an_interrupted_compaction_never_shows_rows_twice_and_is_finished_later(
 def test_compact_leaves_parts_of_unfinished_runs_alone(sim, tmp_path) -> None:
     from qwbatch.run import runner
 
-    sim.configure(api_key=KEY, fast=True)
-    settings = fast_settings(sim, KEY, shard_size=2)
+    sim.configure(fast=True)
+    settings = engine_settings(sim, shard_size=2)
     out = tmp_path / "out"
     render_all(write_manifest(tmp_path / "a.parquet"), str(out), settings)
     # A second run that planned but never rendered (crashed): its plan part must stay.
@@ -199,11 +196,9 @@ def test_compact_leaves_parts_of_unfinished_runs_alone(sim, tmp_path) -> None:
 
 @pytest.mark.parametrize("command", ["rebuild", "compact"])
 def test_catalog_commands(sim, tmp_path, command: str) -> None:
-    sim.configure(api_key=KEY, fast=True)
+    sim.configure(fast=True)
     out = tmp_path / "out"
-    render_all(
-        write_manifest(tmp_path / "m.parquet"), str(out), fast_settings(sim, KEY, shard_size=2)
-    )
+    render_all(write_manifest(tmp_path / "m.parquet"), str(out), engine_settings(sim, shard_size=2))
     result = CliRunner().invoke(app, ["catalog", command, str(out)])
     assert result.exit_code == 0, result.output
     expected = "0 rows added" if command == "rebuild" else "3 parts (7 rows) merged into 1"

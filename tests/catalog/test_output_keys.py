@@ -11,7 +11,8 @@ from urllib.parse import unquote
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from local_run import fast_settings, render_all
+from local_run import render_all
+from support import engine_settings
 from typer.testing import CliRunner
 
 from qwbatch.catalog.table import part_keys
@@ -20,17 +21,16 @@ from qwbatch.cli import app
 from qwbatch.storage.layout import output_key
 from qwbatch.storage.stores import LocalStore
 
-KEY = "sk-output-keys-test-0123456789abcdef"
 cli = CliRunner()
 
 
 def test_a_moved_dest_still_reports_draws_and_links(sim, tmp_path: Path) -> None:
-    sim.configure(api_key=KEY, fast=True)
+    sim.configure(fast=True)
     rows = [{"id": f"r{i}", "prompt": f"poster {i}", "n": 1 + i % 2} for i in range(4)]
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.Table.from_pylist(rows), manifest)
     first = tmp_path / "first" / "dest"
-    render_all(manifest, str(first), fast_settings(sim, KEY), run_id="run-1")
+    render_all(manifest, str(first), engine_settings(sim), run_id="run-1")
 
     con = duckdb.connect()
     con.read_parquet(f"{first}/catalog/*.parquet").create_view("cat")
@@ -65,11 +65,11 @@ def test_a_moved_dest_still_reports_draws_and_links(sim, tmp_path: Path) -> None
 
 
 def test_parts_written_before_the_column_resolve_the_same(sim, tmp_path: Path) -> None:
-    sim.configure(api_key=KEY, fast=True)
+    sim.configure(fast=True)
     manifest = tmp_path / "m.parquet"
     pq.write_table(pa.Table.from_pylist([{"id": "a", "prompt": "a kite"}]), manifest)
     out = tmp_path / "dest"
-    render_all(manifest, str(out), fast_settings(sim, KEY), run_id="run-1")
+    render_all(manifest, str(out), engine_settings(sim), run_id="run-1")
     store = LocalStore(out)
     for key in part_keys(store):  # as an older qwbatch wrote them: no output_key column
         table = pq.read_table(io.BytesIO(store.get(key))).drop_columns(["output_key"])

@@ -74,11 +74,8 @@ def test_unreadable_manifest_is_a_clear_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_run_renders_and_strict_refuses(
-    prefect_server, sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("DASHSCOPE_API_KEY", sim.api_key)
+@pytest.mark.usefixtures("sim_env")
+def test_run_renders_and_strict_refuses(prefect_server, sim, tmp_path: Path) -> None:
     path = tmp_path / "m.parquet"
     pq.write_table(
         pa.table(
@@ -113,11 +110,10 @@ except SystemExit as exc:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sim_env")
 def test_a_rerun_with_nothing_new_finishes_without_prefect(
-    prefect_server, sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_server, sim, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("DASHSCOPE_API_KEY", sim.api_key)
     path = tmp_path / "m.parquet"
     pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["a cat", "a dog"]}), path)
     out = tmp_path / "out"

@@ -56,11 +56,10 @@ def test_limits_reads_what_the_prefect_server_holds(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sim_env")
 def test_run_prints_a_status_line_per_model(
     prefect_server, sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("DASHSCOPE_API_KEY", sim.api_key)
     monkeypatch.setenv("QWBATCH_LIMIT_SCOPE", f"cli-run-{tmp_path.name}")
     path = tmp_path / "m.parquet"
     pq.write_table(

@@ -8,11 +8,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import make_request
 
 from qwbatch.budget.policy import BudgetPolicy, apply, rank
 from qwbatch.core.costs import UNTAGGED, PriceTable, estimate, money
 from qwbatch.core.errors import BudgetExceededError, ConfigError
-from qwbatch.core.keys import request_key
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import PlanItem, RenderRequest
@@ -31,28 +31,15 @@ def request(
     priority: int | None = None,
     tags: tuple[tuple[str, str], ...] = (),
 ) -> RenderRequest:
-    key = request_key(
+    return make_request(
+        f"r{row}",
+        f"prompt {row}",
         model=model,
-        mode="generate",
-        prompt=f"prompt {row}",
-        negative_prompt=None,
         size=None,
         n=n,
         seed=row,
-        prompt_extend=None,
-        watermark=False,
-        input_sha256=(),
-    )
-    return RenderRequest(
-        row_id=f"r{row}",
-        row_number=row,
-        request_key=key,
-        model=model,
-        mode="generate",
-        prompt=f"prompt {row}",
-        n=n,
-        seed=row,
         tags=tags,
+        row_number=row,
         priority=priority,
     )
 

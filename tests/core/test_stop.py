@@ -14,6 +14,7 @@ from collections import Counter
 
 import pytest
 from prefect.settings import PREFECT_API_URL
+from support import KEY
 
 from bench.bench_kill import RUN_ID, child_env, write_manifest
 from qwbatch.catalog.table import read_catalog
@@ -29,8 +30,8 @@ def test_sigterm_stops_the_cli_run_cleanly_and_a_rerun_finishes_it(
     prefect_server, sim, tmp_path
 ) -> None:
     signum = signal.SIGTERM  # the one Prefect also handles: ours must win during the run
-    sim.configure(api_key="sk-stop-test", fast=True, latency_s=0.4)
-    env = child_env(sim.base_url, "sk-stop-test", str(PREFECT_API_URL.value()), tmp_path)
+    sim.configure(fast=True, latency_s=0.4)
+    env = child_env(sim.base_url, KEY, str(PREFECT_API_URL.value()), tmp_path)
     manifest = write_manifest(tmp_path / "m.parquet", ROWS)
     out = tmp_path / "out"
     args = [
@@ -77,14 +78,13 @@ def test_sigterm_stops_the_cli_run_cleanly_and_a_rerun_finishes_it(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sim_env")
 def test_ctrl_c_stops_the_flow_and_restores_the_handlers(
     prefect_server, sim, tmp_path, monkeypatch
 ) -> None:
     from flows.render import render_manifest
 
-    sim.configure(api_key="sk-stop-test", fast=True, latency_s=0.3)
-    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-stop-test")
+    sim.configure(fast=True, latency_s=0.3)
     monkeypatch.setenv("QWBATCH_POLL_INTERVAL_S", "0.05")
     manifest = write_manifest(tmp_path / "m.parquet", 60)
     out = tmp_path / "out"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import KEY
 from typer.testing import CliRunner
 
 from flows.render import render_manifest
@@ -33,20 +34,14 @@ def demo(tmp_path: Path) -> Path:
     return path
 
 
-API_KEY = "sk-costs-flow-test-0123456789abcdef"
 PRICES = PriceTable.load(Settings(), ModelTable.load())
 cli = CliRunner()
 
 
 @pytest.fixture
-def provider_env(sim, monkeypatch: pytest.MonkeyPatch):
-    sim.configure(api_key=API_KEY, fast=True)
-    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("DASHSCOPE_API_KEY", API_KEY)
-    monkeypatch.setenv("QWBATCH_BACKOFF_BASE_S", "0.01")
-    monkeypatch.setenv("QWBATCH_BACKOFF_MAX_S", "0.05")
-    monkeypatch.setenv("QWBATCH_POLL_INTERVAL_S", "0.05")
-    return sim
+def provider_env(fast_sim_env):
+    fast_sim_env.configure(fast=True)  # the simulator's fast images, for many renders
+    return fast_sim_env
 
 
 def ledger_by_model(sim) -> dict[str, int]:
@@ -122,7 +117,7 @@ def test_estimate_equals_the_bill_per_model_and_in_total(
     assert summary.run_id in artifacts["markdown"].data
     assert "Nothing failed." in artifacts["markdown"].data
     assert artifacts["progress"].data == 100.0
-    assert API_KEY not in json.dumps([a.data for a in artifacts.values()], default=str)
+    assert KEY not in json.dumps([a.data for a in artifacts.values()], default=str)
 
 
 def priority_manifest(path: Path) -> Path:

@@ -15,25 +15,13 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+from support import KEY
 
 from flows.render import render_manifest
 from qwbatch.core.errors import ConfigError
 from qwbatch.plan import shard_codec
 
 DEMO = Path(__file__).parents[2] / "manifests" / "demo.parquet"
-API_KEY = "sk-test-0123456789abcdefSECRET"
-
-
-@pytest.fixture
-def provider_env(sim, monkeypatch: pytest.MonkeyPatch):
-    """Point qwbatch at the simulator, with a key we can look for in every output."""
-    sim.configure(api_key=API_KEY)
-    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("DASHSCOPE_API_KEY", API_KEY)
-    monkeypatch.setenv("QWBATCH_BACKOFF_BASE_S", "0.01")
-    monkeypatch.setenv("QWBATCH_BACKOFF_MAX_S", "0.05")
-    monkeypatch.setenv("QWBATCH_POLL_INTERVAL_S", "0.05")
-    return sim
 
 
 def _catalog(out: Path):
@@ -42,7 +30,7 @@ def _catalog(out: Path):
 
 @pytest.mark.slow
 def test_demo_manifest_renders_end_to_end_and_rerun_pays_nothing(
-    prefect_server, provider_env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    prefect_server, fast_sim_env, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     out = tmp_path / "out"
@@ -53,7 +41,7 @@ def test_demo_manifest_renders_end_to_end_and_rerun_pays_nothing(
     assert summary.rows_read == manifest_rows
     assert summary.rejected == 1
     assert summary.failed == 0
-    ledger = provider_env.ledger()
+    ledger = fast_sim_env.ledger()
     # Every stored image was billed once, and only once.
     succeeded = [r for r in rows if r["status"] == "succeeded"]
     assert ledger["billed_images"] == len(succeeded) == summary.billed_images
@@ -89,28 +77,28 @@ def test_demo_manifest_renders_end_to_end_and_rerun_pays_nothing(
     assert pl.read_parquet(f"{out}/catalog/*.parquet").height == len(rows)
 
     # A second run pays for nothing and says so.
-    billed_before = provider_env.ledger()["billed_images"]
+    billed_before = fast_sim_env.ledger()["billed_images"]
     again = render_manifest(manifest=str(DEMO), out=str(out))
-    assert provider_env.ledger()["billed_images"] == billed_before
+    assert fast_sim_env.ledger()["billed_images"] == billed_before
     assert again.billed_images == 0
     assert again.requests == 0
     assert again.deduplicated == manifest_rows - 1
     assert any("no image was paid for" in line for line in again.lines())
 
     # The key appears nowhere: logs, catalog, rejects, summaries, object metadata sidecars.
-    assert API_KEY not in caplog.text
+    assert KEY not in caplog.text
     for path in out.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
             if path.suffix in (".gz", ".zst"):  # shard files
                 data = shard_codec.decompress(data)
-            assert API_KEY.encode() not in data, path
+            assert KEY.encode() not in data, path
 
 
 @pytest.mark.slow
 def test_render_into_s3_records_metadata_and_no_secrets(
     prefect_server,
-    provider_env,
+    fast_sim_env,
     s3_bucket: str,
     s3_settings,
     monkeypatch,
@@ -162,10 +150,10 @@ def test_render_into_s3_records_metadata_and_no_secrets(
         body = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
         with Image.open(io.BytesIO(body)) as img:
             assert (img.width, img.height) == (row["width"], row["height"])
-        assert API_KEY not in json.dumps(meta)
+        assert KEY not in json.dumps(meta)
     for row in rows:
-        assert API_KEY not in json.dumps(row, default=str)
-    assert API_KEY not in caplog.text
+        assert KEY not in json.dumps(row, default=str)
+    assert KEY not in caplog.text
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import KEY
 
 from flows.render import render_manifest
 from qwbatch.core.settings import Settings
@@ -17,10 +18,10 @@ from qwbatch.plan import shard_codec
 from qwbatch.storage.stores import open_store
 
 EDIT_DEMO = Path(__file__).parents[2] / "manifests" / "edit-demo.parquet"
-API_KEY = "sk-test-edit-0123456789SECRET"
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sim_env")
 def test_edit_demo_renders_chains_and_reruns_for_free(
     prefect_server,
     sim,
@@ -29,9 +30,7 @@ def test_edit_demo_renders_chains_and_reruns_for_free(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    sim.configure(api_key=API_KEY, strict_input_sides=True)
-    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("DASHSCOPE_API_KEY", API_KEY)
+    sim.configure(strict_input_sides=True)
     monkeypatch.setenv("QWBATCH_BACKOFF_BASE_S", "0.01")
     out = tmp_path / "out"
     # The generation step the edit demo chains onto (its row product-01).
@@ -80,9 +79,9 @@ def test_edit_demo_renders_chains_and_reruns_for_free(
     assert (again.billed_images, again.requests) == (0, 0)
     assert sim.ledger()["billed_images"] == ledger["billed_images"]
 
-    assert API_KEY not in caplog.text
+    assert KEY not in caplog.text
     for path in out.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
             data = shard_codec.decompress(data) if path.suffix in (".gz", ".zst") else data
-            assert API_KEY.encode() not in data, path
+            assert KEY.encode() not in data, path

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from fixtures_web import WebServer
 from PIL import Image, ImageDraw
+from support import engine_settings
 
 from qwbatch.catalog import table as catalog
 from qwbatch.core.settings import Settings
@@ -27,7 +28,6 @@ from qwbatch.run import runner
 from qwbatch.storage.layout import staged_key
 from qwbatch.storage.stores import open_store
 
-KEY = "sk-staging-test-0123456789SECRET"
 EDIT_MODEL = "qwen-image-edit-plus"
 
 
@@ -102,16 +102,8 @@ def generation_calls(sim) -> int:
 def settings(sim) -> Settings:
     # strict_input_sides: the simulator refuses what the real service may refuse, so every
     # render below also proves the normalised inputs are acceptable.
-    sim.configure(api_key=KEY, strict_input_sides=True)
-    return Settings(
-        dashscope_base_url=sim.base_url,
-        dashscope_api_key=KEY,
-        backoff_base_s=0.01,
-        backoff_max_s=0.02,
-        rps=500,
-        max_in_flight=16,
-        input_allow_hosts=["127.0.0.1"],
-    )
+    sim.configure(strict_input_sides=True)
+    return engine_settings(sim, input_allow_hosts=["127.0.0.1"])
 
 
 # --------------------------------------------------------------------------- sources

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL
-from render_helpers import KEY, TABLE
-from render_helpers import simple_request as make_request
+from support import KEY, TABLE
+from support import simple_request as make_request
 
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import PlanItem

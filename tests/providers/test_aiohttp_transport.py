@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 import httpx
 import pytest
+from support import KEY
 
 from qwbatch.core.errors import ProviderAmbiguousError, ProviderError, ProviderTransientError
 from qwbatch.core.settings import Settings
@@ -24,7 +25,6 @@ from qwbatch.providers.dashscope import DashScopeProvider
 
 pytestmark = pytest.mark.anyio
 
-KEY = "sk-transport-0123456789-SECRET"
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from support import KEY
 
 from qwbatch import __version__
 from qwbatch.core.errors import (
@@ -37,7 +38,6 @@ from qwbatch.providers.dashscope import DashScopeProvider, classify_error, parse
 
 pytestmark = pytest.mark.anyio
 
-KEY = "sk-test-0123456789abcdef-SECRET"
 BASE = "https://dashscope.test/api/v1"
 GENERATION_URL = f"{BASE}/services/aigc/multimodal-generation/generation"
 SYNTHESIS_URL = f"{BASE}/services/aigc/text2image/image-synthesis"

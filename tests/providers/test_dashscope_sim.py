@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from support import KEY
 
 from qwbatch.core.errors import ModerationError, ProviderError, ResultExpiredError
 from qwbatch.core.types import RenderRequest
@@ -16,7 +17,6 @@ from qwbatch.simulator import SimulatorConfig, SimulatorHandle, running
 
 pytestmark = pytest.mark.anyio
 
-KEY = "sk-sim-0123456789-SECRET"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from render_helpers import KEY, TABLE, render
-from render_helpers import simple_request as make_request
+from render_helpers import render
 from store_helpers import FlakyStore
+from support import TABLE, engine_settings
+from support import simple_request as make_request
 
 from qwbatch.core.errors import StorageTransientError
 from qwbatch.core.settings import Settings
@@ -22,17 +23,7 @@ from qwbatch.storage.stores import open_store
 
 @pytest.fixture
 def settings(sim) -> Settings:
-    sim.configure(api_key=KEY)
-    return Settings(
-        dashscope_base_url=sim.base_url,
-        dashscope_api_key=KEY,
-        backoff_base_s=0.01,
-        backoff_max_s=0.02,
-        poll_interval_s=0.02,
-        poll_max_interval_s=0.05,
-        rps=500,
-        max_in_flight=16,
-    )
+    return engine_settings(sim)
 
 
 def run(items: list[PlanItem], settings: Settings, out: Path) -> tuple[list[CatalogRecord], Engine]:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from local_run import fast_settings, render_all
+from local_run import render_all
+from support import engine_settings
 
 from qwbatch.catalog.table import read_catalog
 from qwbatch.storage.stores import LocalStore
 
-KEY = "sk-fault-storm-key"
 ROWS = 200
 MAX_ATTEMPTS = 8
 PRICE = {"qwen-image-2.0": 0.035, "qwen-image-plus": 0.03}
@@ -40,7 +40,6 @@ def storm_manifest(path: Path) -> tuple[Path, set[str]]:
 
 def test_fault_storm(sim, tmp_path) -> None:
     sim.configure(
-        api_key=KEY,
         fast=True,
         seed=2024,
         error_5xx_rate=0.10,
@@ -59,7 +58,9 @@ def test_fault_storm(sim, tmp_path) -> None:
         latency_s=0.03,
         retry_after_s=0.05,
     )
-    settings = fast_settings(sim, KEY, rps=400, max_attempts=MAX_ATTEMPTS, shard_size=100)
+    settings = engine_settings(
+        sim, rps=400, max_attempts=MAX_ATTEMPTS, shard_size=100, backoff_max_s=0.05
+    )
     manifest, moderated = storm_manifest(tmp_path / "storm.parquet")
     out = tmp_path / "out"
     summary = render_all(manifest, str(out), settings)

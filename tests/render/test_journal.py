@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-import render_helpers
+import support
 from store_helpers import FlakyStore
 
 from qwbatch.core.errors import JournalError, StorageError, StorageTransientError
@@ -17,7 +17,7 @@ from qwbatch.storage.stores import LocalStore
 
 
 def make_request(i: int) -> RenderRequest:
-    return render_helpers.make_request(
+    return support.make_request(
         f"r{i}", f"prompt {i}", model="qwen-image-plus", size=None, seed=i, row_number=i
     )
 

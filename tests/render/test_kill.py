@@ -14,6 +14,7 @@ import random
 
 import pytest
 from prefect.settings import PREFECT_API_URL
+from support import KEY
 
 from bench.bench_kill import account, child_env, kill_and_resume, write_manifest
 
@@ -29,10 +30,10 @@ def test_sigkilled_three_times_and_resumed_nothing_lost_nothing_paid_twice(
     # A failure prints its seed; QWBATCH_KILL_SEED replays it (the kill moments are wall
     # clock, so a replay hits the same window only roughly).
     seed = int(os.environ.get("QWBATCH_KILL_SEED") or random.randrange(1 << 30))
-    sim.configure(api_key="sk-kill-test", fast=True, latency_s=0.3, latency_jitter_s=0.2, seed=seed)
+    sim.configure(fast=True, latency_s=0.3, latency_jitter_s=0.2, seed=seed)
     home = tmp_path / "prefect-home"
     home.mkdir()
-    env = child_env(sim.base_url, "sk-kill-test", str(PREFECT_API_URL.value()), home)
+    env = child_env(sim.base_url, KEY, str(PREFECT_API_URL.value()), home)
     manifest = write_manifest(tmp_path / "kill.parquet", ROWS)
     out = tmp_path / "out"
 

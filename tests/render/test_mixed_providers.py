@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_providers import PROVIDER_KEY
-from render_helpers import TABLE, engine_settings, make_request
+from support import TABLE, engine_settings, make_request
 
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import CatalogRecord, PlanItem

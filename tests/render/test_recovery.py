@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import pytest
-from render_helpers import make_request
+from support import dashscope_provider, make_request
 
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.types import RenderRequest
@@ -17,7 +16,6 @@ from qwbatch.providers.base import TaskListing
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render.recovery import KnownTasks, TaskFinder, TaskSearch
 
-KEY = "sk-recovery-test-key"
 MODEL = "qwen-image-plus"
 
 
@@ -32,17 +30,6 @@ class CutShortListing(DashScopeProvider):
         return TaskListing(await super().list_tasks(model, start, end), complete=False)
 
 
-def provider(sim, cls: type[DashScopeProvider] = DashScopeProvider, **options) -> DashScopeProvider:
-    return cls(
-        client=httpx.AsyncClient(timeout=10),
-        base_url=sim.base_url,
-        api_key=KEY,
-        poll_interval_s=0.02,
-        poll_max_interval_s=0.05,
-        **options,
-    )
-
-
 async def search(
     p: DashScopeProvider, lost: RenderRequest, sent_at: float, **options
 ) -> TaskSearch:
@@ -52,11 +39,11 @@ async def search(
 
 
 def test_a_listing_of_other_prompts_proves_the_submission_absent(sim) -> None:
-    sim.configure(api_key=KEY, fast=True)
+    sim.configure(fast=True)
     lost = request("my lost lighthouse")
 
     async def go() -> None:
-        async with provider(sim) as p:
+        async with dashscope_provider(sim) as p:
             sent_at = time.time()
             await p.submit_task(request("someone else's lighthouse"))
             sim.configure(task_failure_rate=1.0)
@@ -74,11 +61,11 @@ def test_a_listing_of_other_prompts_proves_the_submission_absent(sim) -> None:
 
 
 def test_the_lost_submissions_task_is_found_not_proven_absent(sim) -> None:
-    sim.configure(api_key=KEY, fast=True)
+    sim.configure(fast=True)
     lost = request("my lost lighthouse")
 
     async def go() -> None:
-        async with provider(sim) as p:
+        async with dashscope_provider(sim) as p:
             sent_at = time.time()
             task_id = await p.submit_task(lost)
             found = await search(p, lost, sent_at)
@@ -90,11 +77,11 @@ def test_the_lost_submissions_task_is_found_not_proven_absent(sim) -> None:
 
 
 def test_a_task_whose_outcome_is_unknown_or_a_cut_listing_proves_nothing(sim) -> None:
-    sim.configure(api_key=KEY, fast=True)
+    sim.configure(fast=True)
     lost = request("my lost lighthouse")
 
     async def go() -> None:
-        async with provider(sim, CutShortListing) as cut, provider(sim) as p:
+        async with dashscope_provider(sim, CutShortListing) as cut, dashscope_provider(sim) as p:
             sent_at = time.time()
             assert await search(cut, lost, sent_at) == TaskSearch()
             await p.submit_task(request("a stranger"))
@@ -103,14 +90,14 @@ def test_a_task_whose_outcome_is_unknown_or_a_cut_listing_proves_nothing(sim) ->
             sim.configure(queue_s=30.0)
             await p.submit_task(request("a stranger still queued"))
         # Still queued when the finder stops waiting on it: it could be the lost one.
-        async with provider(sim, task_deadline_s=0.2) as impatient:
+        async with dashscope_provider(sim, task_deadline_s=0.2) as impatient:
             assert await search(impatient, lost, sent_at) == TaskSearch()
 
     asyncio.run(go())
 
 
 def test_a_proof_waits_until_the_dead_senders_requests_have_landed(sim) -> None:
-    sim.configure(api_key=KEY, fast=True)
+    sim.configure(fast=True)
     lost = request("my lost lighthouse")
     now = time.time()
     slept: list[float] = []
@@ -119,7 +106,7 @@ def test_a_proof_waits_until_the_dead_senders_requests_have_landed(sim) -> None:
         slept.append(seconds)
 
     async def go() -> None:
-        async with provider(sim) as p:
+        async with dashscope_provider(sim) as p:
             finder = TaskFinder(
                 p, journal_tasks=set(), known=KnownTasks(), clock=lambda: now, sleep=sleep
             )

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-import render_helpers
+import support
 
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
@@ -24,7 +24,6 @@ from qwbatch.render.recovery import TaskFinder
 from qwbatch.storage.layout import output_key
 from qwbatch.storage.stores import LocalStore
 
-KEY = "sk-resume-test-key"
 TABLE = ModelTable.load()
 RUN = "run-resume"
 SHARD = "shard-00000"
@@ -34,24 +33,13 @@ def make_request(
     prompt: str, *, model: str = "qwen-image-plus", seed: int = 1, n: int = 1
 ) -> RenderRequest:
     size = "1328*1328" if model == "qwen-image-plus" else "512*512"
-    return render_helpers.make_request(
-        f"row-{prompt}", prompt, model=model, seed=seed, n=n, size=size
-    )
+    return support.make_request(f"row-{prompt}", prompt, model=model, seed=seed, n=n, size=size)
 
 
 @pytest.fixture
 def settings(sim) -> Settings:
-    sim.configure(api_key=KEY, fast=True)
-    return Settings(
-        dashscope_base_url=sim.base_url,
-        dashscope_api_key=KEY,
-        backoff_base_s=0.01,
-        backoff_max_s=0.02,
-        poll_interval_s=0.02,
-        poll_max_interval_s=0.05,
-        rps=500,
-        max_in_flight=16,
-    )
+    sim.configure(fast=True)
+    return support.engine_settings(sim)
 
 
 class Killed(Exception):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_providers import PROVIDER_KEY
-from render_helpers import TABLE, make_request
+from support import TABLE, make_request
 
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest

@@ -3,14 +3,14 @@ and the engine applying both against the simulator: attempts counted in the cata
 
 from __future__ import annotations
 
-import asyncio
 import random
 import socket
 
 import httpx
 import pytest
-from render_helpers import KEY, TABLE
-from render_helpers import simple_request as make_request
+import support
+from render_helpers import render
+from support import simple_request as make_request
 
 from qwbatch.core.errors import (
     ModerationError,
@@ -24,9 +24,7 @@ from qwbatch.core.types import CatalogRecord, PlanItem
 from qwbatch.limits import LimiterRegistry
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.providers.dashscope_errors import ERROR_TABLE, classify_error, error_kind
-from qwbatch.render.engine import Engine
 from qwbatch.render.retries import RetryPolicy
-from qwbatch.storage.stores import open_store
 
 # (HTTP status, code, message, kind, row of ERROR_TABLE that decides; None: no row, the default)
 EXAMPLES = [
@@ -136,35 +134,14 @@ def test_retries_stop_at_max_attempts_and_at_max_total_time() -> None:
 def run_engine(sim, tmp_path, settings: Settings, prompts: list[str]) -> list[CatalogRecord]:
     """Render ``prompts`` through a fresh limiter registry (a Retry-After pause stays here)."""
     items = [PlanItem(make_request(p, row_id=f"r{i}")) for i, p in enumerate(prompts)]
-    store = open_store(str(tmp_path), settings)
-
-    async def go() -> list[CatalogRecord]:
-        async with DashScopeProvider.from_settings(settings) as provider:
-            engine = Engine(
-                provider=provider,
-                store=store,
-                table=TABLE,
-                settings=settings,
-                run_id="retries",
-                limiters=LimiterRegistry(),
-            )
-            return await engine.run_items(items)
-
-    return asyncio.run(go())
+    limiters = LimiterRegistry()
+    return render(items, settings, tmp_path, run_id="retries", write_part=False, limiters=limiters)
 
 
 def engine_settings(sim, **changes: object) -> Settings:
-    sim.configure(api_key=KEY)
-    base: dict[str, object] = {
-        "dashscope_base_url": sim.base_url,
-        "dashscope_api_key": KEY,
-        "backoff_base_s": 0.01,
-        "backoff_max_s": 0.02,
-        "rps": 500,
-        "max_in_flight": 16,
-        "shared_limits": "off",
-    }
-    return Settings(**{**base, **changes})
+    """The shared settings with no shared limits: a Retry-After pause stays in this module's
+    own limiter registry."""
+    return support.engine_settings(sim, shared_limits="off", **changes)
 
 
 def test_throttled_requests_are_retried_and_their_attempts_recorded(sim, tmp_path) -> None:

@@ -9,34 +9,21 @@ import time
 
 import httpx
 import pytest
-from render_helpers import make_request
+from support import KEY, dashscope_provider, make_request
 
 from qwbatch.core.errors import ResultExpiredError
 from qwbatch.core.types import RenderRequest
-from qwbatch.providers.dashscope import DashScopeProvider
-
-KEY = "sk-task-listing-key"
 
 
 def request(prompt: str, model: str = "qwen-image-plus") -> RenderRequest:
     return make_request("r", prompt, model=model, size=None)
 
 
-def provider(sim) -> DashScopeProvider:
-    return DashScopeProvider(
-        client=httpx.AsyncClient(timeout=10),
-        base_url=sim.base_url,
-        api_key=KEY,
-        poll_interval_s=0.02,
-        poll_max_interval_s=0.05,
-    )
-
-
 def test_listing_filters_by_model_and_time_and_pages(sim) -> None:
-    sim.configure(api_key=KEY, fast=True)
+    sim.configure(fast=True)
 
     async def go() -> None:
-        async with provider(sim) as p:
+        async with dashscope_provider(sim) as p:
             started = time.time()
             ids = [await p.submit_task(request(f"listed {i}")) for i in range(3)]
             await p.submit_task(request("other model", model="qwen-image"))
@@ -57,10 +44,10 @@ def test_listing_filters_by_model_and_time_and_pages(sim) -> None:
 
 @pytest.mark.parametrize("model", ["qwen-image-2.0", "qwen-image-plus"])
 def test_a_url_born_expired_is_billed_and_reads_as_expired(sim, model: str) -> None:
-    sim.configure(api_key=KEY, fast=True, expired_url_rate=1.0)
+    sim.configure(fast=True, expired_url_rate=1.0)
 
     async def go() -> None:
-        async with provider(sim) as p:
+        async with dashscope_provider(sim) as p:
             if model == "qwen-image-plus":
                 result = await p.wait_task(await p.submit_task(request("late", model)))
             else:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from render_helpers import engine_settings, make_request, render
+from render_helpers import render
+from support import engine_settings, make_request
 from typer.testing import CliRunner
 
 from qwbatch.cli import app

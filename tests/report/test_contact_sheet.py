@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageChops, ImageDraw
-from render_helpers import engine_settings, make_request, render
+from render_helpers import render
+from support import engine_settings, make_request
 from typer.testing import CliRunner
 
 from qwbatch.catalog import table as catalog

@@ -8,12 +8,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from local_run import fast_settings, render_all
+from local_run import render_all
+from support import engine_settings
 
 from qwbatch.report.digest import digest, digest_markdown
 from qwbatch.storage.stores import LocalStore
-
-KEY = "sk-digest-test-key-0123456789abcdef"
 
 
 def manifest(path: Path, prompts: dict[str, str]) -> Path:
@@ -26,8 +25,8 @@ def manifest(path: Path, prompts: dict[str, str]) -> Path:
 def nights(sim, tmp_path: Path) -> Path:
     """Night one renders a, b, c; night two keeps a, changes b, drops c, adds d and a row the
     provider refuses (moderation)."""
-    sim.configure(api_key=KEY, fast=True)
-    settings = fast_settings(sim, KEY)
+    sim.configure(fast=True)
+    settings = engine_settings(sim)
     out = tmp_path / "out"
     one = {"a": "a red lantern", "b": "a blue kite", "c": "a green tea cup"}
     render_all(manifest(tmp_path / "1.parquet", one), str(out), settings, run_id="night-1")

@@ -9,6 +9,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import engine_settings
 from typer.testing import CliRunner
 
 from qwbatch.cli import app
@@ -18,7 +19,6 @@ from qwbatch.plan.planner import plan_run
 from qwbatch.run import runner
 from qwbatch.storage.stores import open_store
 
-KEY = "sk-report-test-key-0123456789abcdef"
 cli = CliRunner()
 
 
@@ -58,17 +58,8 @@ def render(manifest: Path, out: Path, settings: Settings, run_id: str) -> None:
 def catalog_dest(sim, tmp_path: Path) -> Path:
     """Two runs with every kind of outcome: successes, n>1 partial failures, moderation,
     retried 5xx, lost answers (ambiguous), duplicates and outputs already rendered."""
-    sim.configure(api_key=KEY, fast=True, error_5xx_rate=0.3, partial_failure_rate=0.2, seed=4)
-    settings = Settings(
-        dashscope_base_url=sim.base_url,
-        dashscope_api_key=KEY,
-        backoff_base_s=0.01,
-        backoff_max_s=0.02,
-        poll_interval_s=0.02,
-        poll_max_interval_s=0.05,
-        rps=500,
-        max_in_flight=16,
-    )
+    sim.configure(fast=True, error_5xx_rate=0.3, partial_failure_rate=0.2, seed=4)
+    settings = engine_settings(sim)
     rows: list[dict[str, object]] = [
         {
             "id": f"p{i}",

@@ -15,7 +15,8 @@ import pytest
 from chromium import CHROMIUM, screenshot
 from fontTools.ttLib import TTFont
 from PIL import Image, ImageChops
-from render_helpers import engine_settings, make_request, render
+from render_helpers import render
+from support import engine_settings, make_request
 from typer.testing import CliRunner
 
 from qwbatch.catalog import table as catalog

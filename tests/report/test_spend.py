@@ -13,7 +13,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from local_run import fast_settings, render_all
+from local_run import render_all
+from support import KEY, engine_settings
 from typer.testing import CliRunner
 
 from qwbatch.budget.policy import BudgetPolicy
@@ -26,7 +27,6 @@ from qwbatch.report.numbers import cost_table, report, run_markdown
 from qwbatch.run.summary import RunSummary
 from qwbatch.storage.stores import LocalStore
 
-KEY = "sk-spend-test-key-0123456789abcdef"
 TRIMMED, FULL, RERUN = (
     "20260301T000000Z-aaaaaa",
     "20260302T000000Z-bbbbbb",
@@ -41,7 +41,7 @@ def runs(simulator, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lis
     the first run's images deduplicated), and a rerun (everything deduplicated, nothing paid)."""
     simulator.reset(restore_config=True)
     simulator.configure(api_key=KEY, fast=True)
-    settings = fast_settings(simulator, KEY)
+    settings = engine_settings(simulator)
     tmp = tmp_path_factory.mktemp("spend")
     rows: list[dict[str, object]] = [
         {"id": f"p{i}", "prompt": f"product {i}", "model": "qwen-image-2.0", "n": 1 + i % 2}

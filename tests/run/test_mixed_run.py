@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fixtures_providers import PROVIDER_KEY
-from local_run import fast_settings
 from PIL import Image
+from support import engine_settings
 
 from qwbatch.budget.policy import BudgetPolicy
 from qwbatch.catalog.table import read_catalog
@@ -21,8 +21,6 @@ from qwbatch.report.compare import make_compare_sheet
 from qwbatch.run import runner
 from qwbatch.simulator import SimulatorHandle
 from qwbatch.storage.stores import open_store
-
-KEY = "sk-mixed-run-key"
 
 
 def write_manifest(folder: Path) -> Path:
@@ -80,15 +78,15 @@ def write_manifest(folder: Path) -> Path:
 def settings(
     sim: SimulatorHandle, bfl_sim: SimulatorHandle, openai_sim: SimulatorHandle
 ) -> Settings:
-    sim.configure(api_key=KEY, fast=True)
-    return fast_settings(
+    sim.configure(fast=True)
+    return engine_settings(
         sim,
-        KEY,
         bfl_base_url=bfl_sim.root_url,
         bfl_api_key=PROVIDER_KEY,
         openai_base_url=f"{openai_sim.root_url}/v1",
         openai_api_key=PROVIDER_KEY,
         budget_backend="local",
+        backoff_max_s=0.05,
     )
 
 

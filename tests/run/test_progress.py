@@ -6,8 +6,9 @@ import io
 import threading
 
 import pytest
-from render_helpers import engine_settings, make_request, render
+from render_helpers import render
 from rich.console import Console
+from support import engine_settings, make_request
 
 from qwbatch.core.types import Alias, CatalogRecord, PlanItem
 from qwbatch.plan import Plan

@@ -22,11 +22,10 @@ RUN = "20260401T000000Z-dddddd"
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("sim_env")
 def test_run_shows_progress_and_publishes_its_contact_sheet(
-    prefect_server, sim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_server, sim, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("QWBATCH_DASHSCOPE_BASE_URL", sim.base_url)
-    monkeypatch.setenv("DASHSCOPE_API_KEY", sim.api_key)
     manifest = tmp_path / "m.parquet"
     pq.write_table(
         pa.table(

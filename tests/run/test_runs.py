@@ -11,7 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from local_run import fast_settings, render_all
+from local_run import render_all
+from support import engine_settings
 
 from qwbatch.budget.policy import BudgetPolicy
 from qwbatch.catalog.table import read_catalog
@@ -24,7 +25,6 @@ from qwbatch.run import records as runs
 from qwbatch.storage.layout import journal_prefix, shard_result_key
 from qwbatch.storage.stores import LocalStore
 
-KEY = "sk-runs-test-key"
 TABLE = ModelTable.load()
 PRICES = {"qwen-image-2.0": 0.035, "qwen-image-plus": 0.03}
 
@@ -49,8 +49,8 @@ def write_manifest(path: Path, prompts: dict[str, str]) -> Path:
 
 @pytest.fixture
 def settings(sim):
-    sim.configure(api_key=KEY, fast=True)
-    return fast_settings(sim, KEY, shard_size=4)
+    sim.configure(fast=True)
+    return engine_settings(sim, shard_size=4, backoff_max_s=0.05)
 
 
 def billed_prompts(sim) -> list[str]:

@@ -13,19 +13,19 @@ from pathlib import Path
 import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
-from local_run import fast_settings, render_all
+from local_run import render_all
+from support import engine_settings
 
 from qwbatch.catalog.table import read_catalog
 from qwbatch.storage.layout import journal_prefix
 from qwbatch.storage.stores import open_store
 
-KEY = "sk-store-outage-key"
 ROWS = 48
 OUTAGE_S = 10.0
 
 
 def test_a_store_outage_mid_run_loses_nothing(sim, outage_s3, tmp_path: Path) -> None:
-    sim.configure(api_key=KEY, fast=True, latency_s=0.15)
+    sim.configure(fast=True, latency_s=0.15)
     bucket = f"outage-{uuid.uuid4().hex[:12]}"
     s3 = boto3.client("s3", endpoint_url=outage_s3.url, region_name="us-east-1")
     s3.create_bucket(Bucket=bucket)
@@ -41,9 +41,8 @@ def test_a_store_outage_mid_run_loses_nothing(sim, outage_s3, tmp_path: Path) ->
         ),
         manifest,
     )
-    settings = fast_settings(
+    settings = engine_settings(
         sim,
-        KEY,
         s3_endpoint_url=outage_s3.url,
         s3_region="us-east-1",
         s3_addressing_style="path",

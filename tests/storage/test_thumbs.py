@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from render_helpers import engine_settings, make_request, render
+from render_helpers import render
+from support import engine_settings, make_request
 
 from qwbatch.catalog.view import load_thumbnail
 from qwbatch.core import images
