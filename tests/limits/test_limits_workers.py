@@ -65,7 +65,7 @@ def test_two_worker_processes_stay_under_one_shared_limit(prefect_server, sim, t
     start, summaries = bench_limits.run_workers(
         sim,
         str(PREFECT_API_URL.value()),
-        rps=RATE,
+        rps=str(RATE),
         shards=2,
         limiter="qwbatch",
         duration=SECONDS,
@@ -159,8 +159,12 @@ def test_a_429_burst_cuts_the_rate_honours_retry_after_and_recovers(sim, tmp_pat
     sends = limiter.send_times()
     for throttled_at in throttles:
         assert not [s for s in sends if throttled_at < s < throttled_at + retry_after]
-    # Recovered: the allowed rate went back to the ceiling, and requests went on after it.
-    assert limiter.current_rate() == pytest.approx(10.0)
-    back = next(t for t, rate in rates if t > max(throttles) and rate >= 10.0 - 1e-9)
-    assert [s for s in sends if s > back]
+    # Recovered the way the learning limiter does (docs/limits.md): after the burst the rate
+    # climbs again, towards the limit it learned rather than straight back to the ceiling
+    # (forgetting that limit takes probes that find room: tests/limits/test_limits_learning.py),
+    # and requests went on while it climbed.
+    last_throttle = max(throttles)
+    after = [rate for t, rate in rates if t > last_throttle]
+    assert max(after) > min(during)
+    assert [s for s in sends if s > last_throttle]
     assert sum(r.attempts for r in records) == 120 + sim.ledger()["throttled"]
