@@ -26,7 +26,7 @@ from PIL import Image
 
 from qwbatch.core.settings import Settings
 from qwbatch.plan import new_run_id
-from qwbatch.run import runner
+from qwbatch.runs import runner
 
 
 def serve(images: dict[str, bytes], latency_s: float) -> ThreadingHTTPServer:

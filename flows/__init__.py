@@ -1,1 +1,1 @@
-"""Prefect flows for qwbatch: thin orchestration over :mod:`qwbatch.run.runner`."""
+"""Prefect flows for qwbatch: thin orchestration over :mod:`qwbatch.runs.runner`."""

@@ -19,7 +19,7 @@ from prefect.artifacts import (
 
 from qwbatch.report.markdown import sheet_markdown
 from qwbatch.report.numbers import Report, cost_table, run_markdown
-from qwbatch.run.summary import RunSummary
+from qwbatch.runs.summary import RunSummary
 
 COST_KEY = "qwbatch-cost"
 SUMMARY_KEY = "render-summary"

@@ -51,7 +51,7 @@ from qwbatch.core.settings import Settings, settings_with
 from qwbatch.core.stop import STOP
 from qwbatch.render.engine import ShardResult
 from qwbatch.render.shard_results import group_shards, read_shard_result, write_shard_result
-from qwbatch.run import liveness, runner
+from qwbatch.runs import liveness, runner
 from qwbatch.storage import lease
 from qwbatch.storage.layout import shard_lease_key
 from qwbatch.storage.stores import ObjectStore, open_store
@@ -168,7 +168,7 @@ def fan_out(
     that deployment's pool: an ``s3://`` store, or a folder all of them share.
 
     A flow run whose worker died (no shard lease renewed for three lease lifetimes, see
-    :mod:`qwbatch.run.liveness`) is marked crashed, and its unfinished shards are started
+    :mod:`qwbatch.runs.liveness`) is marked crashed, and its unfinished shards are started
     again in a new flow run, as are those of a flow run that crashed or failed, up to
     ``RESUBMITS`` times per group. Raises ShardRunError naming the flow runs that did not
     complete, after all of them have ended (the shards that did finish are in the catalog

@@ -10,7 +10,7 @@ resumed (``resume`` names one, ``auto_resume=False`` starts afresh), and SIGINT/
 it cleanly (:mod:`qwbatch.core.stop`): in-flight work ends or is journaled, catalog parts are
 written, and the summary counts what is ``left``.
 
-The flow is orchestration only: every step is one call into :mod:`qwbatch.run.runner`. Shards,
+The flow is orchestration only: every step is one call into :mod:`qwbatch.runs.runner`. Shards,
 not images, are Prefect tasks (a task costs about 10 ms of overhead; a shard holds a few
 hundred requests), and each task builds its own clients from settings, so any worker can run
 any shard.
@@ -44,8 +44,8 @@ from qwbatch.render.engine import ShardResult
 from qwbatch.report import contact_sheet
 from qwbatch.report import digest as digests
 from qwbatch.report import numbers as reports
-from qwbatch.run import runner
-from qwbatch.run.summary import RunSummary
+from qwbatch.runs import runner
+from qwbatch.runs.summary import RunSummary
 from qwbatch.storage import lease
 from qwbatch.storage.stores import open_store
 

@@ -12,18 +12,15 @@ The Python API (the CLI's commands, callable from a script or a notebook)::
 See :mod:`qwbatch.api`; exports to Hugging Face and WebDataset are in :mod:`qwbatch.export`.
 The names are loaded on first use, so ``import qwbatch.core…`` stays light.
 
-``qwbatch.run`` is also the name of the run stage's package (``qwbatch/run/``), which Python
-binds to this package's ``run`` attribute whenever it is imported. So that both hold, that
-package is made callable here: calling it is :func:`qwbatch.api.run`.
+The run stage's package is ``qwbatch.runs`` (plural), so that ``qwbatch.run`` is only ever
+this call: a subpackage named ``run`` would be bound over it whenever it is imported.
 """
 
 from __future__ import annotations
 
 import importlib
-import types
 from typing import TYPE_CHECKING, Any
 
-import qwbatch.run as _run_stage
 from qwbatch.core.version import __version__
 
 if TYPE_CHECKING:
@@ -46,17 +43,7 @@ __all__ = [
     "validate",
 ]
 
-_API = frozenset(__all__) - {"__version__", "run"}
-
-
-class _CallableStage(types.ModuleType):
-    """The ``qwbatch.run`` package, callable as :func:`qwbatch.api.run`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return importlib.import_module("qwbatch.api").run(*args, **kwargs)
-
-
-_run_stage.__class__ = _CallableStage
+_API = frozenset(__all__) - {"__version__"}
 
 
 def __getattr__(name: str) -> Any:

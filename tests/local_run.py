@@ -17,8 +17,8 @@ from qwbatch.budget import BudgetPolicy, BudgetSpec
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import StopSignal
 from qwbatch.render.engine import ShardResult
-from qwbatch.run import runner
-from qwbatch.run.summary import RunSummary
+from qwbatch.runs import runner
+from qwbatch.runs.summary import RunSummary
 from qwbatch.simulator import SimulatorHandle
 from qwbatch.storage.stores import ObjectStore
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from support import TABLE
 
-# Older spellings, re-exported: tests/render/test_text_rerolls.py and tests/run/test_text_check.py
+# Older spellings, re-exported: tests/render/test_text_rerolls.py and tests/runs/test_text_check.py
 # (new on main while these moved to support, left to their owner) still reach them here.
 # Re-point those two files to support, then delete these two lines.
 from support import engine_settings as engine_settings

@@ -51,8 +51,8 @@ qwbatch.export.export("out", "dataset", format="hf")   # datasets.load_dataset("
   refused manifest or budget, an unreachable store); the CLI prints the same message.
 - **Settings** (the provider's key and endpoint, S3, rates) come from the environment as
   for the CLI (`DASHSCOPE_API_KEY`, `QWBATCH_…`); the call's options go on top.
-- `qwbatch.run` is both this call and the run stage's package (`qwbatch/run/`): the package
-  is made callable, so `qwbatch.run(...)` and `qwbatch.run.summary` both work.
+- `qwbatch.run` is this call; the run stage's own package is `qwbatch.runs` (its
+  `summary.RunSummary` is what the call returns).
 
 ## Reference
 """

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from qwbatch.budget.policy import BudgetPolicy
     from qwbatch.manifest import Reject
     from qwbatch.plan import Plan
-    from qwbatch.run.summary import RunSummary
+    from qwbatch.runs.summary import RunSummary
 
 BudgetMode = Literal["refuse", "trim"]
 
@@ -73,7 +73,7 @@ def run(
     stderr). ``target_size`` (``"300*250"``, ``"728*90:pad"``) delivers rows without their
     own ``target_size`` at exactly that size. ``rerender_rejected`` renders again, with a
     new seed, each row whose image a review rejected (``qwbatch review``; see
-    :mod:`qwbatch.run.rerender`). ``qwbatch run --dry-run`` is :func:`estimate`.
+    :mod:`qwbatch.runs.rerender`). ``qwbatch run --dry-run`` is :func:`estimate`.
 
     One run holds ``out`` at a time (a lease, see ``docs/operations.md``): another run
     holding it raises ``DestBusyError`` naming its host and pid, unless ``wait``, which
@@ -137,7 +137,7 @@ def _run(
     rerender_rejected: bool = False,
 ) -> RunSummary:
     from qwbatch.core.stop import STOP
-    from qwbatch.run import runner
+    from qwbatch.runs import runner
     from qwbatch.storage.lease import hold
     from qwbatch.storage.stores import open_store
 
@@ -231,8 +231,8 @@ def _with_new_seeds(
 ) -> ManifestLike:
     """``manifest`` with a new seed for each row a review rejected (a table saved under
     OUT, as any table manifest), or as it is when there is none."""
-    from qwbatch.run import rerender
-    from qwbatch.run.runner import input_stage
+    from qwbatch.runs import rerender
+    from qwbatch.runs.runner import input_stage
     from qwbatch.storage.stores import open_store
 
     store = open_store(out, settings)
@@ -274,8 +274,8 @@ def _render_with_prefect(
     from qwbatch.api.prefect_server import own_server
     from qwbatch.core.stop import STOP
     from qwbatch.limits import reporting
-    from qwbatch.run.progress_display import watch_run
-    from qwbatch.run.runner import resolve_run_id
+    from qwbatch.runs.progress_display import watch_run
+    from qwbatch.runs.runner import resolve_run_id
 
     # Known before the flow starts (the progress display follows it): an unfinished run of
     # this manifest in OUT is resumed, unless new_run.
@@ -363,7 +363,7 @@ def _estimate(
     budget_mode: BudgetMode,
     target_size: str | None = None,
 ) -> Plan:
-    from qwbatch.run import runner
+    from qwbatch.runs import runner
 
     _check_target(target_size)
     settings = settings_with(
@@ -420,7 +420,7 @@ def _validate(
     manifest: ManifestLike, model: str | None, out: str | os.PathLike[str] | None
 ) -> Validation:
     from qwbatch.manifest import read_manifest
-    from qwbatch.run.runner import input_stage, model_table
+    from qwbatch.runs.runner import input_stage, model_table
     from qwbatch.storage.stores import open_store
 
     settings = settings_with({"default_model": model})

@@ -193,7 +193,7 @@ def put_part(
 def part_keys(store: ObjectStore) -> list[str]:
     """Keys of every live catalog part, in name order (run ids sort by time).
 
-    A compaction (``qwbatch.run.compaction``) in progress is invisible: until all its new parts
+    A compaction (``qwbatch.runs.compaction``) in progress is invisible: until all its new parts
     exist they are skipped, and once they do, the parts they replace are.
     """
     keys = sorted(store.list(layout.CATALOG_PREFIX))

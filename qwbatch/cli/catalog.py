@@ -53,7 +53,7 @@ def compact(
     max_rows: Annotated[int, typer.Option(help="Rows per merged part")] = 1_000_000,
 ) -> None:
     """Merge the catalog's small parts (of finished runs) into a few large ones."""
-    from qwbatch.run.compaction import compact as compact_catalog
+    from qwbatch.runs.compaction import compact as compact_catalog
 
     try:
         result = compact_catalog(open_store(dest, Settings()), max_rows=max_rows)

@@ -1,6 +1,6 @@
 """``qwbatch estimate`` and ``qwbatch report``: the bill before a run, and after it.
 
-Both are thin: ``estimate`` is :func:`qwbatch.run.runner.estimate` (a plan that writes nothing),
+Both are thin: ``estimate`` is :func:`qwbatch.runs.runner.estimate` (a plan that writes nothing),
 ``report`` is ``report.numbers.report`` (aggregates over the catalog); here they are only
 printed, as rich tables or as JSON.
 """
@@ -38,7 +38,7 @@ def estimate_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
 ) -> None:
     """What rendering MANIFEST into OUT would cost, by model and tag; nothing is sent."""
-    from qwbatch.run.runner import estimate
+    from qwbatch.runs.runner import estimate
 
     settings = Settings(default_model=model) if model else Settings()
     try:

@@ -25,7 +25,7 @@ def limits_command(
     """Show each model's requests per second and in-flight cap, their source, and sharing."""
     from qwbatch.limits.registry import limit_rows, limit_scope, local_reason
     from qwbatch.limits.shared import read_shared_state
-    from qwbatch.run.runner import model_table
+    from qwbatch.runs.runner import model_table
 
     settings = Settings()
     try:

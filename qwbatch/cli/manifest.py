@@ -39,7 +39,7 @@ def _convert(
 
     from qwbatch.manifest import rejects_table
     from qwbatch.manifest.converters import convert, read_csv, read_jsonl
-    from qwbatch.run.runner import model_table
+    from qwbatch.runs.runner import model_table
 
     settings = Settings(default_model=model) if model else Settings()
     try:

@@ -32,7 +32,7 @@ def text_check(
     Nothing is rendered or paid for: misspelt images are marked text_mismatch, not re-rolled.
     """
     from qwbatch.manifest.expected import expected_texts
-    from qwbatch.run.text_check import text_check as check
+    from qwbatch.runs.text_check import text_check as check
     from qwbatch.storage.stores import open_store
 
     settings = Settings()

@@ -29,7 +29,7 @@ from qwbatch.catalog import view as catalog_view
 from qwbatch.catalog.view import RowFilter
 from qwbatch.core.errors import QwBatchError
 from qwbatch.core.fonts import Font, caption_font
-from qwbatch.run.summary import RunSummary
+from qwbatch.runs.summary import RunSummary
 from qwbatch.storage.layout import run_sheet_key
 from qwbatch.storage.stores import ObjectStore
 from qwbatch.text import read_lines

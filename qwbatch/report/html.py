@@ -50,7 +50,7 @@ from qwbatch.catalog.view import RowFilter
 from qwbatch.core.errors import StorageError, StorageTransientError
 from qwbatch.report.links import ImageLink
 from qwbatch.report.page_font import FAMILY, font_face_css
-from qwbatch.run.progress import GOOD_STATUSES
+from qwbatch.runs.progress import GOOD_STATUSES
 from qwbatch.storage.layout import delivered_key, rejects_key
 from qwbatch.storage.stores import ObjectStore
 from qwbatch.text import read_lines

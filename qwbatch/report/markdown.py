@@ -10,7 +10,7 @@ database lean.
 
 from __future__ import annotations
 
-from qwbatch.run.summary import RunSummary
+from qwbatch.runs.summary import RunSummary
 
 #: Largest data URI embedded in an artifact, in bytes (the preview of a 120-tile sheet at
 #: 900 pixels wide is well under this).

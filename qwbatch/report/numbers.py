@@ -38,7 +38,7 @@ from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore
 
 if TYPE_CHECKING:
-    from qwbatch.run.summary import RunSummary
+    from qwbatch.runs.summary import RunSummary
 
 #: Statuses that mean a request ended without its image, for a reason worth reading.
 FAILURE_STATUSES = ("failed", "moderated", "ambiguous", "expired", "text_mismatch")

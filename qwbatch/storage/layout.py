@@ -37,22 +37,22 @@ cannot hold the whole request, the request beside it (:mod:`qwbatch.storage.meta
 output's thumbnail; the output cropped or padded to the request's channel size
 (``target_size``), when it has one; an edit input
 as it was sent (:mod:`qwbatch.inputs.staging`); the catalog's Parquet parts, one per shard of a
-run, and the markers of a compaction in progress (:mod:`qwbatch.run.compaction`); a run's
+run, and the markers of a compaction in progress (:mod:`qwbatch.runs.compaction`); a run's
 rejected manifest rows; the review decisions recorded by ``qwbatch review``
 (:mod:`qwbatch.catalog.review`); manifests given to the Python API as tables, saved by the hash of
 their bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); catalog parts too
 broken to read, set aside by ``catalog rebuild``; the lease of the run that holds DEST, and
 of each shard while a worker renders it (:mod:`qwbatch.storage.lease`); an index entry per
-run, keyed by what it renders, so a rerun finds the run to resume (:mod:`qwbatch.run.records`);
+run, keyed by what it renders, so a rerun finds the run to resume (:mod:`qwbatch.runs.records`);
 and each run's plan, summary, contact sheet, shard files, shard results
 (:mod:`qwbatch.render.shard_results`) and journal (:mod:`qwbatch.render.journal`).
 
 
 rejected manifest rows; manifests given to the Python API as tables, saved by the hash of their
 bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); the request limit learned
-per model and account, for the next run (:mod:`qwbatch.run.learned_limits`); catalog parts too
+per model and account, for the next run (:mod:`qwbatch.runs.learned_limits`); catalog parts too
 broken to read, set aside by ``catalog rebuild``; an index entry per run, keyed by what it
-renders, so a rerun finds the run to resume (:mod:`qwbatch.run.records`); and each run's plan,
+renders, so a rerun finds the run to resume (:mod:`qwbatch.runs.records`); and each run's plan,
 summary, contact sheet, shard files, shard results (:mod:`qwbatch.render.shard_results`) and
 journal (:mod:`qwbatch.render.journal`).
 

@@ -23,7 +23,7 @@ from qwbatch.core.settings import Settings
 from qwbatch.core.types import CatalogRecord, PlanItem, RenderRequest
 from qwbatch.plan.planner import plan_run
 from qwbatch.render.engine import ShardResult
-from qwbatch.run import runner
+from qwbatch.runs import runner
 from qwbatch.storage.stores import open_store
 
 TABLE = ModelTable.load()

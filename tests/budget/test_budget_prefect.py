@@ -32,7 +32,7 @@ PRICES = PriceTable.load(Settings(), TABLE)
 WORKER = """
 import json, sys, time
 from pathlib import Path
-from qwbatch.run import runner
+from qwbatch.runs import runner
 from qwbatch.budget import BudgetSpec
 from qwbatch.core.settings import Settings
 

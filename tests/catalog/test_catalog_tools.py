@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from qwbatch.catalog import table as catalog
 from qwbatch.catalog.rebuild import rebuild
 from qwbatch.cli import app
-from qwbatch.run.compaction import compact, write_merged
+from qwbatch.runs.compaction import compact, write_merged
 from qwbatch.storage.layout import COMPACTION_PREFIX, REQUEST_DOC
 from qwbatch.storage.stores import LocalStore, open_store
 
@@ -178,7 +178,7 @@ def test_an_interrupted_compaction_never_shows_rows_twice_and_is_finished_later(
 
 
 def test_compact_leaves_parts_of_unfinished_runs_alone(sim, tmp_path) -> None:
-    from qwbatch.run import runner
+    from qwbatch.runs import runner
 
     sim.configure(fast=True)
     settings = engine_settings(sim, shard_size=2)

@@ -53,10 +53,10 @@ def test_the_tree_as_committed_keeps_its_layers_and_has_no_cycles(tree: Path) ->
 
 
 def test_an_upward_import_inside_a_function_fails_the_layer_contract(tree: Path) -> None:
-    _plant(tree, "qwbatch/core/keys.py", "from qwbatch.run import runner  # noqa: F401")
+    _plant(tree, "qwbatch/core/keys.py", "from qwbatch.runs import runner  # noqa: F401")
     result = _check(tree, str(LINT_IMPORTS))
     assert result.returncode != 0
-    assert "qwbatch.core.keys -> qwbatch.run.runner" in result.stdout
+    assert "qwbatch.core.keys -> qwbatch.runs.runner" in result.stdout
 
 
 def test_a_deferred_import_that_closes_a_circle_fails_the_cycle_check(tree: Path) -> None:

@@ -24,7 +24,7 @@ from qwbatch.inputs.lineage import trace
 from qwbatch.inputs.staging import NORMALISER
 from qwbatch.plan import Plan, new_run_id
 from qwbatch.render.engine import ShardResult
-from qwbatch.run import runner
+from qwbatch.runs import runner
 from qwbatch.storage.layout import staged_key
 from qwbatch.storage.stores import open_store
 

@@ -76,7 +76,7 @@ def test_the_estimate_shows_what_rerolls_may_add(tmp_path: Path) -> None:
 
     from qwbatch.budget.policy import BudgetPolicy
     from qwbatch.core.settings import Settings
-    from qwbatch.run.runner import estimate
+    from qwbatch.runs.runner import estimate
 
     path = tmp_path / "m.parquet"
     pq.write_table(

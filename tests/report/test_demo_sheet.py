@@ -13,7 +13,7 @@ from PIL import Image, ImageChops, ImageStat
 from qwbatch.cli.run import DEMO_MISSPELL_RATE, DEMO_SIMULATOR_SEED
 from qwbatch.core.settings import Settings
 from qwbatch.report.contact_sheet import make_contact_sheet
-from qwbatch.run import runner
+from qwbatch.runs import runner
 from qwbatch.storage.stores import LocalStore
 
 ROOT = Path(__file__).parents[2]

@@ -16,7 +16,7 @@ from qwbatch.cli import app
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.plan.planner import plan_run
-from qwbatch.run import runner
+from qwbatch.runs import runner
 from qwbatch.storage.stores import open_store
 
 cli = CliRunner()

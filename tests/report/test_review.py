@@ -18,7 +18,7 @@ from qwbatch.catalog.view import select_rows
 from qwbatch.cli import app
 from qwbatch.report.contact_sheet import make_contact_sheet
 from qwbatch.report.html import render_html_report
-from qwbatch.run import rerender
+from qwbatch.runs import rerender
 from qwbatch.storage.stores import LocalStore
 
 KEY = "sk-review-test-0123456789abcdef"

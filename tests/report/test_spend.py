@@ -24,7 +24,7 @@ from qwbatch.core.costs import money
 from qwbatch.report.contact_sheet import make_contact_sheet
 from qwbatch.report.html import render_html_report
 from qwbatch.report.numbers import cost_table, report, run_markdown
-from qwbatch.run.summary import RunSummary
+from qwbatch.runs.summary import RunSummary
 from qwbatch.storage.stores import LocalStore
 
 TRIMMED, FULL, RERUN = (

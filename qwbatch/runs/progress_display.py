@@ -23,7 +23,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from qwbatch.run.progress import ProgressSnapshot, ProgressTracker, format_duration, watching
+from qwbatch.runs.progress import ProgressSnapshot, ProgressTracker, format_duration, watching
 
 #: Seconds between plain progress lines when not on a terminal.
 DEFAULT_LOG_INTERVAL_S = 10.0

@@ -12,8 +12,8 @@ from support import engine_settings, make_request
 
 from qwbatch.core.types import Alias, CatalogRecord, PlanItem
 from qwbatch.plan import Plan
-from qwbatch.run.progress import ProgressTracker, format_duration, tracker_for, watching
-from qwbatch.run.progress_display import LogLines, render_snapshot, show_progress, watch_run
+from qwbatch.runs.progress import ProgressTracker, format_duration, tracker_for, watching
+from qwbatch.runs.progress_display import LogLines, render_snapshot, show_progress, watch_run
 
 
 class Clock:

@@ -20,8 +20,8 @@ from qwbatch.core.costs import Estimate, PriceTable, money
 from qwbatch.core.errors import ConfigError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.stop import StopSignal
-from qwbatch.run import progress, runner
-from qwbatch.run import records as runs
+from qwbatch.runs import progress, runner
+from qwbatch.runs import records as runs
 from qwbatch.storage.layout import journal_prefix, shard_result_key
 from qwbatch.storage.stores import LocalStore
 

@@ -9,7 +9,7 @@ from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.limits import LimiterRegistry
 from qwbatch.limits.learning import HOLD, Learned
-from qwbatch.run import learned_limits
+from qwbatch.runs import learned_limits
 from qwbatch.storage.layout import learned_limit_key
 from qwbatch.storage.stores import LocalStore
 

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from qwbatch.catalog.table import part_keys
 from qwbatch.core.errors import StorageError
-from qwbatch.run import records as runs
+from qwbatch.runs import records as runs
 from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore
 

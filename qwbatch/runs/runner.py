@@ -40,9 +40,9 @@ from qwbatch.render.breaker import breaker_for, forget
 from qwbatch.render.engine import Engine, ShardResult, run_shard, store_retries
 from qwbatch.render.journal import StoreJournal
 from qwbatch.render.shard_results import read_shard_result, write_shard_result
-from qwbatch.run import learned_limits, progress
-from qwbatch.run import records as runs
-from qwbatch.run.summary import RunSummary
+from qwbatch.runs import learned_limits, progress
+from qwbatch.runs import records as runs
+from qwbatch.runs.summary import RunSummary
 from qwbatch.storage import layout
 from qwbatch.storage.stores import ObjectStore, open_store
 
@@ -204,7 +204,7 @@ def prepare(
 ) -> Prepared:
     """Continue an unfinished run of ``manifest`` in ``out``, or plan a new one.
 
-    See :func:`qwbatch.run.records.choose_run` for which run; a run whose planning was cut short is
+    See :func:`qwbatch.runs.records.choose_run` for which run; a run whose planning was cut short is
     planned again under its own id (planning writes every file at a fixed name). A resumed
     run keeps its plan and its budget, less what its earlier attempts spent or may have.
     """

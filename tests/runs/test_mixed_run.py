@@ -18,7 +18,7 @@ from qwbatch.catalog.table import read_catalog
 from qwbatch.core.costs import money
 from qwbatch.core.settings import Settings
 from qwbatch.report.compare import make_compare_sheet
-from qwbatch.run import runner
+from qwbatch.runs import runner
 from qwbatch.simulator import SimulatorHandle
 from qwbatch.storage.stores import open_store
 

@@ -41,7 +41,7 @@ def rejected_seeds(
 ) -> dict[str, int]:
     """Row id → new seed, for each row of ``manifest`` whose current request has a rejected
     image in ``store`` (``stage``: the edit-input resolver, as ``qwbatch validate`` uses)."""
-    from qwbatch.run.runner import model_table  # the runner's table: the same as a run's
+    from qwbatch.runs.runner import model_table  # the runner's table: the same as a run's
 
     rejected = review.rejected_requests(review.read_decisions(store))
     if not rejected:

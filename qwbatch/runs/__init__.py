@@ -18,14 +18,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from qwbatch.run.compaction import compact as compact
-    from qwbatch.run.progress import GOOD_STATUSES as GOOD_STATUSES
-    from qwbatch.run.progress_display import watch_run as watch_run
-    from qwbatch.run.runner import estimate as estimate
-    from qwbatch.run.runner import input_stage as input_stage
-    from qwbatch.run.runner import model_table as model_table
-    from qwbatch.run.runner import resolve_run_id as resolve_run_id
-    from qwbatch.run.summary import RunSummary as RunSummary
+    from qwbatch.runs.compaction import compact as compact
+    from qwbatch.runs.progress import GOOD_STATUSES as GOOD_STATUSES
+    from qwbatch.runs.progress_display import watch_run as watch_run
+    from qwbatch.runs.runner import estimate as estimate
+    from qwbatch.runs.runner import input_stage as input_stage
+    from qwbatch.runs.runner import model_table as model_table
+    from qwbatch.runs.runner import resolve_run_id as resolve_run_id
+    from qwbatch.runs.summary import RunSummary as RunSummary
 
 #: Each re-exported name → the module that defines it.
 _HOME: dict[str, str] = {
