@@ -45,6 +45,16 @@ def export(
     approved_only: Annotated[
         bool, typer.Option(help="Only images a review approved (qwbatch review)")
     ] = False,
+    path_template: Annotated[
+        str | None,
+        typer.Option(
+            help="files: where each image goes, e.g. '{tag.campaign}/{row_id}-{k}.png'"
+            " (catalog columns, tag.NAME, k = image number from 1, split, name)"
+        ),
+    ] = None,
+    zip_: Annotated[
+        bool, typer.Option("--zip", help="files: also pack the export into TARGET/finals.zip")
+    ] = False,
 ) -> None:
     """Export DEST's images and their records as a dataset: Hugging Face Parquet shards with
     a dataset card, WebDataset tar shards, or a folder of PNGs with index.csv.
@@ -67,6 +77,8 @@ def export(
             split_by=split_by,
             val_fraction=val_fraction,
             approved_only=approved_only,
+            path_template=path_template,
+            zip=zip_,
         )
     except QwBatchError as exc:
         typer.echo(f"qwbatch: {exc}", err=True)

@@ -3,7 +3,9 @@
 ``qwbatch export DEST --format hf|webdataset|files --to TARGET`` is :func:`export`.
 :mod:`.samples` chooses the rows, names and splits them; :mod:`.writers` holds one
 ``*SampleWriter`` class per format; :mod:`.card` the Hugging Face dataset card;
-:mod:`.exporter` streams samples into shards, resumably. See ``docs/export.md``.
+:mod:`.exporter` streams samples into shards, resumably; for the ``files`` format
+:mod:`.paths` places images by ``--path-template`` and :mod:`.finals` packs ``--zip``.
+See ``docs/export.md``.
 """
 
 from qwbatch.export.exporter import FORMATS, ExportResult, Format, ShardDone, export

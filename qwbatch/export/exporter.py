@@ -28,8 +28,10 @@ from typing import Literal
 from qwbatch.catalog.view import parse_filters
 from qwbatch.core.errors import ConfigError, ObjectNotFoundError, StorageError
 from qwbatch.core.settings import Settings
+from qwbatch.export.finals import write_zip
+from qwbatch.export.paths import PathTemplate, check_paths
 from qwbatch.export.samples import DEFAULT_STATUSES, TRAIN, VALIDATION, Sample, Selection
-from qwbatch.export.writers import WORK_PREFIX, WRITERS, SampleWriter
+from qwbatch.export.writers import WORK_PREFIX, WRITERS, FilesSampleWriter, SampleWriter
 from qwbatch.storage.layout import output_key
 from qwbatch.storage.stores import ObjectStore, make_durable, open_store
 
@@ -39,6 +41,7 @@ Format = Literal["hf", "webdataset", "files"]
 FORMATS: tuple[Format, ...] = ("hf", "webdataset", "files")
 DONE_PREFIX = f"{WORK_PREFIX}done/"
 OPTIONS_KEY = f"{WORK_PREFIX}export.json"
+ZIP_RECORD_KEY = f"{WORK_PREFIX}zip.json"
 _DONE_NAME = re.compile(r"\A(.+)-(\d{6})\.txt\Z")
 #: Images read ahead of the writer, per worker.
 _AHEAD = 4
@@ -70,6 +73,8 @@ class ExportResult:
     missing: list[tuple[str, str]] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: With ``zip``: whether ``finals.zip`` was written (False: it was current already).
+    zipped: bool = False
 
     def lines(self) -> list[str]:
         """What ``qwbatch export`` prints."""
@@ -79,6 +84,8 @@ class ExportResult:
             f"{len(self.shards)} shards to {self.target} ({self.format}, splits: "
             f"{', '.join(self.splits) or 'none'}) in {self.seconds:.1f} s ({rate:.0f} img/s)",
         ]
+        if self.zipped:
+            lines.append(f"wrote {self.target.rstrip('/')}/finals.zip")
         if self.already:
             lines.append(f"{self.already} images were exported before: not written again")
         for row_id, reason in self.missing[:20]:
@@ -104,6 +111,8 @@ def export(
     settings: Settings | None = None,
     on_shard: Callable[[ShardDone], None] | None = None,
     approved_only: bool = False,
+    path_template: str | None = None,
+    zip: bool = False,  # the CLI's --zip, same name
 ) -> ExportResult:
     """Export the images of ``dest`` (a folder or ``s3://``) into ``to`` as ``format``.
 
@@ -119,6 +128,9 @@ def export(
     ``validation``. ``workers`` images are read at once. ``on_shard`` is called after each
     shard is stored. ``approved_only`` keeps the images a review approved
     (``qwbatch review``). Re-running writes only what is missing (see the module docstring).
+    ``files`` only: ``path_template`` places each image from its record
+    (``"{tag.campaign}/{tag.channel}/{row_id}-{k}.png"``, :mod:`.paths`), and ``zip`` packs
+    the export into ``finals.zip`` as well (:mod:`.finals`).
 
     Example::
 
@@ -130,6 +142,11 @@ def export(
         raise ConfigError(f"unknown export format {format!r}: use one of {', '.join(FORMATS)}")
     if shard_size_mb <= 0:
         raise ConfigError("shard_size_mb must be positive")
+    if (path_template is not None or zip) and format != "files":
+        raise ConfigError("--path-template and --zip go with --format files")
+    template = (
+        None if path_template is None else PathTemplate(path_template, work_prefix=WORK_PREFIX)
+    )
     settings = settings or Settings()
     source, target = open_store(dest, settings), open_store(to, settings)
     selection = Selection(
@@ -141,15 +158,19 @@ def export(
         val_fraction=val_fraction,
         approved_only=approved_only,
     )
-    _check_options(target, format, selection)
     table = selection.table(source)
+    if template is not None:  # every path checked before anything is written
+        check_paths(template, selection.samples(table))
+    _check_options(target, format, selection, path_template)
     result = ExportResult(target=target.root_uri, format=format)
     done, numbers = _recorded(target)
     split_folders = split_by is not None or val_fraction > 0
     with_text = selection.caption_column != "prompt"
 
     def new_writer() -> SampleWriter:
-        return WRITERS[format](target, with_text=with_text, split_folders=split_folders)
+        return WRITERS[format](
+            target, with_text=with_text, split_folders=split_folders, path_template=template
+        )
 
     _drop_stale(new_writer(), target, numbers)
     open_shards: dict[str, _OpenShard] = {}
@@ -170,6 +191,8 @@ def export(
     result.splits = _ordered(numbers)
     if result.splits:
         new_writer().finish(result.splits)
+    if zip and result.splits:
+        result.zipped = write_zip(target, index=FilesSampleWriter.INDEX, record_key=ZIP_RECORD_KEY)
     result.seconds = time.monotonic() - began
     return result
 
@@ -207,14 +230,18 @@ def _store(
         on_shard(ShardDone(key=key, split=shard.split, samples=len(shard.names), bytes=shard.bytes))
 
 
-def _check_options(target: ObjectStore, format: str, selection: Selection) -> None:
+def _check_options(
+    target: ObjectStore, format: str, selection: Selection, path_template: str | None
+) -> None:
     """Record the options that decide names and columns; refuse others than recorded."""
-    options = {
+    options: dict[str, object] = {
         "format": format,
         "caption_column": selection.caption_column,
         "split_by": selection.split_by,
         "val_fraction": selection.val_fraction,
     }
+    if path_template is not None:  # absent, not null, so that older targets still match
+        options["path_template"] = path_template
     try:
         recorded = json.loads(target.get(OPTIONS_KEY))
     except ObjectNotFoundError:

@@ -11,8 +11,9 @@ whole export (a dataset card, an index) once every shard is stored. Memory: one 
   columns, the features in the schema metadata and in ``README.md`` (:mod:`.card`);
 - :class:`WebDatasetSampleWriter`: ``{split}-{NNNNNN}.tar`` of ``{key}.png``, ``{key}.txt``
   (the text) and ``{key}.json`` (the record);
-- :class:`FilesSampleWriter`: ``{name}.png`` (under ``{split}/`` when the export is split),
-  and ``index.csv``: a shard is a batch of files and its lines of the index.
+- :class:`FilesSampleWriter`: ``{name}.png`` (under ``{split}/`` when the export is split)
+  or the path a ``--path-template`` gives (:mod:`.paths`), and ``index.csv``: a shard is a
+  batch of files and its lines of the index; :func:`write_zip` packs them into one zip.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from qwbatch.export import card
+from qwbatch.export.paths import PathTemplate
 from qwbatch.export.samples import RECORD_FIELDS, Sample
 from qwbatch.storage.stores import ObjectStore
 
@@ -43,8 +45,17 @@ class SampleWriter(ABC):
     #: The format's name, as ``--format`` takes it.
     name: ClassVar[str]
 
-    def __init__(self, store: ObjectStore, *, with_text: bool, split_folders: bool) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        *,
+        with_text: bool,
+        split_folders: bool,
+        path_template: PathTemplate | None = None,
+    ) -> None:
         self.store = store
+        #: Where the ``files`` format puts each image (other formats ignore it).
+        self.path_template = path_template
         #: Whether the text differs from the prompt (``--caption-column``): then a column.
         self.with_text = with_text
         self.split_folders = split_folders
@@ -176,8 +187,14 @@ class FilesSampleWriter(SampleWriter):
     def _folder(self, split: str) -> str:
         return f"{split}/" if self.split_folders else ""
 
+    def file(self, sample: Sample) -> str:
+        """Where ``sample``'s image goes: the template's path, else ``[{split}/]{name}.png``."""
+        if self.path_template is not None:
+            return self.path_template.path(sample)
+        return f"{self._folder(sample.split)}{sample.name}.png"
+
     def write(self, sample: Sample, image: bytes) -> None:
-        file = f"{self._folder(sample.split)}{sample.name}.png"
+        file = self.file(sample)
         self.store.put(file, image, content_type="image/png", durable=False)
         record = sample.metadata()
         record["tags"] = json.dumps(record["tags"], ensure_ascii=False, sort_keys=True)

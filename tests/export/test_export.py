@@ -202,3 +202,120 @@ def test_export_from_s3_to_s3_holds_no_uri_or_secret(
             (tmp_path / Path(obj["Key"]).name).write_bytes(body)
     tars = sorted(str(p) for p in tmp_path.glob("train-*.tar"))
     assert len(list(wds.WebDataset(tars, shardshuffle=False, empty_check=False))) == IMAGES
+
+
+FINALS = "{tag.split}/{tag.caption}/{row_id}-{k}.png"
+
+
+def _index(target: Path) -> dict[str, dict[str, str]]:
+    with (target / "index.csv").open() as fh:
+        return {row["file"]: row for row in csv.DictReader(fh)}
+
+
+def test_path_template_lays_out_finals_from_tags(dest, tmp_path) -> None:
+    target = tmp_path / "finals"
+    result = export(dest, str(target), format="files", path_template=FINALS, filters=["id!=a/b"])
+    assert result.exported == IMAGES - 1
+    index = _index(target)
+    assert {"test/dog/dog-1.png", "test/dog/dog-2.png", "test/fox/fox-1.png"} <= set(index)
+    assert index["train/owl/owl.v2-1.png"]["row_id"] == "owl.v2"
+    # A value that is not a safe segment is made one (with a hash): one folder, not two.
+    (cat,) = (f for f, r in index.items() if r["row_id"] == "cat")
+    assert cat.startswith("train/cat_sitting-h")
+    assert cat.endswith("/cat-1.png")
+    for file in index:
+        assert (target / file).is_file()
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*.png")) == sorted(index)
+
+    again = export(dest, str(target), format="files", path_template=FINALS, filters=["id!=a/b"])
+    assert (again.exported, again.already) == (0, IMAGES - 1)
+    with pytest.raises(ConfigError, match="export made with"):
+        export(dest, str(target), format="files", filters=["id!=a/b"])  # today's layout
+
+
+def test_path_template_refuses_a_missing_field_or_a_clash_before_writing(dest, tmp_path) -> None:
+    target = tmp_path / "refused"
+    with pytest.raises(ConfigError, match=r"row 'a/b' has no 'tag.split'"):
+        export(dest, str(target), format="files", path_template=FINALS)
+    clash = r"gives 1 image\(s\) a path another image has: test/dog.png \('dog' image 0 and"
+    with pytest.raises(ConfigError, match=clash):
+        export(
+            dest,
+            str(target),
+            format="files",
+            path_template="{tag.split}/{tag.caption}.png",
+            filters=["id!=a/b"],
+        )
+    with pytest.raises(ConfigError, match="unknown field 'campaign'"):
+        export(dest, str(target), format="files", path_template="{campaign}/{row_id}.png")
+    with pytest.raises(ConfigError, match=r"must end with \.png"):
+        export(dest, str(target), format="files", path_template="{row_id}")
+    with pytest.raises(ConfigError, match="go with --format files"):
+        export(dest, str(target), format="hf", path_template="{row_id}.png")
+    assert not target.exists() or not any(target.rglob("*"))
+
+
+def test_zip_holds_the_same_files_stored_and_is_rewritten_only_when_changed(dest, tmp_path) -> None:
+    import zipfile
+
+    target = tmp_path / "zipped"
+    template = "{model}/{row_id}-{k}.png"
+    first = export(
+        dest, str(target), format="files", path_template=template, filters=["id=[cd]*"], zip=True
+    )
+    assert first.zipped
+    index = _index(target)
+    with zipfile.ZipFile(target / "finals.zip") as archive:
+        infos = archive.infolist()
+        assert [i.filename for i in infos] == ["index.csv", *index]
+        assert {i.compress_type for i in infos} == {zipfile.ZIP_STORED}
+        for file in index:
+            assert archive.read(file) == (target / file).read_bytes()
+    stamp = (target / "finals.zip").stat()
+
+    same = export(
+        dest, str(target), format="files", path_template=template, filters=["id=[cd]*"], zip=True
+    )
+    assert not same.zipped
+    assert (target / "finals.zip").stat().st_mtime_ns == stamp.st_mtime_ns
+
+    more = export(dest, str(target), format="files", path_template=template, zip=True)
+    assert more.zipped
+    assert more.exported == IMAGES - 3
+    with zipfile.ZipFile(target / "finals.zip") as archive:
+        assert len(archive.namelist()) == IMAGES + 1
+
+
+def test_cli_finals_combine_with_approved_only(dest, tmp_path) -> None:
+    import shutil
+    import zipfile
+
+    from qwbatch.catalog import review
+    from qwbatch.catalog.view import catalog_records
+
+    out = tmp_path / "reviewed"
+    shutil.copytree(dest, out)
+    store = LocalStore(out)
+    rows = {r["row_id"]: r for r in catalog_records(store, latest=True).to_pylist()}
+    review.record_decisions(
+        store,
+        [
+            {
+                "run_id": rows[row]["run_id"],
+                "row_id": row,
+                "image_index": 0,
+                "request_key": rows[row]["request_key"],
+                "decision": "approved",
+            }
+            for row in ("cat", "dog")
+        ],
+    )
+    target = tmp_path / "cli-finals"
+    args = ["export", str(out), "--to", str(target), "--format", "files", "--approved-only"]
+    args += ["--path-template", "{tag.split}/{row_id}-{k}.png", "--zip"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "exported 2 images" in result.output
+    assert "finals.zip" in result.output
+    with zipfile.ZipFile(target / "finals.zip") as archive:
+        assert archive.namelist() == ["index.csv", "train/cat-1.png", "test/dog-1.png"]
