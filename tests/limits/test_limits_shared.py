@@ -219,9 +219,7 @@ class RacingClient:
         await self._client.update_global_concurrency_limit(name, update)
 
 
-def test_a_lease_granted_while_the_limit_is_raised_still_counts(
-    prefect_server, scope: str
-) -> None:
+def test_a_lease_granted_while_the_limit_is_raised_still_counts(prefect_server, scope: str) -> None:
     """Raised from 0.04 to 0.08 req/s (decay 4 then 8 slots/s: seconds of slack for a
     loaded machine) while another worker leases 60 slots: the server's count keeps them."""
     name = limit_name(scope, "qwen-image-2.0")
@@ -245,9 +243,7 @@ def test_a_lease_granted_while_the_limit_is_raised_still_counts(
     assert held >= 120 - 8 * elapsed - 8 - 1, (held, elapsed)
 
 
-def test_a_lease_granted_while_the_limit_is_cut_still_counts(
-    prefect_server, scope: str
-) -> None:
+def test_a_lease_granted_while_the_limit_is_cut_still_counts(prefect_server, scope: str) -> None:
     """Cut from 16 to 4 req/s (a smaller bucket) while another worker leases one lease at
     the old rate: the slots written down count it, up to the new bucket."""
     name = limit_name(scope, "qwen-image-2.0")
