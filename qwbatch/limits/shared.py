@@ -570,14 +570,16 @@ async def ensure_rate_limit(client: PrefectClient, name: str, rps: float) -> Non
         return
     if existing.limit == size and existing.slot_decay_per_second == decay:
         return
-    held: dict[str, int] = {}  # a raise leaves the server's own count alone
-    if existing.limit > size:
+    update = GlobalConcurrencyLimitUpdate(limit=size, slot_decay_per_second=decay)
+    if existing.limit > size:  # a raise leaves the server's own count alone
         old_rps = existing.slot_decay_per_second / SLOTS_PER_REQUEST
         missed = lease_size(max(old_rps, rps)) * SLOTS_PER_REQUEST
-        held["active_slots"] = min(size, existing.active_slots + missed)
-    await client.update_global_concurrency_limit(
-        name, GlobalConcurrencyLimitUpdate(limit=size, slot_decay_per_second=decay, **held)
-    )
+        update = GlobalConcurrencyLimitUpdate(
+            limit=size,
+            slot_decay_per_second=decay,
+            active_slots=min(size, existing.active_slots + missed),
+        )
+    await client.update_global_concurrency_limit(name, update)
 
 
 def _moved(now: Learned, then: Learned) -> bool:
@@ -588,7 +590,7 @@ def _moved(now: Learned, then: Learned) -> bool:
             return a is not b
         return abs(a - b) > SYNC_MOVED * max(a, b)
 
-    return apart(now.rate, then.rate) or apart(now.learned, then.learned)
+    return apart(now.rate, then.rate) or apart(now.learned, then.learned) or now.cuts != then.cuts
 
 
 def _reason(exc: BaseException) -> str:
