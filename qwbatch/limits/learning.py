@@ -13,7 +13,10 @@ from 429s:
   :data:`OVERSHOOT` of itself; a rate reached by the slow approach is where 429s really
   begin. 429s that go on within :data:`STORM_S` of a cut halve the rate instead: the cut
   was not deep enough (the limit fell, another job took its share): the limit is somewhere
-  between the two, and is remembered at :data:`STORM_LEARNED` of the rate cut from;
+  between the two, and is remembered at :data:`STORM_LEARNED` of the rate cut from. Under
+  the learned limit a 429 cuts (or makes a storm) only when :data:`NOISE_SHARE` of the
+  recent answers were 429s: the provider's bucket refills slowly after a cut, and a stray
+  429 then says nothing about the limit;
 - **slow approach**: below :data:`APPROACH_FROM` × ``learned`` the rate climbs back fast
   (:data:`FAST_PER_S` of the limit per second; after a halving, only
   :data:`RECOVER_PER_S`, as the limit is not known), then slowly (:data:`SLOW_PER_S`) up
@@ -22,6 +25,9 @@ from 429s:
   climbs slowly to :data:`PROBE_STEP` above the learned limit and holds there for
   :data:`PROBE_S`. A 429 ends the probe (a cut, the limit remembered where it began);
   none, and the learned limit moves up to the probe's rate;
+- **shared**: :meth:`RateLearner.adopt` takes another worker's rate and limit when they are
+  news — ordered by the count of cuts each knows, so that a publication older than a cut
+  does not undo it, and a worker behind in the same climb is not taken for a cut;
 - **forget**: when the learned limit reaches the ceiling, or :data:`FORGET_AFTER` probes in
   a row found room, the answers say there is room again: the limit is forgotten and the
   rate climbs as it did before it knew one.
@@ -94,6 +100,13 @@ USE_WINDOW_S = 2.0
 IN_USE = 0.7
 #: At most this many seconds of climbing are credited to one success (idle time is not).
 MAX_STEP_S = 1.0
+#: Below the learned limit (just after a cut, or after another worker's), a 429 cuts only
+#: when at least this share of the answers of the last :data:`USE_WINDOW_S` were 429s. The
+#: provider's bucket is near empty after a cut and refills at the limit less the rate, so
+#: two sends that bunch (two workers' leases, a loop that stalled) meet a 429 now and then
+#: although the rate is under the limit; cut for each, the learned limit ratchets down. A
+#: limit that really fell answers many: those cut (and a storm halves).
+NOISE_SHARE = 0.25
 
 State = Literal["configured", "searching", "learned", "probing"]
 
@@ -101,14 +114,17 @@ State = Literal["configured", "searching", "learned", "probing"]
 @dataclass(frozen=True, slots=True)
 class Learned:
     """What a learner knows, kept for the next run and shared with other workers: the rate
-    it sends at and the limit it learned, requests per second; ``at`` Unix time (seconds)."""
+    it sends at and the limit it learned, requests per second; ``at`` Unix time (seconds);
+    ``cuts``: the cuts the account's workers made, as far as this learner knows (what was
+    learned before a cut is stale after it)."""
 
     rate: float
     learned: float | None
     at: float = 0.0
+    cuts: int = 0
 
-    def to_json(self) -> dict[str, float | None]:
-        return {"rate": self.rate, "learned": self.learned, "at": self.at}
+    def to_json(self) -> dict[str, float | int | None]:
+        return {"rate": self.rate, "learned": self.learned, "at": self.at, "cuts": self.cuts}
 
     @classmethod
     def from_json(cls, data: object) -> Learned | None:
@@ -119,7 +135,10 @@ class Learned:
         rate, learned, at = _positive(data.get("rate")), data.get("learned"), data.get("at")
         if rate is None or (learned is not None and _positive(learned) is None):
             return None
-        return cls(rate, _positive(learned), _positive(at) or 0.0)
+        cuts = data.get("cuts", 0)
+        if not isinstance(cuts, int) or isinstance(cuts, bool) or cuts < 0:
+            return None
+        return cls(rate, _positive(learned), _positive(at) or 0.0, cuts)
 
 
 def _positive(value: object) -> float | None:
@@ -149,6 +168,7 @@ class RateLearner:
             self.learned = max(learned, self.floor)
             self.cap = HOLD * self.learned
         self.probes_ok = 0  # probes in a row that found room
+        self.cuts = 0  # cuts made by this learner or taken from another worker
         self._last_cut = float("-inf")
         self._last_grow: float | None = None
         self._settled_since: float | None = None  # at the hold rate since (no 429)
@@ -156,6 +176,7 @@ class RateLearner:
         self._probing = False
         self._fast_below = 0.0  # the rate climbs fast below this one
         self._sends: deque[float] = deque()
+        self._answers: deque[tuple[float, bool]] = deque()  # (answered at, not a 429)
 
     # -- state --------------------------------------------------------------------------------
 
@@ -170,7 +191,7 @@ class RateLearner:
         return "searching" if self.auto else "configured"
 
     def snapshot(self, at: float = 0.0) -> Learned:
-        return Learned(rate=self.cap, learned=self.learned, at=at)
+        return Learned(rate=self.cap, learned=self.learned, at=at, cuts=self.cuts)
 
     def describe(self) -> str:
         """A few words for the status line."""
@@ -199,6 +220,7 @@ class RateLearner:
         ``in_use``: whether the rate holds sends back, when the caller knows better than
         this worker's own sends (a rate shared by workers); judged from the sends if None.
         """
+        self._answer(now, ok=True)
         last, self._last_grow = self._last_grow, now
         if last is None:
             return
@@ -213,12 +235,15 @@ class RateLearner:
         """A 429 for a request sent at ``sent_at`` (None: not known): cut and remember,
         unless it was sent (answered) within :data:`CUT_COOLDOWN_S` after the last cut, or
         before it. Whether it cut."""
+        share = self._answer(now, ok=False)
         since = (now if sent_at is None else sent_at) - self._last_cut
         if since < CUT_COOLDOWN_S:
             return False
         began = self.cap
         storm = since < STORM_S
         near = self.learned is not None and began >= APPROACH_FROM * self.learned
+        if self.learned is not None and (storm or not near) and share < NOISE_SHARE:
+            return False  # under the learned limit, a stray 429: the bucket refilling
         remembered = began * STORM_LEARNED if storm else began * (NEAR if near else OVERSHOOT)
         self.learned = max(self.floor, remembered)
         self.cap = CUT_TO * self.learned
@@ -231,19 +256,46 @@ class RateLearner:
         self._probe_reached = None
         self._settled_since = None
         self.probes_ok = 0
+        self.cuts += 1
         return True
 
     def adopt(self, other: Learned, now: float) -> None:
-        """Take what another worker learned: its rate and limit. A lower rate counts as a
-        cut made ``now``: 429s for requests sent before it count with it."""
+        """Take what another worker learned: its rate and limit, when it is news.
+
+        Workers publish every half second or so, so what one reads may be older than what
+        it knows. ``cuts`` orders them: a publication that knows fewer cuts than this
+        learner was made before its last cut and is ignored (taken, it would undo the cut).
+        One that knows more carries a cut made elsewhere, taken as a cut made ``now`` when it
+        lowers the rate (429s for requests sent before it count with it). One that knows the
+        same cuts is taken only when its rate is higher (a climb or a probe further along):
+        a lower one is a worker behind in the same climb, and taking its lag for a cut would
+        turn the next stray 429 into a storm, and halve the rate.
+        """
+        if other.cuts < self.cuts:
+            return
         rate = max(self.floor, min(other.rate, self.ceiling))
+        if other.cuts == self.cuts and rate <= self.cap:
+            return
         if rate < self.cap:
             self._last_cut = now
             self._settled_since = None
+        self.cuts = other.cuts
         self.cap = rate
         self.learned = other.learned
         self._fast_below = self.cap
         self._probing = self.learned is not None and self.cap > self.learned
+
+    def _answer(self, now: float, *, ok: bool) -> float:
+        """Count an answer; the share of 429s among the answers of the last
+        :data:`USE_WINDOW_S`, leaving out those of the cut's own burst (answered within
+        :data:`CUT_COOLDOWN_S` after it)."""
+        answers = self._answers
+        answers.append((now, ok))
+        while answers and now - answers[0][0] > USE_WINDOW_S:
+            answers.popleft()
+        since = self._last_cut + CUT_COOLDOWN_S
+        recent = [fine for at, fine in answers if at >= since]
+        return recent.count(False) / max(len(recent), 1)
 
     # -- climbing -----------------------------------------------------------------------------
 

@@ -538,14 +538,21 @@ class PrefectBudget:
 
 async def ensure_rate_limit(client: PrefectClient, name: str, rps: float) -> None:
     """Create the shared rate limit ``name`` for ``rps`` requests per second, or set an
-    existing one to it.
+    existing one to it, never letting out more than either rate allows.
 
-    Not Prefect's ``upsert_global_concurrency_limit_by_name``: its update writes the new size
-    and decay over slots the server has not yet decayed, so slots leased at a high rate
-    (tens of thousands at 1,000 req/s) would then drain at the new, low rate — measured, a
-    limit changed from 1,000 to 2 req/s two seconds after a full lease still held 37,000
-    slots, three minutes of waiting. The update here also writes the slots the server reads
-    as held now (decayed), capped at the new size.
+    Workers lease from the limit while it changes, so the update must not lose their grants.
+    Writing back the slots read a moment earlier would: a lease granted between the read and
+    the write vanishes from the count, and its tokens go out on top of the rate. So:
+
+    - a raise (the new size at least the old): ``active_slots`` is not written. The server
+      keeps its own count, every grant in it, and restarts its decay clock at the update;
+      the decay since the last grant (under one lease) is forgone, never an extra grant;
+    - a cut (a smaller size): the slots held are written down to the new size, or to those
+      read plus one lease at the old rate, whichever is less — every grant the race could
+      have missed is counted. Not Prefect's ``upsert_global_concurrency_limit_by_name``: it
+      keeps slots leased at the old rate, to drain at the new one (measured, a limit moved
+      from 1,000 to 2 req/s two seconds after a full lease held 37,000 slots, three minutes
+      of waiting).
     """
     from prefect.client.schemas.actions import (
         GlobalConcurrencyLimitCreate,
@@ -563,14 +570,16 @@ async def ensure_rate_limit(client: PrefectClient, name: str, rps: float) -> Non
         return
     if existing.limit == size and existing.slot_decay_per_second == decay:
         return
-    await client.update_global_concurrency_limit(
-        name,
-        GlobalConcurrencyLimitUpdate(
+    update = GlobalConcurrencyLimitUpdate(limit=size, slot_decay_per_second=decay)
+    if existing.limit > size:  # a raise leaves the server's own count alone
+        old_rps = existing.slot_decay_per_second / SLOTS_PER_REQUEST
+        missed = lease_size(max(old_rps, rps)) * SLOTS_PER_REQUEST
+        update = GlobalConcurrencyLimitUpdate(
             limit=size,
             slot_decay_per_second=decay,
-            active_slots=min(existing.active_slots, size),
-        ),
-    )
+            active_slots=min(size, existing.active_slots + missed),
+        )
+    await client.update_global_concurrency_limit(name, update)
 
 
 def _moved(now: Learned, then: Learned) -> bool:
@@ -581,7 +590,7 @@ def _moved(now: Learned, then: Learned) -> bool:
             return a is not b
         return abs(a - b) > SYNC_MOVED * max(a, b)
 
-    return apart(now.rate, then.rate) or apart(now.learned, then.learned)
+    return apart(now.rate, then.rate) or apart(now.learned, then.learned) or now.cuts != then.cuts
 
 
 def _reason(exc: BaseException) -> str:

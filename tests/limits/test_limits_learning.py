@@ -4,6 +4,8 @@ halved limit, and ``auto``'s search upward. No sleeps: every event carries its o
 from __future__ import annotations
 
 import heapq
+import random
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -11,6 +13,7 @@ import pytest
 
 from qwbatch.limits import learning
 from qwbatch.limits.learning import RateLearner
+from qwbatch.limits.shared import SYNC_S
 
 
 @dataclass
@@ -216,8 +219,95 @@ def test_what_is_kept_reads_back_and_anything_else_is_ignored() -> None:
 
 def test_another_workers_lower_rate_counts_as_a_cut() -> None:
     learner = RateLearner(start=16, ceiling=16)
-    learner.adopt(learning.Learned(rate=6.0, learned=7.0), now=10.0)
-    assert (learner.cap, learner.learned, learner.state) == (6.0, 7.0, "learned")
+    learner.adopt(learning.Learned(rate=6.0, learned=7.0, cuts=1), now=10.0)
+    assert (learner.cap, learner.learned, learner.state, learner.cuts) == (6.0, 7.0, "learned", 1)
     # 429s for requests sent before we took it count with that cut.
     assert not learner.on_throttle(now=10.5, sent_at=9.8)
     assert learner.cap == 6.0
+
+
+def test_what_another_worker_published_before_our_cut_does_not_undo_it() -> None:
+    learner = RateLearner(start=16, ceiling=16)
+    learner.on_throttle(now=5.0)
+    cut = learner.snapshot()
+    # Published by a worker that had not yet seen the cut: ignored.
+    learner.adopt(learning.Learned(rate=15.0, learned=None, cuts=0), now=5.2)
+    assert learner.snapshot() == cut
+    # Same cuts known, a lower rate: a worker behind in the same climb, not a cut.
+    learner.adopt(learning.Learned(rate=cut.rate * 0.95, learned=cut.learned, cuts=1), now=5.4)
+    assert learner.snapshot() == cut
+    # Same cuts known, further along the climb: taken, and not as a cut.
+    learner.adopt(learning.Learned(rate=cut.rate * 1.05, learned=cut.learned, cuts=1), now=7.0)
+    assert learner.cap == cut.rate * 1.05
+    assert learner.on_throttle(now=7.5, sent_at=7.4)  # a second since the cut at 5.0
+
+
+def test_a_stray_429_under_the_learned_limit_is_not_a_cut() -> None:
+    learner = RateLearner(start=8, ceiling=16, learned=10.0)
+    learner.on_throttle(now=10.0)  # near the limit: a cut; learned 9.5, rate 8.1
+    learned, rate = learner.learned, learner.cap
+    for i in range(16):  # under the limit the answers come back fine...
+        learner.on_success(now=11.2 + i * 0.1)
+    assert not learner.on_throttle(now=12.8, sent_at=12.7)  # ...but for one (1 in 17)
+    assert (learner.learned, learner.cap) >= (learned, rate)
+    cuts = [learner.on_throttle(now=12.9 + i * 0.05, sent_at=12.85 + i * 0.05) for i in range(6)]
+    assert cuts == [False] * 4 + [True, False]  # many (5 in 21): the limit fell
+    assert learner.cap < 0.8 * rate
+
+
+def drive_shared(learners: list[RateLearner], account: Account, until: float, seed: int) -> None:
+    """Workers sharing one rate, as through Prefect: the sum is paced at the last rate any
+    of them published (ramped from a quarter of it over the first 5 s, as the limiter does),
+    every :data:`SYNC_S` each takes another's publication and publishes its own when it
+    moved; each send goes to a random worker and is answered 0.2–1.0 s
+    later; sends bunch (gaps of 0.5–1.5 × the pace), as two workers' leases do."""
+    rng = random.Random(seed)
+    answers: list[tuple[float, int, bool, float]] = []
+    published, writer, version = learners[0].snapshot(), 0, 1
+    seen = [0] * len(learners)
+    t, next_sync = 0.0, SYNC_S
+    while t < until:
+        while answers and answers[0][0] <= t:
+            at, i, ok, sent_at = heapq.heappop(answers)
+            if ok:
+                learners[i].on_success(at, in_use=True)  # the shared limit binds
+            else:
+                learners[i].on_throttle(at, sent_at)
+        if t >= next_sync:
+            next_sync += SYNC_S
+            for i, learner in enumerate(learners):
+                if seen[i] != version and writer != i:
+                    learner.adopt(published, t)
+                seen[i] = version
+                mine = learner.snapshot()
+                if abs(mine.rate - published.rate) > 0.01 * published.rate or (
+                    mine.learned != published.learned
+                ):
+                    published, writer, version = mine, i, version + 1
+                    seen[i] = version
+        i = rng.randrange(len(learners))
+        learners[i].on_send(t)
+        heapq.heappush(answers, (t + rng.uniform(0.2, 1.0), i, account.admit(t), t))
+        ramp = min(1.0, 0.25 + 0.75 * t / 5.0)  # the limiter's ramp over its first 5 s
+        t += rng.uniform(0.5, 1.5) / (published.rate * ramp)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_workers_sharing_a_rate_told_twice_the_limit_keep_close_to_it(workers: int) -> None:
+    """Told 2R, 2 or 4 workers sharing what they learn, eight seeds of 120 s each. Stray
+    429s under the learned limit, and publications older than a cut, must not ratchet the
+    shared limit down: before they were told apart, the median run admitted 0.93 of R (2
+    workers) and 0.91 (4), 1 run of 16 at 0.95 or more. A storm's halving can still learn
+    too low a limit, climbed back by probes (minutes): hence the median, and a floor."""
+    admitted, shares = [], []
+    for seed in range(1, 9):
+        account = Account(limit=lambda t: 8.0)
+        learners = [RateLearner(start=16, ceiling=16) for _ in range(workers)]
+        drive_shared(learners, account, until=120.0, seed=seed)
+        admitted.append(account.admitted_per_s(0.0, 120.0) / 8)
+        shares.append(account.share_429())
+    assert statistics.median(admitted) >= 0.97, admitted
+    assert min(admitted) >= 0.8, admitted
+    # The 2 % goal is not met here: most 429s are the first storm's, all workers climbing
+    # from a quarter of 2R at once (2.0-3.1 % over the run).
+    assert statistics.median(shares) <= 0.03, shares

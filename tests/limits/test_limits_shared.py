@@ -198,6 +198,72 @@ def test_a_limit_set_to_a_lower_rate_keeps_no_slots_leased_at_the_higher_one(
     assert held <= size  # at most one bucket of the new rate to wait for (0.75 s)
 
 
+class RacingClient:
+    """A Prefect client on which another worker's lease of ``slots`` lands between
+    :func:`ensure_rate_limit`'s read of the limit and its update (the race it must not
+    lose), and which keeps the update it sent."""
+
+    def __init__(self, client, slots: int) -> None:
+        self._client, self._slots = client, slots
+        self.sent = None
+
+    async def read_global_concurrency_limit_by_name(self, name: str):
+        read = await self._client.read_global_concurrency_limit_by_name(name)
+        await self._client.increment_concurrency_slots(
+            names=[name], slots=self._slots, mode="rate_limit"
+        )
+        return read
+
+    async def update_global_concurrency_limit(self, name: str, update) -> None:
+        self.sent = update
+        await self._client.update_global_concurrency_limit(name, update)
+
+
+def test_a_lease_granted_while_the_limit_is_raised_still_counts(prefect_server, scope: str) -> None:
+    """Raised from 0.04 to 0.08 req/s (decay 4 then 8 slots/s: seconds of slack for a
+    loaded machine) while another worker leases 60 slots: the server's count keeps them."""
+    name = limit_name(scope, "qwen-image-2.0")
+
+    async def scenario() -> tuple[int, float, object]:
+        async with get_client() as client:
+            await ensure_rate_limit(client, name, 0.04)
+            await client.increment_concurrency_slots(names=[name], slots=60, mode="rate_limit")
+            racing = RacingClient(client, 60)
+            began = time.monotonic()
+            await ensure_rate_limit(racing, name, 0.08)
+            limit = await client.read_global_concurrency_limit_by_name(name)
+            elapsed = time.monotonic() - began
+            await client.delete_global_concurrency_limit_by_name(name)
+            return limit.active_slots, elapsed, racing.sent
+
+    held, elapsed, sent = asyncio.run(scenario())
+    assert "active_slots" not in sent.model_fields_set  # the server's own count is kept
+    # Both grants, less what decayed since (at most 8 slots/s); written back, the read of
+    # 60 would have dropped the second.
+    assert held >= 120 - 8 * elapsed - 8 - 1, (held, elapsed)
+
+
+def test_a_lease_granted_while_the_limit_is_cut_still_counts(prefect_server, scope: str) -> None:
+    """Cut from 16 to 4 req/s (a smaller bucket) while another worker leases one lease at
+    the old rate: the slots written down count it, up to the new bucket."""
+    name = limit_name(scope, "qwen-image-2.0")
+
+    async def scenario() -> tuple[int, object]:
+        async with get_client() as client:
+            await ensure_rate_limit(client, name, 16)
+            racing = RacingClient(client, lease_size(16) * SLOTS_PER_REQUEST)
+            await ensure_rate_limit(racing, name, 4)
+            await client.delete_global_concurrency_limit_by_name(name)
+            assert racing.sent is not None
+            return racing.sent.active_slots, racing.sent
+
+    written, sent = asyncio.run(scenario())
+    assert (sent.limit, sent.slot_decay_per_second) == (bucket_slots(4), 4 * SLOTS_PER_REQUEST)
+    # The read saw an empty limit; the racing lease (400 slots) is counted, capped at the
+    # new bucket (150): written back as read, it would have been 0.
+    assert written == bucket_slots(4)
+
+
 @pytest.mark.anyio
 async def test_what_one_worker_learns_every_worker_uses(prefect_server, scope: str) -> None:
     spec = LimitSpec(rps=16, max_in_flight=4, ramp_s=0)
