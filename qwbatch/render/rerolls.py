@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from qwbatch.core.costs import ZERO, as_float, money
 from qwbatch.core.errors import ImageError, TextReadError
-from qwbatch.core.keys import SEED_MAX, key_and_seed
+from qwbatch.core.keys import SEED_MAX, RequestFields, key_and_seed
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import StopSignal
 from qwbatch.core.types import CatalogRecord, RenderRequest
@@ -73,16 +73,18 @@ def reroll_request(request: RenderRequest, index: int, attempt: int) -> RenderRe
     """Re-roll ``attempt`` of image ``index`` of ``request``: one image, a derived seed,
     its own request key; no expected text (the caller judges it)."""
     key, seed = key_and_seed(
-        model=request.model,
-        mode=request.mode,
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        size=request.size,
-        n=1,
-        seed=reroll_seed(request.seed, index, attempt),
-        prompt_extend=request.prompt_extend,
-        watermark=request.watermark,
-        input_sha256=request.input_sha256,
+        RequestFields(
+            model=request.model,
+            mode=request.mode,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            size=request.size,
+            n=1,
+            seed=reroll_seed(request.seed, index, attempt),
+            prompt_extend=request.prompt_extend,
+            watermark=request.watermark,
+            input_sha256=request.input_sha256,
+        )
     )
     return dataclasses.replace(request, request_key=key, seed=seed, n=1, expected_text=())
 
