@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import make_request
 
 from qwbatch.core.errors import (
     ProviderAmbiguousError,
@@ -109,16 +110,7 @@ def gpt(clients: Callable[[Script], httpx.AsyncClient]) -> Build:
 
 
 def req(model: str = "flux-2-pro") -> RenderRequest:
-    return RenderRequest(
-        row_id="r1",
-        row_number=0,
-        request_key="k1",
-        model=model,
-        mode="generate",
-        prompt="a kite",
-        size="1024*1024",
-        seed=7,
-    )
+    return make_request("r1", "a kite", model=model, size="1024*1024", seed=7)
 
 
 def json_answer(status: int, body: Any, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -256,6 +248,7 @@ async def test_gateway_download_failures(gpt: Build, status: int, error: type[Ex
     with pytest.raises((ProviderError, ProviderTransientError)) as caught:
         await gpt(script).download("https://gateway.test/out/1.png?token=SIGNED")
     assert type(caught.value) is error
+    assert caught.value.code == f"HTTP{status}"  # as every provider's downloads
     assert "token=" not in str(caught.value)
     assert "authorization" not in script.seen[0].headers
 
