@@ -74,7 +74,6 @@ if TYPE_CHECKING:
     from qwbatch.core.model_table import ModelTable as ModelTable
     from qwbatch.core.model_table import parse_size as parse_size
     from qwbatch.core.settings import Settings as Settings
-    from qwbatch.core.settings import run_overrides as run_overrides
     from qwbatch.core.settings import settings_with as settings_with
     from qwbatch.core.stop import STOP as STOP
     from qwbatch.core.stop import Guard as Guard
@@ -140,7 +139,6 @@ _HOME: dict[str, str] = {
     "ModelTable": "model_table",
     "parse_size": "model_table",
     "Settings": "settings",
-    "run_overrides": "settings",
     "settings_with": "settings",
     "Guard": "stop",
     "STOP": "stop",
@@ -218,7 +216,6 @@ __all__ = [
     "money",
     "parse_size",
     "recorded_uri",
-    "run_overrides",
     "settings_with",
     "tag_label",
     "text_of",
