@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.common import BENCH_KEY, simulator_process
-    from qwbatch.core.keys import request_key
+    from qwbatch.core.keys import RequestFields, request_key
     from qwbatch.core.model_table import ModelTable
     from qwbatch.core.settings import Settings
     from qwbatch.core.types import PlanItem, RenderRequest
@@ -45,16 +45,7 @@ def main() -> None:
             size = "1328*1328" if i % 2 else "512*512"
             prompt = f"bench {round_no}-{i}"
             key = request_key(
-                model=model,
-                mode="generate",
-                prompt=prompt,
-                negative_prompt=None,
-                size=size,
-                n=1,
-                seed=i,
-                prompt_extend=None,
-                watermark=False,
-                input_sha256=(),
+                RequestFields(model=model, mode="generate", prompt=prompt, size=size, seed=i)
             )
             out.append(
                 PlanItem(

@@ -378,7 +378,7 @@ def _baseline_registry(scope: str, rps: float, max_in_flight: int) -> Any:
 
 def worker(args: argparse.Namespace) -> None:
     """One shard: render unique requests until ``--duration`` seconds have passed."""
-    from qwbatch.core.keys import request_key
+    from qwbatch.core.keys import RequestFields, request_key
     from qwbatch.core.model_table import ModelTable
     from qwbatch.core.settings import Settings
     from qwbatch.core.types import PlanItem, RenderRequest
@@ -418,7 +418,8 @@ def worker(args: argparse.Namespace) -> None:
 
     def make(i: int) -> PlanItem:
         prompt = f"{args.prefix} request {i}"
-        key = request_key(model=MODEL, mode="generate", prompt=prompt, size="512*512", seed=i)
+        fields = RequestFields(model=MODEL, mode="generate", prompt=prompt, size="512*512", seed=i)
+        key = request_key(fields)
         return PlanItem(
             RenderRequest(
                 row_id=f"r{i}",

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import ROOT, provider_env, simulator_process
-from qwbatch.core.keys import key_and_seed
+from qwbatch.core.keys import RequestFields, key_and_seed
 from qwbatch.limits.local import LimitSpec
 from qwbatch.simulator.render import Recipe, render
 from qwbatch.text import TextReader, default_workers, judge
@@ -206,7 +206,9 @@ def throughput(rows: int, rps: float, work: Path) -> dict[str, float]:
 
 def first_seed(prompt: str) -> int:
     """The seed a manifest row without one renders with first (its re-rolls derive others)."""
-    _, seed = key_and_seed(model=MODEL, mode="generate", prompt=prompt, size="512*512")
+    _, seed = key_and_seed(
+        RequestFields(model=MODEL, mode="generate", prompt=prompt, size="512*512")
+    )
     return seed
 
 

@@ -35,9 +35,8 @@ from flows.fanout import fan_out
 from flows.secret_blocks import export_secret_blocks
 from qwbatch import limits
 from qwbatch.budget import BudgetMode, BudgetPolicy, BudgetSpec
-from qwbatch.core.costs import money
 from qwbatch.core.errors import BudgetExceededError
-from qwbatch.core.settings import Settings, run_overrides, settings_with
+from qwbatch.core.settings import Settings, settings_with
 from qwbatch.core.stop import STOP
 from qwbatch.core.uris import require_absolute
 from qwbatch.render.engine import ShardResult
@@ -45,6 +44,7 @@ from qwbatch.report import contact_sheet
 from qwbatch.report import digest as digests
 from qwbatch.report import numbers as reports
 from qwbatch.runs import runner
+from qwbatch.runs.options import RunOptions
 from qwbatch.runs.summary import RunSummary
 from qwbatch.storage import lease
 from qwbatch.storage.stores import open_store
@@ -141,91 +141,50 @@ def render_manifest(
     ``digest`` (the nightly deployment sets it) ends the run with a short Markdown artifact:
     rows new / changed / unchanged, spend, failures with reasons (:mod:`qwbatch.report.digest`).
     """
+    options = RunOptions.pick(locals())  # the run's options among these parameters
     # Signals stop the shards cleanly (journal + catalog parts) instead of killing them.
     with STOP.handling(signal.SIGINT, signal.SIGTERM):
         return _render(
-            manifest=manifest,
-            out=out,
-            model=model,
-            strict=strict,
-            run_id=run_id,
-            shard_size=shard_size,
-            rps=rps,
-            max_in_flight=max_in_flight,
-            text_rerolls=text_rerolls,
-            text_max_cer=text_max_cer,
-            text_workers=text_workers,
-            budget=budget,
-            budget_mode=budget_mode,
+            manifest,
+            out,
+            options,
             shard_deployment=shard_deployment,
             shards_per_run=shards_per_run,
-            resume=resume,
-            auto_resume=auto_resume,
-            wait=wait,
             digest=digest,
-            target_size=target_size,
         )
 
 
 def _render(
-    *,
     manifest: str,
     out: str,
-    model: str | None,
-    strict: bool,
-    run_id: str | None,
-    shard_size: int | None,
-    rps: float | Literal["auto"] | None,
-    max_in_flight: int | None,
-    text_rerolls: int | None,
-    text_max_cer: float | None,
-    text_workers: int | None,
-    budget: float | None,
-    budget_mode: BudgetMode,
+    options: RunOptions,
+    *,
     shard_deployment: str | None,
     shards_per_run: int,
-    resume: str | None,
-    auto_resume: bool,
-    wait: bool,
     digest: bool,
-    target_size: str | None = None,
 ) -> RunSummary:
     began = time.monotonic()
     logger = get_run_logger()
     if deployment.id is not None:  # a worker's run: its working folder is a temporary one
         for what, value in (("manifest", manifest), ("out", out)):
             require_absolute(value, what=what, cwd=os.getcwd())
-    overrides = run_overrides(
-        model=model,
-        shard_size=shard_size,
-        rps=rps,
-        max_in_flight=max_in_flight,
-        text_rerolls=text_rerolls,
-        text_max_cer=text_max_cer,
-        text_workers=text_workers,
-        target_size=target_size,
-    )
+    overrides = options.settings_overrides()
     settings = load_settings(overrides)
     # One run holds DEST (storage.lease): a no-op under `qwbatch run`, which holds it already.
     with lease.hold(
         open_store(out, settings),
         ttl_s=settings.lease_ttl_s,
-        wait=wait,
+        wait=options.wait,
         label=f"render-manifest {manifest}",
         on_wait=logger.warning,
         on_lost=lambda message: STOP.set("lost DEST's lease"),
     ):
         return _render_held(
-            manifest=manifest,
-            out=out,
-            strict=strict,
-            run_id=run_id,
-            budget=budget,
-            budget_mode=budget_mode,
+            manifest,
+            out,
+            options,
             shard_deployment=shard_deployment,
             shards_per_run=shards_per_run,
-            resume=resume,
-            auto_resume=auto_resume,
             overrides=overrides,
             settings=settings,
             began=began,
@@ -234,31 +193,27 @@ def _render(
 
 
 def _render_held(
-    *,
     manifest: str,
     out: str,
-    strict: bool,
-    run_id: str | None,
-    budget: float | None,
-    budget_mode: BudgetMode,
+    options: RunOptions,
+    *,
     shard_deployment: str | None,
     shards_per_run: int,
-    resume: str | None,
-    auto_resume: bool,
     overrides: dict[str, Any],
     settings: Settings,
     began: float,
     digest: bool,
 ) -> RunSummary:
     logger = get_run_logger()
-    policy = BudgetPolicy(money(budget), budget_mode) if budget is not None else None
+    policy = options.policy()
+    strict, resume = options.strict, options.resume
     run_id = runner.resolve_run_id(
         manifest,
         out,
         settings=settings,
-        run_id=run_id,
+        run_id=options.run_id,
         resume=resume,
-        auto_resume=auto_resume,
+        auto_resume=options.auto_resume,
         strict=strict,
         budget=policy,
     )

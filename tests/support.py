@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from qwbatch.core.keys import request_key
+from qwbatch.core.keys import RequestFields, request_key
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import RenderRequest
@@ -85,16 +85,7 @@ def make_request(
 ) -> RenderRequest:
     """A generate request for ``prompt`` as row ``row_id``, keyed as the planner keys it."""
     key = request_key(
-        model=model,
-        mode="generate",
-        prompt=prompt,
-        negative_prompt=None,
-        size=size,
-        n=n,
-        seed=seed,
-        prompt_extend=None,
-        watermark=False,
-        input_sha256=(),
+        RequestFields(model=model, mode="generate", prompt=prompt, size=size, n=n, seed=seed)
     )
     return RenderRequest(
         row_id=row_id,

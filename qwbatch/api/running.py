@@ -13,6 +13,7 @@ of its own (:mod:`qwbatch.api.threads`), since the runner starts event loops of 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -22,15 +23,14 @@ from typing import TYPE_CHECKING, Literal
 
 from qwbatch.api.manifests import ManifestLike, manifest_uri
 from qwbatch.api.threads import off_the_loop
-from qwbatch.core.settings import Settings, run_overrides, settings_with
+from qwbatch.budget.policy import BudgetMode
+from qwbatch.core.settings import Settings, settings_with
+from qwbatch.runs.options import RunOptions
 
 if TYPE_CHECKING:
-    from qwbatch.budget.policy import BudgetPolicy
     from qwbatch.manifest import Reject
     from qwbatch.plan import Plan
     from qwbatch.runs.summary import RunSummary
-
-BudgetMode = Literal["refuse", "trim"]
 
 
 def run(
@@ -89,27 +89,10 @@ def run(
         summary = qwbatch.run(df, "out", budget=5)
         print(summary.statuses, summary.cost, summary.currency)
     """
+    options = RunOptions.pick(locals(), auto_resume=not new_run)
     return off_the_loop(
         lambda: _run(
-            manifest,
-            os.fspath(out),
-            quiet=quiet,
-            model=model,
-            strict=strict,
-            shard_size=shard_size,
-            rps=rps,
-            max_in_flight=max_in_flight,
-            text_rerolls=text_rerolls,
-            text_max_cer=text_max_cer,
-            text_workers=text_workers,
-            run_id=run_id,
-            budget=budget,
-            budget_mode=budget_mode,
-            resume=resume,
-            auto_resume=not new_run,
-            wait=wait,
-            target_size=target_size,
-            rerender_rejected=rerender_rejected,
+            manifest, os.fspath(out), options, quiet=quiet, rerender_rejected=rerender_rejected
         )
     )
 
@@ -117,44 +100,18 @@ def run(
 def _run(
     manifest: ManifestLike,
     out: str,
+    options: RunOptions,
     *,
     quiet: bool,
-    model: str | None,
-    strict: bool,
-    shard_size: int | None,
-    rps: float | Literal["auto"] | None,
-    max_in_flight: int | None,
-    text_rerolls: int | None,
-    text_max_cer: float | None,
-    text_workers: int | None,
-    run_id: str | None,
-    budget: float | None,
-    budget_mode: BudgetMode,
-    resume: str | None,
-    auto_resume: bool,
-    wait: bool,
-    target_size: str | None = None,
-    rerender_rejected: bool = False,
+    rerender_rejected: bool,
 ) -> RunSummary:
     from qwbatch.core.stop import STOP
     from qwbatch.runs import runner
     from qwbatch.storage.lease import hold
     from qwbatch.storage.stores import open_store
 
-    _check_target(target_size)
-    settings = settings_with(
-        run_overrides(
-            model=model,
-            shard_size=shard_size,
-            rps=rps,
-            max_in_flight=max_in_flight,
-            text_rerolls=text_rerolls,
-            text_max_cer=text_max_cer,
-            text_workers=text_workers,
-            target_size=target_size,
-        )
-    )
-    policy = _policy(budget, budget_mode)
+    settings = options.settings()
+    policy = options.policy()
     # One run holds OUT from before it plans to its summary (storage.lease); with secrets in
     # Prefect blocks the store opens only inside the flow, which takes the lease there.
     held = (
@@ -163,7 +120,7 @@ def _run(
         else hold(
             open_store(out, settings),
             ttl_s=settings.lease_ttl_s,
-            wait=wait,
+            wait=options.wait,
             label=f"qwbatch run {manifest if isinstance(manifest, str) else 'a table'}",
             on_wait=lambda line: _say(f"qwbatch: {line}"),
             on_lost=lambda message: STOP.set("lost DEST's lease"),
@@ -181,49 +138,18 @@ def _run(
                 path,
                 out,
                 settings=settings,
-                run_id=run_id,
-                resume=resume,
-                auto_resume=auto_resume,
-                strict=strict,
+                run_id=options.run_id,
+                resume=options.resume,
+                auto_resume=options.auto_resume,
+                strict=options.strict,
                 budget=policy,
             )
             if not prepared.plan.shard_keys:
                 # Every row already in the catalog (a nightly rerun with nothing new):
                 # finished here, with no Prefect server started.
                 return runner.finish(prepared, [], out=out, settings=settings, began=began)
-            run_id, resume = prepared.plan.run_id, None
-        return _render_with_prefect(
-            path,
-            out,
-            settings=settings,
-            quiet=quiet,
-            policy=policy,
-            model=model,
-            strict=strict,
-            shard_size=shard_size,
-            rps=rps,
-            max_in_flight=max_in_flight,
-            text_rerolls=text_rerolls,
-            text_max_cer=text_max_cer,
-            text_workers=text_workers,
-            run_id=run_id,
-            budget=budget,
-            budget_mode=budget_mode,
-            resume=resume,
-            auto_resume=auto_resume,
-            target_size=target_size,
-        )
-
-
-def _check_target(target_size: str | None) -> None:
-    """ConfigError for a ``target_size`` option that no row could use."""
-    from qwbatch.core.errors import ConfigError
-    from qwbatch.core.model_table import parse_target_size
-
-    if target_size is not None and parse_target_size(target_size) is None:
-        raise ConfigError(
-            f"--target-size {target_size!r} is not of the form W*H or W*H:pad (such as 300*250)"
-        )
+            options = dataclasses.replace(options, run_id=prepared.plan.run_id, resume=None)
+        return _render_with_prefect(path, out, options, settings=settings, quiet=quiet)
 
 
 def _with_new_seeds(
@@ -247,26 +173,7 @@ def _with_new_seeds(
 
 
 def _render_with_prefect(
-    manifest: str,
-    out: str,
-    *,
-    settings: Settings,
-    quiet: bool,
-    policy: BudgetPolicy | None,
-    budget: float | None,
-    run_id: str | None,
-    resume: str | None,
-    auto_resume: bool,
-    strict: bool,
-    model: str | None,
-    shard_size: int | None,
-    rps: float | Literal["auto"] | None,
-    max_in_flight: int | None,
-    text_rerolls: int | None,
-    text_max_cer: float | None,
-    text_workers: int | None,
-    budget_mode: BudgetMode,
-    target_size: str | None = None,
+    manifest: str, out: str, options: RunOptions, *, settings: Settings, quiet: bool
 ) -> RunSummary:
     """The ``render-manifest`` flow on ``manifest``, its progress shown while it runs."""
     _quiet_prefect()
@@ -283,12 +190,13 @@ def _render_with_prefect(
         manifest,
         out,
         settings=settings,
-        run_id=run_id,
-        resume=resume,
-        auto_resume=auto_resume,
-        strict=strict,
-        budget=policy,
+        run_id=options.run_id,
+        resume=options.resume,
+        auto_resume=options.auto_resume,
+        strict=options.strict,
+        budget=options.policy(),
     )
+    options = dataclasses.replace(options, run_id=run_id)
     STOP.resume_hint = f"finish with qwbatch run {manifest} --out {out} --resume {run_id}"
     # Each model's rate, limit, in flight and 429s/min on stderr while the run goes. From
     # here Ctrl-C (the terminal's, to the whole process group) or SIGTERM stops the run
@@ -297,27 +205,13 @@ def _render_with_prefect(
     with (
         STOP.handling(signal.SIGINT, signal.SIGTERM),
         own_server(),
-        watch_run(run_id, quiet=quiet, budget=budget),
+        watch_run(run_id, quiet=quiet, budget=options.budget),
         reporting((lambda line: None) if quiet else _say, Settings().limits_status_s),
     ):
-        return render_manifest(
-            manifest=manifest,
-            out=out,
-            model=model,
-            strict=strict,
-            run_id=run_id,
-            shard_size=shard_size,
-            rps=rps,
-            max_in_flight=max_in_flight,
-            text_rerolls=text_rerolls,
-            text_max_cer=text_max_cer,
-            text_workers=text_workers,
-            budget=budget,
-            budget_mode=budget_mode,
-            resume=resume,
-            auto_resume=auto_resume,
-            target_size=target_size,
+        summary: RunSummary = render_manifest(
+            manifest=manifest, out=out, **options.flow_parameters()
         )
+        return summary
 
 
 def estimate(
@@ -346,38 +240,21 @@ def estimate(
         plan = qwbatch.estimate("prompts.parquet", "s3://bucket/renders")
         print(plan.images, plan.estimate.total)
     """
-    return off_the_loop(
-        lambda: _estimate(
-            manifest, out, model, strict, shard_size, budget, budget_mode, target_size
-        )
-    )
+    options = RunOptions.pick(locals())
+    return off_the_loop(lambda: _estimate(manifest, out, options))
 
 
 def _estimate(
-    manifest: ManifestLike,
-    out: str | os.PathLike[str] | None,
-    model: str | None,
-    strict: bool,
-    shard_size: int | None,
-    budget: float | None,
-    budget_mode: BudgetMode,
-    target_size: str | None = None,
+    manifest: ManifestLike, out: str | os.PathLike[str] | None, options: RunOptions
 ) -> Plan:
     from qwbatch.runs import runner
 
-    _check_target(target_size)
-    settings = settings_with(
-        {"default_model": model, "shard_size": shard_size, "default_target_size": target_size}
-    )
+    settings = options.settings()
     target = os.fspath(out) if out is not None else None
     # A table is not saved into OUT for an estimate: it writes nothing there.
     with manifest_uri(manifest, out=None, settings=settings) as path:
         return runner.estimate(
-            path,
-            target,
-            settings=settings,
-            strict=strict,
-            budget=_policy(budget, budget_mode),
+            path, target, settings=settings, strict=options.strict, budget=options.policy()
         )
 
 
@@ -443,13 +320,6 @@ def _validate(
             good += block.fast.num_rows + len(block.requests)
             bad.extend(block.rejects)
     return Validation(valid=good, rejects=bad)
-
-
-def _policy(budget: float | None, mode: BudgetMode) -> BudgetPolicy | None:
-    from qwbatch.budget.policy import BudgetPolicy
-    from qwbatch.core.costs import money
-
-    return BudgetPolicy(money(budget), mode) if budget is not None else None
 
 
 def _say(line: str) -> None:

@@ -8,7 +8,8 @@
                     CatalogRecord, PlanItem, Alias, Mode, Status
     model_table.py  ModelTable: each model's endpoint, limits, size rule and price
                     (``qwbatch/data/models.toml``)
-    keys.py         a request's canonical form, its ``request_key`` and derived seeds
+    keys.py         RequestFields (what a key covers), a request's canonical form, its
+                    ``request_key`` and derived seeds
     costs.py        PriceTable, money arithmetic and estimates (one reader of prices)
     uris.py         URIs as recorded: no credentials, no presigned queries
     arrow_text.py   Arrow string columns as bytes, without a Python string per value
@@ -67,12 +68,12 @@ if TYPE_CHECKING:
     from qwbatch.core.fonts import caption_font as caption_font
     from qwbatch.core.keys import KEY_VERSION as KEY_VERSION
     from qwbatch.core.keys import SEED_MAX as SEED_MAX
+    from qwbatch.core.keys import RequestFields as RequestFields
     from qwbatch.core.keys import key_and_seed as key_and_seed
     from qwbatch.core.model_table import ModelSpec as ModelSpec
     from qwbatch.core.model_table import ModelTable as ModelTable
     from qwbatch.core.model_table import parse_size as parse_size
     from qwbatch.core.settings import Settings as Settings
-    from qwbatch.core.settings import run_overrides as run_overrides
     from qwbatch.core.settings import settings_with as settings_with
     from qwbatch.core.stop import STOP as STOP
     from qwbatch.core.stop import Guard as Guard
@@ -133,11 +134,11 @@ _HOME: dict[str, str] = {
     "KEY_VERSION": "keys",
     "SEED_MAX": "keys",
     "key_and_seed": "keys",
+    "RequestFields": "keys",
     "ModelSpec": "model_table",
     "ModelTable": "model_table",
     "parse_size": "model_table",
     "Settings": "settings",
-    "run_overrides": "settings",
     "settings_with": "settings",
     "Guard": "stop",
     "STOP": "stop",
@@ -193,6 +194,7 @@ __all__ = [
     "ProviderTransientError",
     "QwBatchError",
     "RenderRequest",
+    "RequestFields",
     "ResultExpiredError",
     "Settings",
     "ShardRunError",
@@ -214,7 +216,6 @@ __all__ = [
     "money",
     "parse_size",
     "recorded_uri",
-    "run_overrides",
     "settings_with",
     "tag_label",
     "text_of",

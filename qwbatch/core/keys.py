@@ -58,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from json.encoder import encode_basestring  # the C JSON string quoter (ensure_ascii=False)
 from typing import Any
 
@@ -69,29 +70,64 @@ KEY_VERSION = "qwbatch/1"
 SEED_MAX = 2_147_483_647
 
 
-def _prefix(
-    model: str,
-    mode: str,
-    prompt: str,
-    negative_prompt: str | None,
-    size: str | None,
-    n: int,
-    prompt_extend: bool | None,
-    watermark: bool,
-    input_sha256: Sequence[str],
-    params: Sequence[tuple[str, Any]] = (),
-) -> bytes:
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestFields:
+    """The fields of a render request that its key covers: what changes the pixels.
+
+    ``seed=None`` asks for the derived seed; ``params`` are ``(name, value)`` pairs (their
+    order does not matter, they are written sorted); ``target_size`` is ``W*H`` in pixels.
+
+    >>> canonical_request(RequestFields(model="qwen-image-2.0", mode="generate", prompt="a cat"))
+    b'["qwbatch/1","qwen-image-2.0","generate","a cat",null,null,1,null,false,[],null]'
+    """
+
+    model: str
+    mode: str
+    prompt: str
+    negative_prompt: str | None = None
+    size: str | None = None
+    n: int = 1
+    seed: int | None = None
+    prompt_extend: bool | None = None
+    watermark: bool = False
+    input_sha256: Sequence[str] = ()
+    params: Sequence[tuple[str, Any]] = ()
+    target_size: str | None = None
+
+    @classmethod
+    def of(cls, request: RenderRequest) -> RequestFields:
+        """The key's fields of ``request`` (its id, tags and input URIs are not among them)."""
+        return cls(
+            model=request.model,
+            mode=request.mode,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            size=request.size,
+            n=request.n,
+            seed=request.seed,
+            prompt_extend=request.prompt_extend,
+            watermark=request.watermark,
+            input_sha256=request.input_sha256,
+            params=request.params,
+            target_size=request.target_size,
+        )
+
+
+def _prefix(fields: RequestFields) -> bytes:
     """The canonical form up to (not including) the seed and the closing bracket."""
     # Written out with the C string quoter rather than json.dumps on a list: about 3x faster,
     # and keys are computed once per manifest row (millions). test_keys pins the equivalence.
-    negative = "null" if negative_prompt is None else encode_basestring(negative_prompt)
-    size_json = "null" if size is None else encode_basestring(size)
-    extend = "null" if prompt_extend is None else ("true" if prompt_extend else "false")
-    inputs = ",".join(map(encode_basestring, input_sha256)) if input_sha256 else ""
+    quote = encode_basestring
+    negative = "null" if fields.negative_prompt is None else quote(fields.negative_prompt)
+    size_json = "null" if fields.size is None else quote(fields.size)
+    extend = fields.prompt_extend
+    extend_json = "null" if extend is None else ("true" if extend else "false")
+    inputs = ",".join(map(quote, fields.input_sha256)) if fields.input_sha256 else ""
     return (
-        f'["{KEY_VERSION}",{encode_basestring(model)},{encode_basestring(mode)},'
-        f"{encode_basestring(prompt)},{negative},{size_json},{n:d},"
-        f"{extend},{'true' if watermark else 'false'},[{inputs}],{_params_json(params)}"
+        f'["{KEY_VERSION}",{quote(fields.model)},{quote(fields.mode)},'
+        f"{quote(fields.prompt)},{negative},{size_json},{fields.n:d},"
+        f"{extend_json},{'true' if fields.watermark else 'false'},[{inputs}],"
+        f"{_params_json(fields.params)}"
     ).encode()
 
 
@@ -108,42 +144,24 @@ def _check_seed(seed: int) -> None:
         raise ValueError(f"seed {seed} is outside [0, {SEED_MAX}]")
 
 
-def canonical_request(
-    *,
-    model: str,
-    mode: str,
-    prompt: str,
-    negative_prompt: str | None = None,
-    size: str | None = None,
-    n: int = 1,
-    seed: int | None = None,
-    prompt_extend: bool | None = None,
-    watermark: bool = False,
-    input_sha256: Sequence[str] = (),
-    params: Sequence[tuple[str, Any]] = (),
-    target_size: str | None = None,
-) -> bytes:
+def _suffix(target_size: str | None) -> bytes:
+    """What follows the seed: ``]``, or ``,"<target_size>"]`` when there is a target."""
+    return b"]" if target_size is None else f",{encode_basestring(target_size)}]".encode()
+
+
+def canonical_request(fields: RequestFields) -> bytes:
     """The canonical form (UTF-8 JSON bytes) of a request; ``seed=None`` writes ``null``.
 
-    >>> canonical_request(model="qwen-image-2.0", mode="generate", prompt="a cat", seed=7)
+    >>> canonical_request(
+    ...     RequestFields(model="qwen-image-2.0", mode="generate", prompt="a cat", seed=7)
+    ... )
     b'["qwbatch/1","qwen-image-2.0","generate","a cat",null,null,1,null,false,[],7]'
     """
-    prefix = _prefix(
-        model,
-        mode,
-        prompt,
-        negative_prompt,
-        size,
-        n,
-        prompt_extend,
-        watermark,
-        input_sha256,
-        params,
-    )
-    if seed is None:
-        return prefix + b"null" + _suffix(target_size)
-    _check_seed(seed)
-    return prefix + f"{int(seed)}".encode("ascii") + _suffix(target_size)
+    prefix = _prefix(fields)
+    if fields.seed is None:
+        return prefix + b"null" + _suffix(fields.target_size)
+    _check_seed(fields.seed)
+    return prefix + f"{int(fields.seed)}".encode("ascii") + _suffix(fields.target_size)
 
 
 def _seed_from(prefix_hash: hashlib._Hash) -> int:
@@ -153,121 +171,45 @@ def _seed_from(prefix_hash: hashlib._Hash) -> int:
     return int.from_bytes(digest.digest()[:4], "big") & SEED_MAX
 
 
-def key_and_seed(
-    *,
-    model: str,
-    mode: str,
-    prompt: str,
-    negative_prompt: str | None = None,
-    size: str | None = None,
-    n: int = 1,
-    seed: int | None = None,
-    prompt_extend: bool | None = None,
-    watermark: bool = False,
-    input_sha256: Sequence[str] = (),
-    params: Sequence[tuple[str, Any]] = (),
-    target_size: str | None = None,
-) -> tuple[str, int]:
-    """``(request_key, seed)``: the seed given, or the derived one when ``seed`` is None.
+def key_and_seed(fields: RequestFields | None = None, /, **by_name: Any) -> tuple[str, int]:
+    """``(request_key, seed)`` of ``fields``: the seed given, or the derived one when its
+    ``seed`` is None.
 
     One call does the work of ``derive_seed`` and ``request_key`` together, hashing the
-    seed-less prefix once (the manifest reader calls it once per row).
+    seed-less prefix once (the manifest reader calls it once per row). The fields may also
+    be given by name (``key_and_seed(model=..., mode=..., prompt=...)``), as
+    :class:`RequestFields` takes them.
     """
-    prefix = _prefix(
-        model,
-        mode,
-        prompt,
-        negative_prompt,
-        size,
-        n,
-        prompt_extend,
-        watermark,
-        input_sha256,
-        params,
-    )
-    digest = hashlib.sha256(prefix)
+    if fields is None:
+        fields = RequestFields(**by_name)
+    elif by_name:
+        raise TypeError("key_and_seed takes RequestFields or the fields by name, not both")
+    digest = hashlib.sha256(_prefix(fields))
+    seed = fields.seed
     if seed is None:
         seed = _seed_from(digest)
     else:
         _check_seed(seed)
-    digest.update(f"{int(seed)}".encode("ascii") + _suffix(target_size))
+    digest.update(f"{int(seed)}".encode("ascii") + _suffix(fields.target_size))
     return digest.hexdigest(), seed
 
 
-def _suffix(target_size: str | None) -> bytes:
-    """What follows the seed: ``]``, or ``,"<target_size>"]`` when there is a target."""
-    return b"]" if target_size is None else f",{encode_basestring(target_size)}]".encode()
-
-
-def request_key(
-    *,
-    model: str,
-    mode: str,
-    prompt: str,
-    negative_prompt: str | None = None,
-    size: str | None = None,
-    n: int = 1,
-    seed: int | None = None,
-    prompt_extend: bool | None = None,
-    watermark: bool = False,
-    input_sha256: Sequence[str] = (),
-    params: Sequence[tuple[str, Any]] = (),
-    target_size: str | None = None,
-) -> str:
+def request_key(fields: RequestFields) -> str:
     """Hex sha256 (64 chars) of the canonical form; a None seed is replaced by the derived one.
 
     Raises ValueError for a seed outside [0, 2147483647] and UnicodeEncodeError for text
     that is not valid Unicode (lone surrogates; Arrow strings never hold them).
     """
-    key, _ = key_and_seed(
-        model=model,
-        mode=mode,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        size=size,
-        n=n,
-        seed=seed,
-        prompt_extend=prompt_extend,
-        watermark=watermark,
-        input_sha256=input_sha256,
-        params=params,
-        target_size=target_size,
-    )
+    key, _ = key_and_seed(fields)
     return key
 
 
-def derive_seed(
-    *,
-    model: str,
-    mode: str,
-    prompt: str,
-    negative_prompt: str | None = None,
-    size: str | None = None,
-    n: int = 1,
-    prompt_extend: bool | None = None,
-    watermark: bool = False,
-    input_sha256: Sequence[str] = (),
-) -> int:
-    """The deterministic seed in [0, 2147483647] for a request that did not set one."""
-    prefix = _prefix(
-        model, mode, prompt, negative_prompt, size, n, prompt_extend, watermark, input_sha256
-    )
-    return _seed_from(hashlib.sha256(prefix))
+def derive_seed(fields: RequestFields) -> int:
+    """The deterministic seed in [0, 2147483647] for ``fields`` without their seed (the
+    ``seed`` and ``target_size`` of ``fields`` are ignored)."""
+    return _seed_from(hashlib.sha256(_prefix(fields)))
 
 
 def key_of(request: RenderRequest) -> str:
     """Recompute the key of a RenderRequest from its fields (ignores ``request.request_key``)."""
-    return request_key(
-        model=request.model,
-        mode=request.mode,
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        size=request.size,
-        n=request.n,
-        seed=request.seed,
-        prompt_extend=request.prompt_extend,
-        watermark=request.watermark,
-        input_sha256=request.input_sha256,
-        params=request.params,
-        target_size=request.target_size,
-    )
+    return request_key(RequestFields.of(request))

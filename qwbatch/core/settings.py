@@ -213,31 +213,6 @@ class Settings(BaseSettings):
         return self.dashscope_api_key.get_secret_value() if self.dashscope_api_key else ""
 
 
-def run_overrides(
-    *,
-    model: str | None = None,
-    shard_size: int | None = None,
-    rps: float | Literal["auto"] | None = None,
-    max_in_flight: int | None = None,
-    text_rerolls: int | None = None,
-    text_max_cer: float | None = None,
-    text_workers: int | None = None,
-    target_size: str | None = None,
-) -> dict[str, Any]:
-    """A run's options (``qwbatch run`` and the flows' parameters) as Settings fields; None
-    means not given."""
-    return {
-        "default_model": model,
-        "shard_size": shard_size,
-        "rps": rps,
-        "max_in_flight": max_in_flight,
-        "text_rerolls": text_rerolls,
-        "text_max_cer": text_max_cer,
-        "text_workers": text_workers,
-        "default_target_size": target_size,
-    }
-
-
 def settings_with(overrides: Mapping[str, Any] | None) -> Settings:
     """Settings from the environment, with the given fields (those not None) on top."""
     return Settings(**{k: v for k, v in (overrides or {}).items() if v is not None})

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from qwbatch.core.errors import PermanentError
-from qwbatch.core.keys import SEED_MAX, key_and_seed
+from qwbatch.core.keys import SEED_MAX, RequestFields, key_and_seed
 from qwbatch.core.model_table import ModelSpec, ModelTable, parse_size, parse_target_size
 from qwbatch.core.types import Mode, RenderRequest
 from qwbatch.manifest.columns import Bad, Params, Tags
@@ -335,18 +335,20 @@ class RowChecker:
 
         watermark = bool(watermark)
         key, seed = key_and_seed(
-            model=spec.name,
-            mode=mode,
-            prompt=prompt,
-            negative_prompt=negative,
-            size=size,
-            n=n,
-            seed=seed,
-            prompt_extend=extend,
-            watermark=watermark,
-            input_sha256=input_sha256,
-            params=checked_params,
-            target_size=target_size,
+            RequestFields(
+                model=spec.name,
+                mode=mode,
+                prompt=prompt,
+                negative_prompt=negative,
+                size=size,
+                n=n,
+                seed=seed,
+                prompt_extend=extend,
+                watermark=watermark,
+                input_sha256=input_sha256,
+                params=checked_params,
+                target_size=target_size,
+            )
         )
         return RenderRequest(
             row_id=rid,

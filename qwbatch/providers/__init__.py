@@ -11,7 +11,11 @@
     openai.py             OpenAIProvider: GPT Image generations and multipart edits, and
                           gateways of the same path (the together dialect)
     registry.py           ProviderRouter: routes each call to its model's provider
-    http_calls.py         the send both newer clients share (httpx errors translated)
+    http_provider.py      HttpProvider, the clients' base: the client handed in (closed only
+                          when made here), the base URL, the key kept out of messages
+    http_calls.py         the send the clients share (httpx errors translated) and the HTTP
+                          answers all providers give alike mapped onto the error tree
+    polling.py            PollSchedule: a task polled, doubling to a cap, until a deadline
     aiohttp_transport.py  an httpx transport that sends through aiohttp (half the CPU a call)
 
 What each client relies on about its API is in docs/providers/ (dashscope.md, bfl.md,

@@ -21,12 +21,12 @@ URL's host and to hosts under ``bfl.ai``; result downloads carry no key.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from decimal import Decimal
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode, urlsplit
 
@@ -37,26 +37,28 @@ from qwbatch.core.errors import (
     ModerationError,
     ProviderAmbiguousError,
     ProviderError,
-    ProviderTransientError,
     QuotaExhaustedError,
     ResultExpiredError,
-    TaskDeadlineError,
-    ThrottledError,
 )
 from qwbatch.core.model_table import ModelTable, parse_size
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import ProviderImage, ProviderResult, RenderRequest
 from qwbatch.providers.base import TaskListing
-from qwbatch.providers.dashscope import parse_retry_after
 from qwbatch.providers.http_calls import (
     as_dict,
     as_number,
     as_str,
+    download_error,
     json_object,
+    parse_retry_after,
     path_of,
     send,
     snippet,
+    status_error,
+    unreadable_answer,
 )
+from qwbatch.providers.http_provider import HttpProvider, settings_timeout
+from qwbatch.providers.polling import PollSchedule
 
 if TYPE_CHECKING:
     from qwbatch.providers.base import Provider
@@ -68,11 +70,13 @@ CREDIT_USD: Final = Decimal("0.01")
 _MODERATED: Final = frozenset({"Request Moderated", "Content Moderated"})
 _FAILED: Final = frozenset({"Error", "Failed"})
 _EXPIRED_STATUSES: Final = frozenset({403, 404, 410})
+#: BFL's answers by status, as error codes (429: too many active tasks; 422: a bad body).
+_CODES: Final = {429: "ActiveTaskLimit", 422: "ValidationError"}
 #: Reported and table prices may differ by rounding (credits have two decimals).
 _PRICE_TOLERANCE: Final = Decimal("0.0001")
 
 
-class BflProvider:
+class BflProvider(HttpProvider):
     """The :class:`~qwbatch.providers.base.Provider` for BFL's FLUX API.
 
     ``client`` is used as given; it is closed only when :meth:`from_settings` made it.
@@ -92,20 +96,14 @@ class BflProvider:
         download_timeout_s: float | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        owns_client: bool = False,
     ) -> None:
-        if not 0 < poll_interval_s <= poll_max_interval_s or task_deadline_s <= 0:
-            raise ValueError("need 0 < poll_interval_s <= poll_max_interval_s and a deadline > 0")
-        self._client = client
-        self._owns_client = False
-        self._base_url = base_url.rstrip("/")
-        self._api_key = api_key
+        self._polls = PollSchedule(
+            poll_interval_s, poll_max_interval_s, task_deadline_s, sleep=sleep, clock=clock
+        )
+        super().__init__(client=client, base_url=base_url, api_key=api_key, owns_client=owns_client)
         self._table = table
-        self._poll_interval_s = poll_interval_s
-        self._poll_max_interval_s = poll_max_interval_s
-        self._task_deadline_s = task_deadline_s
         self._download_timeout_s = download_timeout_s
-        self._sleep = sleep
-        self._clock = clock
         #: Set once BFL answered 402: nothing more is sent (credits are gone).
         self._out_of_credits: QuotaExhaustedError | None = None
 
@@ -113,18 +111,10 @@ class BflProvider:
     def from_settings(
         cls, settings: Settings, table: ModelTable, client: httpx.AsyncClient | None = None
     ) -> BflProvider:
-        owned = client is None
-        if client is None:
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(
-                    connect=settings.connect_timeout_s,
-                    read=settings.read_timeout_s,
-                    write=60.0,
-                    pool=30.0,
-                )
-            )
-        provider = cls(
-            client=client,
+        """A provider for ``settings``; it owns (and closes) the client it creates."""
+        return cls(
+            client=client or httpx.AsyncClient(timeout=settings_timeout(settings)),
+            owns_client=client is None,
             base_url=settings.bfl_base_url,
             api_key=settings.bfl_key(),
             table=table,
@@ -133,26 +123,9 @@ class BflProvider:
             task_deadline_s=settings.task_deadline_s,
             download_timeout_s=settings.download_timeout_s,
         )
-        provider._owns_client = owned
-        return provider
 
     def __repr__(self) -> str:
         return f"BflProvider(base_url={self._base_url!r}, api_key=<hidden>)"
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> BflProvider:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- the Provider protocol ---------------------------------------------------------------
 
@@ -187,30 +160,16 @@ class BflProvider:
         no cancel).
         """
         bare_id, credits, polling_url = _split_handle(task_id)
-        deadline = self._clock() + self._task_deadline_s
-        interval = self._poll_interval_s
-        while True:
-            try:
-                data = await self._call("GET", polling_url, billable=False)
-            except ProviderTransientError as exc:
-                delay, last = max(interval, exc.retry_after or 0.0), exc.message
-            except ResultExpiredError:
-                raise
-            else:
-                status = as_str(data.get("status")) or "?"
-                if status == "Ready":
-                    return self._ready(bare_id, credits, data)
-                self._raise_final(bare_id, status, data)
-                delay, last = interval, f"status {status}"
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise TaskDeadlineError(
-                    f"task {bare_id} had not ended after {self._task_deadline_s:g} s ({last}); "
-                    "poll it again later",
-                    task_id=task_id,
-                )
-            await self._sleep(min(delay, remaining))
-            interval = min(interval * 2, self._poll_max_interval_s)
+
+        def outcome(data: dict[str, Any]) -> ProviderResult | str:
+            status = as_str(data.get("status")) or "?"
+            if status == "Ready":
+                return self._ready(bare_id, credits, data)
+            self._raise_final(bare_id, status, data)
+            return status
+
+        poll = functools.partial(self._call, "GET", polling_url, billable=False)
+        return await self._polls.until_final(poll, outcome, task=bare_id, handle=task_id)
 
     async def list_tasks(self, model: str, start: float, end: float) -> TaskListing:
         """BFL has no task listing: an empty one, marked incomplete (it proves nothing)."""
@@ -223,26 +182,11 @@ class BflProvider:
         response = await send(
             self._client, "GET", url, headers={}, billable=False, timeout_s=self._download_timeout_s
         )
-        what = f"GET {path_of(url)}"
         if response.is_success:
             return response.content
-        if response.status_code in _EXPIRED_STATUSES:
-            raise ResultExpiredError(
-                f"{what}: HTTP {response.status_code}: the sample expired (BFL keeps it 10 min)",
-                code="ResultExpired",
-                status_code=response.status_code,
-            )
-        if response.status_code in (408, 429) or response.status_code >= 500:
-            raise ProviderTransientError(
-                f"{what}: HTTP {response.status_code}",
-                code=f"HTTP{response.status_code}",
-                status_code=response.status_code,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            )
-        raise ProviderError(
-            f"{what}: HTTP {response.status_code}: {snippet(response.text)}",
-            code=f"HTTP{response.status_code}",
-            status_code=response.status_code,
+        expired = response.status_code in _EXPIRED_STATUSES
+        raise download_error(
+            response, url, expired="the sample expired (BFL keeps it 10 min)" if expired else None
         )
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -337,10 +281,7 @@ class BflProvider:
         if response.is_success and data is not None:
             return data
         if response.is_success:
-            problem = f"{what}: HTTP {response.status_code} without a JSON object"
-            if billable:
-                raise ProviderAmbiguousError(problem)
-            raise ProviderTransientError(problem, status_code=response.status_code)
+            raise unreadable_answer(what, response.status_code, billable=billable)
         raise self._error(response, data or {}, what, billable=billable)
 
     def _error(
@@ -354,25 +295,14 @@ class BflProvider:
             error = QuotaExhaustedError(text, code="InsufficientCredits", status_code=status)
             self._out_of_credits = error
             return error
-        if status == 429:
-            return ThrottledError(
-                text, code="ActiveTaskLimit", status_code=status, retry_after=retry_after
-            )
         if status == 404 and not billable:
             return ResultExpiredError(text, code="TaskNotFound", status_code=status)
-        if status >= 500 or status == 408:
-            return ProviderTransientError(
-                text, code=f"HTTP{status}", status_code=status, retry_after=retry_after
-            )
-        code = "ValidationError" if status == 422 else f"HTTP{status}"
-        return ProviderError(text, code=code, status_code=status)
+        code = _CODES.get(status, f"HTTP{status}")
+        return status_error(status, text, code=code, retry_after=retry_after)
 
     def _may_carry_key(self, url: str) -> bool:
         host = urlsplit(url).hostname or ""
         return host == urlsplit(self._base_url).hostname or host.endswith(".bfl.ai")
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "<hidden>") if self._api_key else text
 
 
 def _message(data: dict[str, Any]) -> str | None:

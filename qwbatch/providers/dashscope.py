@@ -20,16 +20,12 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import email.utils
+import functools
 import json
-import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode
 
 import httpx
 from httpx import USE_CLIENT_DEFAULT
@@ -44,17 +40,28 @@ from qwbatch.core.errors import (
 from qwbatch.core.model_table import parse_size
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import ProviderImage, ProviderResult, RenderRequest
-from qwbatch.core.version import __version__
 from qwbatch.providers.aiohttp_transport import AiohttpTransport
 from qwbatch.providers.base import TaskInfo, TaskListing
 from qwbatch.providers.dashscope_errors import classify_error
+from qwbatch.providers.http_calls import (
+    BEFORE_SEND,
+    USER_AGENT,
+    as_dict,
+    as_str,
+    download_error,
+    json_object,
+    parse_retry_after,
+    path_of,
+    snippet,
+    unreadable_answer,
+)
+from qwbatch.providers.http_provider import HttpProvider, settings_timeout
+from qwbatch.providers.polling import PollSchedule
 
 if TYPE_CHECKING:
     from qwbatch.providers.base import Provider
 
 __all__ = ["DashScopeProvider", "TaskDeadlineError", "classify_error", "parse_retry_after"]
-
-_log = logging.getLogger(__name__)
 
 GENERATION_PATH: Final = "/services/aigc/multimodal-generation/generation"
 SYNTHESIS_PATH: Final = "/services/aigc/text2image/image-synthesis"
@@ -63,32 +70,13 @@ TASKS_PATH: Final = "/tasks"
 LIST_PAGE_SIZE: Final = 100
 LIST_MAX_PAGES: Final = 20
 
-#: Failures raised before a single byte of the request left: always safe to retry.
-_BEFORE_SEND: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 #: Task states that end polling; anything else (PENDING, RUNNING, SUSPENDED…) is polled again.
 _FINAL_STATES: Final = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "UNKNOWN"})
 _EXPIRED_STATUSES: Final = frozenset({403, 404, 410})
 _EXPIRED_MARKERS: Final = ("Request has expired", "<Code>AccessDenied</Code>")
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """A ``Retry-After`` header (seconds, or an HTTP date) as seconds from now; None if unusable."""
-    if not value or not value.strip():
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
-
-
-class DashScopeProvider:
+class DashScopeProvider(HttpProvider):
     """The :class:`~qwbatch.providers.base.Provider` for DashScope's native HTTP API.
 
     ``client`` is used as given (timeouts, limits, transport); the provider closes it only
@@ -110,20 +98,14 @@ class DashScopeProvider:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         direct: AiohttpTransport | None = None,
+        owns_client: bool = False,
     ) -> None:
-        if not 0 < poll_interval_s <= poll_max_interval_s or task_deadline_s <= 0:
-            raise ValueError("need 0 < poll_interval_s <= poll_max_interval_s and a deadline > 0")
-        self._client = client
-        self._owns_client = False
-        self._base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self._poll_interval_s = poll_interval_s
-        self._poll_max_interval_s = poll_max_interval_s
-        self._task_deadline_s = task_deadline_s
+        self._polls = PollSchedule(
+            poll_interval_s, poll_max_interval_s, task_deadline_s, sleep=sleep, clock=clock
+        )
+        super().__init__(client=client, base_url=base_url, api_key=api_key, owns_client=owns_client)
         self._download_timeout_s = download_timeout_s
         self._workspace_id = workspace_id
-        self._sleep = sleep
-        self._clock = clock
         #: ``client``'s transport when calls may skip the client (nothing set on it that
         #: they need: no default headers, cookies, auth or hooks), with its timeouts.
         self._direct = None if direct is None else (direct, client.timeout)
@@ -136,13 +118,6 @@ class DashScopeProvider:
         owned = client is None
         direct: AiohttpTransport | None = None
         if client is None:
-            timeout = httpx.Timeout(
-                connect=settings.connect_timeout_s,
-                read=settings.read_timeout_s,
-                write=60.0,
-                # Waiting for a free connection sends nothing; a PoolTimeout is retried.
-                pool=30.0,
-            )
             # Keep every connection alive: with httpx's default of 20 kept-alive connections,
             # a shard with more requests in flight opens and closes connections constantly,
             # and httpcore's pool bookkeeping grows with every connection it holds.
@@ -153,10 +128,13 @@ class DashScopeProvider:
             transport = (
                 AiohttpTransport(limits=limits) if settings.http_transport == "aiohttp" else None
             )
-            client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)
+            client = httpx.AsyncClient(
+                timeout=settings_timeout(settings), limits=limits, transport=transport
+            )
             direct = transport
-        provider = cls(
+        return cls(
             client=client,
+            owns_client=owned,
             base_url=settings.base_url(),
             api_key=settings.api_key(),
             poll_interval_s=settings.poll_interval_s,
@@ -166,27 +144,10 @@ class DashScopeProvider:
             workspace_id=settings.dashscope_workspace_id,
             direct=direct,  # our own client: calls may skip it
         )
-        provider._owns_client = owned
-        return provider
 
     def __repr__(self) -> str:
         workspace = f", workspace_id={self._workspace_id!r}" if self._workspace_id else ""
         return f"DashScopeProvider(base_url={self._base_url!r}, api_key=<hidden>{workspace})"
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> DashScopeProvider:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- the Provider protocol ---------------------------------------------------------------
 
@@ -205,14 +166,14 @@ class DashScopeProvider:
         data = await self._call("POST", GENERATION_PATH, body=body, billable=True)
         urls = [
             item["image"]
-            for choice in _list(_dict(data.get("output")).get("choices"))
-            for item in _list(_dict(_dict(choice).get("message")).get("content"))
+            for choice in _list(as_dict(data.get("output")).get("choices"))
+            for item in _list(as_dict(as_dict(choice).get("message")).get("content"))
             if isinstance(item, dict) and isinstance(item.get("image"), str)
         ]
         width, height, count = _usage(data)
         return ProviderResult(
             images=tuple(ProviderImage(url=url, index=i) for i, url in enumerate(urls)),
-            request_id=_str(data.get("request_id")),
+            request_id=as_str(data.get("request_id")),
             billed_images=len(urls) if count is None else count,
             width=width,
             height=height,
@@ -229,7 +190,7 @@ class DashScopeProvider:
             task_input["negative_prompt"] = request.negative_prompt
         body = {"model": request.model, "input": task_input, "parameters": _parameters(request)}
         data = await self._call("POST", SYNTHESIS_PATH, body=body, billable=True, async_task=True)
-        task_id = _str(_dict(data.get("output")).get("task_id"))
+        task_id = as_str(as_dict(data.get("output")).get("task_id"))
         if not task_id:
             # The server answered but named no task: one may exist, and it may be billed.
             raise ProviderAmbiguousError(f"POST {SYNTHESIS_PATH}: 200 without a task_id")
@@ -242,30 +203,13 @@ class DashScopeProvider:
         ``task_deadline_s`` this raises :class:`TaskDeadlineError`; the task is not cancelled.
         """
         path = f"{TASKS_PATH}/{quote(task_id, safe='')}"
-        deadline = self._clock() + self._task_deadline_s
-        interval = self._poll_interval_s
-        while True:
-            try:
-                data = await self._call("GET", path, billable=False)
-            except ProviderTransientError as exc:
-                delay = max(interval, exc.retry_after or 0.0)
-                last = exc.message
-                _log.info("poll of task %s failed (%s); polling again", task_id, exc.code)
-            else:
-                output = _dict(data.get("output"))
-                status = _str(output.get("task_status")) or "?"
-                if status in _FINAL_STATES:
-                    return self._task_result(task_id, status, data)
-                delay, last = interval, f"status {status}"
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise TaskDeadlineError(
-                    f"task {task_id} had not ended after {self._task_deadline_s:g} s ({last}); "
-                    "it was not cancelled, poll it again later",
-                    task_id=task_id,
-                )
-            await self._sleep(min(delay, remaining))
-            interval = min(interval * 2, self._poll_max_interval_s)
+
+        def outcome(data: dict[str, Any]) -> ProviderResult | str:
+            status = as_str(as_dict(data.get("output")).get("task_status")) or "?"
+            return self._task_result(task_id, status, data) if status in _FINAL_STATES else status
+
+        poll = functools.partial(self._call, "GET", path, billable=False)
+        return await self._polls.until_final(poll, outcome, task=task_id, handle=task_id)
 
     async def list_tasks(self, model: str, start: float, end: float) -> TaskListing:
         """Tasks of ``model`` submitted between ``start`` and ``end`` (POSIX seconds).
@@ -287,16 +231,16 @@ class DashScopeProvider:
         for page in range(1, LIST_MAX_PAGES + 1):
             query = urlencode({**params, "page_no": str(page)})
             data = await self._call("GET", f"{TASKS_PATH}?{query}", billable=False)
-            rows = [_dict(row) for row in _list(data.get("data"))]
+            rows = [as_dict(row) for row in _list(data.get("data"))]
             for row in rows:
-                task_id = _str(row.get("task_id"))
+                task_id = as_str(row.get("task_id"))
                 if not task_id:
                     continue
                 created = _int(row.get("gmt_create"))
                 submitted = created / 1000 if created is not None else None
                 if submitted is not None and not start <= submitted <= end:
                     continue
-                status = _str(row.get("task_status")) or _str(row.get("status"))
+                status = as_str(row.get("task_status")) or as_str(row.get("status"))
                 found.append(TaskInfo(task_id=task_id, status=status, submitted_at=submitted))
             if len(rows) < LIST_PAGE_SIZE:
                 return TaskListing(found)
@@ -307,34 +251,17 @@ class DashScopeProvider:
         response = await self._send(
             "GET",
             url,
-            headers={"User-Agent": f"qwbatch/{__version__}"},
+            headers={"User-Agent": USER_AGENT},
             billable=False,
             timeout_s=self._download_timeout_s,
         )
-        what = f"GET {_path(url)}"  # the query is the signature: keep it out
         if response.is_success:
             return response.content
-        snippet = _snippet(response.text)
-        if response.status_code in _EXPIRED_STATUSES or any(
+        expired = response.status_code in _EXPIRED_STATUSES or any(
             marker in response.text for marker in _EXPIRED_MARKERS
-        ):
-            raise ResultExpiredError(
-                f"{what}: HTTP {response.status_code}: result URL expired or gone: {snippet}",
-                code="ResultExpired",
-                status_code=response.status_code,
-            )
-        if response.status_code in (408, 429) or response.status_code >= 500:
-            raise ProviderTransientError(
-                f"{what}: HTTP {response.status_code}: {snippet}",
-                code=f"HTTP{response.status_code}",
-                status_code=response.status_code,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            )
-        raise ProviderError(
-            f"{what}: HTTP {response.status_code}: {snippet}",
-            code=f"HTTP{response.status_code}",
-            status_code=response.status_code,
         )
+        why = f"result URL expired or gone: {snippet(response.text)}"
+        raise download_error(response, url, expired=why if expired else None)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -351,7 +278,7 @@ class DashScopeProvider:
         headers = {
             "Authorization": f"Bearer {self._api_key}",
             "Accept": "application/json",
-            "User-Agent": f"qwbatch/{__version__}",
+            "User-Agent": USER_AGENT,
         }
         if self._workspace_id:
             headers["X-DashScope-WorkSpace"] = self._workspace_id
@@ -359,25 +286,21 @@ class DashScopeProvider:
             headers["X-DashScope-Async"] = "enable"
         url = self._base_url + path
         response = await self._send(method, url, headers=headers, billable=billable, body=body)
-        what = f"{method} {_path(url)}"
-        data = _json_object(response)
+        what = f"{method} {path_of(url)}"
+        data = json_object(response)
         if response.is_success and data is not None:
             # DashScope may report an error inside a 200: a ``code`` and no ``output`` (§4.1).
             if not ("code" in data and "output" not in data):
                 return data
         elif response.is_success:
-            # An answer we cannot read: a billed POST may have made images, a poll can be redone.
-            problem = f"{what}: HTTP {response.status_code} without a JSON object"
-            if billable:
-                raise ProviderAmbiguousError(problem)
-            raise ProviderTransientError(problem, status_code=response.status_code)
+            raise unreadable_answer(what, response.status_code, billable=billable)
         data = data or {}
-        message = _str(data.get("message")) or _str(data.get("msg"))
+        message = as_str(data.get("message")) or as_str(data.get("msg"))
         raise classify_error(
             response.status_code,
-            _str(data.get("code")),
-            self._redact(message or _snippet(response.text)),
-            request_id=_str(data.get("request_id")),
+            as_str(data.get("code")),
+            self._redact(message or snippet(response.text)),
+            request_id=as_str(data.get("request_id")),
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             context=what,
         )
@@ -397,7 +320,7 @@ class DashScopeProvider:
         ``billable`` marks a POST that creates images: once its body may have left, a lost
         answer is ambiguous rather than transient. ``timeout_s`` overrides the client's.
         """
-        what = f"{method} {_path(url)}"  # never the query: a result URL's signature
+        what = f"{method} {path_of(url)}"  # never the query: a result URL's signature
         try:
             if self._direct is not None:
                 transport, timeout = self._direct
@@ -411,7 +334,7 @@ class DashScopeProvider:
                     timeouts=httpx.Timeout(timeout_s) if timeout_s else timeout,
                 )
             return await self._client.send(self._request(method, url, headers, body, timeout_s))
-        except _BEFORE_SEND as exc:
+        except BEFORE_SEND as exc:
             name = type(exc).__name__
             error = ProviderTransientError(f"{what}: {name} before the request was sent", code=name)
             # Refused, DNS, TLS, connect timeout: the endpoint, not this request.
@@ -452,22 +375,24 @@ class DashScopeProvider:
 
     def _task_result(self, task_id: str, status: str, data: dict[str, Any]) -> ProviderResult:
         """The result of a task in a final state, or its error."""
-        output = _dict(data.get("output"))
-        request_id = _str(data.get("request_id"))
+        output = as_dict(data.get("output"))
+        request_id = as_str(data.get("request_id"))
         if status == "SUCCEEDED":
             urls: list[str] = []
             item_errors: list[tuple[str, str]] = []
             actual_prompt: str | None = None
             orig_prompt: str | None = None
-            for item in map(_dict, _list(output.get("results"))):
-                url = _str(item.get("url"))
+            for item in map(as_dict, _list(output.get("results"))):
+                url = as_str(item.get("url"))
                 if url:
                     urls.append(url)
-                    actual_prompt = actual_prompt or _str(item.get("actual_prompt"))
-                    orig_prompt = orig_prompt or _str(item.get("orig_prompt"))
+                    actual_prompt = actual_prompt or as_str(item.get("actual_prompt"))
+                    orig_prompt = orig_prompt or as_str(item.get("orig_prompt"))
                 else:
-                    message = self._redact(_str(item.get("message")) or _str(item.get("msg")) or "")
-                    item_errors.append((_str(item.get("code")) or "ItemFailed", message))
+                    message = self._redact(
+                        as_str(item.get("message")) or as_str(item.get("msg")) or ""
+                    )
+                    item_errors.append((as_str(item.get("code")) or "ItemFailed", message))
             width, height, count = _usage(data)
             return ProviderResult(
                 images=tuple(ProviderImage(url=url, index=i) for i, url in enumerate(urls)),
@@ -482,8 +407,8 @@ class DashScopeProvider:
             )
         context = f"task {task_id} {status}"
         if status == "FAILED":
-            reason = self._redact(_str(output.get("message")) or _str(output.get("msg")) or "")
-            code = _str(output.get("code")) or "TaskFailed"
+            reason = self._redact(as_str(output.get("message")) or as_str(output.get("msg")) or "")
+            code = as_str(output.get("code")) or "TaskFailed"
             raise classify_error(None, code, reason, request_id=request_id, context=context)
         if status == "UNKNOWN":
             raise ResultExpiredError(
@@ -498,9 +423,6 @@ class DashScopeProvider:
         raise ProviderError(
             f"{context}: unexpected task status", code="TaskStatus", request_id=request_id
         )
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "<hidden>") if self._api_key else text
 
 
 def _parameters(request: RenderRequest) -> dict[str, Any]:
@@ -526,7 +448,7 @@ def _list_time(posix: float) -> str:
 
 def _usage(data: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
     """(width, height, image_count) from ``usage``, in either spelling (§4.1)."""
-    usage = _dict(data.get("usage"))
+    usage = as_dict(data.get("usage"))
 
     def pick(*keys: str) -> int | None:
         values = (_int(usage.get(key)) for key in keys)
@@ -539,37 +461,13 @@ def _usage(data: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
     )
 
 
-def _path(url: str) -> str:
-    """The path of ``url`` for messages: never its query (a result URL's signature)."""
-    try:
-        return urlsplit(url).path
-    except ValueError:  # a malformed host; sending it fails with a message of its own
-        return "(not a valid URL)"
-
-
 def _json_bytes(body: dict[str, Any]) -> bytes:
     """A JSON body as httpx encodes ``json=``: compact, UTF-8, no NaN."""
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        data = response.json()
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError both derive from it
-        return None
-    return _dict(data) if isinstance(data, dict) else None
-
-
-def _dict(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
-
-
-def _str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 def _int(value: object) -> int | None:
@@ -580,12 +478,6 @@ def _int(value: object) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     return None
-
-
-def _snippet(text: str, limit: int = 200) -> str:
-    """A short, one-line excerpt of a non-JSON body (an HTML error page, an OSS XML error)."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 if TYPE_CHECKING:

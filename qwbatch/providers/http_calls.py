@@ -1,18 +1,30 @@
-"""HTTP plumbing the FLUX and GPT Image clients share: one send that translates httpx.
+"""HTTP plumbing the provider clients share: one send that translates httpx, and the HTTP
+answers every provider gives alike mapped onto the error tree (:mod:`qwbatch.core.errors`).
 
 A failure before a byte of the request left is transient (retry it); once a billable
-request may have left, a lost answer is ambiguous (it may have been billed). Messages name
+request may have left, a lost answer is ambiguous (it may have been billed). An answer's
+status decides the rest where the provider's own codes did not (:func:`status_error`):
+429 slows down, 408 and 5xx are retried, anything else is refused for good. Messages name
 the method and the URL's path, never its query (a signed result URL) nor any header.
 """
 
 from __future__ import annotations
 
+import email.utils
+import math
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import httpx
 
-from qwbatch.core.errors import ProviderAmbiguousError, ProviderError, ProviderTransientError
+from qwbatch.core.errors import (
+    ProviderAmbiguousError,
+    ProviderError,
+    ProviderTransientError,
+    ResultExpiredError,
+    ThrottledError,
+)
 from qwbatch.core.version import __version__
 
 #: Failures raised before a single byte of the request left: always safe to retry.
@@ -64,11 +76,89 @@ async def send(
         raise ProviderTransientError(f"{what}: {name}", code=name) from exc
 
 
+def status_error(
+    status: int,
+    text: str,
+    *,
+    code: str,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    throttled: bool = False,
+) -> ProviderError | ProviderTransientError:
+    """The error of an API answer that its status decides: 429 (or ``throttled``, a
+    provider's own throttling code) is :class:`ThrottledError`, 408 and 5xx are
+    :class:`ProviderTransientError`, anything else :class:`ProviderError`.
+
+    ``retry_after`` (seconds) rides on the two that are retried.
+    """
+    if throttled or status == 429:
+        return ThrottledError(
+            text, code=code, status_code=status, request_id=request_id, retry_after=retry_after
+        )
+    if status >= 500 or status == 408:
+        return ProviderTransientError(
+            text, code=code, status_code=status, request_id=request_id, retry_after=retry_after
+        )
+    return ProviderError(text, code=code, status_code=status, request_id=request_id)
+
+
+def unreadable_answer(
+    what: str, status: int, *, billable: bool
+) -> ProviderAmbiguousError | ProviderTransientError:
+    """The error of a success answer whose body is not the JSON object it should be: a billed
+    call may have made images (ambiguous), a poll or a listing can be made again."""
+    problem = f"{what}: HTTP {status} without a JSON object"
+    if billable:
+        return ProviderAmbiguousError(problem)
+    return ProviderTransientError(problem, status_code=status)
+
+
+def download_error(
+    response: httpx.Response, url: str, *, expired: str | None = None
+) -> ProviderError | ProviderTransientError:
+    """The error of a failed result download (a result host, not the API: nothing throttles).
+
+    ``expired`` says why, when the caller judged the result gone (:class:`ResultExpiredError`);
+    otherwise 408, 429 and 5xx are :class:`ProviderTransientError` and anything else
+    :class:`ProviderError`, code ``HTTP<status>``.
+    """
+    status = response.status_code
+    head = f"GET {path_of(url)}: HTTP {status}"  # the query is a signature: keep it out
+    if expired is not None:
+        return ResultExpiredError(f"{head}: {expired}", code="ResultExpired", status_code=status)
+    text = f"{head}: {snippet(response.text)}"
+    if status in (408, 429) or status >= 500:
+        return ProviderTransientError(
+            text,
+            code=f"HTTP{status}",
+            status_code=status,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+    return ProviderError(text, code=f"HTTP{status}", status_code=status)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """A ``Retry-After`` header (seconds, or an HTTP date) as seconds from now; None if unusable."""
+    if not value or not value.strip():
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
 def json_object(response: httpx.Response) -> dict[str, Any] | None:
     """The response's JSON object, or None when the body is not one."""
     try:
         body = response.json()
-    except ValueError:
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both derive from it
         return None
     return body if isinstance(body, dict) else None
 
@@ -77,12 +167,13 @@ def path_of(url: str) -> str:
     """The path of ``url`` for messages: never its query (a signature)."""
     try:
         return urlsplit(url).path
-    except ValueError:
+    except ValueError:  # a malformed host; sending it fails with a message of its own
         return "(not a valid URL)"
 
 
 def snippet(text: str, limit: int = 200) -> str:
-    """A short one-line excerpt of a body that is not JSON."""
+    """A short one-line excerpt (at most ``limit`` characters) of a body that is not JSON: an
+    HTML error page, an object store's XML error."""
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 

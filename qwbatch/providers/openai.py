@@ -21,26 +21,29 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import httpx
 
 from qwbatch.core.costs import as_float, token_cost
-from qwbatch.core.errors import (
-    ModerationError,
-    ProviderAmbiguousError,
-    ProviderError,
-    ProviderTransientError,
-    QuotaExhaustedError,
-    ThrottledError,
-)
+from qwbatch.core.errors import ModerationError, ProviderError, QuotaExhaustedError
 from qwbatch.core.model_table import ModelTable, parse_size
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import ProviderImage, ProviderResult, RenderRequest
 from qwbatch.providers.base import TaskListing
-from qwbatch.providers.dashscope import parse_retry_after
-from qwbatch.providers.http_calls import as_dict, as_str, json_object, path_of, send, snippet
+from qwbatch.providers.http_calls import (
+    as_dict,
+    as_str,
+    download_error,
+    json_object,
+    parse_retry_after,
+    path_of,
+    send,
+    snippet,
+    status_error,
+    unreadable_answer,
+)
+from qwbatch.providers.http_provider import HttpProvider, settings_timeout
 
 if TYPE_CHECKING:
     from qwbatch.providers.base import Provider
@@ -56,7 +59,7 @@ _IMAGE_TYPES: Final = {
 _THROTTLE_CODES: Final = frozenset({"rate_limit_exceeded", "slow_down"})
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpProvider):
     """The :class:`~qwbatch.providers.base.Provider` for the OpenAI Images API."""
 
     def __init__(
@@ -67,11 +70,9 @@ class OpenAIProvider:
         api_key: str,
         table: ModelTable,
         dialect: Dialect = "openai",
+        owns_client: bool = False,
     ) -> None:
-        self._client = client
-        self._owns_client = False
-        self._base_url = base_url.rstrip("/")
-        self._api_key = api_key
+        super().__init__(client=client, base_url=base_url, api_key=api_key, owns_client=owns_client)
         self._table = table
         self._dialect = dialect
         #: Set once the account's quota is gone: nothing more is sent.
@@ -81,44 +82,19 @@ class OpenAIProvider:
     def from_settings(
         cls, settings: Settings, table: ModelTable, client: httpx.AsyncClient | None = None
     ) -> OpenAIProvider:
-        owned = client is None
-        if client is None:
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(
-                    connect=settings.connect_timeout_s,
-                    read=settings.read_timeout_s,
-                    write=60.0,
-                    pool=30.0,
-                )
-            )
-        provider = cls(
-            client=client,
+        """A provider for ``settings``; it owns (and closes) the client it creates."""
+        return cls(
+            client=client or httpx.AsyncClient(timeout=settings_timeout(settings)),
+            owns_client=client is None,
             base_url=settings.openai_base_url,
             api_key=settings.openai_key(),
             table=table,
             dialect=settings.openai_dialect,
         )
-        provider._owns_client = owned
-        return provider
 
     def __repr__(self) -> str:
         where = f"base_url={self._base_url!r}, dialect={self._dialect!r}"
         return f"OpenAIProvider({where}, api_key=<hidden>)"
-
-    async def aclose(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> OpenAIProvider:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- the Provider protocol ---------------------------------------------------------------
 
@@ -154,14 +130,7 @@ class OpenAIProvider:
         response = await send(self._client, "GET", url, headers={}, billable=False)
         if response.is_success:
             return response.content
-        if response.status_code in (408, 429) or response.status_code >= 500:
-            raise ProviderTransientError(
-                f"GET {path_of(url)}: HTTP {response.status_code}",
-                status_code=response.status_code,
-            )
-        raise ProviderError(
-            f"GET {path_of(url)}: HTTP {response.status_code}", status_code=response.status_code
-        )
+        raise download_error(response, url)
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -240,9 +209,7 @@ class OpenAIProvider:
         if response.is_success and body is not None:
             return body
         if response.is_success:
-            raise ProviderAmbiguousError(
-                f"{what}: HTTP {response.status_code} without a JSON object"
-            )
+            raise unreadable_answer(what, response.status_code, billable=True)
         raise self._error(response, body or {}, what)
 
     def _error(self, response: httpx.Response, body: dict[str, Any], what: str) -> Exception:
@@ -259,22 +226,15 @@ class OpenAIProvider:
             return self._quota_gone
         if code == "moderation_blocked":
             return ModerationError(text, code=code, status_code=status, request_id=request_id)
-        if status == 429 or code in _THROTTLE_CODES:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            millis = response.headers.get("retry-after-ms")
-            if retry_after is None and millis and millis.replace(".", "", 1).isdigit():
-                retry_after = float(millis) / 1000
-            return ThrottledError(
-                text, code=code, status_code=status, request_id=request_id, retry_after=retry_after
-            )
-        if status >= 500 or status == 408:
-            return ProviderTransientError(
-                text, code=code, status_code=status, request_id=request_id
-            )
-        return ProviderError(text, code=code, status_code=status, request_id=request_id)
-
-    def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "<hidden>") if self._api_key else text
+        throttled = status == 429 or code in _THROTTLE_CODES
+        return status_error(
+            status,
+            text,
+            code=code,
+            request_id=request_id,
+            retry_after=_retry_after(response.headers) if throttled else None,
+            throttled=throttled,
+        )
 
 
 def _part(index: int, image: str) -> tuple[str, bytes, str]:
@@ -288,6 +248,15 @@ def _part(index: int, image: str) -> tuple[str, bytes, str]:
     content_type = _IMAGE_TYPES.get(subtype, "image/png")
     extension = "jpg" if content_type == "image/jpeg" else content_type.split("/")[1]
     return f"input-{index + 1}.{extension}", base64.b64decode(payload), content_type
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds to wait, from ``retry-after`` or else OpenAI's ``retry-after-ms``."""
+    seconds = parse_retry_after(headers.get("retry-after"))
+    millis = headers.get("retry-after-ms")
+    if seconds is None and millis and millis.replace(".", "", 1).isdigit():
+        return float(millis) / 1000
+    return seconds
 
 
 def _int(value: object) -> int:

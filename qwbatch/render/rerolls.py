@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from qwbatch.core.costs import ZERO, as_float, money
 from qwbatch.core.errors import ImageError, TextReadError
-from qwbatch.core.keys import SEED_MAX, key_and_seed
+from qwbatch.core.keys import SEED_MAX, RequestFields, key_and_seed
 from qwbatch.core.settings import Settings
 from qwbatch.core.stop import StopSignal
 from qwbatch.core.types import CatalogRecord, RenderRequest
@@ -72,18 +72,16 @@ def reroll_seed(seed: int, index: int, attempt: int) -> int:
 def reroll_request(request: RenderRequest, index: int, attempt: int) -> RenderRequest:
     """Re-roll ``attempt`` of image ``index`` of ``request``: one image, a derived seed,
     its own request key; no expected text (the caller judges it)."""
-    key, seed = key_and_seed(
-        model=request.model,
-        mode=request.mode,
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        size=request.size,
+    # A re-roll's key leaves the row's params and target_size out, as it always has:
+    # putting them in would change the key of every re-roll already in a catalog.
+    fields = dataclasses.replace(
+        RequestFields.of(request),
         n=1,
         seed=reroll_seed(request.seed, index, attempt),
-        prompt_extend=request.prompt_extend,
-        watermark=request.watermark,
-        input_sha256=request.input_sha256,
+        params=(),
+        target_size=None,
     )
+    key, seed = key_and_seed(fields)
     return dataclasses.replace(request, request_key=key, seed=seed, n=1, expected_text=())
 
 

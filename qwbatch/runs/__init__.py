@@ -2,6 +2,8 @@
 
 ::
 
+    options.py           RunOptions: a run's options, one object from the API's and the
+                         flow's keyword parameters down
     runner.py            builds a run's parts from settings and runs its steps: prepare
                          (plan), render shards, finish; resolve_run_id, estimate
     records.py           a run's records in its store, and which run a rerun resumes

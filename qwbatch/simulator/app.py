@@ -1,7 +1,7 @@
 """The ASGI app: DashScope's routes under ``/api/v1``, result URLs, and ``/_sim`` controls.
 
 A thin layer: each route hands the raw request facts to :class:`~.core.Simulator` and turns
-its :class:`~.core.Reply` into a response.
+its :class:`~.account.Reply` into a response.
 
 Routes::
 
@@ -30,8 +30,9 @@ from starlette.types import Receive, Scope, Send
 
 from qwbatch.core.errors import ConfigError
 from qwbatch.core.model_table import ModelTable
+from qwbatch.simulator.account import Reply
 from qwbatch.simulator.config import SimulatorConfig
-from qwbatch.simulator.core import Reply, Simulator
+from qwbatch.simulator.core import Simulator
 from qwbatch.simulator.protocol import error_body, new_request_id
 
 API = "/api/v1"
@@ -128,7 +129,7 @@ async def _health(request: Request) -> Response:
 
 
 async def _ledger(request: Request) -> Response:
-    return JSONResponse(_sim(request).ledger.snapshot())
+    return JSONResponse(_sim(request).account.ledger.snapshot())
 
 
 async def _reset(request: Request) -> Response:
@@ -136,18 +137,18 @@ async def _reset(request: Request) -> Response:
         options = await _json_object(request)
     except ValueError as exc:
         return JSONResponse(error_body(new_request_id(), "InvalidParameter", str(exc)), 400)
-    _sim(request).reset(restore_config=bool(options.get("restore_config", False)))
+    _sim(request).account.reset(restore_config=bool(options.get("restore_config", False)))
     return JSONResponse({"ok": True})
 
 
 async def _config(request: Request) -> Response:
-    simulator = _sim(request)
+    account = _sim(request).account
     if request.method == "POST":
         try:
-            simulator.configure(await _json_object(request))
+            account.configure(await _json_object(request))
         except (ValidationError, ConfigError, ValueError) as exc:
             return JSONResponse(error_body(new_request_id(), "InvalidParameter", str(exc)), 400)
-    return JSONResponse(simulator.config.model_dump(mode="json"))
+    return JSONResponse(account.config.model_dump(mode="json"))
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

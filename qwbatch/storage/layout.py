@@ -18,9 +18,7 @@ two characters of the key that follows it, (hex), which spreads them over 256 fo
     ├── quarantine/catalog/…                              quarantine_key
     ├── manifests/table-<24 hex>.parquet                  table_manifest_key
     ├── lease/run.json                                    lease_key
-
-
-    ├── limits/learned/<model>@<scope>.json              learned_limit_key
+    ├── limits/learned/<model>@<scope>.json               learned_limit_key
     └── runs/
         ├── _index/<fingerprint>/<run_id>                 index_key
         └── <run_id>/
@@ -42,19 +40,14 @@ rejected manifest rows; the review decisions recorded by ``qwbatch review``
 (:mod:`qwbatch.catalog.review`); manifests given to the Python API as tables, saved by the hash of
 their bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); catalog parts too
 broken to read, set aside by ``catalog rebuild``; the lease of the run that holds DEST, and
-of each shard while a worker renders it (:mod:`qwbatch.storage.lease`); an index entry per
-run, keyed by what it renders, so a rerun finds the run to resume (:mod:`qwbatch.runs.records`);
-and each run's plan, summary, contact sheet, shard files, shard results
-(:mod:`qwbatch.render.shard_results`) and journal (:mod:`qwbatch.render.journal`).
+of each shard while a worker renders it (:mod:`qwbatch.storage.lease`); the request limit
+learned per model and account, for the next run (:mod:`qwbatch.runs.learned_limits`); an index
+entry per run, keyed by what it renders, so a rerun finds the run to resume
+(:mod:`qwbatch.runs.records`); and each run's plan, summary, contact sheet, shard files, shard
+results (:mod:`qwbatch.render.shard_results`) and journal (:mod:`qwbatch.render.journal`).
 
-
-rejected manifest rows; manifests given to the Python API as tables, saved by the hash of their
-bytes so a rerun finds the same file (:mod:`qwbatch.api.manifests`); the request limit learned
-per model and account, for the next run (:mod:`qwbatch.runs.learned_limits`); catalog parts too
-broken to read, set aside by ``catalog rebuild``; an index entry per run, keyed by what it
-renders, so a rerun finds the run to resume (:mod:`qwbatch.runs.records`); and each run's plan,
-summary, contact sheet, shard files, shard results (:mod:`qwbatch.render.shard_results`) and
-journal (:mod:`qwbatch.render.journal`).
+Two shapes make most keys: a request's objects spread by the first two characters of its key
+(:func:`_spread`), and a run's records under its folder (:func:`run_key`).
 
 A shard's *label* (``shard-00003``) names its journal folder and its catalog part. Keys are
 checked by :func:`qwbatch.storage.base.validate_key` wherever they are used.
@@ -68,6 +61,8 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     import pyarrow as pa
 
+#: Every run's records, one folder per run id.
+RUNS_PREFIX: Final = "runs/"
 IMAGES_PREFIX: Final = "images/"
 THUMBS_PREFIX: Final = "thumbs/"
 #: Outputs brought to their request's channel size (``target_size``).
@@ -82,7 +77,7 @@ REJECTS_PREFIX: Final = "rejects/"
 REVIEWS_PREFIX: Final = "reviews/"
 QUARANTINE_PREFIX: Final = "quarantine/"
 #: One empty object per run, keyed by what it renders: how a rerun finds the run to resume.
-INDEX_PREFIX: Final = "runs/_index/"
+INDEX_PREFIX: Final = f"{RUNS_PREFIX}_index/"
 #: Manifests given to the Python API as tables.
 TABLE_MANIFEST_PREFIX: Final = "manifests/"
 
@@ -101,9 +96,15 @@ _SHARD_NAME: Final = "shard-"
 # -- outputs and inputs -----------------------------------------------------------------------
 
 
+def _spread(prefix: str, key: str) -> str:
+    """``<prefix><ab>/<key>``: a content-addressed folder (or object), ``<ab>`` the first two
+    characters of ``key`` (hex), which spread keys over 256 folders."""
+    return f"{prefix}{key[:2]}/{key}"
+
+
 def output_key(request_key: str, index: int) -> str:
     """Content-addressed key of a request's ``index``-th output image."""
-    return f"{IMAGES_PREFIX}{request_key[:2]}/{request_key}/{index}.png"
+    return f"{_spread(IMAGES_PREFIX, request_key)}/{index}.png"
 
 
 _OUTPUT_KEY_RE = re.compile(rf"{IMAGES_PREFIX}[0-9a-f]{{2}}/([0-9a-f]{{64}})/(\d+)\.png$")
@@ -136,7 +137,7 @@ def output_keys(request_keys: pa.Array, indexes: pa.Array) -> pa.Array:
 
 def delivered_key(request_key: str, index: int) -> str:
     """Key of a request's ``index``-th output at its channel size (``target_size``)."""
-    return f"{DELIVERED_PREFIX}{request_key[:2]}/{request_key}/{index}.png"
+    return f"{_spread(DELIVERED_PREFIX, request_key)}/{index}.png"
 
 
 def delivered_keys(request_keys: pa.Array, indexes: pa.Array, targets: pa.Array) -> pa.Array:
@@ -150,17 +151,17 @@ def delivered_keys(request_keys: pa.Array, indexes: pa.Array, targets: pa.Array)
 
 def request_doc_key(request_key: str) -> str:
     """The request document beside a request's output images."""
-    return f"{IMAGES_PREFIX}{request_key[:2]}/{request_key}/{REQUEST_DOC}"
+    return f"{_spread(IMAGES_PREFIX, request_key)}/{REQUEST_DOC}"
 
 
 def thumb_key(request_key: str, index: int) -> str:
     """Key of the thumbnail of a request's ``index``-th output image."""
-    return f"{THUMBS_PREFIX}{request_key[:2]}/{request_key}/{index}.webp"
+    return f"{_spread(THUMBS_PREFIX, request_key)}/{index}.webp"
 
 
 def staged_key(sha256: str) -> str:
     """The staged input whose original bytes have this sha256 (hex)."""
-    return f"{STAGE_PREFIX}{sha256[:2]}/{sha256}"
+    return _spread(STAGE_PREFIX, sha256)
 
 
 # -- the catalog ------------------------------------------------------------------------------
@@ -214,21 +215,28 @@ def quarantine_key(key: str) -> str:
 # -- a run's records --------------------------------------------------------------------------
 
 
+def run_key(run_id: str, name: str) -> str:
+    """``runs/<run_id>/<name>``: one of a run's records (``name`` may hold ``/``; a name
+    ending in ``/`` is a folder of them)."""
+    return f"{RUNS_PREFIX}{run_id}/{name}"
+
+
 def run_prefix(run_id: str) -> str:
-    return f"runs/{run_id}/"
+    """The folder of every record of one run."""
+    return run_key(run_id, "")
 
 
 def plan_key(run_id: str) -> str:
-    return f"{run_prefix(run_id)}plan.json"
+    return run_key(run_id, "plan.json")
 
 
 def summary_key(run_id: str) -> str:
-    return f"{run_prefix(run_id)}summary.json"
+    return run_key(run_id, "summary.json")
 
 
 def run_sheet_key(run_id: str) -> str:
     """The contact sheet a run draws of its own outputs."""
-    return f"{run_prefix(run_id)}contact-sheet.png"
+    return run_key(run_id, "contact-sheet.png")
 
 
 def index_prefix(fingerprint: str) -> str:
@@ -242,7 +250,7 @@ def index_key(fingerprint: str, run_id: str) -> str:
 
 def shards_prefix(run_id: str) -> str:
     """The folder of a run's shard files and their results."""
-    return f"{run_prefix(run_id)}shards/"
+    return run_key(run_id, "shards/")
 
 
 def shard_key(run_id: str, index: int) -> str:
@@ -275,8 +283,7 @@ def is_shard_result(key: str) -> bool:
 
 def journal_prefix(run_id: str, label: str | None = None) -> str:
     """``runs/<run_id>/journal/`` or, with a shard label, that shard's folder."""
-    base = f"{run_prefix(run_id)}journal/"
-    return f"{base}{label}/" if label else base
+    return run_key(run_id, f"journal/{label}/" if label else "journal/")
 
 
 def journal_key(prefix: str, writer: str, seq: int) -> str:
@@ -300,7 +307,7 @@ def lease_key() -> str:
 def shard_lease_key(shard_key: str) -> str:
     """The lease of the worker rendering one shard (its heartbeat, ``storage.lease``)."""
     run_id = shard_key.split("/", 2)[1]
-    return f"{run_prefix(run_id)}leases/{shard_label(shard_key)}.json"
+    return run_key(run_id, f"leases/{shard_label(shard_key)}.json")
 
 
 # -- limits -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from PIL import Image
 
 from qwbatch.catalog.table import read_catalog
 from qwbatch.core import images
-from qwbatch.core.keys import canonical_request, key_and_seed, request_key
+from qwbatch.core.keys import RequestFields, canonical_request, key_and_seed, request_key
 from qwbatch.core.model_table import ModelTable, parse_target_size
 from qwbatch.manifest.reader import read_manifest
 from qwbatch.report.html import render_html_report
@@ -28,21 +28,21 @@ TABLE = ModelTable.load()
 
 def test_keys_without_a_target_are_unchanged_and_with_one_it_follows_the_seed() -> None:
     plain = dict(model="qwen-image-2.0", mode="generate", prompt="a cat", seed=7)
-    assert canonical_request(**plain) == (
+    assert canonical_request(RequestFields(**plain)) == (
         b'["qwbatch/1","qwen-image-2.0","generate","a cat",null,null,1,null,false,[],7]'
     )
-    assert canonical_request(**plain, target_size="300*250") == (
+    assert canonical_request(RequestFields(**plain, target_size="300*250")) == (
         b'["qwbatch/1","qwen-image-2.0","generate","a cat",null,null,1,null,false,[],7,"300*250"]'
     )
     # A key made before channel sizes is still the same key: the hash of the form above.
     before = b'["qwbatch/1","qwen-image-2.0","generate","a cat",null,null,1,null,false,[],7]'
-    assert request_key(**plain) == hashlib.sha256(before).hexdigest()
+    assert request_key(RequestFields(**plain)) == hashlib.sha256(before).hexdigest()
     no_seed = dict(model="qwen-image-2.0", mode="generate", prompt="a cat", size="576*480")
-    key, seed = key_and_seed(**no_seed)
-    target_key, target_seed = key_and_seed(**no_seed, target_size="300*250")
+    key, seed = key_and_seed(RequestFields(**no_seed))
+    target_key, target_seed = key_and_seed(RequestFields(**no_seed, target_size="300*250"))
     assert target_seed == seed  # the same render, seed and all
     assert target_key != key
-    assert request_key(**no_seed, seed=seed, target_size="300*250") == target_key
+    assert request_key(RequestFields(**no_seed, seed=seed, target_size="300*250")) == target_key
 
 
 @pytest.mark.parametrize(
