@@ -87,7 +87,9 @@ def status_error(
 ) -> ProviderError | ProviderTransientError:
     """The error of an API answer that its status decides: 429 (or ``throttled``, a
     provider's own throttling code) is :class:`ThrottledError`, 408 and 5xx are
-    :class:`ProviderTransientError`, anything else :class:`ProviderError`.
+    :class:`ProviderTransientError`, anything else :class:`ProviderError` — marked
+    ``account_wide`` for 401 and 403 (a wrong key, an account without access refuse every
+    request alike: the rows are left unrendered and the run's breaker counts them).
 
     ``retry_after`` (seconds) rides on the two that are retried.
     """
@@ -99,7 +101,9 @@ def status_error(
         return ProviderTransientError(
             text, code=code, status_code=status, request_id=request_id, retry_after=retry_after
         )
-    return ProviderError(text, code=code, status_code=status, request_id=request_id)
+    error = ProviderError(text, code=code, status_code=status, request_id=request_id)
+    error.account_wide = status in (401, 403)
+    return error
 
 
 def unreadable_answer(

@@ -153,6 +153,18 @@ async def test_bfl_refusals_are_permanent_and_name_no_key(bfl: Build) -> None:
         await bfl(Script(json_answer(401, {"message": "bad key"}))).submit_task(req())
     assert denied.value.code == "HTTP401"
     assert not isinstance(denied.value, ResultExpiredError)
+    assert denied.value.account_wide  # every row alike: unrendered, counted by the breaker
+    assert not caught.value.account_wide
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_gpt_a_refused_key_or_account_is_account_wide(gpt: Build, status: int) -> None:
+    body = {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}
+    with pytest.raises(ProviderError) as caught:
+        await gpt(Script(json_answer(status, body))).generate(req("gpt-image-2"))
+    assert caught.value.status_code == status
+    assert caught.value.account_wide
+    assert KEY not in str(caught.value)
 
 
 @pytest.mark.parametrize("answer", [text_answer(200, "<html>ok</html>"), json_answer(200, {})])
