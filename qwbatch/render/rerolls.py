@@ -72,14 +72,11 @@ def reroll_seed(seed: int, index: int, attempt: int) -> int:
 def reroll_request(request: RenderRequest, index: int, attempt: int) -> RenderRequest:
     """Re-roll ``attempt`` of image ``index`` of ``request``: one image, a derived seed,
     its own request key; no expected text (the caller judges it)."""
-    # A re-roll's key leaves the row's params and target_size out, as it always has:
-    # putting them in would change the key of every re-roll already in a catalog.
+    # Its key holds everything the re-roll is rendered with, params and target_size
+    # included: two rows that differ only in those must not share a re-roll's key (the
+    # journal would hand one row the other's image on a resume).
     fields = dataclasses.replace(
-        RequestFields.of(request),
-        n=1,
-        seed=reroll_seed(request.seed, index, attempt),
-        params=(),
-        target_size=None,
+        RequestFields.of(request), n=1, seed=reroll_seed(request.seed, index, attempt)
     )
     key, seed = key_and_seed(fields)
     return dataclasses.replace(request, request_key=key, seed=seed, n=1, expected_text=())

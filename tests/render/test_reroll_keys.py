@@ -1,4 +1,5 @@
-"""A re-roll's key and seed, pinned: a change would make every re-roll in a catalog "new"."""
+"""A re-roll's key and seed, pinned: a change would make every re-roll in a catalog "new";
+and a re-roll's key holds what it is rendered with, so two rows never share one."""
 
 from __future__ import annotations
 
@@ -28,9 +29,13 @@ def test_reroll_keys_are_pinned() -> None:
         target_size="300*250",
     )
     again = reroll_request(request, 1, 2)
-    assert again.request_key == "cfc96666e9dde3ffae046cfb30b15e57443e905cef2ed7b1d86bea67326a0345"
+    assert again.request_key == "d35f4ab255490e5f8a96cbec4c6d194658772257fb0d8bb7b2dc53063fb7c5ad"
     assert reroll_request(request, 0, 1).seed == 345172742
     assert (again.n, again.params, again.target_size) == (1, request.params, "300*250")
-    # The key leaves params and target_size out (as it always has), whatever the request holds.
-    bare = dataclasses.replace(RequestFields.of(again), params=(), target_size=None)
-    assert key_and_seed(bare) == (again.request_key, again.seed)
+    assert key_and_seed(RequestFields.of(again)) == (again.request_key, again.seed)
+    # Rows that differ only in params, or only in their target size, re-roll under other keys.
+    for other in (
+        dataclasses.replace(request, params=(("quality", "low"),)),
+        dataclasses.replace(request, target_size="728*90"),
+    ):
+        assert reroll_request(other, 1, 2).request_key != again.request_key
