@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from plan_helpers import earlier_catalog
 from typer.testing import CliRunner
 
 from qwbatch.budget.policy import BudgetPolicy
@@ -21,7 +22,7 @@ from qwbatch.core.errors import ManifestError
 from qwbatch.core.keys import SEED_MAX, key_and_seed
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import CatalogRecord, PlanItem
+from qwbatch.core.types import PlanItem
 from qwbatch.manifest.reader import read_manifest
 from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
 from qwbatch.plan import plan_run, read_shard
@@ -123,37 +124,6 @@ def _settings(tmp_path: Path) -> Settings:
     return Settings(default_model=DEFAULT, shard_size=3, api_key="sk-test")
 
 
-def _existing_catalog(store: LocalStore, manifest: Path, *, all_images: bool = True) -> None:
-    """A catalog holding outputs for every fourth accepted request: each of its images, or
-    (``all_images`` False) its first image only."""
-    requests = [
-        r for b in read_manifest(manifest, table=TABLE, default_model=DEFAULT) for r in b.requests
-    ]
-    records = []
-    for request in requests[::4]:
-        for index in range(request.n if all_images else 1):
-            records.append(
-                CatalogRecord(
-                    run_id="earlier",
-                    row_id=request.row_id,
-                    request_key=request.request_key,
-                    mode=request.mode,
-                    model=request.model,
-                    prompt=request.prompt,
-                    size=request.size,
-                    seed=request.seed,
-                    status="succeeded",
-                    image_index=index,
-                    output_uri=f"file:///x/{request.request_key}-{index}",
-                    sha256="ab" * 32,
-                    bytes=10,
-                    width=8,
-                    height=8,
-                )
-            )
-    catalog.write_part(store, records, run_id="earlier", label="shard-00000")
-
-
 def _catalog_rows(store: LocalStore, uri: str | None) -> list[dict[str, object]]:
     """The rows of the plan's catalog part, without their timestamps."""
     assert uri == store.uri("catalog/part-r1-plan.parquet")
@@ -178,7 +148,7 @@ def test_streaming_plan_equals_the_in_memory_plan(tmp_path: Path, all_images: bo
     plans = {}
     for name in ("stream", "memory"):
         store = LocalStore(tmp_path / name)
-        _existing_catalog(store, manifest, all_images=all_images)
+        earlier_catalog(store, manifest, every=4, all_images=all_images)
         budget = BudgetPolicy(Decimal(10**9), "refuse") if name == "memory" else None
         plan = plan_run(manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget)
         shards = [[(i.request, i.aliases) for i in read_shard(store, k)] for k in plan.shard_keys]
@@ -232,7 +202,7 @@ def test_run_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     manifest = varied_manifest(tmp_path / "m.parquet", 60)
     out = tmp_path / "out"
     store = LocalStore(out)
-    _existing_catalog(store, manifest)
+    earlier_catalog(store, manifest, every=4, all_images=True)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     result = CliRunner().invoke(
         app, ["run", str(manifest), "--out", str(out), "--dry-run", "--shard-size", "4"]
@@ -267,7 +237,7 @@ def test_dedup_rows_join_each_request_to_its_stored_output(tmp_path: Path, absen
     one whose key has no stored output (dropped; the others keep their order)."""
     manifest = varied_manifest(tmp_path / "m.parquet", 40)
     store = LocalStore(tmp_path / "out")
-    _existing_catalog(store, manifest, all_images=False)
+    earlier_catalog(store, manifest, every=4, all_images=False)
     stored = pq.read_table(io.BytesIO(store.get(catalog.part_keys(store)[0])))
     keys = stored["request_key"].to_pylist()[:5]
     asked_keys = [*keys[:2], "0" * 64, *keys[2:]] if absent else keys
