@@ -276,9 +276,13 @@ def test_dedup_rows_join_each_request_to_its_stored_output(tmp_path: Path, absen
     assert {r["cost"] for r in rows} == {0.0}
 
 
-def test_blocks_of_new_rows_place_requests_as_row_by_row(tmp_path: Path) -> None:
-    # Clean rows and no catalog: whole blocks of new requests are placed in bulk; a block
-    # repeating an earlier block's request, or its own, goes row by row. Both as in memory.
+@pytest.mark.parametrize("with_catalog", [False, True])
+def test_blocks_of_new_rows_place_requests_as_row_by_row(
+    tmp_path: Path, with_catalog: bool
+) -> None:
+    # Clean rows: whole blocks of requests new to the catalog (every fourth row in it, or no
+    # catalog) are placed in bulk; a block repeating an earlier block's request, or its
+    # own, goes row by row. Both as in memory.
     rows = 60
     prompts = [f"a lamp, variant {i}" for i in range(rows)]
     prompts[35] = prompts[3]  # repeats a request of an earlier block
@@ -293,6 +297,8 @@ def test_blocks_of_new_rows_place_requests_as_row_by_row(tmp_path: Path) -> None
     plans = {}
     for name in ("stream", "memory"):
         store = LocalStore(tmp_path / name)
+        if with_catalog:
+            earlier_catalog(store, manifest, every=4, all_images=True)
         budget = BudgetPolicy(Decimal(10**9), "refuse") if name == "memory" else None
         plan = (
             stream_plan(manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10)
@@ -302,9 +308,24 @@ def test_blocks_of_new_rows_place_requests_as_row_by_row(tmp_path: Path) -> None
             )
         )
         shards = [[(i.request, i.aliases) for i in read_shard(store, k)] for k in plan.shard_keys]
-        plans[name] = (plan, shards)
-    (stream, s_shards), (memory, m_shards) = plans["stream"], plans["memory"]
+        dry = stream_plan(
+            manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10,
+            dry_run=True,
+        )  # fmt: skip
+        assert (dry.requests, dry.deduplicated, dry.shards) == (
+            plan.requests,
+            plan.deduplicated,
+            len(plan.shard_keys),
+        )
+        dedup = _catalog_rows(store, plan.dedup_part_uri) if with_catalog else []
+        plans[name] = (plan, shards, dedup)
+    (stream, s_shards, s_dedup), (memory, m_shards, m_dedup) = plans["stream"], plans["memory"]
     assert s_shards == m_shards
-    assert [a.row_id for shard in s_shards for _, found in shard for a in found] == ["r35", "r52"]
-    assert stream.requests == memory.requests == rows - 2
+    assert s_dedup == m_dedup
+    # With the catalog, r52's request (r51's) is in it: both rows are deduplicated.
+    aliases = ["r35"] if with_catalog else ["r35", "r52"]
+    assert [a.row_id for shard in s_shards for _, found in shard for a in found] == aliases
+    in_catalog = len(range(0, rows, 4)) + 1 if with_catalog else 0
+    assert stream.deduplicated == memory.deduplicated == in_catalog
+    assert stream.requests == memory.requests == rows - len(aliases) - in_catalog
     assert stream.shard_keys == memory.shard_keys
