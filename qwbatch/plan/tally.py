@@ -5,14 +5,13 @@ gives for the same requests."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qwbatch.core.costs import UNTAGGED, ZERO, CostLine, Estimate, PriceTable
+from qwbatch.core.costs import UNTAGGED, ZERO, CostLine, Estimate, PriceTable, TagLines
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import RenderRequest
@@ -24,15 +23,22 @@ _ENTRIES = pa.list_(
 
 
 class Tally:
-    """Requests and images of the plan by model and by (tag label, model), for the estimate."""
+    """Requests and images of the plan by model and by (tag label, model), for the estimate.
+
+    Blocks are counted a few at a time (:data:`TALLY_ROWS` requests): a group-by has a
+    fixed cost (~1.5 ms) however few rows it groups, and the plan's blocks are small.
+    """
 
     def __init__(self) -> None:
         self.models: dict[str, list[int]] = {}
         #: Images by (model, size, inputs, quality): what prices FLUX and GPT Image requests.
         self.priced: dict[tuple[str, str | None, int, str | None], int] = {}
-        self._tag_tables: list[pa.Table] = []
+        #: One row per (request, tag label): columns ``label``, ``model`` and ``n``.
+        self._tags: list[pa.Table] = []
         #: Images of rows that expect text, by model (only row-checker rows can).
         self.text_images: dict[str, int] = {}
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
 
     def add_text(self, requests: Iterable[RenderRequest]) -> None:
         """Count the images of ``requests`` whose text will be checked (and may re-roll)."""
@@ -42,21 +48,29 @@ class Tally:
                 self.text_images[request.model] = images + request.n
 
     def add(self, requests: pa.Table) -> None:
-        """Count requests: columns ``model``, ``n`` and ``tags`` (map<string,string>)."""
+        """Count requests: :data:`REQUEST_COUNTS` columns."""
         if requests.num_rows == 0:
             return
-        requests = requests.combine_chunks()
+        self._pending.append(requests)
+        self._pending_rows += requests.num_rows
+        if self._pending_rows >= TALLY_ROWS:
+            self._count()
+
+    def _count(self) -> None:
+        """Count the requests added since the last count."""
+        if not self._pending:
+            return
+        requests = pa.concat_tables(self._pending).combine_chunks()
+        self._pending, self._pending_rows = [], 0
         model, n = requests["model"].chunk(0), requests["n"].chunk(0)
-        by_model = pa.table({"model": model, "n": n}).group_by("model", use_threads=False)
-        for row in by_model.aggregate([("n", "sum"), ("n", "count")]).to_pylist():
+        shapes = requests.select(["model", "size", "inputs", "quality", "n"])
+        grouped = shapes.group_by(["model", "size", "inputs", "quality"], use_threads=False)
+        for row in grouped.aggregate([("n", "sum"), ("n", "count")]).to_pylist():
+            shape = (row["model"], row["size"], row["inputs"], row["quality"])
+            self.priced[shape] = self.priced.get(shape, 0) + row["n_sum"]
             line = self.models.setdefault(row["model"], [0, 0])
             line[0] += row["n_count"]
             line[1] += row["n_sum"]
-        shapes = requests.select(["model", "size", "inputs", "quality", "n"])
-        grouped = shapes.group_by(["model", "size", "inputs", "quality"], use_threads=False)
-        for row in grouped.aggregate([("n", "sum")]).to_pylist():
-            shape = (row["model"], row["size"], row["inputs"], row["quality"])
-            self.priced[shape] = self.priced.get(shape, 0) + row["n_sum"]
         tags = requests["tags"].chunk(0).cast(_ENTRIES)  # list kernels do not take maps
         flat = tags.flatten()
         keys, values = flat.field("key"), flat.field("value")
@@ -74,14 +88,14 @@ class Tally:
                 "n": pa.chunked_array([pc.take(n, parents), pc.take(n, untagged)]),
             }
         )
-        self._tag_tables.append(
-            entries.group_by(["label", "model"], use_threads=False)
-            .aggregate([("n", "count"), ("n", "sum")])
-            .select(list(_TAG_COLUMNS))
-        )
+        # Kept as they are (~35 bytes an entry) and summed once, at the end: a group-by per
+        # block hashed every label once more, and most labels (an id as a tag) occur once.
+        self._tags.append(entries.combine_chunks())
 
     def estimate(self, prices: PriceTable) -> Estimate:
-        """The estimate ``costs.estimate`` gives for the same requests."""
+        """The estimate ``costs.estimate`` gives for the same requests (its tag lines as
+        ``costs.TagLines``)."""
+        self._count()
         result = Estimate(region=prices.region, currency=prices.currency)
         shaped: dict[str, Decimal] = {}
         for (model, size, inputs, quality), images in self.priced.items():
@@ -110,33 +124,108 @@ class Tally:
         }
         for model, text_images in self.text_images.items():
             result.add_text(text_images, prices.unit_price(model) or ZERO)
-        # Tag lines are often one per row (an id as a tag): share their equal costs.
-        costs: dict[tuple[str, int], Decimal] = {}
-        by_tag = result.by_tag
-        # Each block's counts added up here, a slice of Python values at a time: a group-by
-        # of them all would hold a hash of every label (the plan's largest transient), and
-        # summing per block gives the same lines.
-        lines = (
-            zip(*(chunk[name].to_pylist() for name in _TAG_COLUMNS), strict=True)
-            for table in self._tag_tables
-            for chunk in table.to_batches(max_chunksize=_TAG_SLICE)
-        )
-        for label, model, requests, images in itertools.chain.from_iterable(lines):
-            tag_cost = costs.get((model, images))
-            if tag_cost is None:
-                tag_cost = costs[(model, images)] = images * price_of[model]
-            line = by_tag.get(label)
-            if line is None:
-                by_tag[label] = CostLine(requests, images, tag_cost)
-            else:
-                line.requests += requests
-                line.images += images
-                line.cost += tag_cost
+        result.by_tag = _tag_lines(self._tags, price_of)
+        self._tags = []
         return result
 
 
-_TAG_COLUMNS = ("label", "model", "n_count", "n_sum")
-_TAG_SLICE = 32_768
+#: Requests counted at a time (see :class:`Tally`).
+TALLY_ROWS = 131_072
+
+
+def _tag_lines(tags: list[pa.Table], price_of: dict[str, Decimal]) -> TagLines:
+    """The tag lines of ``tags`` (a row per request and tag label: ``label``, ``model``,
+    ``n``), costed at ``price_of`` per image: one line per label.
+
+    A line's cost is ``images × price`` of each of its models, summed: computed once per
+    distinct (model, images) pair for labels met once (a handful of pairs, even with an id
+    as a tag) and in Python for labels met more often (few, however many rows they hold);
+    then each line gets the rank of its cost among the distinct costs, in Arrow."""
+    entries = pa.concat_tables([_NO_TAGS, *tags])
+    encoded = pc.dictionary_encode(entries["label"])
+    # The chunks share one dictionary, complete in each.
+    last = encoded.num_chunks - 1
+    names = encoded.chunk(last).dictionary if last >= 0 else pa.array([], pa.string())
+    index = pa.chunked_array([chunk.indices for chunk in encoded.chunks], pa.int32())
+    index = index.combine_chunks()
+    # Labels are numbered as first met: a row whose number exceeds every earlier row's
+    # meets its label first; a label met again is among the numbers of the other rows.
+    first = pc.greater(index, _shifted(pc.cumulative_max(index)))
+    again = pc.unique(pc.filter(index, pc.invert(first)))
+    repeated = pc.is_in(index, value_set=again)
+    once = entries.filter(pc.invert(repeated))
+    models, images = once["model"].combine_chunks(), once["n"].combine_chunks()
+    distinct = (
+        pa.table({"model": models, "images": images})
+        .group_by(["model", "images"], use_threads=False)
+        .aggregate([])
+    )
+    pair_costs = [
+        count * price_of[model]
+        for model, count in zip(
+            distinct["model"].to_pylist(), distinct["images"].to_pylist(), strict=True
+        )
+    ]
+    # Labels met more than once: summed by (label, model) in Arrow, costed in Python.
+    many = (
+        pa.table({"index": pc.filter(index, repeated), "model": entries["model"].filter(repeated)})
+        .append_column("n", entries["n"].filter(repeated))
+        .group_by(["index", "model"], use_threads=False)
+        .aggregate([("n", "count"), ("n", "sum")])
+    )
+    summed: dict[int, CostLine] = {}
+    for at, model, requests, count in zip(
+        *(many[name].to_pylist() for name in ("index", "model", "n_count", "n_sum")), strict=True
+    ):
+        line = summed.setdefault(at, CostLine())
+        line.requests += requests
+        line.images += count
+        line.cost += count * price_of[model]
+    costs = sorted({*pair_costs, *(line.cost for line in summed.values())})
+    rank_of = {cost: at for at, cost in enumerate(costs)}
+    pair_ranks = pa.array([rank_of[cost] for cost in pair_costs], pa.int64())
+    found = pc.index_in(
+        _pair_keys(models, images), value_set=_pair_keys(distinct["model"], distinct["images"])
+    )
+    lines = summed.values()
+    return TagLines(
+        pa.concat_arrays(
+            [once["label"].combine_chunks(), names.take(pa.array(summed, pa.int64()))]
+        ),
+        pa.concat_arrays(
+            [_ones(once.num_rows), pa.array([line.requests for line in lines], pa.int64())]
+        ),
+        pa.concat_arrays([images, pa.array([line.images for line in lines], pa.int64())]),
+        pa.concat_arrays(
+            [
+                pc.take(pair_ranks, found),
+                pa.array([rank_of[line.cost] for line in lines], pa.int64()),
+            ]
+        ),
+        costs,
+    )
+
+
+def _shifted(values: pa.Array) -> pa.Array:
+    """``values`` one place later, -1 first."""
+    if not len(values):
+        return values
+    return pa.concat_arrays([pa.array([-1], values.type), values.slice(0, len(values) - 1)])
+
+
+def _ones(count: int) -> pa.Array:
+    """``count`` ones (int64)."""
+    return pc.cast(pa.nulls(count, pa.int8()).is_null(), pa.int64())
+
+
+def _pair_keys(models: pa.Array, images: pa.Array) -> pa.Array:
+    """One text per (model, images) pair, to look pairs up in Arrow."""
+    return pc.binary_join_element_wise(models, pc.cast(images, pa.string()), "\x1f")
+
+
+_NO_TAGS = pa.schema(
+    [("label", pa.string()), ("model", pa.string()), ("n", pa.int64())]
+).empty_table()
 
 
 #: What the estimate needs of a request (size, inputs and quality price FLUX and GPT Image).

@@ -18,6 +18,7 @@ from qwbatch.budget.policy import BudgetPolicy
 from qwbatch.catalog import key_set as catalog_keys
 from qwbatch.catalog import table as catalog
 from qwbatch.cli import app
+from qwbatch.core.costs import TagLines
 from qwbatch.core.errors import ManifestError
 from qwbatch.core.keys import SEED_MAX, key_and_seed
 from qwbatch.core.model_table import ModelTable
@@ -28,6 +29,7 @@ from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
 from qwbatch.plan import plan_run, read_shard
 from qwbatch.plan.planner import stream_plan
 from qwbatch.plan.shards import encode_line
+from qwbatch.runs import records
 from qwbatch.storage.stores import LocalStore
 
 TABLE = ModelTable.load()
@@ -176,6 +178,18 @@ def test_streaming_plan_equals_the_in_memory_plan(tmp_path: Path, all_images: bo
     ):
         assert getattr(stream, field) == getattr(memory, field), field
     assert stream.folded > 0
+    # The streaming estimate's tag lines are Arrow columns (costs.TagLines): the same lines,
+    # the same largest ones (ties by label), and a saved plan keeps them.
+    assert stream.estimate is not None
+    assert memory.estimate is not None
+    assert isinstance(stream.estimate.by_tag, TagLines)
+    for count in (3, 10_000):
+        assert stream.estimate.largest_tags(count) == memory.estimate.largest_tags(count)
+    store = LocalStore(tmp_path / "stream")
+    records.save_plan(store, stream, "fingerprint")
+    saved = records.load_plan(store, "r1")
+    assert saved is not None
+    assert saved[0].estimate == memory.estimate
 
 
 def test_a_strict_plan_refused_late_leaves_no_shard_behind(tmp_path: Path) -> None:
