@@ -141,7 +141,7 @@ def _tag_lines(tags: list[pa.Table], price_of: dict[str, Decimal]) -> TagLines:
     distinct (model, images) pair for labels met once (a handful of pairs, even with an id
     as a tag) and in Python for labels met more often (few, however many rows they hold);
     then each line gets the rank of its cost among the distinct costs, in Arrow."""
-    entries = pa.concat_tables([_NO_TAGS, *tags])
+    entries = pa.concat_tables([_TAG_ENTRIES.empty_table(), *tags])
     encoded = pc.dictionary_encode(entries["label"])
     # The chunks share one dictionary, complete in each.
     last = encoded.num_chunks - 1
@@ -223,9 +223,9 @@ def _pair_keys(models: pa.Array, images: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(models, pc.cast(images, pa.string()), "\x1f")
 
 
-_NO_TAGS = pa.schema(
-    [("label", pa.string()), ("model", pa.string()), ("n", pa.int64())]
-).empty_table()
+#: What the tally keeps of each (request, tag label) (an empty table of it is made when
+#: needed: making one imports pandas, where installed).
+_TAG_ENTRIES = pa.schema([("label", pa.string()), ("model", pa.string()), ("n", pa.int64())])
 
 
 #: What the estimate needs of a request (size, inputs and quality price FLUX and GPT Image).
