@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from qwbatch.catalog import key_set as catalog_keys
 from qwbatch.catalog import table as catalog
@@ -114,43 +115,18 @@ class Planner:
         digests, seeds = key_rows(block.rows)
         slow = block.requests
         shorts = [digest[:16] for digest in digests]
+        slow_shorts = [short_key(r.request_key) for r in slow]
         # Which keys the catalog has, for the whole block at once (one round trip when the
         # catalog's keys are in the other process of a split plan).
-        hits = self.present.hits([*shorts, *(short_key(r.request_key) for r in slow)])
+        hits = self.present.hits([*shorts, *slow_shorts])
         new: list[int | RenderRequest] = []
-        dedup_fast: list[int] = []
         alias_fast: list[int] = []
-        slow_dedup: list[RenderRequest] = []
-        seen = self.seen
-        fast_rows: list[int] = fast["row_number"].to_pylist() if slow else []
-        next_slow = 0
-        one_by_one = shorts
-        if not slow:
-            # The common block: no row-checker row, and the rows the catalog lacks each a
-            # request of its own: placed in bulk (the loop below gives the same places, row
-            # by row). ``hits`` is one byte per row, 0 or 1: compress() selects by it.
-            rows = range(len(shorts))
-            fresh = hits.translate(_NOT) if 1 in hits else None
-            fresh_shorts = shorts if fresh is None else list(itertools.compress(shorts, fresh))
-            if _all_new(fresh_shorts, seen):
-                if fresh is not None:
-                    dedup_fast.extend(itertools.compress(rows, hits))
-                new.extend(rows if fresh is None else itertools.compress(rows, fresh))
-                seen.update(zip(fresh_shorts, itertools.count(len(seen))))
-                one_by_one = []
-        for i, short in enumerate(one_by_one):
-            while next_slow < len(slow) and slow[next_slow].row_number < fast_rows[i]:
-                self._take_slow(slow[next_slow], hits[len(shorts) + next_slow], new, slow_dedup)
-                next_slow += 1
-            if hits[i]:
-                dedup_fast.append(i)
-            elif short in seen:
-                alias_fast.append(i)
-            else:
-                seen[short] = len(seen)
-                new.append(i)
-        for at in range(next_slow, len(slow)):
-            self._take_slow(slow[at], hits[len(shorts) + at], new, slow_dedup)
+        if not self._place_in_bulk(fast, shorts, slow, slow_shorts, hits, new):
+            self._place_one_by_one(fast, shorts, slow, slow_shorts, hits, new, alias_fast)
+        # The catalog's hits, fast rows' and the row checker's, in manifest order each.
+        count = len(shorts)
+        dedup_fast = list(itertools.compress(range(count), hits))
+        slow_dedup = list(itertools.compress(slow, hits[count:]))
 
         self.plan.deduplicated += len(dedup_fast) + len(slow_dedup)
         if self.counts_only:
@@ -161,6 +137,76 @@ class Planner:
             self._add_dedup(fast, keys, seed_array, dedup_fast, slow_dedup)
         if alias_fast:
             self._alias_fast(fast, shorts, alias_fast)
+
+    def _place_in_bulk(
+        self,
+        fast: pa.Table,
+        shorts: list[bytes],
+        slow: list[RenderRequest],
+        slow_shorts: list[bytes],
+        hits: bytes,
+        new: list[int | RenderRequest],
+    ) -> bool:
+        """Place the block's requests the catalog lacks at once, when none of them repeats
+        another or one already planned (the common block): ``new`` gets them in manifest
+        order (a fast row's index, a row-checker row's request), as one by one would. False
+        (and nothing placed) when some repeats. ``hits`` is one byte per key (fast rows',
+        then the row checker's), 0 or 1: compress() selects by it."""
+        keys = shorts + slow_shorts if slow else shorts
+        order: list[int] | range = range(len(keys))
+        if slow:  # the row checker's requests between the fast rows, by row number
+            numbers = pa.concat_arrays(
+                [
+                    fast["row_number"].combine_chunks().cast(pa.int64()),
+                    pa.array([r.row_number for r in slow], pa.int64()),
+                ]
+            )
+            order = pc.sort_indices(numbers).to_pylist()  # stable: a row's requests in order
+        if 1 in hits:
+            missing = hits.translate(_NOT)
+            order = list(itertools.compress(order, bytes(map(missing.__getitem__, order))))
+        fresh = keys if order == range(len(keys)) else list(map(keys.__getitem__, order))
+        seen = self.seen
+        if not _all_new(fresh, seen):
+            return False
+        count = len(shorts)
+        if slow:
+            new.extend(i if i < count else slow[i - count] for i in order)
+        else:
+            new.extend(order)
+        seen.update(zip(fresh, itertools.count(len(seen))))
+        return True
+
+    def _place_one_by_one(
+        self,
+        fast: pa.Table,
+        shorts: list[bytes],
+        slow: list[RenderRequest],
+        slow_shorts: list[bytes],
+        hits: bytes,
+        new: list[int | RenderRequest],
+        alias_fast: list[int],
+    ) -> None:
+        """Place the block's requests in manifest order: a request the catalog has is left
+        to the caller, one repeating an earlier request becomes its alias."""
+        seen = self.seen
+        fast_rows: list[int] = fast["row_number"].to_pylist() if slow else []
+        next_slow = 0
+        count = len(shorts)
+        for i, short in enumerate(shorts):
+            while next_slow < len(slow) and slow[next_slow].row_number < fast_rows[i]:
+                at = next_slow
+                self._take_slow(slow[at], slow_shorts[at], hits[count + at], new)
+                next_slow += 1
+            if hits[i]:
+                continue
+            if short in seen:
+                alias_fast.append(i)
+            else:
+                seen[short] = len(seen)
+                new.append(i)
+        for at in range(next_slow, len(slow)):
+            self._take_slow(slow[at], slow_shorts[at], hits[count + at], new)
 
     def _add_dedup(
         self,
@@ -178,16 +224,10 @@ class Planner:
             self.dedup.add(pa.concat_tables([rows.cast(schema) for rows in deduplicated]))
 
     def _take_slow(
-        self,
-        request: RenderRequest,
-        present: int,
-        new: list[int | RenderRequest],
-        dedup: list[RenderRequest],
+        self, request: RenderRequest, short: bytes, present: int, new: list[int | RenderRequest]
     ) -> None:
         if present:
-            dedup.append(request)
-            return
-        short = short_key(request.request_key)
+            return  # the caller gathers the catalog's hits
         place = self.seen.get(short)
         if place is None:
             self.seen[short] = len(self.seen)

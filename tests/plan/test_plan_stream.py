@@ -343,3 +343,36 @@ def test_blocks_of_new_rows_place_requests_as_row_by_row(
     assert stream.deduplicated == memory.deduplicated == in_catalog
     assert stream.requests == memory.requests == rows - len(aliases) - in_catalog
     assert stream.shard_keys == memory.shard_keys
+
+
+@pytest.mark.parametrize("with_catalog", [False, True])
+def test_blocks_with_row_checker_rows_place_requests_as_in_memory(
+    tmp_path: Path, with_catalog: bool
+) -> None:
+    # Blocks mixing column-wise rows and the row checker's (controls, padding, unsorted
+    # tags), no request repeated: placed in bulk, in manifest order, as the in-memory plan.
+    manifest = varied_manifest(tmp_path / "m.parquet", 60)
+    settings = Settings(default_model=DEFAULT, shard_size=7)
+    outcomes = {}
+    for name in ("stream", "memory"):
+        store = LocalStore(tmp_path / name)
+        if with_catalog:
+            earlier_catalog(store, manifest, every=3, all_images=True)
+        if name == "stream":
+            plan = stream_plan(
+                manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10
+            )
+        else:
+            budget = BudgetPolicy(Decimal(10**9), "refuse")
+            plan = plan_run(
+                manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget
+            )
+        shards = [[i.request for i in read_shard(store, k)] for k in plan.shard_keys]
+        dedup = _catalog_rows(store, plan.dedup_part_uri) if with_catalog else []
+        outcomes[name] = (shards, dedup, plan.deduplicated, plan.folded)
+    assert outcomes["stream"] == outcomes["memory"]
+    shards, dedup, deduplicated, folded = outcomes["stream"]
+    assert folded == 0
+    assert (deduplicated > 10) == with_catalog
+    variants = {r.row_number % 6 for shard in shards for r in shard}
+    assert {3, 4} <= variants  # rows of the row checker among them (PROMPTS[3] and [4])
