@@ -245,7 +245,13 @@ class Planner:
     ) -> None:
         """Hand the block's new requests to the writer (their lines, or in a dry run, with
         ``keys`` and ``seeds`` None, their count) and count them for the estimate."""
-        fast_new = new if not block.requests else [i for i in new if isinstance(i, int)]
+        fast_new: list[int] | list[int | RenderRequest] = new
+        slow: list[RenderRequest] = []
+        is_fast: list[bool] = []
+        if block.requests:  # the row checker's requests may be among them
+            is_fast = [isinstance(entry, int) for entry in new]
+            fast_new = list(itertools.compress(new, is_fast))
+            slow = [entry for entry in new if not isinstance(entry, int)]
         lines = pa.array([], pa.string())
         counted = REQUEST_COUNTS.empty_table()
         counts_only = keys is None or seeds is None
@@ -254,20 +260,14 @@ class Planner:
             if keys is not None and seeds is not None:
                 lines = shard_lines(block.rows, chosen, keys, seeds)
             counted = fast_counts(block.fast, chosen)
-        if len(fast_new) < len(new):
-            # Rows of the row checker among them: after the fast ones, then all put back in
-            # manifest order.
-            slow = [entry for entry in new if not isinstance(entry, int)]
-            order: list[int] = []
-            fast_at, slow_at = 0, len(fast_new)
-            for entry in new:
-                if isinstance(entry, int):
-                    order.append(fast_at)
-                    fast_at += 1
-                else:
-                    order.append(slow_at)
-                    slow_at += 1
-            at = pa.array(order, pa.int64())
+        if slow:
+            # After the fast ones, then all put back in manifest order: each entry's place
+            # among the fast (cumulative count of fast entries) or after them.
+            fast_mask = pa.array(is_fast, pa.bool_())
+            fast_at = pc.subtract(pc.cumulative_sum(pc.cast(fast_mask, pa.int64())), 1)
+            slow_mask = pc.cast(pc.invert(fast_mask), pa.int64())
+            slow_at = pc.add(pc.cumulative_sum(slow_mask), len(fast_new) - 1)
+            at = pc.if_else(fast_mask, fast_at, slow_at)
             if not counts_only:
                 slow_lines = [encode_line(PlanItem(r)) + "\n" for r in slow]
                 lines = pa.concat_arrays([lines, pa.array(slow_lines, pa.string())]).take(at)
@@ -278,7 +278,7 @@ class Planner:
             self.writer.add(lines)
         if self.requests is None:
             self.tally.add(counted)
-            self.tally.add_text(entry for entry in new if not isinstance(entry, int))
+            self.tally.add_text(slow)
         else:
             self.requests.append(counted)
 
