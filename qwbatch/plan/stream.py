@@ -35,6 +35,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -75,6 +76,19 @@ class KeySet:
 
     def hits(self, shorts: list[bytes]) -> bytes:
         return bytes(map(self.keys.__contains__, shorts))
+
+
+@dataclass(frozen=True, slots=True)
+class _BlockKeys:
+    """A block's rows as the plan places them: the fast rows (``fast``) and their short
+    keys, the row checker's requests (``slow``) and theirs, and one byte per key (fast
+    rows', then the row checker's), 1 where the catalog has it."""
+
+    fast: pa.Table
+    shorts: list[bytes]
+    slow: list[RenderRequest]
+    slow_shorts: list[bytes]
+    hits: bytes
 
 
 class Planner:
@@ -121,8 +135,9 @@ class Planner:
         hits = self.present.hits([*shorts, *slow_shorts])
         new: list[int | RenderRequest] = []
         alias_fast: list[int] = []
-        if not self._place_in_bulk(fast, shorts, slow, slow_shorts, hits, new):
-            self._place_one_by_one(fast, shorts, slow, slow_shorts, hits, new, alias_fast)
+        keys = _BlockKeys(fast, shorts, slow, slow_shorts, hits)
+        if not self._place_in_bulk(keys, new):
+            self._place_one_by_one(keys, new, alias_fast)
         # The catalog's hits, fast rows' and the row checker's, in manifest order each.
         count = len(shorts)
         dedup_fast = list(itertools.compress(range(count), hits))
@@ -138,21 +153,14 @@ class Planner:
         if alias_fast:
             self._alias_fast(fast, shorts, alias_fast)
 
-    def _place_in_bulk(
-        self,
-        fast: pa.Table,
-        shorts: list[bytes],
-        slow: list[RenderRequest],
-        slow_shorts: list[bytes],
-        hits: bytes,
-        new: list[int | RenderRequest],
-    ) -> bool:
+    def _place_in_bulk(self, block: _BlockKeys, new: list[int | RenderRequest]) -> bool:
         """Place the block's requests the catalog lacks at once, when none of them repeats
         another or one already planned (the common block): ``new`` gets them in manifest
         order (a fast row's index, a row-checker row's request), as one by one would. False
         (and nothing placed) when some repeats. ``hits`` is one byte per key (fast rows',
         then the row checker's), 0 or 1: compress() selects by it."""
-        keys = shorts + slow_shorts if slow else shorts
+        fast, shorts, slow, hits = block.fast, block.shorts, block.slow, block.hits
+        keys = shorts + block.slow_shorts if slow else shorts
         order: list[int] | range = range(len(keys))
         if slow:  # the row checker's requests between the fast rows, by row number
             numbers = pa.concat_arrays(
@@ -178,19 +186,13 @@ class Planner:
         return True
 
     def _place_one_by_one(
-        self,
-        fast: pa.Table,
-        shorts: list[bytes],
-        slow: list[RenderRequest],
-        slow_shorts: list[bytes],
-        hits: bytes,
-        new: list[int | RenderRequest],
-        alias_fast: list[int],
+        self, block: _BlockKeys, new: list[int | RenderRequest], alias_fast: list[int]
     ) -> None:
         """Place the block's requests in manifest order: a request the catalog has is left
         to the caller, one repeating an earlier request becomes its alias."""
+        shorts, slow, slow_shorts, hits = block.shorts, block.slow, block.slow_shorts, block.hits
         seen = self.seen
-        fast_rows: list[int] = fast["row_number"].to_pylist() if slow else []
+        fast_rows: list[int] = block.fast["row_number"].to_pylist() if slow else []
         next_slow = 0
         count = len(shorts)
         for i, short in enumerate(shorts):

@@ -26,7 +26,7 @@ from qwbatch.core.settings import Settings
 from qwbatch.core.types import PlanItem
 from qwbatch.manifest.reader import read_manifest
 from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
-from qwbatch.plan import plan_run, read_shard
+from qwbatch.plan import Plan, plan_run, read_shard
 from qwbatch.plan.planner import stream_plan
 from qwbatch.plan.shards import encode_line
 from qwbatch.runs import records
@@ -290,6 +290,43 @@ def test_dedup_rows_join_each_request_to_its_stored_output(tmp_path: Path, absen
     assert {r["cost"] for r in rows} == {0.0}
 
 
+def _streamed_and_in_memory(
+    manifest: Path, tmp_path: Path, *, catalog_every: int | None
+) -> dict[str, tuple[Plan, list[list[tuple[object, object]]], list[dict[str, object]]]]:
+    """``manifest`` planned streaming (blocks of 10 rows) and in memory, each into its own
+    store holding a catalog of every ``catalog_every``-th request (None: no catalog): each
+    plan, its shards' (request, aliases), and its catalog rows of deduplicated requests. The
+    streaming dry run counts as its run."""
+    settings = Settings(default_model=DEFAULT, shard_size=7)
+    plans = {}
+    for name in ("stream", "memory"):
+        store = LocalStore(tmp_path / name)
+        if catalog_every is not None:
+            earlier_catalog(store, manifest, every=catalog_every, all_images=True)
+        if name == "stream":
+            plan = stream_plan(
+                manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10
+            )
+            dry = stream_plan(
+                manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10,
+                dry_run=True,
+            )  # fmt: skip
+            assert (dry.requests, dry.deduplicated, dry.shards) == (
+                plan.requests,
+                plan.deduplicated,
+                len(plan.shard_keys),
+            )
+        else:
+            budget = BudgetPolicy(Decimal(10**9), "refuse")
+            plan = plan_run(
+                manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget
+            )
+        shards = [[(i.request, i.aliases) for i in read_shard(store, k)] for k in plan.shard_keys]
+        dedup = _catalog_rows(store, plan.dedup_part_uri) if catalog_every is not None else []
+        plans[name] = (plan, shards, dedup)
+    return plans
+
+
 @pytest.mark.parametrize("with_catalog", [False, True])
 def test_blocks_of_new_rows_place_requests_as_row_by_row(
     tmp_path: Path, with_catalog: bool
@@ -307,32 +344,7 @@ def test_blocks_of_new_rows_place_requests_as_row_by_row(
         manifest,
         row_group_size=16,
     )
-    settings = Settings(default_model=DEFAULT, shard_size=7)
-    plans = {}
-    for name in ("stream", "memory"):
-        store = LocalStore(tmp_path / name)
-        if with_catalog:
-            earlier_catalog(store, manifest, every=4, all_images=True)
-        budget = BudgetPolicy(Decimal(10**9), "refuse") if name == "memory" else None
-        plan = (
-            stream_plan(manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10)
-            if budget is None
-            else plan_run(
-                manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget
-            )
-        )
-        shards = [[(i.request, i.aliases) for i in read_shard(store, k)] for k in plan.shard_keys]
-        dry = stream_plan(
-            manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10,
-            dry_run=True,
-        )  # fmt: skip
-        assert (dry.requests, dry.deduplicated, dry.shards) == (
-            plan.requests,
-            plan.deduplicated,
-            len(plan.shard_keys),
-        )
-        dedup = _catalog_rows(store, plan.dedup_part_uri) if with_catalog else []
-        plans[name] = (plan, shards, dedup)
+    plans = _streamed_and_in_memory(manifest, tmp_path, catalog_every=4 if with_catalog else None)
     (stream, s_shards, s_dedup), (memory, m_shards, m_dedup) = plans["stream"], plans["memory"]
     assert s_shards == m_shards
     assert s_dedup == m_dedup
@@ -352,27 +364,12 @@ def test_blocks_with_row_checker_rows_place_requests_as_in_memory(
     # Blocks mixing column-wise rows and the row checker's (controls, padding, unsorted
     # tags), no request repeated: placed in bulk, in manifest order, as the in-memory plan.
     manifest = varied_manifest(tmp_path / "m.parquet", 60)
-    settings = Settings(default_model=DEFAULT, shard_size=7)
-    outcomes = {}
-    for name in ("stream", "memory"):
-        store = LocalStore(tmp_path / name)
-        if with_catalog:
-            earlier_catalog(store, manifest, every=3, all_images=True)
-        if name == "stream":
-            plan = stream_plan(
-                manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10
-            )
-        else:
-            budget = BudgetPolicy(Decimal(10**9), "refuse")
-            plan = plan_run(
-                manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget
-            )
-        shards = [[i.request for i in read_shard(store, k)] for k in plan.shard_keys]
-        dedup = _catalog_rows(store, plan.dedup_part_uri) if with_catalog else []
-        outcomes[name] = (shards, dedup, plan.deduplicated, plan.folded)
-    assert outcomes["stream"] == outcomes["memory"]
-    shards, dedup, deduplicated, folded = outcomes["stream"]
-    assert folded == 0
-    assert (deduplicated > 10) == with_catalog
-    variants = {r.row_number % 6 for shard in shards for r in shard}
+    plans = _streamed_and_in_memory(manifest, tmp_path, catalog_every=3 if with_catalog else None)
+    (stream, s_shards, s_dedup), (memory, m_shards, m_dedup) = plans["stream"], plans["memory"]
+    assert s_shards == m_shards
+    assert s_dedup == m_dedup
+    assert stream.deduplicated == memory.deduplicated
+    assert stream.folded == memory.folded == 0
+    assert (stream.deduplicated > 10) == with_catalog
+    variants = {request.row_number % 6 for shard in s_shards for request, _ in shard}
     assert {3, 4} <= variants  # rows of the row checker among them (PROMPTS[3] and [4])
