@@ -361,7 +361,11 @@ class Estimate:
             "requests": self.requests,
             "images": self.images,
             "by_model": by_model,
-            "by_tag": {tag: line.to_dict() for tag, line in sorted(self.by_tag.items())},
+            "by_tag": (
+                self.by_tag.to_dict()
+                if isinstance(self.by_tag, TagLines)
+                else {tag: line.to_dict() for tag, line in sorted(self.by_tag.items())}
+            ),
             "unpriced": dict(sorted(self.unpriced.items())),
             "text_images": self.text_images,
             "reroll_round": as_float(self.reroll_round),
@@ -395,7 +399,8 @@ class TagLines(Mapping[str, CostLine]):
         self._images = images
         self._ranks = ranks
         self._costs = list(costs)
-        self._places: dict[str, int] | None = None
+        #: label → (requests, images, rank), as Python values: made at the first look-up.
+        self._values: dict[str, tuple[int, int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -404,12 +409,31 @@ class TagLines(Mapping[str, CostLine]):
         return iter(self._labels.to_pylist())
 
     def __getitem__(self, label: str) -> CostLine:
-        if self._places is None:  # built once, at the first look-up
-            self._places = {name: at for at, name in enumerate(self._labels.to_pylist())}
-        return self._line(self._places[label])
+        if self._values is None:  # all lines at once: a look-up often leads to the rest
+            columns = (self._requests, self._images, self._ranks)
+            self._values = dict(
+                zip(
+                    self._labels.to_pylist(),
+                    zip(*(column.to_pylist() for column in columns), strict=True),
+                    strict=True,
+                )
+            )
+        requests, images, rank = self._values[label]
+        return CostLine(requests, images, self._costs[rank])
 
     def __repr__(self) -> str:
         return f"TagLines({dict(self.items())!r})"
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Label → ``CostLine.to_dict()``, by label: what ``Estimate.to_dict`` lists."""
+        order = pc.sort_indices(self._labels)
+        costs = [as_float(cost) for cost in self._costs]
+        columns = (self._labels, self._requests, self._images, self._ranks)
+        labels, requests, images, ranks = (column.take(order).to_pylist() for column in columns)
+        return {
+            label: {"requests": count, "images": made, "cost": costs[rank]}
+            for label, count, made, rank in zip(labels, requests, images, ranks, strict=True)
+        }
 
     def largest(self, count: int) -> list[tuple[str, CostLine]]:
         """The ``count`` lines of largest cost (ties by label), largest first."""
