@@ -172,7 +172,9 @@ class Planner:
             order = pc.sort_indices(numbers).to_pylist()  # stable: a row's requests in order
         if 1 in hits:
             missing = hits.translate(_NOT)
-            order = list(itertools.compress(order, bytes(map(missing.__getitem__, order))))
+            if slow:  # the selectors in the order of ``order``
+                missing = bytes(map(missing.__getitem__, order))
+            order = list(itertools.compress(order, missing))
         fresh = keys if order == range(len(keys)) else list(map(keys.__getitem__, order))
         seen = self.seen
         if not _all_new(fresh, seen):
