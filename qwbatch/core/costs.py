@@ -36,11 +36,14 @@ from __future__ import annotations
 
 import heapq
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from qwbatch.core.errors import ConfigError
 from qwbatch.core.model_table import MEGAPIXEL, ModelSpec, ModelTable
@@ -286,7 +289,8 @@ class Estimate:
     images: int = 0
     total: Decimal = ZERO
     by_model: dict[str, CostLine] = field(default_factory=dict)
-    by_tag: dict[str, CostLine] = field(default_factory=dict)
+    #: Label → line: a dict as requests are added, or :class:`TagLines` (a streaming plan's).
+    by_tag: dict[str, CostLine] | TagLines = field(default_factory=dict)
     unit_prices: dict[str, Decimal] = field(default_factory=dict)
     unpriced: dict[str, int] = field(default_factory=dict)
     #: Images whose row expects text, and what re-rendering each of them once costs: the
@@ -306,8 +310,10 @@ class Estimate:
         self.images += request.n
         self.total += cost
         self.by_model.setdefault(request.model, CostLine()).add(request.n, cost)
+        by_tag = self.by_tag
+        assert isinstance(by_tag, dict), "a streaming plan's tag lines are final"
         for label in tag_labels(request.tags):
-            self.by_tag.setdefault(label, CostLine()).add(request.n, cost)
+            by_tag.setdefault(label, CostLine()).add(request.n, cost)
         if request.expected_text:
             self.add_text(request.n, price or ZERO)
         return cost
@@ -326,6 +332,8 @@ class Estimate:
 
         Picked without sorting every line: a manifest with an id as a tag has a line per
         row, and sorting a million of them took longer than the plan's hashing."""
+        if isinstance(self.by_tag, TagLines):
+            return self.by_tag.largest(count)
         if count < 1 or not self.by_tag:
             return []
         # The count-th largest cost first (Decimals alone compare fast), then only the lines
@@ -353,11 +361,95 @@ class Estimate:
             "requests": self.requests,
             "images": self.images,
             "by_model": by_model,
-            "by_tag": {tag: line.to_dict() for tag, line in sorted(self.by_tag.items())},
+            "by_tag": (
+                self.by_tag.to_dict()
+                if isinstance(self.by_tag, TagLines)
+                else {tag: line.to_dict() for tag, line in sorted(self.by_tag.items())}
+            ),
             "unpriced": dict(sorted(self.unpriced.items())),
             "text_images": self.text_images,
             "reroll_round": as_float(self.reroll_round),
         }
+
+
+class TagLines(Mapping[str, CostLine]):
+    """An estimate's tag lines held as Arrow columns, a :class:`CostLine` made when read.
+
+    A manifest with an id as a tag has a tag line per row: a million lines as Python
+    objects took longer to build than the plan's hashing, while ``qwbatch estimate`` and a
+    dry run show ten of them and count the rest. A streaming plan's ``Estimate.by_tag`` is
+    this read-only mapping: its length and its largest lines come from the columns, and a
+    line's ``CostLine`` is made when it is looked up or iterated (``--json`` lists them all).
+
+    One line per distinct label: ``labels`` (string), ``requests`` and ``images`` (int64),
+    and ``ranks`` (int64), the index of the line's cost in ``costs``, the distinct costs in
+    ascending order: ranking by that index ranks by the exact cost.
+    """
+
+    def __init__(
+        self,
+        labels: pa.Array,
+        requests: pa.Array,
+        images: pa.Array,
+        ranks: pa.Array,
+        costs: Sequence[Decimal],
+    ) -> None:
+        self._labels = labels
+        self._requests = requests
+        self._images = images
+        self._ranks = ranks
+        self._costs = list(costs)
+        #: label → (requests, images, rank), as Python values: made at the first look-up.
+        self._values: dict[str, tuple[int, int, int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._labels.to_pylist())
+
+    def __getitem__(self, label: str) -> CostLine:
+        if self._values is None:  # all lines at once: a look-up often leads to the rest
+            columns = (self._requests, self._images, self._ranks)
+            self._values = dict(
+                zip(
+                    self._labels.to_pylist(),
+                    zip(*(column.to_pylist() for column in columns), strict=True),
+                    strict=True,
+                )
+            )
+        requests, images, rank = self._values[label]
+        return CostLine(requests, images, self._costs[rank])
+
+    def __repr__(self) -> str:
+        return f"TagLines({dict(self.items())!r})"
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Label → ``CostLine.to_dict()``, by label: what ``Estimate.to_dict`` lists."""
+        order = pc.sort_indices(self._labels)
+        costs = [as_float(cost) for cost in self._costs]
+        columns = (self._labels, self._requests, self._images, self._ranks)
+        labels, requests, images, ranks = (column.take(order).to_pylist() for column in columns)
+        return {
+            label: {"requests": count, "images": made, "cost": costs[rank]}
+            for label, count, made, rank in zip(labels, requests, images, ranks, strict=True)
+        }
+
+    def largest(self, count: int) -> list[tuple[str, CostLine]]:
+        """The ``count`` lines of largest cost (ties by label), largest first."""
+        if count < 1 or not len(self):
+            return []
+        ranked = pa.table({"rank": self._ranks, "label": self._labels})
+        order = [("rank", "descending"), ("label", "ascending")]
+        picked = pc.select_k_unstable(ranked, k=min(count, len(self)), sort_keys=order)
+        return [(self._labels[at].as_py(), self._line(at)) for at in picked.to_pylist()]
+
+    def _line(self, at: int) -> CostLine:
+        return CostLine(
+            self._requests[at].as_py(),
+            self._images[at].as_py(),
+            self._costs[self._ranks[at].as_py()],
+        )
 
 
 def estimate(requests: Iterable[RenderRequest], prices: PriceTable) -> Estimate:

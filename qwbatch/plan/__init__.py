@@ -4,7 +4,9 @@
 outputs exist, folds repeated requests, prices the rest (refusing or trimming to a budget)
 and writes the work as shard files. It chooses the path itself: in memory when a budget
 ranks the whole plan (``memory``), else streaming in one process (``stream``) or, for
-large manifests, two (``split``); the paths are internals.
+large manifests, two (``split``, its second process ``second_process``); the paths are
+internals, and share ``tally`` (the estimate's counts), ``dedup`` (rows already rendered)
+and ``aliases`` (rows repeating a request).
 
 - ``model``: the ``Plan`` every path fills, ``new_run_id``;
 - ``shards``: shard file lines and keys (``read_shard``, ``decode_shard``); ``shard_codec``:

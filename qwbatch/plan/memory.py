@@ -16,8 +16,9 @@ from qwbatch.catalog import table as catalog
 from qwbatch.core.costs import PriceTable, estimate
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import Alias, CatalogRecord, PlanItem
+from qwbatch.core.types import CatalogRecord, PlanItem
 from qwbatch.manifest import InputResolver, Reject, read_manifest, rejects_table
+from qwbatch.plan.aliases import alias_of
 from qwbatch.plan.model import Plan, dedup_records
 from qwbatch.plan.shards import write_shard
 from qwbatch.storage.stores import ObjectStore
@@ -70,15 +71,7 @@ def plan_in_memory(
                 )
             elif key in items:
                 plan.folded += 1
-                items[key].aliases.append(
-                    Alias(
-                        request.row_id,
-                        request.row_number,
-                        request.tags,
-                        request.input_images,
-                        request.input_notes,
-                    )
-                )
+                items[key].aliases.append(alias_of(request))
                 items[key].request = budgets.rank(items[key].request, request)
             else:
                 items[key] = PlanItem(request)

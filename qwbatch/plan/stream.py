@@ -14,12 +14,13 @@ rows):
    dict short key → the request's place in the plan);
 4. new requests' shard lines are joined in Arrow and handed to a ``ShardWriter``, which
    writes each shard (zstd) as it fills; deduplicated rows are kept compressed
-   (``catalog_keys.DedupRows``); a row repeating an earlier row's key is kept as an
-   ``Alias`` of that request (rare, so kept as an object).
+   (``qwbatch.plan.dedup``); a row repeating an earlier row's key is kept as an ``Alias``
+   of that request (rare, so kept as an object; ``qwbatch.plan.aliases``); the estimate's
+   counts are gathered in Arrow (``qwbatch.plan.tally``).
 
 When the manifest is read, the shards that gained aliases are rewritten with them, the
 deduplicated rows are joined with the catalog's outputs (``catalog_keys.dedup_rows``) into
-the ``plan`` catalog part, and the estimate is priced from per-(tag, model) counts. Peak
+the ``plan`` catalog part, and the estimate is priced from the tally. Peak
 memory is about one record batch, one shard of lines, and ~100 bytes per distinct key (the
 catalog's and the plan's), plus the deduplicated rows (compressed) until they are written.
 Arrow allocates from its jemalloc pool meanwhile (:func:`planning_pool`).
@@ -29,156 +30,34 @@ A plan that fails (a strict reject, an unreadable file) deletes the shards it wr
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from decimal import Decimal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from qwbatch import budget as budgets
 from qwbatch.catalog import key_set as catalog_keys
 from qwbatch.catalog import table as catalog
 from qwbatch.catalog.key_set import short_key
-from qwbatch.core.costs import UNTAGGED, ZERO, CostLine, Estimate, PriceTable
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import Alias, PlanItem, RenderRequest
-from qwbatch.core.uris import recorded_uri
 from qwbatch.manifest import CheckedBlock, InputResolver, Reject, read_manifest, rejects_table
 from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
+from qwbatch.plan.aliases import alias_of, attach_aliases
+from qwbatch.plan.dedup import dedup_part, fast_dedup_rows, put_dedup_part, slow_dedup_rows
 from qwbatch.plan.model import Plan
 from qwbatch.plan.shard_writer import WRITERS, ShardWriter
-from qwbatch.plan.shards import decode_shard, encode_line, write_shard
+from qwbatch.plan.shards import encode_line
+from qwbatch.plan.tally import REQUEST_COUNTS, Tally, fast_counts, price, request_counts
 from qwbatch.storage.layout import shard_key
 from qwbatch.storage.stores import LocalStore, ObjectStore, make_durable
-
-_EMPTY_LIST = pa.list_(pa.string())
-_ENTRIES = pa.list_(
-    pa.struct([pa.field("key", pa.string(), nullable=False), pa.field("value", pa.string())])
-)
-
-
-class Tally:
-    """Requests and images of the plan by model and by (tag label, model), for the estimate."""
-
-    def __init__(self) -> None:
-        self.models: dict[str, list[int]] = {}
-        #: Images by (model, size, inputs, quality): what prices FLUX and GPT Image requests.
-        self.priced: dict[tuple[str, str | None, int, str | None], int] = {}
-        self._tag_tables: list[pa.Table] = []
-        #: Images of rows that expect text, by model (only row-checker rows can).
-        self.text_images: dict[str, int] = {}
-
-    def add_text(self, requests: Iterable[RenderRequest]) -> None:
-        """Count the images of ``requests`` whose text will be checked (and may re-roll)."""
-        for request in requests:
-            if request.expected_text:
-                images = self.text_images.get(request.model, 0)
-                self.text_images[request.model] = images + request.n
-
-    def add(self, requests: pa.Table) -> None:
-        """Count requests: columns ``model``, ``n`` and ``tags`` (map<string,string>)."""
-        if requests.num_rows == 0:
-            return
-        requests = requests.combine_chunks()
-        model, n = requests["model"].chunk(0), requests["n"].chunk(0)
-        by_model = pa.table({"model": model, "n": n}).group_by("model", use_threads=False)
-        for row in by_model.aggregate([("n", "sum"), ("n", "count")]).to_pylist():
-            line = self.models.setdefault(row["model"], [0, 0])
-            line[0] += row["n_count"]
-            line[1] += row["n_sum"]
-        shapes = requests.select(["model", "size", "inputs", "quality", "n"])
-        grouped = shapes.group_by(["model", "size", "inputs", "quality"], use_threads=False)
-        for row in grouped.aggregate([("n", "sum")]).to_pylist():
-            shape = (row["model"], row["size"], row["inputs"], row["quality"])
-            self.priced[shape] = self.priced.get(shape, 0) + row["n_sum"]
-        tags = requests["tags"].chunk(0).cast(_ENTRIES)  # list kernels do not take maps
-        flat = tags.flatten()
-        keys, values = flat.field("key"), flat.field("value")
-        parents = pc.list_parent_indices(tags)
-        labels = pc.if_else(
-            pc.equal(values, ""), keys, pc.binary_join_element_wise(keys, values, "=")
-        )
-        untagged = pc.indices_nonzero(pc.equal(pc.fill_null(pc.list_value_length(tags), 0), 0))
-        entries = pa.table(
-            {
-                "label": pa.chunked_array(
-                    [labels, pa.array([UNTAGGED] * len(untagged), pa.string())], pa.string()
-                ),
-                "model": pa.chunked_array([pc.take(model, parents), pc.take(model, untagged)]),
-                "n": pa.chunked_array([pc.take(n, parents), pc.take(n, untagged)]),
-            }
-        )
-        self._tag_tables.append(
-            entries.group_by(["label", "model"], use_threads=False)
-            .aggregate([("n", "count"), ("n", "sum")])
-            .select(list(_TAG_COLUMNS))
-        )
-
-    def estimate(self, prices: PriceTable) -> Estimate:
-        """The estimate ``costs.estimate`` gives for the same requests."""
-        result = Estimate(region=prices.region, currency=prices.currency)
-        shaped: dict[str, Decimal] = {}
-        for (model, size, inputs, quality), images in self.priced.items():
-            if prices.priced_per_request(model):
-                each = prices.price_for(model, size, inputs=inputs, quality=quality) or ZERO
-                shaped[model] = shaped.get(model, ZERO) + images * each
-        for model, (requests, images) in self.models.items():
-            price = prices.unit_price(model)
-            if price is None:
-                result.unpriced[model] = images
-            else:
-                result.unit_prices[model] = price
-            cost = shaped[model] if model in shaped else images * (price or ZERO)
-            result.requests += requests
-            result.images += images
-            result.total += cost
-            result.by_model[model] = CostLine(requests, images, cost)
-        # A model priced per request shares its cost among its tag lines by images.
-        price_of = {
-            model: (
-                shaped[model] / images
-                if model in shaped and images
-                else prices.unit_price(model) or ZERO
-            )
-            for model, (_, images) in self.models.items()
-        }
-        for model, text_images in self.text_images.items():
-            result.add_text(text_images, prices.unit_price(model) or ZERO)
-        # Tag lines are often one per row (an id as a tag): share their equal costs.
-        costs: dict[tuple[str, int], Decimal] = {}
-        by_tag = result.by_tag
-        # Each block's counts added up here, a slice of Python values at a time: a group-by
-        # of them all would hold a hash of every label (the plan's largest transient), and
-        # summing per block gives the same lines.
-        lines = (
-            zip(*(chunk[name].to_pylist() for name in _TAG_COLUMNS), strict=True)
-            for table in self._tag_tables
-            for chunk in table.to_batches(max_chunksize=_TAG_SLICE)
-        )
-        for label, model, requests, images in itertools.chain.from_iterable(lines):
-            tag_cost = costs.get((model, images))
-            if tag_cost is None:
-                tag_cost = costs[(model, images)] = images * price_of[model]
-            line = by_tag.get(label)
-            if line is None:
-                by_tag[label] = CostLine(requests, images, tag_cost)
-            else:
-                line.requests += requests
-                line.images += images
-                line.cost += tag_cost
-        return result
-
-
-_TAG_COLUMNS = ("label", "model", "n_count", "n_sum")
-_TAG_SLICE = 32_768
 
 
 class KeyLookup(Protocol):
@@ -197,6 +76,19 @@ class KeySet:
 
     def hits(self, shorts: list[bytes]) -> bytes:
         return bytes(map(self.keys.__contains__, shorts))
+
+
+@dataclass(frozen=True, slots=True)
+class _BlockKeys:
+    """A block's rows as the plan places them: the fast rows (``fast``) and their short
+    keys, the row checker's requests (``slow``) and theirs, and one byte per key (fast
+    rows', then the row checker's), 1 where the catalog has it."""
+
+    fast: pa.Table
+    shorts: list[bytes]
+    slow: list[RenderRequest]
+    slow_shorts: list[bytes]
+    hits: bytes
 
 
 class Planner:
@@ -225,6 +117,9 @@ class Planner:
         self.aliases: dict[int, list[tuple[Alias, int | None]]] = defaultdict(list)
         self.tally = Tally()
         self.requests: list[pa.Table] | None = [] if keep_requests else None
+        #: A dry run writes no shard and no catalog part: it builds neither their lines nor
+        #: the rows of deduplicated requests (about a tenth of its CPU), only counts them.
+        self.counts_only = writer.counts_only
 
     def take(self, block: CheckedBlock) -> None:
         """Plan one block's rows, in manifest order."""
@@ -234,117 +129,160 @@ class Planner:
         digests, seeds = key_rows(block.rows)
         slow = block.requests
         shorts = [digest[:16] for digest in digests]
+        slow_shorts = [short_key(r.request_key) for r in slow]
         # Which keys the catalog has, for the whole block at once (one round trip when the
         # catalog's keys are in the other process of a split plan).
-        hits = self.present.hits([*shorts, *(short_key(r.request_key) for r in slow)])
+        hits = self.present.hits([*shorts, *slow_shorts])
         new: list[int | RenderRequest] = []
-        dedup_fast: list[int] = []
         alias_fast: list[int] = []
-        slow_dedup: list[RenderRequest] = []
+        keys = _BlockKeys(fast, shorts, slow, slow_shorts, hits)
+        if not self._place_in_bulk(keys, new):
+            self._place_one_by_one(keys, new, alias_fast)
+        # The catalog's hits, fast rows' and the row checker's, in manifest order each.
+        count = len(shorts)
+        dedup_fast = list(itertools.compress(range(count), hits))
+        slow_dedup = list(itertools.compress(slow, hits[count:]))
+
+        self.plan.deduplicated += len(dedup_fast) + len(slow_dedup)
+        if self.counts_only:
+            self._add_new(block, None, None, new)
+        else:
+            keys, seed_array = hex_keys(digests), pa.array(seeds, pa.int64())
+            self._add_new(block, keys, seed_array, new)
+            self._add_dedup(fast, keys, seed_array, dedup_fast, slow_dedup)
+        if alias_fast:
+            self._alias_fast(fast, shorts, alias_fast)
+
+    def _place_in_bulk(self, block: _BlockKeys, new: list[int | RenderRequest]) -> bool:
+        """Place the block's requests the catalog lacks at once, when none of them repeats
+        another or one already planned (the common block): ``new`` gets them in manifest
+        order (a fast row's index, a row-checker row's request), as one by one would. False
+        (and nothing placed) when some repeats. ``hits`` is one byte per key (fast rows',
+        then the row checker's), 0 or 1: compress() selects by it."""
+        fast, shorts, slow, hits = block.fast, block.shorts, block.slow, block.hits
+        keys = shorts + block.slow_shorts if slow else shorts
+        order: list[int] | range = range(len(keys))
+        if slow:  # the row checker's requests between the fast rows, by row number
+            numbers = pa.concat_arrays(
+                [
+                    fast["row_number"].combine_chunks().cast(pa.int64()),
+                    pa.array([r.row_number for r in slow], pa.int64()),
+                ]
+            )
+            order = pc.sort_indices(numbers).to_pylist()  # stable: a row's requests in order
+        if 1 in hits:
+            missing = hits.translate(_NOT)
+            if slow:  # the selectors in the order of ``order``
+                missing = bytes(map(missing.__getitem__, order))
+            order = list(itertools.compress(order, missing))
+        fresh = keys if order == range(len(keys)) else list(map(keys.__getitem__, order))
         seen = self.seen
-        fast_rows: list[int] = fast["row_number"].to_pylist() if slow else []
+        if not _all_new(fresh, seen):
+            return False
+        count = len(shorts)
+        if slow:
+            new.extend(i if i < count else slow[i - count] for i in order)
+        else:
+            new.extend(order)
+        seen.update(zip(fresh, itertools.count(len(seen))))
+        return True
+
+    def _place_one_by_one(
+        self, block: _BlockKeys, new: list[int | RenderRequest], alias_fast: list[int]
+    ) -> None:
+        """Place the block's requests in manifest order: a request the catalog has is left
+        to the caller, one repeating an earlier request becomes its alias."""
+        shorts, slow, slow_shorts, hits = block.shorts, block.slow, block.slow_shorts, block.hits
+        seen = self.seen
+        fast_rows: list[int] = block.fast["row_number"].to_pylist() if slow else []
         next_slow = 0
-        one_by_one = shorts
-        if not slow and 1 not in hits and _all_new(shorts, seen):
-            # The common block of a new manifest: every row a request of its own, placed
-            # in bulk (the loop below gives the same places, row by row).
-            new.extend(range(len(shorts)))
-            seen.update(zip(shorts, itertools.count(len(seen))))
-            one_by_one = []
-        for i, short in enumerate(one_by_one):
+        count = len(shorts)
+        for i, short in enumerate(shorts):
             while next_slow < len(slow) and slow[next_slow].row_number < fast_rows[i]:
-                self._take_slow(slow[next_slow], hits[len(shorts) + next_slow], new, slow_dedup)
+                at = next_slow
+                self._take_slow(slow[at], slow_shorts[at], hits[count + at], new)
                 next_slow += 1
             if hits[i]:
-                dedup_fast.append(i)
-            elif short in seen:
+                continue
+            if short in seen:
                 alias_fast.append(i)
             else:
                 seen[short] = len(seen)
                 new.append(i)
         for at in range(next_slow, len(slow)):
-            self._take_slow(slow[at], hits[len(shorts) + at], new, slow_dedup)
+            self._take_slow(slow[at], slow_shorts[at], hits[count + at], new)
 
-        keys, seed_array = hex_keys(digests), pa.array(seeds, pa.int64())
-        self._add_new(block, keys, seed_array, new)
-        deduplicated = [_fast_dedup(fast, keys, seed_array, dedup_fast)] if dedup_fast else []
+    def _add_dedup(
+        self,
+        fast: pa.Table,
+        keys: pa.Array,
+        seeds: pa.Array,
+        dedup_fast: list[int],
+        slow_dedup: list[RenderRequest],
+    ) -> None:
+        deduplicated = [fast_dedup_rows(fast, keys, seeds, dedup_fast)] if dedup_fast else []
         if slow_dedup:
-            deduplicated.append(_slow_dedup(slow_dedup))
+            deduplicated.append(slow_dedup_rows(slow_dedup))
         if deduplicated:
             schema = catalog_keys.REQUEST_SCHEMA
             self.dedup.add(pa.concat_tables([rows.cast(schema) for rows in deduplicated]))
-        self.plan.deduplicated += len(dedup_fast) + len(slow_dedup)
-        if alias_fast:
-            self._alias_fast(fast, shorts, alias_fast)
 
     def _take_slow(
-        self,
-        request: RenderRequest,
-        present: int,
-        new: list[int | RenderRequest],
-        dedup: list[RenderRequest],
+        self, request: RenderRequest, short: bytes, present: int, new: list[int | RenderRequest]
     ) -> None:
         if present:
-            dedup.append(request)
-            return
-        short = short_key(request.request_key)
+            return  # the caller gathers the catalog's hits
         place = self.seen.get(short)
         if place is None:
             self.seen[short] = len(self.seen)
             new.append(request)
             return
-        alias = Alias(
-            request.row_id,
-            request.row_number,
-            request.tags,
-            request.input_images,
-            request.input_notes,
-        )
-        self.aliases[place].append((alias, request.priority))
+        self.aliases[place].append((alias_of(request), request.priority))
         self.plan.folded += 1
 
     def _add_new(
         self,
         block: CheckedBlock,
-        keys: pa.Array,
-        seeds: pa.Array,
+        keys: pa.Array | None,
+        seeds: pa.Array | None,
         new: list[int | RenderRequest],
     ) -> None:
-        fast_new = [i for i in new if isinstance(i, int)]
+        """Hand the block's new requests to the writer (their lines, or in a dry run, with
+        ``keys`` and ``seeds`` None, their count) and count them for the estimate."""
+        fast_new: list[int] | list[int | RenderRequest] = new
+        slow: list[RenderRequest] = []
+        is_fast: list[bool] = []
+        if block.requests:  # the row checker's requests may be among them
+            is_fast = [isinstance(entry, int) for entry in new]
+            fast_new = list(itertools.compress(new, is_fast))
+            slow = [entry for entry in new if not isinstance(entry, int)]
         lines = pa.array([], pa.string())
         counted = REQUEST_COUNTS.empty_table()
-        # A dry run counts shards without their lines: building them was ~7 % of its CPU.
-        counts_only = self.writer.counts_only
+        counts_only = keys is None or seeds is None
         if fast_new and block.rows is not None:
             chosen = pa.array(fast_new, pa.int64())
-            if not counts_only:
+            if keys is not None and seeds is not None:
                 lines = shard_lines(block.rows, chosen, keys, seeds)
-            counted = _fast_counts(block.fast, chosen)
-        if len(fast_new) < len(new):
-            # Rows of the row checker among them: after the fast ones, then all put back in
-            # manifest order.
-            slow = [entry for entry in new if not isinstance(entry, int)]
-            order: list[int] = []
-            fast_at, slow_at = 0, len(fast_new)
-            for entry in new:
-                if isinstance(entry, int):
-                    order.append(fast_at)
-                    fast_at += 1
-                else:
-                    order.append(slow_at)
-                    slow_at += 1
-            at = pa.array(order, pa.int64())
+            counted = fast_counts(block.fast, chosen)
+        if slow:
+            # After the fast ones, then all put back in manifest order: each entry's place
+            # among the fast (cumulative count of fast entries) or after them.
+            fast_mask = pa.array(is_fast, pa.bool_())
+            fast_at = pc.subtract(pc.cumulative_sum(pc.cast(fast_mask, pa.int64())), 1)
+            slow_mask = pc.cast(pc.invert(fast_mask), pa.int64())
+            slow_at = pc.add(pc.cumulative_sum(slow_mask), len(fast_new) - 1)
+            at = pc.if_else(fast_mask, fast_at, slow_at)
             if not counts_only:
                 slow_lines = [encode_line(PlanItem(r)) + "\n" for r in slow]
                 lines = pa.concat_arrays([lines, pa.array(slow_lines, pa.string())]).take(at)
-            counted = pa.concat_tables([counted, _request_counts(slow)]).take(at)
+            counted = pa.concat_tables([counted, request_counts(slow)]).take(at)
         if counts_only:
             self.writer.add_count(len(new))
         else:
             self.writer.add(lines)
         if self.requests is None:
             self.tally.add(counted)
-            self.tally.add_text(entry for entry in new if not isinstance(entry, int))
+            self.tally.add_text(slow)
         else:
             self.requests.append(counted)
 
@@ -359,127 +297,13 @@ class Planner:
             self.plan.folded += 1
 
 
+#: bytes.translate table turning each 0 byte into 1 and each 1 into 0.
+_NOT = bytes([1, 0]) + bytes(range(2, 256))
+
+
 def _all_new(shorts: list[bytes], seen: dict[bytes, int]) -> bool:
     """Whether no key of ``shorts`` repeats, within them or in ``seen``."""
     return len(set(shorts)) == len(shorts) and seen.keys().isdisjoint(shorts)
-
-
-#: What the estimate needs of a request (size, inputs and quality price FLUX and GPT Image).
-REQUEST_COUNTS = pa.schema(
-    [
-        ("model", pa.string()),
-        ("n", pa.int64()),
-        ("tags", pa.map_(pa.string(), pa.string())),
-        ("size", pa.string()),
-        ("inputs", pa.int64()),
-        ("quality", pa.string()),
-    ]
-)
-
-
-def _request_counts(requests: list[RenderRequest]) -> pa.Table:
-    return pa.table(
-        {
-            "model": [r.model for r in requests],
-            "n": [r.n for r in requests],
-            "tags": [list(r.tags) for r in requests],
-            "size": [r.size for r in requests],
-            "inputs": [len(r.input_images) for r in requests],
-            "quality": [_quality(r) for r in requests],
-        },
-        schema=REQUEST_COUNTS,
-    )
-
-
-def _quality(request: RenderRequest) -> str | None:
-    quality = dict(request.params).get("quality")
-    return str(quality) if quality else None
-
-
-def _fast_counts(fast: pa.Table, chosen: pa.Array) -> pa.Table:
-    """REQUEST_COUNTS of fast rows: no edit inputs and no params (those go slow)."""
-    picked = fast.select(["model", "n", "tags", "size"]).take(chosen)
-    rows = picked.num_rows
-    return picked.append_column("inputs", pa.array([0] * rows, pa.int64())).append_column(
-        "quality", pa.nulls(rows, pa.string())
-    )
-
-
-def _fast_dedup(fast: pa.Table, keys: pa.Array, seeds: pa.Array, rows: list[int]) -> pa.Table:
-    chosen = pa.array(rows, pa.int64())
-    picked = fast.take(chosen)
-    count = len(rows)
-    empty = pa.array([[]] * count, _EMPTY_LIST)
-    return pa.table(
-        {
-            "order": picked["row_number"],
-            "row_id": picked["row_id"],
-            "request_key": keys.take(chosen),
-            "mode": picked["mode"],
-            "model": picked["model"],
-            "prompt": picked["prompt"],
-            "negative_prompt": picked["negative_prompt"],
-            "size": picked["size"],
-            "n": picked["n"],
-            "seed": seeds.take(chosen),
-            "tags": picked["tags"],
-            "input_images": empty,
-            "input_sha256": empty,
-            "input_notes": empty,
-            "target_size": pa.nulls(count, pa.string()),  # fast rows have none
-        }
-    )
-
-
-def _slow_dedup(requests: list[RenderRequest]) -> pa.Table:
-    schema = catalog_keys.REQUEST_SCHEMA
-    return pa.table(
-        {
-            "order": [r.row_number for r in requests],
-            "row_id": [r.row_id for r in requests],
-            "request_key": [r.request_key for r in requests],
-            "mode": [r.mode for r in requests],
-            "model": [r.model for r in requests],
-            "prompt": [r.prompt for r in requests],
-            "negative_prompt": [r.negative_prompt for r in requests],
-            "size": [r.size for r in requests],
-            "n": [r.n for r in requests],
-            "seed": [r.seed for r in requests],
-            "tags": [list(r.tags) for r in requests],
-            "input_images": [[recorded_uri(u) for u in r.input_images] for r in requests],
-            "input_sha256": [list(r.input_sha256) for r in requests],
-            "input_notes": [list(r.input_notes) for r in requests],
-            "target_size": [r.target_size for r in requests],
-        },
-        schema=schema,
-    )
-
-
-def with_aliases(item: PlanItem, found: Iterable[tuple[Alias, int | None]]) -> None:
-    """Fold rows repeating ``item``'s request onto it, in order: each an alias, its priority
-    ranked with the request's (``budget.rank``)."""
-    for alias, priority in found:
-        item.aliases.append(alias)
-        other = dataclasses.replace(item.request, priority=priority)
-        item.request = budgets.rank(item.request, other)
-
-
-def attach_aliases(
-    store: ObjectStore,
-    run_id: str,
-    size: int,
-    shard_keys: list[str],
-    aliases: dict[int, list[tuple[Alias, int | None]]],
-) -> None:
-    """Rewrite the shards whose requests gained aliases, with them (priority as ``rank``)."""
-    by_shard: dict[int, list[tuple[int, list[tuple[Alias, int | None]]]]] = defaultdict(list)
-    for place, found in aliases.items():
-        by_shard[place // size].append((place % size, found))
-    for index, entries in sorted(by_shard.items()):
-        items = list(decode_shard(store.get(shard_keys[index])))
-        for offset, found in entries:
-            with_aliases(items[offset], found)
-        write_shard(store, run_id, index, items)
 
 
 def shard_writer(
@@ -494,44 +318,6 @@ def shard_writer(
         threads=threads,
         first_index=first_index,
     )
-
-
-def price(plan: Plan, tally: Tally, settings: Settings, table: ModelTable) -> None:
-    """Set the plan's estimate and the counts it gives (requests, images)."""
-    estimate = tally.estimate(PriceTable.load(settings, table))
-    plan.estimate = estimate
-    plan.requests = estimate.requests
-    plan.images = estimate.images
-    plan.images_by_model = {model: line.images for model, line in estimate.by_model.items()}
-
-
-#: Rows of the deduplicated part encoded at a time (one row group each).
-DEDUP_SLICE_ROWS = 32_768
-
-
-def dedup_part(
-    store: ObjectStore, planner: Planner, *, run_id: str, settings: Settings
-) -> bytes | None:
-    """The deduplicated rows joined with the catalog's outputs: the bytes of the run's
-    catalog part of them (None when there are none). The rows are dropped from ``planner``."""
-    rows = catalog_keys.dedup_rows(
-        store,
-        planner.dedup,
-        run_id=run_id,
-        currency=settings.currency(),
-        slice_rows=DEDUP_SLICE_ROWS,
-    )
-    planner.dedup = catalog_keys.DedupRows()
-    return catalog.encode_tables(rows, use_dictionary=list(catalog_keys.DICTIONARY_COLUMNS))
-
-
-def put_dedup_part(
-    store: ObjectStore, data: bytes | None, *, run_id: str, label: str = "plan"
-) -> str | None:
-    """Store :func:`dedup_part`'s bytes as ``part-<run_id>-<label>.parquet``; its URI."""
-    if data is None:
-        return None
-    return catalog.put_part(store, data, run_id=run_id, label=label, unique=False)
 
 
 #: Manifest rows planned at a time: a quarter of the reader's default, as each batch's
@@ -610,7 +396,8 @@ def plan_in_one(
         plan.rejects_uri = catalog.write_rejects(
             writes, rejects_table(planner.rejects), run_id=run_id
         )
-        data = dedup_part(writes, planner, run_id=run_id, settings=settings)
+        data = dedup_part(writes, planner.dedup, run_id=run_id, settings=settings)
+        planner.dedup = catalog_keys.DedupRows()
         plan.dedup_part_uri = put_dedup_part(writes, data, run_id=run_id)
         plan.dedup_part_uris = [plan.dedup_part_uri] if plan.dedup_part_uri else []
     # Priced last: its cost lines (often one per row) are not held while the part is built.

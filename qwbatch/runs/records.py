@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -107,7 +108,7 @@ def _encode(value: Any) -> Any:
             "$type": type(value).__name__,
             "fields": {f.name: _encode(getattr(value, f.name)) for f in fields(value)},
         }
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # a dict, or an estimate's TagLines
         return {"$map": [[key, _encode(item)] for key, item in value.items()]}
     if isinstance(value, list | tuple):
         return [_encode(item) for item in value]

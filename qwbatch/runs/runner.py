@@ -34,7 +34,6 @@ from qwbatch.core.stop import STOP, StopSignal
 from qwbatch.core.types import CatalogRecord
 from qwbatch.inputs.staging import InputStage, StagedInputs
 from qwbatch.plan import Plan, decode_shard, new_run_id, plan_run
-from qwbatch.providers.registry import ProviderRouter
 from qwbatch.render import shard_loop
 from qwbatch.render.breaker import breaker_for, forget
 from qwbatch.render.engine import Engine, ShardResult, run_shard, store_retries
@@ -316,6 +315,10 @@ async def render_shard_async(
     table = model_table(settings)
     # Start near the limits earlier runs learned (once per process), keep what this one did.
     await _with_store(settings, learned_limits.load, store, settings, table)
+    # Imported here: the providers bring aiohttp (~0.1 s), which planning, estimates and dry
+    # runs never use.
+    from qwbatch.providers.registry import ProviderRouter
+
     router = ProviderRouter.from_settings(settings, table)
     async with router as provider, guard_scope as guard:
         engine = Engine(

@@ -184,3 +184,36 @@ def test_estimate_prints_the_largest_tag_lines_and_counts_the_rest(tmp_path: Pat
     assert shown == ["05", "00", "01", "02", "03", "04", "06", "07", "08", "09"]
     figures = json.loads(runner.invoke(app, ["estimate", str(manifest), "--json"]).output)
     assert len(figures["by_tag"]) == rows
+
+
+_RUN_AND_SAY_WHAT_IS_IMPORTED = """
+import sys
+from qwbatch.cli import app
+try:
+    app(sys.argv[1:])
+except SystemExit as exc:
+    heavy = [name for name in ("prefect", "aiohttp", "boto3") if name in sys.modules]
+    print("exit", exc.code, "imported:", ",".join(heavy) or "none")
+"""
+
+
+@pytest.mark.parametrize("command", ["estimate", "dry-run"])
+def test_estimate_and_dry_run_import_neither_prefect_nor_the_providers(
+    tmp_path: Path, command: str
+) -> None:
+    # Whole processes pay for every import: planning needs no Prefect, no provider (aiohttp)
+    # and, on a local DEST, no boto3.
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["a cat", "a dog"]}), manifest)
+    args = ["estimate", str(manifest)]
+    if command == "dry-run":
+        args = ["run", str(manifest), "--out", str(tmp_path / "out"), "--dry-run"]
+    child = subprocess.run(
+        [sys.executable, "-c", _RUN_AND_SAY_WHAT_IS_IMPORTED, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert child.stdout.strip().splitlines()[-1] == "exit 0 imported: none", child.stderr

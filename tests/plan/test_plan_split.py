@@ -14,13 +14,12 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from plan_helpers import earlier_catalog
 
-from qwbatch.catalog import table as catalog
 from qwbatch.core.errors import ManifestError, PlanHelperError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import CatalogRecord
-from qwbatch.manifest import LocalInputResolver, read_manifest
+from qwbatch.manifest import LocalInputResolver
 from qwbatch.plan import Plan, read_shard
 from qwbatch.plan import split as plan_split
 from qwbatch.plan.planner import stream_plan
@@ -97,36 +96,6 @@ def _manifest(path: Path, rows: list[dict[str, Any]] | None = None) -> Path:
     return path
 
 
-def _catalog(store: ObjectStore, manifest: Path, *, all_images: bool) -> None:
-    """Outputs for every fifth accepted request, on both sides of the cut."""
-    records = []
-    requests = [
-        r for b in read_manifest(manifest, table=TABLE, default_model=DEFAULT) for r in b.requests
-    ]
-    for request in requests[::5]:
-        for index in range(request.n if all_images else 1):
-            records.append(
-                CatalogRecord(
-                    run_id="earlier",
-                    row_id=request.row_id,
-                    request_key=request.request_key,
-                    mode=request.mode,
-                    model=request.model,
-                    prompt=request.prompt,
-                    size=request.size,
-                    seed=request.seed,
-                    status="succeeded",
-                    image_index=index,
-                    output_uri=f"file:///x/{request.request_key}-{index}",
-                    sha256="ab" * 32,
-                    bytes=10,
-                    width=8,
-                    height=8,
-                )
-            )
-    catalog.write_part(store, records, run_id="earlier", label="shard-00000")
-
-
 def _settings(split_rows: int) -> Settings:
     return Settings(default_model=DEFAULT, shard_size=4, plan_split_rows=split_rows)
 
@@ -170,7 +139,7 @@ def test_two_processes_plan_what_one_plans(tmp_path: Path, all_images: bool) -> 
     plans, outcomes = {}, {}
     for name, split_rows in (("one", 0), ("two", 50)):
         store = LocalStore(tmp_path / name)
-        _catalog(store, manifest, all_images=all_images)
+        earlier_catalog(store, manifest, every=5, all_images=all_images)
         plans[name] = _plan(manifest, store, split_rows)
         outcomes[name] = _outcome(store, plans[name])
     one, two = plans["one"], plans["two"]
@@ -197,7 +166,7 @@ def test_two_processes_plan_what_one_plans(tmp_path: Path, all_images: bool) -> 
 def test_a_dry_run_in_two_processes_counts_and_prices_as_one(tmp_path: Path) -> None:
     manifest = _manifest(tmp_path / "m.parquet")
     store = LocalStore(tmp_path / "out")
-    _catalog(store, manifest, all_images=True)
+    earlier_catalog(store, manifest, every=5, all_images=True)
     before = sorted(store.list(""))
     one = _plan(manifest, store, 0, dry_run=True)
     two = _plan(manifest, store, 50, dry_run=True)
@@ -314,7 +283,7 @@ def _children() -> list[int]:
             except OSError:
                 continue
             parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == os.getpid() and b"qwbatch.plan.split" in cmdline:
+            if parent == os.getpid() and b"qwbatch.plan.second_process" in cmdline:
                 found.append(int(entry))
     return found
 
@@ -357,7 +326,7 @@ def test_a_split_plan_into_s3_equals_one_process(
     outcomes = {}
     for name, split_rows in (("one", 0), ("two", 50)):
         store = S3Store(s3_client, s3_bucket, name)
-        _catalog(store, manifest, all_images=False)
+        earlier_catalog(store, manifest, every=5, all_images=False)
         plan = _plan(manifest, store, split_rows)
         outcomes[name] = _outcome(store, plan)
         assert len(plan.dedup_part_uris) == (2 if split_rows else 1)
@@ -422,7 +391,7 @@ def test_every_writers_manifest_plans_the_same_on_every_path(tmp_path: Path, wri
         ("two", manifest, 50),
     ):
         store = LocalStore(tmp_path / name)
-        _catalog(store, inputs / "reference.parquet", all_images=True)
+        earlier_catalog(store, inputs / "reference.parquet", every=5, all_images=True)
         plans[name] = _plan(source, store, split_rows)
         outcomes[name] = _outcome(store, plans[name])
         shards[name] = _shard_bytes(store, plans[name])

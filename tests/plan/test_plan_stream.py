@@ -11,22 +11,25 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from plan_helpers import earlier_catalog
 from typer.testing import CliRunner
 
 from qwbatch.budget.policy import BudgetPolicy
 from qwbatch.catalog import key_set as catalog_keys
 from qwbatch.catalog import table as catalog
 from qwbatch.cli import app
+from qwbatch.core.costs import TagLines
 from qwbatch.core.errors import ManifestError
 from qwbatch.core.keys import SEED_MAX, key_and_seed
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
-from qwbatch.core.types import CatalogRecord, PlanItem
+from qwbatch.core.types import PlanItem
 from qwbatch.manifest.reader import read_manifest
 from qwbatch.manifest.vector import hex_keys, key_rows, shard_lines
-from qwbatch.plan import plan_run, read_shard
+from qwbatch.plan import Plan, plan_run, read_shard
 from qwbatch.plan.planner import stream_plan
 from qwbatch.plan.shards import encode_line
+from qwbatch.runs import records
 from qwbatch.storage.stores import LocalStore
 
 TABLE = ModelTable.load()
@@ -123,37 +126,6 @@ def _settings(tmp_path: Path) -> Settings:
     return Settings(default_model=DEFAULT, shard_size=3, api_key="sk-test")
 
 
-def _existing_catalog(store: LocalStore, manifest: Path, *, all_images: bool = True) -> None:
-    """A catalog holding outputs for every fourth accepted request: each of its images, or
-    (``all_images`` False) its first image only."""
-    requests = [
-        r for b in read_manifest(manifest, table=TABLE, default_model=DEFAULT) for r in b.requests
-    ]
-    records = []
-    for request in requests[::4]:
-        for index in range(request.n if all_images else 1):
-            records.append(
-                CatalogRecord(
-                    run_id="earlier",
-                    row_id=request.row_id,
-                    request_key=request.request_key,
-                    mode=request.mode,
-                    model=request.model,
-                    prompt=request.prompt,
-                    size=request.size,
-                    seed=request.seed,
-                    status="succeeded",
-                    image_index=index,
-                    output_uri=f"file:///x/{request.request_key}-{index}",
-                    sha256="ab" * 32,
-                    bytes=10,
-                    width=8,
-                    height=8,
-                )
-            )
-    catalog.write_part(store, records, run_id="earlier", label="shard-00000")
-
-
 def _catalog_rows(store: LocalStore, uri: str | None) -> list[dict[str, object]]:
     """The rows of the plan's catalog part, without their timestamps."""
     assert uri == store.uri("catalog/part-r1-plan.parquet")
@@ -178,7 +150,7 @@ def test_streaming_plan_equals_the_in_memory_plan(tmp_path: Path, all_images: bo
     plans = {}
     for name in ("stream", "memory"):
         store = LocalStore(tmp_path / name)
-        _existing_catalog(store, manifest, all_images=all_images)
+        earlier_catalog(store, manifest, every=4, all_images=all_images)
         budget = BudgetPolicy(Decimal(10**9), "refuse") if name == "memory" else None
         plan = plan_run(manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget)
         shards = [[(i.request, i.aliases) for i in read_shard(store, k)] for k in plan.shard_keys]
@@ -206,6 +178,18 @@ def test_streaming_plan_equals_the_in_memory_plan(tmp_path: Path, all_images: bo
     ):
         assert getattr(stream, field) == getattr(memory, field), field
     assert stream.folded > 0
+    # The streaming estimate's tag lines are Arrow columns (costs.TagLines): the same lines,
+    # the same largest ones (ties by label), and a saved plan keeps them.
+    assert stream.estimate is not None
+    assert memory.estimate is not None
+    assert isinstance(stream.estimate.by_tag, TagLines)
+    for count in (3, 10_000):
+        assert stream.estimate.largest_tags(count) == memory.estimate.largest_tags(count)
+    store = LocalStore(tmp_path / "stream")
+    records.save_plan(store, stream, "fingerprint")
+    saved = records.load_plan(store, "r1")
+    assert saved is not None
+    assert saved[0].estimate == memory.estimate
 
 
 def test_a_strict_plan_refused_late_leaves_no_shard_behind(tmp_path: Path) -> None:
@@ -232,7 +216,7 @@ def test_run_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path) -> None:
     manifest = varied_manifest(tmp_path / "m.parquet", 60)
     out = tmp_path / "out"
     store = LocalStore(out)
-    _existing_catalog(store, manifest)
+    earlier_catalog(store, manifest, every=4, all_images=True)
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     result = CliRunner().invoke(
         app, ["run", str(manifest), "--out", str(out), "--dry-run", "--shard-size", "4"]
@@ -267,7 +251,7 @@ def test_dedup_rows_join_each_request_to_its_stored_output(tmp_path: Path, absen
     one whose key has no stored output (dropped; the others keep their order)."""
     manifest = varied_manifest(tmp_path / "m.parquet", 40)
     store = LocalStore(tmp_path / "out")
-    _existing_catalog(store, manifest, all_images=False)
+    earlier_catalog(store, manifest, every=4, all_images=False)
     stored = pq.read_table(io.BytesIO(store.get(catalog.part_keys(store)[0])))
     keys = stored["request_key"].to_pylist()[:5]
     asked_keys = [*keys[:2], "0" * 64, *keys[2:]] if absent else keys
@@ -306,9 +290,50 @@ def test_dedup_rows_join_each_request_to_its_stored_output(tmp_path: Path, absen
     assert {r["cost"] for r in rows} == {0.0}
 
 
-def test_blocks_of_new_rows_place_requests_as_row_by_row(tmp_path: Path) -> None:
-    # Clean rows and no catalog: whole blocks of new requests are placed in bulk; a block
-    # repeating an earlier block's request, or its own, goes row by row. Both as in memory.
+def _streamed_and_in_memory(
+    manifest: Path, tmp_path: Path, *, catalog_every: int | None
+) -> dict[str, tuple[Plan, list[list[tuple[object, object]]], list[dict[str, object]]]]:
+    """``manifest`` planned streaming (blocks of 10 rows) and in memory, each into its own
+    store holding a catalog of every ``catalog_every``-th request (None: no catalog): each
+    plan, its shards' (request, aliases), and its catalog rows of deduplicated requests. The
+    streaming dry run counts as its run."""
+    settings = Settings(default_model=DEFAULT, shard_size=7)
+    plans = {}
+    for name in ("stream", "memory"):
+        store = LocalStore(tmp_path / name)
+        if catalog_every is not None:
+            earlier_catalog(store, manifest, every=catalog_every, all_images=True)
+        if name == "stream":
+            plan = stream_plan(
+                manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10
+            )
+            dry = stream_plan(
+                manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10,
+                dry_run=True,
+            )  # fmt: skip
+            assert (dry.requests, dry.deduplicated, dry.shards) == (
+                plan.requests,
+                plan.deduplicated,
+                len(plan.shard_keys),
+            )
+        else:
+            budget = BudgetPolicy(Decimal(10**9), "refuse")
+            plan = plan_run(
+                manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget
+            )
+        shards = [[(i.request, i.aliases) for i in read_shard(store, k)] for k in plan.shard_keys]
+        dedup = _catalog_rows(store, plan.dedup_part_uri) if catalog_every is not None else []
+        plans[name] = (plan, shards, dedup)
+    return plans
+
+
+@pytest.mark.parametrize("with_catalog", [False, True])
+def test_blocks_of_new_rows_place_requests_as_row_by_row(
+    tmp_path: Path, with_catalog: bool
+) -> None:
+    # Clean rows: whole blocks of requests new to the catalog (every fourth row in it, or no
+    # catalog) are placed in bulk; a block repeating an earlier block's request, or its
+    # own, goes row by row. Both as in memory.
     rows = 60
     prompts = [f"a lamp, variant {i}" for i in range(rows)]
     prompts[35] = prompts[3]  # repeats a request of an earlier block
@@ -319,22 +344,32 @@ def test_blocks_of_new_rows_place_requests_as_row_by_row(tmp_path: Path) -> None
         manifest,
         row_group_size=16,
     )
-    settings = Settings(default_model=DEFAULT, shard_size=7)
-    plans = {}
-    for name in ("stream", "memory"):
-        store = LocalStore(tmp_path / name)
-        budget = BudgetPolicy(Decimal(10**9), "refuse") if name == "memory" else None
-        plan = (
-            stream_plan(manifest, store, settings=settings, table=TABLE, run_id="r1", batch_size=10)
-            if budget is None
-            else plan_run(
-                manifest, store, settings=settings, table=TABLE, run_id="r1", budget=budget
-            )
-        )
-        shards = [[(i.request, i.aliases) for i in read_shard(store, k)] for k in plan.shard_keys]
-        plans[name] = (plan, shards)
-    (stream, s_shards), (memory, m_shards) = plans["stream"], plans["memory"]
+    plans = _streamed_and_in_memory(manifest, tmp_path, catalog_every=4 if with_catalog else None)
+    (stream, s_shards, s_dedup), (memory, m_shards, m_dedup) = plans["stream"], plans["memory"]
     assert s_shards == m_shards
-    assert [a.row_id for shard in s_shards for _, found in shard for a in found] == ["r35", "r52"]
-    assert stream.requests == memory.requests == rows - 2
+    assert s_dedup == m_dedup
+    # With the catalog, r52's request (r51's) is in it: both rows are deduplicated.
+    aliases = ["r35"] if with_catalog else ["r35", "r52"]
+    assert [a.row_id for shard in s_shards for _, found in shard for a in found] == aliases
+    in_catalog = len(range(0, rows, 4)) + 1 if with_catalog else 0
+    assert stream.deduplicated == memory.deduplicated == in_catalog
+    assert stream.requests == memory.requests == rows - len(aliases) - in_catalog
     assert stream.shard_keys == memory.shard_keys
+
+
+@pytest.mark.parametrize("with_catalog", [False, True])
+def test_blocks_with_row_checker_rows_place_requests_as_in_memory(
+    tmp_path: Path, with_catalog: bool
+) -> None:
+    # Blocks mixing column-wise rows and the row checker's (controls, padding, unsorted
+    # tags), no request repeated: placed in bulk, in manifest order, as the in-memory plan.
+    manifest = varied_manifest(tmp_path / "m.parquet", 60)
+    plans = _streamed_and_in_memory(manifest, tmp_path, catalog_every=3 if with_catalog else None)
+    (stream, s_shards, s_dedup), (memory, m_shards, m_dedup) = plans["stream"], plans["memory"]
+    assert s_shards == m_shards
+    assert s_dedup == m_dedup
+    assert stream.deduplicated == memory.deduplicated
+    assert stream.folded == memory.folded == 0
+    assert (stream.deduplicated > 10) == with_catalog
+    variants = {request.row_number % 6 for shard in s_shards for request, _ in shard}
+    assert {3, 4} <= variants  # rows of the row checker among them (PROMPTS[3] and [4])
