@@ -82,6 +82,13 @@ def test_a_429_cuts_and_remembers_where_429s_began() -> None:
     assert learner.cap == pytest.approx(learning.CUT_TO * 16 * learning.OVERSHOOT)
 
 
+def test_a_429_during_the_ramp_is_learned_at_the_rate_it_was_sent_at() -> None:
+    learner = RateLearner(start=16, ceiling=16)
+    assert learner.on_throttle(now=4.0, sent_at=3.8, rate=10.0)  # the ramp: 10 of 16 req/s
+    assert learner.learned == pytest.approx(10 * learning.OVERSHOOT)
+    assert learner.cap == pytest.approx(learning.CUT_TO * 10 * learning.OVERSHOOT)
+
+
 def test_429s_that_go_on_after_a_cut_halve_the_rate() -> None:
     learner = RateLearner(start=16, ceiling=16)
     learner.on_throttle(now=0.0)
