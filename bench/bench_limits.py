@@ -269,8 +269,12 @@ def run_workers(
     return start_at, summaries
 
 
-def run_case(case: Case, sim: Any, api_url: str, duration: float, work: Path) -> Row:
-    """One row: the simulator enforces ``case.rps`` (halved mid-row for ``halved``)."""
+def run_case(
+    case: Case, sim: Any, api_url: str, duration: float, work: Path, *, timeline: bool = False
+) -> Row:
+    """One row: the simulator enforces ``case.rps`` (halved mid-row for ``halved``).
+    ``timeline``: print the row's admitted and offered rates per 5 s beside each worker's
+    rate, learned limit and 429s (sampled once a second), to see where a row lost."""
     sim.reset()
     sim.configure(rps=case.rps)
     fall: list[float] = []
@@ -309,6 +313,8 @@ def run_case(case: Case, sim: Any, api_url: str, duration: float, work: Path) ->
     for summary in summaries:
         if summary.get("line"):
             print(f"    {summary['line']}", flush=True)
+    if timeline:
+        _print_timeline(start_at, duration, ledger, summaries)
     return Row(
         case=case,
         duration=duration,
@@ -317,6 +323,22 @@ def run_case(case: Case, sim: Any, api_url: str, duration: float, work: Path) ->
         start=start_at,
         fall=fall[0] if fall else None,
     )
+
+
+def _print_timeline(
+    start: float, duration: float, ledger: dict[str, Any], summaries: list[dict[str, Any]]
+) -> None:
+    for t in range(0, int(duration), 5):
+        admitted = sum(1 for x in ledger["admitted_at"] if start + t <= x < start + t + 5)
+        offered = sum(1 for x in ledger["offered_at"] if start + t <= x < start + t + 5)
+        states = []
+        for summary in summaries:
+            near = [row for row in summary.get("timeline", []) if t <= row[0] < t + 5]
+            if near:
+                _, rate, learned, _, throttled = near[-1]
+                states.append(f"{rate}/{learned}/{throttled}")
+        print(f"      {t:3d}-{t + 5:<3d} s: admitted {admitted / 5:5.2f}/s, offered "
+              f"{offered / 5:5.2f}/s; rate/learned/429s {' '.join(states)}")  # fmt: skip
 
 
 # -- worker process -------------------------------------------------------------------------
@@ -456,8 +478,26 @@ def worker(args: argparse.Namespace) -> None:
             except TimeoutError:
                 pass
 
+    samples: list[list[float | None]] = []
+    sampling = threading.Event()
+
+    def sample() -> None:  # the limiter's state once a second, for --timeline
+        if args.limiter != "qwbatch":
+            return
+        limiter_now = LIMITERS.for_model(table.get(MODEL), settings)
+        while not sampling.wait(1.0):
+            learner = limiter_now.learner
+            samples.append(
+                [round(time.time() - start_at, 1), round(limiter_now.current_rate(), 2),
+                 learner.learned and round(learner.learned, 2), limiter_now.sent,
+                 limiter_now.throttled]
+            )  # fmt: skip
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     asyncio.run(go())
-    summary: dict[str, Any] = {"limiter": args.limiter}
+    sampling.set()
+    summary: dict[str, Any] = {"limiter": args.limiter, "timeline": samples}
     if args.limiter == "qwbatch":
         from qwbatch.limits.status import status_of
 
@@ -496,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jitter", type=float, default=0.8, help="extra random latency, s")
     parser.add_argument("--prefect-api-url", help="use this Prefect server instead of one")
     parser.add_argument("--smoke", action="store_true", help="10 s a row, 1 worker, not judged")
+    parser.add_argument(
+        "--timeline", action="store_true", help="each row's rates per 5 s, and the workers'"
+    )
     one = sub.add_parser("worker", help=argparse.SUPPRESS)
     one.add_argument("--base-url", required=True)
     one.add_argument("--rps", required=True, help="a figure or auto")
@@ -543,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         for case in cases:
             print(f"  {case.scenario}, {case.shards} worker(s), {case.limiter}:", flush=True)
-            row = run_case(case, sim, api_url, args.duration, Path(work))
+            row = run_case(case, sim, api_url, args.duration, Path(work), timeline=args.timeline)
             rows.append(row)
             for goal in row.goals():
                 print(f"    {goal.figure}: {goal.text} (goal {goal.goal or '-'})", flush=True)

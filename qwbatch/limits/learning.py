@@ -231,15 +231,18 @@ class RateLearner:
             return
         self._climb(now, step)
 
-    def on_throttle(self, now: float, sent_at: float | None = None) -> bool:
+    def on_throttle(
+        self, now: float, sent_at: float | None = None, rate: float | None = None
+    ) -> bool:
         """A 429 for a request sent at ``sent_at`` (None: not known): cut and remember,
         unless it was sent (answered) within :data:`CUT_COOLDOWN_S` after the last cut, or
-        before it. Whether it cut."""
+        before it. Whether it cut. ``rate``: the rate in force when it was sent, when lower
+        than the cap (the limiter's ramp): that is where 429s began."""
         share = self._answer(now, ok=False)
         since = (now if sent_at is None else sent_at) - self._last_cut
         if since < CUT_COOLDOWN_S:
             return False
-        began = self.cap
+        began = self.cap if rate is None else max(self.floor, min(self.cap, rate))
         storm = since < STORM_S
         near = self.learned is not None and began >= APPROACH_FROM * self.learned
         if self.learned is not None and (storm or not near) and share < NOISE_SHARE:

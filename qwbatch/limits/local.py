@@ -281,7 +281,10 @@ class ModelLimiter:
             self.throttled += 1
             self._throttles.append(now)
             _trim(self._throttles, now)
-            self.learner.on_throttle(now, _SENT_AT.get())
+            sent_at = _SENT_AT.get()
+            # The rate it was sent at: during the ramp, below the learner's cap.
+            at_send = self._rate_locked(now if sent_at is None else sent_at)
+            self.learner.on_throttle(now, sent_at, at_send)
             if retry_after:
                 self._paused_until = max(self._paused_until, now + retry_after)
             # Reservations made at the old rate are void: queue again at the new rate, from
