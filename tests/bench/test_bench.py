@@ -85,7 +85,7 @@ def test_overhead_smoke_reruns_without_a_provider_call() -> None:
 
 @pytest.mark.slow
 def test_limits_smoke_prints_every_scenario() -> None:
-    # bench_limits in the registry's smoke form: R=8, one worker, 10 s a row, its own Prefect
+    # bench_limits in the registry's smoke form: R=8, one worker, 3 s a row, its own Prefect
     # server; a row per scenario and goal in one table (too short to judge the goals).
     output = _smoke("limits")
     assert _row(output, "limits", "exit status")[2:5] == ["0", "0", "yes"]
