@@ -12,19 +12,20 @@ import sys
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 
 from bench.__main__ import Script, _script, table
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _smoke(*only: str) -> str:
+def _smoke(*only: str, env: dict[str, str] | None = None) -> str:
     child = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--only", *only],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         timeout=600,
         check=False,
     )
@@ -95,9 +96,10 @@ def test_limits_smoke_prints_every_scenario() -> None:
 
 
 @pytest.mark.slow
-def test_text_smoke_judges_and_runs_with_text_checks() -> None:
-    # 12 images judged, and a 24-row run with text checks at R=4 against the simulator.
-    output = _smoke("text")
+def test_text_smoke_judges_and_runs_with_text_checks(prefect_server) -> None:
+    # 12 images judged, and a 24-row run with text checks at R=4 against the simulator. The
+    # run uses the session's Prefect server: a temporary one would add its start (6-10 s).
+    output = _smoke("text", env={"PREFECT_API_URL": str(PREFECT_API_URL.value())})
     assert _row(output, "text judge (12 images)", "misspelt images passed")[2] == "0"
     assert _row(output, "text run (24 rows)", "admitted ÷ R")[2]
 
