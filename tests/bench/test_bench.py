@@ -78,8 +78,10 @@ def test_plan_smoke_counts_dedup_and_shards() -> None:
 
 
 @pytest.mark.slow
-def test_overhead_smoke_reruns_without_a_provider_call() -> None:
-    output = _smoke("overhead")
+def test_overhead_smoke_reruns_without_a_provider_call(prefect_server) -> None:
+    # On the session's Prefect server: a temporary one would add its start (~10 s), which is
+    # the "Prefect warm-up" figure a full run measures, not something a smoke shows.
+    output = _smoke("overhead", env={"PREFECT_API_URL": str(PREFECT_API_URL.value())})
     assert _row(output, "no-op rerun", "provider calls")[2:5] == ["0", "0", "yes"]
     assert "qwbatch ÷ floor img/s" in output
 
