@@ -1,5 +1,5 @@
 """Fixtures the DashScopeProvider test modules share: providers over a scripted
-``httpx.MockTransport`` on a fake clock (the pieces are in ``dashscope_helpers``)."""
+``httpx.MockTransport`` on a fake clock (the pieces are in ``dashscope_helpers``), on asyncio."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from dashscope_helpers import BASE, FakeTime, Make, Server
 from support import KEY
 
 from qwbatch.providers.dashscope import DashScopeProvider
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
 
 
 @pytest.fixture

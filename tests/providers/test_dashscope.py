@@ -49,11 +49,6 @@ from qwbatch.core.types import ProviderImage
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # -- generate -------------------------------------------------------------------------------
 
 

@@ -42,11 +42,6 @@ from qwbatch.providers.dashscope import DashScopeProvider, classify_error, parse
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 # -- error classification (§5) --------------------------------------------------------------
 
 CLASSIFICATION = [
