@@ -9,7 +9,8 @@ Fixtures:
   or tasks, every knob back to the session defaults — so knobs a test flips stay in it.
 - ``sim_env`` (function): ``sim``, with the environment aimed at it (its URL and the key), as
   the CLI, the Python API and flows read it.
-- ``fast_sim_env`` (function): ``sim_env`` at test speed (backoff 10-50 ms, polls every 50 ms).
+- ``fast_sim_env`` (function): ``sim_env`` at test speed (backoff 10-50 ms, polls every 50 ms,
+  and the model table's rates, one or two requests per second, lifted to ``support.TEST_SPEED``'s).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from support import KEY
+from support import KEY, TEST_SPEED
 
 from qwbatch.simulator import SimulatorConfig, SimulatorHandle, running
 
@@ -49,4 +50,8 @@ def fast_sim_env(sim_env: SimulatorHandle, monkeypatch: pytest.MonkeyPatch) -> S
     monkeypatch.setenv("QWBATCH_BACKOFF_BASE_S", "0.01")
     monkeypatch.setenv("QWBATCH_BACKOFF_MAX_S", "0.05")
     monkeypatch.setenv("QWBATCH_POLL_INTERVAL_S", "0.05")
+    # The model table's rates (1-2 requests per second) are what a real account allows; a
+    # test of rendering itself need not wait for them (tests/limits tests the limits).
+    monkeypatch.setenv("QWBATCH_RPS", str(TEST_SPEED["rps"]))
+    monkeypatch.setenv("QWBATCH_MAX_IN_FLIGHT", str(TEST_SPEED["max_in_flight"]))
     return sim_env

@@ -1,11 +1,20 @@
-"""Stores for tests: a local folder that fails on cue, the seam for store outages."""
+"""Stores for tests: a local folder that fails on cue, the seam for store outages; the content
+type and ETag (an MD5 hex digest) the store tests expect."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from qwbatch.storage.stores import DEFAULT_CONTENT_TYPE, LocalStore, ObjectInfo, PutResult
+
+PNG_TYPE = "image/png"
+
+
+def md5_hex(data: bytes) -> str:
+    """The MD5 hex digest of ``data``: a single-part object's ETag."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 class FlakyStore:

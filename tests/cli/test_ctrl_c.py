@@ -2,7 +2,9 @@
 runs a job), with Prefect's temporary server (no PREFECT_API_URL), signalled the way a
 terminal signals: the whole group. It stops within 10 s with the journal intact and the
 resume line, exits 128 + the signal; the resume bills each image once. A second Ctrl-C
-ends it at once, the journal still readable and the server child gone."""
+ends it at once, the journal still readable and the server child gone. (The resumes run on
+the session's Prefect server: the signalled run is where the temporary server matters, and
+starting another would add its 6-10 s to each test.)"""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 
 from bench.bench_kill import RUN_ID, child_env, write_manifest
 from qwbatch.catalog.table import read_catalog
@@ -28,6 +31,11 @@ def _ephemeral_env(sim, home: Path) -> dict[str, str]:
     env = child_env(sim.base_url, sim.api_key, "", home)
     del env["PREFECT_API_URL"]  # Prefect's temporary server: the case a terminal user meets
     return env
+
+
+def _resume_env(sim, home: Path) -> dict[str, str]:
+    """The resume's environment: the session's Prefect server (the fixture ``prefect_server``)."""
+    return child_env(sim.base_url, sim.api_key, str(PREFECT_API_URL.value()), home)
 
 
 def _args(manifest: Path, out: Path) -> list[str]:
@@ -84,7 +92,7 @@ def _start_and_wait_for_images(
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_group_stops_cleanly_and_the_resume_bills_once(
-    sim, tmp_path: Path, signum: signal.Signals
+    prefect_server, sim, tmp_path: Path, signum: signal.Signals
 ) -> None:
     sim.configure(fast=True, latency_s=0.4)
     env = _ephemeral_env(sim, tmp_path)
@@ -111,7 +119,9 @@ def test_a_signal_to_the_group_stops_cleanly_and_the_resume_bills_once(
     assert all(not s.in_flight() for s in read_run_journal(store, RUN_ID).values())
     assert read_catalog(store).num_rows == ROWS - left
 
-    rerun = subprocess.run(_args(manifest, out), env=env, capture_output=True, text=True)
+    rerun = subprocess.run(
+        _args(manifest, out), env=_resume_env(sim, tmp_path), capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     rows = read_catalog(store).to_pylist()
     assert sorted(r["row_id"] for r in rows) == [f"row-{i:04d}" for i in range(ROWS)]
@@ -122,7 +132,9 @@ def test_a_signal_to_the_group_stops_cleanly_and_the_resume_bills_once(
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_a_second_ctrl_c_ends_the_run_at_once_and_keeps_the_journal(sim, tmp_path: Path) -> None:
+def test_a_second_ctrl_c_ends_the_run_at_once_and_keeps_the_journal(
+    prefect_server, sim, tmp_path: Path
+) -> None:
     sim.configure(fast=True, latency_s=0.4)
     env = _ephemeral_env(sim, tmp_path)
     manifest = write_manifest(tmp_path / "m.parquet", ROWS)
@@ -147,7 +159,9 @@ def test_a_second_ctrl_c_ends_the_run_at_once_and_keeps_the_journal(sim, tmp_pat
     # The journal reads back whole; calls cut on the wire are the only unknowns.
     cut = sum(len(s.in_flight()) for s in read_run_journal(LocalStore(out), RUN_ID).values())
 
-    rerun = subprocess.run(_args(manifest, out), env=env, capture_output=True, text=True)
+    rerun = subprocess.run(
+        _args(manifest, out), env=_resume_env(sim, tmp_path), capture_output=True, text=True
+    )
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     rows = read_catalog(LocalStore(out)).to_pylist()
     assert {r["row_id"] for r in rows} == {f"row-{i:04d}" for i in range(ROWS)}

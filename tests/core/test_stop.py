@@ -86,6 +86,10 @@ def test_ctrl_c_stops_the_flow_and_restores_the_handlers(
 
     sim.configure(fast=True, latency_s=0.3)
     monkeypatch.setenv("QWBATCH_POLL_INTERVAL_S", "0.05")
+    # Not the model table's 1-2 requests per second (the resume alone took ~20 s at those):
+    # four calls in flight per model still leave most rows to do when Ctrl-C comes.
+    monkeypatch.setenv("QWBATCH_RPS", "200")
+    monkeypatch.setenv("QWBATCH_MAX_IN_FLIGHT", "4")
     manifest = write_manifest(tmp_path / "m.parquet", 60)
     out = tmp_path / "out"
     before = signal.getsignal(signal.SIGINT)

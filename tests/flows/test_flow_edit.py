@@ -21,17 +21,15 @@ EDIT_DEMO = Path(__file__).parents[2] / "manifests" / "edit-demo.parquet"
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("sim_env")
+@pytest.mark.usefixtures("fast_sim_env")
 def test_edit_demo_renders_chains_and_reruns_for_free(
     prefect_server,
     sim,
-    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     sim.configure(strict_input_sides=True)
-    monkeypatch.setenv("QWBATCH_BACKOFF_BASE_S", "0.01")
     out = tmp_path / "out"
     # The generation step the edit demo chains onto (its row product-01).
     first = tmp_path / "gen.parquet"
