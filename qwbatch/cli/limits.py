@@ -23,8 +23,8 @@ def limits_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON")] = False,
 ) -> None:
     """Show each model's requests per second and in-flight cap, their source, and sharing."""
+    from qwbatch.limits.prefect_limit import read_shared_state
     from qwbatch.limits.registry import limit_rows, limit_scope, local_reason
-    from qwbatch.limits.shared import read_shared_state
     from qwbatch.runs.runner import model_table
 
     settings = Settings()

@@ -4,10 +4,13 @@
 
     registry.py   which limits apply (settings > run flags > model table); one limiter per
                   (account, model) in the process: LIMITERS.for_model(spec, settings)
-    local.py      ModelLimiter: in-flight gate, paced sends, ramp-up, AIMD on 429s
+    local.py      ModelLimiter: in-flight gate, paced sends, ramp-up, the learned rate
+    learning.py   RateLearner: the account's limit learned from 429s (cut, remember, slow
+                  approach, rare probe, forget), and shared with other workers
     shared.py     PrefectBudget: the request rate shared by every worker through a Prefect
                   global concurrency limit (rate tokens leased in batches; the in-flight
                   cap stays per process), or local only, said in the log, when no server
+    prefect_limit.py  that limit on the server: names, sizes, reading, resizing
     gate.py       Gate and TokenPool: first-come-first-served waiting across event loops
     status.py     status lines (rate, limit, in flight, 429s/min) for the log and the CLI
 

@@ -18,7 +18,8 @@ from qwbatch.core.model_table import ModelSpec, ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.limits.learning import Learned
 from qwbatch.limits.local import LimitSpec, ModelLimiter
-from qwbatch.limits.shared import PrefectBudget, default_scope, prefect_api_url
+from qwbatch.limits.prefect_limit import default_scope, prefect_api_url
+from qwbatch.limits.shared import PrefectBudget
 
 log = logging.getLogger("qwbatch.limits")
 

@@ -15,14 +15,14 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from qwbatch.limits import LimitSpec, ModelLimiter
-from qwbatch.limits.shared import (
+from qwbatch.limits.prefect_limit import (
     SLOTS_PER_REQUEST,
-    PrefectBudget,
     bucket_slots,
     ensure_rate_limit,
     lease_size,
     limit_name,
 )
+from qwbatch.limits.shared import PrefectBudget
 
 
 @pytest.fixture
@@ -314,7 +314,7 @@ async def until_async(read, check, timeout_s: float = 20.0) -> None:
 
 
 def test_variable_names_are_what_prefect_allows_and_keep_accounts_apart() -> None:
-    from qwbatch.limits.shared import variable_name
+    from qwbatch.limits.prefect_limit import variable_name
 
     one = variable_name("dashscope-intl.aliyuncs.com", "qwen-image-2.0")
     other = variable_name("dashscope.aliyuncs.com", "qwen-image-2.0")
