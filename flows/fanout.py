@@ -229,6 +229,11 @@ def fan_out(
 
 #: Times one group of shards is started again after its flow run was lost or crashed.
 RESUBMITS = 2
+#: Seconds a shard flow run may stay ``Pending`` (a worker took it and is starting its
+#: process, its container, its pod: an image pull, a node scaling up) before its silence
+#: counts. Three lease lifetimes (3 minutes by default) judge a run that renders; one that
+#: has not started yet holds no lease to renew, and a slow start is not a dead worker.
+START_GRACE_S = 600.0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -318,7 +323,10 @@ class _Waiter:
                 started_at=state.timestamp.timestamp(),
                 now=time.time(),
             )
-            if silent is None or silent <= self.grace_s:
+            grace = self.grace_s
+            if state.type == StateType.PENDING:
+                grace = max(grace, START_GRACE_S)
+            if silent is None or silent <= grace:
                 return "waiting"
             why = f"lost: no sign of life from its worker for {silent:.0f} s"
             client.set_flow_run_state(

@@ -171,19 +171,13 @@ def _seed_from(prefix_hash: hashlib._Hash) -> int:
     return int.from_bytes(digest.digest()[:4], "big") & SEED_MAX
 
 
-def key_and_seed(fields: RequestFields | None = None, /, **by_name: Any) -> tuple[str, int]:
+def key_and_seed(fields: RequestFields) -> tuple[str, int]:
     """``(request_key, seed)`` of ``fields``: the seed given, or the derived one when its
     ``seed`` is None.
 
     One call does the work of ``derive_seed`` and ``request_key`` together, hashing the
-    seed-less prefix once (the manifest reader calls it once per row). The fields may also
-    be given by name (``key_and_seed(model=..., mode=..., prompt=...)``), as
-    :class:`RequestFields` takes them.
+    seed-less prefix once (the manifest reader calls it once per row).
     """
-    if fields is None:
-        fields = RequestFields(**by_name)
-    elif by_name:
-        raise TypeError("key_and_seed takes RequestFields or the fields by name, not both")
     digest = hashlib.sha256(_prefix(fields))
     seed = fields.seed
     if seed is None:

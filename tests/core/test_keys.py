@@ -130,13 +130,6 @@ def test_pinned_keys_and_seeds(fields: dict[str, Any], key: str, seed: int) -> N
     assert request_key(request) == key
     if request.seed is None:
         assert derive_seed(request) == seed
-    # The fields by name give the same key as the object (the older calling form).
-    assert key_and_seed(**fields) == (key, seed)
-
-
-def test_key_and_seed_takes_the_object_or_names_not_both() -> None:
-    with pytest.raises(TypeError, match="not both"):
-        key_and_seed(RequestFields(**BASE), seed=1)
 
 
 def test_request_fields_are_frozen() -> None:

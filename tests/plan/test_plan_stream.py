@@ -3,6 +3,7 @@ plan (the budget path) plans: shards, aliases, deduplicated rows, rejects, estim
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from decimal import Decimal
@@ -20,7 +21,7 @@ from qwbatch.catalog import table as catalog
 from qwbatch.cli import app
 from qwbatch.core.costs import TagLines
 from qwbatch.core.errors import ManifestError
-from qwbatch.core.keys import SEED_MAX, key_and_seed
+from qwbatch.core.keys import SEED_MAX, RequestFields, key_and_seed
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import PlanItem
@@ -100,16 +101,10 @@ def test_column_wise_keys_and_lines_equal_the_row_checkers(tmp_path: Path) -> No
         for number, key, seed, line in zip(numbers, keys, seeds, lines, strict=True):
             request = legacy.pop(number)
             assert (key, seed) == (request.request_key, request.seed)
+            unseeded = request.row_number % len(SEEDS) in (0, 4)
+            fields = RequestFields.of(request)
             assert (key, seed) == key_and_seed(
-                model=request.model,
-                mode=request.mode,
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                size=request.size,
-                n=request.n,
-                seed=None if request.row_number % len(SEEDS) in (0, 4) else request.seed,
-                prompt_extend=request.prompt_extend,
-                watermark=request.watermark,
+                dataclasses.replace(fields, seed=None) if unseeded else fields
             )
             assert line == encode_line(PlanItem(request)) + "\n"
             assert json.loads(line)["request"]["row_number"] == number
