@@ -282,8 +282,12 @@ class ModelLimiter:
             self._throttles.append(now)
             _trim(self._throttles, now)
             sent_at = _SENT_AT.get()
-            # The rate it was sent at: during the ramp, below the learner's cap.
-            at_send = self._rate_locked(now if sent_at is None else sent_at)
+            # The rate it was sent at: during the ramp, below the learner's cap. Not with a
+            # shared rate: the ramp is this worker's alone, and the account's rate is the
+            # sum of every worker's (up to the shared limit, set to the cap).
+            at_send = None
+            if self.shared is None or self.shared.binding() is None:
+                at_send = self._rate_locked(now if sent_at is None else sent_at)
             self.learner.on_throttle(now, sent_at, at_send)
             if retry_after:
                 self._paused_until = max(self._paused_until, now + retry_after)

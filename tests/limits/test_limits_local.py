@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from qwbatch.core.model_table import ModelTable
 from qwbatch.core.settings import Settings
 from qwbatch.limits import LimiterRegistry, LimitSpec, ModelLimiter, limit_spec, status_of
+from qwbatch.limits.gate import TokenPool
 from qwbatch.limits.registry import local_reason
 from qwbatch.limits.status import lines, reporting
 
@@ -93,6 +94,49 @@ def test_a_burst_of_429s_cuts_the_rate_once_and_remembers_where_they_began() -> 
     assert limiter.throttled == 6
     assert limiter.learning() == "learned 9.00 req/s"
     assert len(limiter.throttle_times()) == 6
+
+
+class SharedStandIn:
+    """A shared budget that is sharing (its rate limit held nothing back lately)."""
+
+    def __init__(self) -> None:
+        self.pool = TokenPool()
+        self.pool.open()
+
+    def start(self, rate: object, learning: object = None) -> None:
+        pass
+
+    def binding(self) -> bool | None:
+        return False
+
+    def describe(self) -> str:
+        return "shared (stand-in)"
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_a_429_in_the_ramp_is_learned_at_the_ramps_rate_unless_the_rate_is_shared() -> None:
+    # Alone, the ramp's rate (5 of 8 req/s, 2 s into 4) is the account's: learned there.
+    clock = FakeClock()
+    limiter = ModelLimiter(LimitSpec(rps=8, max_in_flight=4, ramp_s=4), clock=clock)
+    await hold(limiter)  # the ramp starts
+    clock.now = 2.0
+    await hold(limiter)  # the request answered 429, sent at 5 req/s
+    limiter.on_throttle()
+    assert limiter.learning() == "learned 4.50 req/s"  # 0.9 x 5
+    # Shared, the ramp is this worker's alone; the account sends what the shared limit
+    # (the cap) lets every worker send together: learned at the cap.
+    clock = FakeClock()
+    shared = ModelLimiter(
+        LimitSpec(rps=8, max_in_flight=4, ramp_s=4), shared=SharedStandIn(), clock=clock
+    )
+    await hold(shared)
+    clock.now = 2.0
+    await hold(shared)
+    shared.on_throttle()
+    assert shared.learning() == "learned 7.20 req/s"  # 0.9 x 8
 
 
 async def send_and_succeed(limiter: ModelLimiter, pause_s: float = 0.0) -> None:
