@@ -15,8 +15,8 @@ from 429s:
   was not deep enough (the limit fell, another job took its share): the limit is somewhere
   between the two, and is remembered at :data:`STORM_LEARNED` of the rate cut from. Under
   the learned limit a 429 cuts (or makes a storm) only when :data:`NOISE_SHARE` of the
-  recent answers were 429s: the provider's bucket refills slowly after a cut, and a stray
-  429 then says nothing about the limit;
+  recent answers, and at least :data:`NOISE_MIN` of them, were 429s: the provider's bucket
+  refills slowly after a cut, and a stray 429 then says nothing about the limit;
 - **slow approach**: below :data:`APPROACH_FROM` × ``learned`` the rate climbs back fast
   (:data:`FAST_PER_S` of the limit per second; after a halving, only
   :data:`RECOVER_PER_S`, as the limit is not known), then slowly (:data:`SLOW_PER_S`) up
@@ -107,6 +107,9 @@ MAX_STEP_S = 1.0
 #: although the rate is under the limit; cut for each, the learned limit ratchets down. A
 #: limit that really fell answers many: those cut (and a storm halves).
 NOISE_SHARE = 0.25
+#: ... and at least this many 429s: with few answers since the cut's burst (a slow rate,
+#: the first answers after it), one stray 429 alone would be a quarter of them.
+NOISE_MIN = 2
 
 State = Literal["configured", "searching", "learned", "probing"]
 
@@ -238,14 +241,15 @@ class RateLearner:
         unless it was sent (answered) within :data:`CUT_COOLDOWN_S` after the last cut, or
         before it. Whether it cut. ``rate``: the rate in force when it was sent, when lower
         than the cap (the limiter's ramp): that is where 429s began."""
-        share = self._answer(now, ok=False)
+        share, count = self._answer(now, ok=False)
         since = (now if sent_at is None else sent_at) - self._last_cut
         if since < CUT_COOLDOWN_S:
             return False
         began = self.cap if rate is None else max(self.floor, min(self.cap, rate))
         storm = since < STORM_S
         near = self.learned is not None and began >= APPROACH_FROM * self.learned
-        if self.learned is not None and (storm or not near) and share < NOISE_SHARE:
+        stray = share < NOISE_SHARE or count < NOISE_MIN
+        if self.learned is not None and (storm or not near) and stray:
             return False  # under the learned limit, a stray 429: the bucket refilling
         remembered = began * STORM_LEARNED if storm else began * (NEAR if near else OVERSHOOT)
         self.learned = max(self.floor, remembered)
@@ -288,8 +292,8 @@ class RateLearner:
         self._fast_below = self.cap
         self._probing = self.learned is not None and self.cap > self.learned
 
-    def _answer(self, now: float, *, ok: bool) -> float:
-        """Count an answer; the share of 429s among the answers of the last
+    def _answer(self, now: float, *, ok: bool) -> tuple[float, int]:
+        """Count an answer; the share and the number of 429s among the answers of the last
         :data:`USE_WINDOW_S`, leaving out those of the cut's own burst (answered within
         :data:`CUT_COOLDOWN_S` after it)."""
         answers = self._answers
@@ -298,7 +302,8 @@ class RateLearner:
             answers.popleft()
         since = self._last_cut + CUT_COOLDOWN_S
         recent = [fine for at, fine in answers if at >= since]
-        return recent.count(False) / max(len(recent), 1)
+        throttled = recent.count(False)
+        return throttled / max(len(recent), 1), throttled
 
     # -- climbing -----------------------------------------------------------------------------
 

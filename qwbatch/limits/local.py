@@ -19,8 +19,10 @@ second, burst protection ("Request rate increased too quickly") and requests in 
   pauses sending for that long.
 
 With a :class:`SharedBudget` (see :mod:`qwbatch.limits.shared`) the rate tokens are also
-leased from a limit that every worker of the account shares, and a 429 drops the rate
-tokens this process holds (they would go out late, into the same crowd).
+leased from a limit that every worker of the account shares, which ramps for the account as
+a whole (:mod:`qwbatch.limits.ramp`); a 429 is then learned at the shared limit's rate at
+its send — what the account received — and drops the rate tokens this process holds (they
+would go out late, into the same crowd).
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ IDLE_RESTART_S = 30.0
 #: (held back by it): the learned rate climbs only then.
 IN_USE_S = 2.0
 
-#: The clock time of this task's last send: a 429 is judged by when its request went out
-#: (the engine reports it after the slot, in the same task).
-_SENT_AT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+#: This task's last send: its clock time and the account's rate then (the shared limit's
+#: when sharing, else this limiter's, ramp applied). A 429 is judged by when its request
+#: went out, and learned at that rate (the engine reports it after the slot, in the task).
+_SENT_AT: contextvars.ContextVar[tuple[float, float] | None] = contextvars.ContextVar(
     "qwbatch_limits_sent_at", default=None
 )
 
@@ -78,6 +81,10 @@ class SharedBudget(Protocol):
     def start(self, rate: Callable[[], float], learning: ModelLimiter | None = None) -> None:
         """Begin leasing; ``rate()`` is the limiter's current rate (leases are sized to it).
         ``learning``: the limiter whose learned limit is shared with the other workers."""
+
+    def shared_rate(self) -> float | None:
+        """The shared limit's rate now (the account's, its ramp applied); None when not
+        sharing."""
 
     def binding(self) -> bool | None:
         """Whether the shared rate held this worker back lately (its rate is in use); None
@@ -213,7 +220,8 @@ class ModelLimiter:
             await self._pace()
             if self.shared is not None:
                 await self.shared.pool.take()
-            _SENT_AT.set(await self._sit_out_pause())  # a 429 may have come while we waited
+            sent_at = await self._sit_out_pause()  # a 429 may have come while we waited
+            _SENT_AT.set((sent_at, self._rate_at_send(sent_at)))
             try:
                 yield
             finally:
@@ -221,6 +229,15 @@ class ModelLimiter:
                     self._sending -= 1
         finally:
             self._gate.release()
+
+    def _rate_at_send(self, at: float) -> float:
+        """The account's rate at a send at ``at``: the shared limit's when sharing (every
+        worker's sends together), else this limiter's."""
+        shared = self.shared.shared_rate() if self.shared is not None else None
+        if shared is not None:
+            return shared
+        with self._lock:
+            return self._rate_locked(at)
 
     async def _pace(self) -> None:
         """Wait for this request's send time: ``1 / rate`` after the one before it."""
@@ -281,14 +298,10 @@ class ModelLimiter:
             self.throttled += 1
             self._throttles.append(now)
             _trim(self._throttles, now)
-            sent_at = _SENT_AT.get()
-            # The rate it was sent at: during the ramp, below the learner's cap. Not with a
-            # shared rate: the ramp is this worker's alone, and the account's rate is the
-            # sum of every worker's (up to the shared limit, set to the cap).
-            at_send = None
-            if self.shared is None or self.shared.binding() is None:
-                at_send = self._rate_locked(now if sent_at is None else sent_at)
-            self.learner.on_throttle(now, sent_at, at_send)
+            sent = _SENT_AT.get()
+            sent_at, at_send = sent if sent is not None else (None, self._rate_locked(now))
+            if self.learner.on_throttle(now, sent_at, at_send):
+                self._ramp_from = now - self.spec.ramp_s  # a cut ends the ramp
             if retry_after:
                 self._paused_until = max(self._paused_until, now + retry_after)
             # Reservations made at the old rate are void: queue again at the new rate, from

@@ -36,6 +36,13 @@ its own when they moved (a cut, a climb, a probe); the shared rate limit is set 
 published rate, so the workers' sum follows it. A run's limiter starts from the variable
 when there is one: a new worker, or the next run, starts near the learned limit.
 
+**One ramp for the account** (:mod:`qwbatch.limits.ramp`): the first worker of an idle
+account (no limit yet, or none leased from for :data:`IDLE_RESTART_S`) begins a ramp of the
+shared limit, from a quarter of the rate to all of it, and publishes when it began in the
+same variable; every worker sets the limit along that ramp until it ends or a cut ends it.
+The rate a 429 is learned at is the shared limit's (:meth:`PrefectBudget.shared_rate`): what
+the account received, ramp included, not one worker's share.
+
 When no shared limit can be had — no Prefect server configured (the ephemeral server serves
 one process only), the server unreachable at the start, the limit gone — the budget *opens*:
 the local limiter alone paces the process, and a log line says so. A server that goes away
@@ -53,6 +60,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import contextvars
+import datetime
 import logging
 import math
 import random
@@ -66,7 +74,7 @@ import httpx
 
 from qwbatch.limits.gate import TokenPool
 from qwbatch.limits.learning import Learned
-from qwbatch.limits.local import LimitSpec
+from qwbatch.limits.local import IDLE_RESTART_S, LimitSpec
 from qwbatch.limits.prefect_limit import (
     BUCKET_SLACK,
     SLOTS_PER_REQUEST,
@@ -75,6 +83,7 @@ from qwbatch.limits.prefect_limit import (
     limit_name,
     variable_name,
 )
+from qwbatch.limits.ramp import SharedRamp
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import PrefectClient
@@ -99,6 +108,8 @@ SYNC_MOVED = 0.01
 #: at once). Each change is a write on the Prefect server, and writes every half second
 #: stalled the leasing of every worker for seconds on a loaded machine.
 RAISE_EVERY_S = 3.0
+#: Seconds between two raises of the shared rate limit along the account's ramp.
+RAMP_STEP_S = 1.0
 #: Seconds after a lease waited for room in the shared limit during which its rate counts as
 #: in use (holding the workers back): the learned rate climbs only then.
 BINDING_S = 2.0
@@ -110,7 +121,7 @@ class Learning(Protocol):
     """What a shared budget needs from its limiter to share what it learns."""
 
     def learned(self) -> Learned:
-        """The limiter's rate and learned limit now."""
+        """The limiter's rate and learned limit now (its ramp not applied)."""
 
     def adopt(self, other: Learned) -> None:
         """Take another worker's rate and learned limit."""
@@ -187,6 +198,11 @@ class PrefectBudget:
         self._room_waited_at = float("-inf")  # a lease last waited for room (monotonic)
         self._limit_rate: float | None = None  # the shared rate limit's rate, as last set
         self._limit_set_at = float("-inf")
+        self._server_rate: float | None = None  # the shared limit's rate, as last read
+        self.ramp = SharedRamp(spec.ramp_s, spec.ramp_start)
+        self._published_ramp: float | None = None
+        self._set_in_ramp = False  # the limit was last set along the account's ramp
+        self._ramp_begun: float | None = None  # when the ramp this worker began began
         _OPEN_BUDGETS.add(self)
 
     # -- SharedBudget ----------------------------------------------------------------------
@@ -206,6 +222,11 @@ class PrefectBudget:
         if self.state != "shared":
             return None
         return time.monotonic() - self._room_waited_at <= BINDING_S
+
+    def shared_rate(self) -> float | None:
+        """The shared limit's rate as last read (the account's, its ramp applied); None when
+        not sharing."""
+        return self._server_rate if self.state == "shared" else None
 
     def describe(self) -> str:
         if self.state == "shared":
@@ -251,7 +272,7 @@ class PrefectBudget:
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)
         if self._learning is not None:
-            self._tasks.append(asyncio.create_task(self._share_learning(client, self._learning)))
+            self._tasks.append(asyncio.create_task(self._keep_limit(client, self._learning)))
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         """A leasing task that dies of an unforeseen error must not leave requests waiting
@@ -267,14 +288,28 @@ class PrefectBudget:
 
         await client.__aenter__()
         self._client = client
-        rps = self.spec.rps
-        if self._learning is not None:
+        try:
+            limit = await client.read_global_concurrency_limit_by_name(self.rate_name)
+        except ObjectNotFound:
+            limit = None
+        rps, learning = self.spec.rps, self._learning
+        if learning is not None:
             # Start from what the workers of the account learned, when they did.
-            await self._sync_once(client, self._learning, publish=False)
-            rps = self._learning.learned().rate
+            await self._sync_once(client, learning, publish=False)
+            rps = learning.learned().rate
+            if limit is not None and not _idle(limit.updated):
+                return  # other workers lease from it: follow their ramp, not a new one
+            # The account is idle: this worker begins its ramp, for every worker.
+            cuts = learning.learned().cuts
+            self.ramp.begin(cuts)
+            self._ramp_begun = self.ramp.began
+            await self._sync_once(client, learning, force=True)
+            rps *= self.ramp.fraction(cuts)
+            self._set_in_ramp = self.ramp.running(cuts)
         # ObjectAlreadyExists: another worker created it between our read and our create.
         try:
             await ensure_rate_limit(client, self.rate_name, rps)
+            self._limit_rate, self._limit_set_at = rps, time.monotonic()
         except ObjectAlreadyExists:
             pass
         except httpx.HTTPStatusError as exc:
@@ -381,6 +416,7 @@ class PrefectBudget:
                 return 0
             # The limit's rate follows what the workers learned (not only the configured one).
             decay = limit.slot_decay_per_second or self.spec.rps * SLOTS_PER_REQUEST
+            self._server_rate = decay / SLOTS_PER_REQUEST
             tokens = max(1, min(tokens, int(limit.limit // SLOTS_PER_REQUEST)))
             slots = tokens * SLOTS_PER_REQUEST
             missing = limit.active_slots + slots - limit.limit
@@ -405,19 +441,28 @@ class PrefectBudget:
                 continue
             return tokens if response.json() else 0
 
-    async def _share_learning(self, client: PrefectClient, learning: Learning) -> None:
+    async def _keep_limit(self, client: PrefectClient, learning: Learning) -> None:
         """Every :data:`SYNC_S` seconds: take what another worker published, publish what
-        this one learned. A failed round trip is tried again at the next tick."""
+        this one learned, and set the shared limit to the learned rate along the account's
+        ramp. A failed round trip is tried again at the next tick."""
         while not self._closed and self.state == "shared":
             await asyncio.sleep(SYNC_S)
             try:
                 await self._sync_once(client, learning)
+                await self._follow(client, learning.learned())
             except (httpx.HTTPError, OSError) as exc:
                 log.debug("sharing what %s learned failed: %s", self.rate_name, _reason(exc))
 
     async def _sync_once(
-        self, client: PrefectClient, learning: Learning, *, publish: bool = True
+        self,
+        client: PrefectClient,
+        learning: Learning,
+        *,
+        publish: bool = True,
+        force: bool = False,
     ) -> None:
+        """Read the variable (take another worker's rate, limit and ramp when news), then
+        publish this worker's when they moved, or ``force``."""
         from prefect.client.schemas.actions import VariableCreate, VariableUpdate
         from prefect.exceptions import ObjectAlreadyExists
 
@@ -432,24 +477,50 @@ class PrefectBudget:
                 if writer != self._writer:
                     learning.adopt(theirs)
                     self._published = theirs
+                    self.ramp.take(value.get("ramp_from"), theirs.cuts)
+                    self._published_ramp = self.ramp.began
         if not publish:
             return
         mine = learning.learned()
-        if self._published is not None and not _moved(mine, self._published):
+        moved = self._published is None or _moved(mine, self._published)
+        if not (force or moved or self.ramp.began != self._published_ramp):
             return
         self._seq += 1
-        payload: dict[str, Any] = {**mine.to_json(), "seq": self._seq, "by": self._writer}
+        payload: dict[str, Any] = {
+            **mine.to_json(),
+            "ramp_from": self.ramp.began,
+            "seq": self._seq,
+            "by": self._writer,
+        }
         if variable is None:
             with contextlib.suppress(ObjectAlreadyExists):
                 await client.create_variable(VariableCreate(name=self.variable, value=payload))
         else:
             await client.update_variable(VariableUpdate(name=self.variable, value=payload))
         self._seen, self._published = (self._seq, self._writer), mine
+        self._published_ramp = self.ramp.began
+
+    async def _follow(self, client: PrefectClient, mine: Learned) -> None:
+        """Set the shared limit to the learned rate along the account's ramp: lower at once
+        (a cut), higher every :data:`RAMP_STEP_S` in the ramp, every :data:`RAISE_EVERY_S`
+        after it (each write stalls the leasing a little)."""
+        target = mine.rate * self.ramp.fraction(mine.cuts)
         now = time.monotonic()
-        lower = self._limit_rate is None or mine.rate < self._limit_rate
-        if lower or now - self._limit_set_at >= RAISE_EVERY_S:
-            await ensure_rate_limit(client, self.rate_name, mine.rate)
-            self._limit_rate, self._limit_set_at = mine.rate, now
+        theirs = self.ramp.running(mine.cuts) and self.ramp.began != self._ramp_begun
+        if theirs and (self._limit_rate is None or target > self._limit_rate):
+            # Another worker's ramp: it raises the limit, step by step (two writers would
+            # write twice as often, and a late write could step it back).
+            return
+        # Set along the ramp, the limit takes its next step (the ramp's last) a step later.
+        every = RAMP_STEP_S if self._set_in_ramp else RAISE_EVERY_S
+        if self._limit_rate is not None:
+            if not _apart(target, self._limit_rate):
+                return
+            if target > self._limit_rate and now - self._limit_set_at < every:
+                return
+        await ensure_rate_limit(client, self.rate_name, target)
+        self._limit_rate, self._limit_set_at = target, now
+        self._set_in_ramp = self.ramp.running(mine.cuts)
 
     async def _shutdown(self) -> None:
         for task in self._tasks:
@@ -462,13 +533,25 @@ class PrefectBudget:
 
 def _moved(now: Learned, then: Learned) -> bool:
     """Whether ``now`` differs from ``then`` enough to publish (:data:`SYNC_MOVED`)."""
+    return _apart(now.rate, then.rate) or _apart(now.learned, then.learned) or now.cuts != then.cuts
 
-    def apart(a: float | None, b: float | None) -> bool:
-        if a is None or b is None:
-            return a is not b
-        return abs(a - b) > SYNC_MOVED * max(a, b)
 
-    return apart(now.rate, then.rate) or apart(now.learned, then.learned) or now.cuts != then.cuts
+def _apart(a: float | None, b: float | None) -> bool:
+    """Whether two rates differ by more than :data:`SYNC_MOVED` (or one is None)."""
+    if a is None or b is None:
+        return a is not b
+    return abs(a - b) > SYNC_MOVED * max(a, b)
+
+
+def _idle(updated: datetime.datetime | None) -> bool:
+    """Whether a shared limit last changed (a grant, a resize) :data:`IDLE_RESTART_S` ago or
+    more: no worker leases from it, and the account's rate begins a ramp again."""
+    if updated is None:
+        return True
+    if updated.tzinfo is None:
+        updated = updated.replace(tzinfo=datetime.UTC)
+    age = datetime.datetime.now(datetime.UTC) - updated
+    return age.total_seconds() >= IDLE_RESTART_S
 
 
 def _reason(exc: BaseException) -> str:

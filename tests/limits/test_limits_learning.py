@@ -13,6 +13,7 @@ import pytest
 
 from qwbatch.limits import learning
 from qwbatch.limits.learning import RateLearner
+from qwbatch.limits.ramp import SharedRamp
 from qwbatch.limits.shared import SYNC_S
 
 
@@ -93,7 +94,9 @@ def test_429s_that_go_on_after_a_cut_halve_the_rate() -> None:
     learner = RateLearner(start=16, ceiling=16)
     learner.on_throttle(now=0.0)
     cut = learner.cap
-    learner.on_throttle(now=1.5)  # the cut was not deep enough
+    # The cut was not deep enough: 429s go on. One alone could be a stray (NOISE_MIN)...
+    assert not learner.on_throttle(now=1.5)
+    assert learner.on_throttle(now=1.6)  # ...two are a storm
     assert learner.cap == pytest.approx(cut / 2)
 
 
@@ -246,7 +249,10 @@ def test_what_another_worker_published_before_our_cut_does_not_undo_it() -> None
     # Same cuts known, further along the climb: taken, and not as a cut.
     learner.adopt(learning.Learned(rate=cut.rate * 1.05, learned=cut.learned, cuts=1), now=7.0)
     assert learner.cap == cut.rate * 1.05
-    assert learner.on_throttle(now=7.5, sent_at=7.4)  # a second since the cut at 5.0
+    # Not a cut made at 7.0 (429s then would be its own burst): 429s 2.4 s after the cut
+    # at 5.0 make a storm — one alone a stray, two a halving.
+    assert not learner.on_throttle(now=7.5, sent_at=7.4)
+    assert learner.on_throttle(now=7.6, sent_at=7.45)
 
 
 def test_a_stray_429_under_the_learned_limit_is_not_a_cut() -> None:
@@ -264,22 +270,26 @@ def test_a_stray_429_under_the_learned_limit_is_not_a_cut() -> None:
 
 def drive_shared(learners: list[RateLearner], account: Account, until: float, seed: int) -> None:
     """Workers sharing one rate, as through Prefect: the sum is paced at the last rate any
-    of them published (ramped from a quarter of it over the first 5 s, as the limiter does),
-    every :data:`SYNC_S` each takes another's publication and publishes its own when it
-    moved; each send goes to a random worker and is answered 0.2–1.0 s
-    later; sends bunch (gaps of 0.5–1.5 × the pace), as two workers' leases do."""
+    of them published, ramped for the account from a quarter of it over the first 5 s
+    until a cut ends the ramp (as :class:`~qwbatch.limits.ramp.SharedRamp` does); every
+    :data:`SYNC_S` each takes another's publication and publishes its own when it moved;
+    each send goes to a random worker and is answered 0.2–1.0 s later, a 429 learned at the
+    shared rate at its send; sends bunch (gaps of 0.5–1.5 × the pace), as two workers'
+    leases do."""
     rng = random.Random(seed)
-    answers: list[tuple[float, int, bool, float]] = []
+    answers: list[tuple[float, int, bool, float, float]] = []
     published, writer, version = learners[0].snapshot(), 0, 1
     seen = [0] * len(learners)
+    ramp = SharedRamp(seconds=5.0, start=0.25)
+    ramp.begin(cuts=0, now=0.0)
     t, next_sync = 0.0, SYNC_S
     while t < until:
         while answers and answers[0][0] <= t:
-            at, i, ok, sent_at = heapq.heappop(answers)
+            at, i, ok, sent_at, rate = heapq.heappop(answers)
             if ok:
                 learners[i].on_success(at, in_use=True)  # the shared limit binds
             else:
-                learners[i].on_throttle(at, sent_at)
+                learners[i].on_throttle(at, sent_at, rate)
         if t >= next_sync:
             next_sync += SYNC_S
             for i, learner in enumerate(learners):
@@ -288,33 +298,31 @@ def drive_shared(learners: list[RateLearner], account: Account, until: float, se
                 seen[i] = version
                 mine = learner.snapshot()
                 if abs(mine.rate - published.rate) > 0.01 * published.rate or (
-                    mine.learned != published.learned
+                    mine.learned != published.learned or mine.cuts != published.cuts
                 ):
                     published, writer, version = mine, i, version + 1
                     seen[i] = version
         i = rng.randrange(len(learners))
         learners[i].on_send(t)
-        heapq.heappush(answers, (t + rng.uniform(0.2, 1.0), i, account.admit(t), t))
-        ramp = min(1.0, 0.25 + 0.75 * t / 5.0)  # the limiter's ramp over its first 5 s
-        t += rng.uniform(0.5, 1.5) / (published.rate * ramp)
+        rate = published.rate * ramp.fraction(max(x.cuts for x in learners), now=t)
+        heapq.heappush(answers, (t + rng.uniform(0.2, 1.0), i, account.admit(t), t, rate))
+        t += rng.uniform(0.5, 1.5) / rate
 
 
 @pytest.mark.parametrize("workers", [2, 4])
 def test_workers_sharing_a_rate_told_twice_the_limit_keep_close_to_it(workers: int) -> None:
-    """Told 2R, 2 or 4 workers sharing what they learn, eight seeds of 120 s each. Stray
-    429s under the learned limit, and publications older than a cut, must not ratchet the
-    shared limit down: before they were told apart, the median run admitted 0.94 of R (2
-    workers) and 0.92 (4), 2 runs of 16 at 0.95 or more. A storm's halving can still learn
-    too low a limit, climbed back by probes (minutes): hence the median, and a floor."""
+    """Told 2R, 2 or 4 workers sharing what they learn and one ramp, sixteen seeds of 120 s
+    each. Stray 429s under the learned limit, and publications older than a cut, must not
+    ratchet the shared limit down, and a 429 met in the ramp must be learned at the
+    account's rate then: learned at the cap (2R), the first cut was far too shallow and a
+    storm halved the rate (min 0.85 of R)."""
     admitted, shares = [], []
-    for seed in range(1, 9):
+    for seed in range(1, 17):
         account = Account(limit=lambda t: 8.0)
         learners = [RateLearner(start=16, ceiling=16) for _ in range(workers)]
         drive_shared(learners, account, until=120.0, seed=seed)
         admitted.append(account.admitted_per_s(0.0, 120.0) / 8)
         shares.append(account.share_429())
     assert statistics.median(admitted) >= 0.97, admitted
-    assert min(admitted) >= 0.8, admitted
-    # The 2 % goal is not met here: most 429s are the first storm's, all workers climbing
-    # from a quarter of 2R at once (2.0-3.1 % over the run).
-    assert statistics.median(shares) <= 0.03, shares
+    assert min(admitted) >= 0.95, admitted
+    assert statistics.median(shares) <= 0.025, shares

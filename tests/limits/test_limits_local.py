@@ -97,17 +97,22 @@ def test_a_burst_of_429s_cuts_the_rate_once_and_remembers_where_they_began() -> 
 
 
 class SharedStandIn:
-    """A shared budget that is sharing (its rate limit held nothing back lately)."""
+    """A shared budget that is sharing (its rate limit held nothing back lately); the shared
+    limit's rate is ``rate``."""
 
-    def __init__(self) -> None:
+    def __init__(self, rate: float | None = 8.0) -> None:
         self.pool = TokenPool()
         self.pool.open()
+        self.rate = rate
 
     def start(self, rate: object, learning: object = None) -> None:
         pass
 
     def binding(self) -> bool | None:
         return False
+
+    def shared_rate(self) -> float | None:
+        return self.rate
 
     def describe(self) -> str:
         return "shared (stand-in)"
@@ -117,7 +122,7 @@ class SharedStandIn:
 
 
 @pytest.mark.anyio
-async def test_a_429_in_the_ramp_is_learned_at_the_ramps_rate_unless_the_rate_is_shared() -> None:
+async def test_a_429_in_the_ramp_is_learned_at_the_ramps_rate_and_the_cut_ends_the_ramp() -> None:
     # Alone, the ramp's rate (5 of 8 req/s, 2 s into 4) is the account's: learned there.
     clock = FakeClock()
     limiter = ModelLimiter(LimitSpec(rps=8, max_in_flight=4, ramp_s=4), clock=clock)
@@ -126,17 +131,32 @@ async def test_a_429_in_the_ramp_is_learned_at_the_ramps_rate_unless_the_rate_is
     await hold(limiter)  # the request answered 429, sent at 5 req/s
     limiter.on_throttle()
     assert limiter.learning() == "learned 4.50 req/s"  # 0.9 x 5
-    # Shared, the ramp is this worker's alone; the account sends what the shared limit
-    # (the cap) lets every worker send together: learned at the cap.
+    # The cut ends the ramp: the rate is the cut rate, not a ramp's share of it.
+    assert limiter.current_rate() == pytest.approx(4.5 * 0.85)
+
+
+@pytest.mark.anyio
+async def test_a_429_is_learned_at_the_accounts_rate_at_its_send() -> None:
+    # Shared, this worker's ramp is its own; the account received what the shared limit let
+    # every worker send together, at the rate it had when the request went out.
     clock = FakeClock()
-    shared = ModelLimiter(
-        LimitSpec(rps=8, max_in_flight=4, ramp_s=4), shared=SharedStandIn(), clock=clock
-    )
+    budget = SharedStandIn(rate=6.0)  # the shared limit, 6 req/s along the account's ramp
+    shared = ModelLimiter(LimitSpec(rps=8, max_in_flight=4, ramp_s=4), shared=budget, clock=clock)
     await hold(shared)
     clock.now = 2.0
-    await hold(shared)
+    await hold(shared)  # sent while the shared limit let 6 req/s through
+    budget.rate = 8.0  # the ramp went on while the answer came back
     shared.on_throttle()
-    assert shared.learning() == "learned 7.20 req/s"  # 0.9 x 8
+    assert shared.learning() == "learned 5.40 req/s"  # 0.9 x 6
+    # Not sharing (the budget fell back to local limits): this limiter's own rate.
+    clock = FakeClock()
+    budget = SharedStandIn(rate=None)
+    fallen = ModelLimiter(LimitSpec(rps=8, max_in_flight=4, ramp_s=4), shared=budget, clock=clock)
+    await hold(fallen)
+    clock.now = 2.0
+    await hold(fallen)
+    fallen.on_throttle()
+    assert fallen.learning() == "learned 4.50 req/s"
 
 
 async def send_and_succeed(limiter: ModelLimiter, pause_s: float = 0.0) -> None:

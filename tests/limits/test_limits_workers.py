@@ -23,7 +23,7 @@ from support import simple_request as make_request
 
 from qwbatch.core.settings import Settings
 from qwbatch.core.types import PlanItem
-from qwbatch.limits import LimiterRegistry
+from qwbatch.limits import LimiterRegistry, learning
 from qwbatch.providers.dashscope import DashScopeProvider
 from qwbatch.render.engine import Engine
 from qwbatch.simulator.state import peak_rate
@@ -152,9 +152,12 @@ def test_a_429_burst_cuts_the_rate_honours_retry_after_and_recovers(sim, tmp_pat
     assert all(r.status == "succeeded" for r in records)
     throttles = limiter.throttle_times()
     assert throttles, "the burst must have been answered with 429s"
-    # Cut: during the burst the allowed rate fell to half the ceiling or less.
     during = [rate for t, rate in rates if burst_began <= t <= burst_ended + retry_after]
-    assert min(during) <= 5.0
+    # Cut: during the burst the allowed rate fell to 0.85 of the limit learned at 10 req/s
+    # or less. (Retry-After holds every send for a second after each 429, so the burst
+    # answers about one 429 a second: too few to halve the rate as a storm — and the pause
+    # already keeps the sends under the account's 1 req/s.)
+    assert min(during) <= 10 * learning.OVERSHOOT * learning.CUT_TO + 1e-9
     # Retry-After honoured: after each 429 nothing was sent for the next second.
     sends = limiter.send_times()
     for throttled_at in throttles:
