@@ -8,9 +8,10 @@ import asyncio
 import datetime
 import time
 import uuid
+from collections.abc import Callable
 
 import pytest
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 
 from qwbatch.limits import LimitSpec, ModelLimiter
 from qwbatch.limits.local import IDLE_RESTART_S
@@ -67,12 +68,12 @@ def shared_limiter(scope: str, spec: LimitSpec) -> tuple[ModelLimiter, PrefectBu
     return ModelLimiter(spec, name="qwen-image-2.0", shared=budget), budget
 
 
-async def shared_rps(client, name: str) -> float:
+async def shared_rps(client: PrefectClient, name: str) -> float:
     limit = await client.read_global_concurrency_limit_by_name(name)
     return limit.slot_decay_per_second / SLOTS_PER_REQUEST
 
 
-async def until(predicate, timeout_s: float = 20.0) -> None:
+async def until(predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         if time.monotonic() > deadline:
@@ -81,7 +82,7 @@ async def until(predicate, timeout_s: float = 20.0) -> None:
 
 
 @pytest.mark.anyio
-async def test_workers_follow_one_ramp_of_the_shared_limit(prefect_server) -> None:
+async def test_workers_follow_one_ramp_of_the_shared_limit(prefect_server: None) -> None:
     """The first worker of an idle account ramps the shared limit 4 -> 16 req/s over 4 s,
     in steps; a worker joining mid-ramp follows that ramp (the limit does not jump to the
     whole rate); one joining after it does not ramp the limit again."""
