@@ -39,6 +39,7 @@ from typing import Protocol
 
 from qwbatch.limits.gate import Gate, TokenPool
 from qwbatch.limits.learning import Learned, RateLearner
+from qwbatch.limits.ramp import ramp_fraction
 
 #: Seconds of history kept for the status line (the 429s-per-minute count needs 60).
 HISTORY_S = 60.0
@@ -197,10 +198,8 @@ class ModelLimiter:
     def _rate_locked(self, now: float) -> float:
         spec = self.spec
         frac = 1.0
-        if self._ramp_from is not None and spec.ramp_s > 0:
-            elapsed = now - self._ramp_from
-            if elapsed < spec.ramp_s:
-                frac = spec.ramp_start + (1 - spec.ramp_start) * max(elapsed, 0.0) / spec.ramp_s
+        if self._ramp_from is not None:
+            frac = ramp_fraction(now - self._ramp_from, spec.ramp_s, spec.ramp_start)
         return max(self.learner.cap * frac, self.learner.floor)
 
     # -- use ------------------------------------------------------------------------------
@@ -220,8 +219,7 @@ class ModelLimiter:
             await self._pace()
             if self.shared is not None:
                 await self.shared.pool.take()
-            sent_at = await self._sit_out_pause()  # a 429 may have come while we waited
-            _SENT_AT.set((sent_at, self._rate_at_send(sent_at)))
+            _SENT_AT.set(await self._sit_out_pause())  # a 429 may have come while we waited
             try:
                 yield
             finally:
@@ -229,15 +227,6 @@ class ModelLimiter:
                     self._sending -= 1
         finally:
             self._gate.release()
-
-    def _rate_at_send(self, at: float) -> float:
-        """The account's rate at a send at ``at``: the shared limit's when sharing (every
-        worker's sends together), else this limiter's."""
-        shared = self.shared.shared_rate() if self.shared is not None else None
-        if shared is not None:
-            return shared
-        with self._lock:
-            return self._rate_locked(at)
 
     async def _pace(self) -> None:
         """Wait for this request's send time: ``1 / rate`` after the one before it."""
@@ -261,15 +250,18 @@ class ModelLimiter:
                     return
             # Throttled while we slept: queue again behind the pause, at the new rate.
 
-    async def _sit_out_pause(self) -> float:
-        """Wait until no ``Retry-After`` pause holds, then count the send; its time."""
+    async def _sit_out_pause(self) -> tuple[float, float]:
+        """Wait until no ``Retry-After`` pause holds, then count the send; its time and the
+        account's rate then: the shared limit's when sharing (every worker's sends
+        together), else this limiter's."""
         while True:
             with self._lock:
                 now = self._clock()
                 if now >= self._paused_until:
                     self._sending += 1
                     self._record_send_locked(now)
-                    return now
+                    shared = self.shared.shared_rate() if self.shared is not None else None
+                    return now, self._rate_locked(now) if shared is None else shared
                 wait = self._paused_until - now
             await asyncio.sleep(wait)
 

@@ -61,5 +61,12 @@ class SharedRamp:
         if not self.running(cuts, now):
             return 1.0
         assert self.began is not None
-        elapsed = max(now - self.began, 0.0)
-        return self.start + (1.0 - self.start) * elapsed / self.seconds
+        return ramp_fraction(now - self.began, self.seconds, self.start)
+
+
+def ramp_fraction(elapsed: float, seconds: float, start: float) -> float:
+    """The share of the rate a ramp of ``seconds`` from ``start`` allows ``elapsed`` seconds
+    after it began: ``start`` at first, rising in a straight line to 1 at its end."""
+    if seconds <= 0 or elapsed >= seconds:
+        return 1.0
+    return start + (1.0 - start) * max(elapsed, 0.0) / seconds

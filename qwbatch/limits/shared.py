@@ -200,7 +200,6 @@ class PrefectBudget:
         self._limit_set_at = float("-inf")
         self._server_rate: float | None = None  # the shared limit's rate, as last read
         self.ramp = SharedRamp(spec.ramp_s, spec.ramp_start)
-        self._published_ramp: float | None = None
         self._set_in_ramp = False  # the limit was last set along the account's ramp
         self._ramp_begun: float | None = None  # when the ramp this worker began began
         _OPEN_BUDGETS.add(self)
@@ -296,11 +295,11 @@ class PrefectBudget:
         if learning is not None:
             # Start from what the workers of the account learned, when they did.
             await self._sync_once(client, learning, publish=False)
-            rps = learning.learned().rate
+            known = learning.learned()
             if limit is not None and not _idle(limit.updated):
                 return  # other workers lease from it: follow their ramp, not a new one
             # The account is idle: this worker begins its ramp, for every worker.
-            cuts = learning.learned().cuts
+            rps, cuts = known.rate, known.cuts
             self.ramp.begin(cuts)
             self._ramp_begun = self.ramp.began
             await self._sync_once(client, learning, force=True)
@@ -478,12 +477,11 @@ class PrefectBudget:
                     learning.adopt(theirs)
                     self._published = theirs
                     self.ramp.take(value.get("ramp_from"), theirs.cuts)
-                    self._published_ramp = self.ramp.began
         if not publish:
             return
         mine = learning.learned()
         moved = self._published is None or _moved(mine, self._published)
-        if not (force or moved or self.ramp.began != self._published_ramp):
+        if not (force or moved):
             return
         self._seq += 1
         payload: dict[str, Any] = {
@@ -498,7 +496,6 @@ class PrefectBudget:
         else:
             await client.update_variable(VariableUpdate(name=self.variable, value=payload))
         self._seen, self._published = (self._seq, self._writer), mine
-        self._published_ramp = self.ramp.began
 
     async def _follow(self, client: PrefectClient, mine: Learned) -> None:
         """Set the shared limit to the learned rate along the account's ramp: lower at once
